@@ -1,0 +1,3 @@
+from massact.cli import main
+
+main()

@@ -22,6 +22,8 @@ def check_output_dir(out: Path) -> Path:
     probe_parent = out if out.exists() else out.parent
     while not probe_parent.exists() and probe_parent != probe_parent.parent:
         probe_parent = probe_parent.parent
+    if not probe_parent.is_dir():
+        raise MassactError(f"--out {out}: {probe_parent} is a file, not a directory; choose another path")
     if not os.access(probe_parent, os.W_OK | os.X_OK):
         raise MassactError(f"--out {out}: {probe_parent} is not writable; choose a directory you can write to")
     return out

@@ -229,13 +229,20 @@ def scan(
     with capture_block_stats(loaded.model, structure, top_k=top_k, thresholds=thresholds, keep=keep_set) as c:
         _forward(loaded, text.input_ids)
         (record,) = c.pop()
+    extra = int(record.blocks[0].positions.numel()) - len(text.tokens)
+    if extra > 0:  # the model prepends learned tokens of its own (e.g. a sink token) at positions 0..extra-1
+        text = TextInput(text.input_ids, ["<extra>"] * extra + text.tokens, [True] * extra + text.special)
     kinds = text.kinds
     massive = find_massive(record.blocks, text.tokens, kinds)
     summary = summarize_massive(massive, text.tokens, kinds)
     kept = dict(record.kept)
     if keep_first_massive and keep is None:
         ratios = [abs(float(r.top_values[0])) / r.median if r.median > 0 else 0.0 for r in record.blocks]
-        target = summary["first_block"] if summary["first_block"] is not None else max(range(len(ratios)), key=ratios.__getitem__)
+        target = (
+            summary["first_block"]
+            if summary["first_block"] is not None
+            else max(range(len(ratios)), key=ratios.__getitem__)
+        )
         with capture_block_stats(loaded.model, structure, top_k=1, thresholds=thresholds, keep=(target,)) as c:
             _forward(loaded, text.input_ids)
             kept = c.pop()[0].kept

@@ -59,16 +59,22 @@ class SequenceRecord:
         return self.blocks[0].positions
 
 
-def median_magnitude(magnitudes: torch.Tensor) -> float:
-    """Lower median of a flat tensor of magnitudes (the torch.median convention)."""
+def median_magnitude(magnitudes: torch.Tensor, in_place: bool = False) -> float:
+    """Lower median of a tensor of magnitudes (the torch.median convention).
+
+    With `in_place` on a contiguous CPU tensor, the values are reordered instead of copied.
+    """
     n = magnitudes.numel()
     if n == 0:
         return float("nan")
     k = (n - 1) // 2
-    if magnitudes.device.type == "cpu":
-        flat = magnitudes.reshape(-1).numpy()
-        return float(np.partition(flat, k)[k])
-    return float(magnitudes.reshape(-1).kthvalue(k + 1).values)
+    if magnitudes.device.type != "cpu":
+        return float(magnitudes.reshape(-1).kthvalue(k + 1).values)
+    if in_place and magnitudes.is_contiguous():
+        flat = magnitudes.view(-1).numpy()
+        flat.partition(k)
+        return float(flat[k])
+    return float(np.partition(magnitudes.reshape(-1).numpy(), k)[k])
 
 
 def summarize_hidden(
@@ -77,46 +83,59 @@ def summarize_hidden(
     top_k: int = 16,
     thresholds: Thresholds | None = None,
 ) -> BlockRecord:
-    """Summarise one block output `hidden` of shape [tokens, dims] (valid tokens only)."""
+    """Summarise one block output `hidden` of shape [tokens, dims] (valid tokens only).
+
+    One temporary of the output's size (its magnitudes, float32) is made; the median is
+    found by partitioning it in place, last.
+    """
     thresholds = thresholds or Thresholds()
     tokens, dims = hidden.shape
     if positions is None:
         positions = torch.arange(tokens)
-    x = hidden.detach().float()
-    mags = x.abs()
-    finite = torch.isfinite(mags)
-    nonfinite = int(finite.numel() - finite.sum())
-    sites: list[tuple[int, int, float]] = []
-    if nonfinite:
+    x = hidden.detach()
+    mags = x.abs() if x.dtype == torch.float32 else x.float().abs_()
+    token_max = mags.amax(1)
+    nonfinite, sites = 0, []
+    finite: torch.Tensor | None = None
+    if not bool(torch.isfinite(token_max).all()):  # inf/NaN: listed, then left out of every statistic
+        finite = torch.isfinite(mags)
+        nonfinite = int(finite.numel() - finite.sum())
         bad = (~finite).nonzero()[:MAX_NONFINITE_LISTED].cpu()
-        pos = positions.cpu()
-        sites = [(int(pos[t]), int(d), float(x[t, d])) for t, d in bad.tolist()]
-        mags = torch.where(finite, mags, torch.zeros((), dtype=mags.dtype, device=mags.device))
-        median = median_magnitude(mags[finite].cpu())
-    else:
-        median = median_magnitude(mags)
-    flat = mags.reshape(-1)
-    k = min(top_k, flat.numel())
-    top_mag, top_idx = flat.topk(k)
-    cutoff = thresholds.cutoff(median) if median == median else float("inf")
-    hits = (flat > thresholds.abs) & (flat >= cutoff)
-    hit_idx = hits.nonzero().reshape(-1)
-    truncated = hit_idx.numel() > MAX_MASSIVE_PER_BLOCK
+        pos_cpu = positions.cpu()
+        sites = [(int(pos_cpu[t]), int(d), float(x[t, d])) for t, d in bad.tolist()]
+        mags.masked_fill_(~finite, 0.0)
+        token_max = mags.amax(1)
+    dim_max = mags.amax(0)
+    # The k largest entries lie in the k tokens with the largest maxima: rank those rows only.
+    k = min(top_k, mags.numel())
+    rows = token_max.topk(min(k, tokens)).indices
+    _, flat_idx = mags[rows].reshape(-1).topk(k)
+    top_rows, top_dims = rows[flat_idx // dims], flat_idx % dims
+    candidates = (mags > thresholds.abs).nonzero()
+    candidate_values = x[candidates[:, 0], candidates[:, 1]].float()
+    # In place reorders `mags`: nothing reads it after this.
+    median = median_magnitude(mags, in_place=True) if finite is None else median_magnitude(mags[finite])
+    if median == median:
+        keep = candidate_values.abs() >= thresholds.ratio * median
+    else:  # no finite value at all: nothing can be ranked against a median
+        keep = torch.zeros(candidate_values.shape, dtype=torch.bool, device=candidate_values.device)
+    candidates, candidate_values = candidates[keep], candidate_values[keep]
+    truncated = candidates.shape[0] > MAX_MASSIVE_PER_BLOCK
     if truncated:
-        order = flat[hit_idx].topk(MAX_MASSIVE_PER_BLOCK).indices
-        hit_idx = hit_idx[order]
-    pos = positions.to(flat.device)
+        order = candidate_values.abs().topk(MAX_MASSIVE_PER_BLOCK).indices
+        candidates, candidate_values = candidates[order], candidate_values[order]
+    pos = positions.to(x.device)
     return BlockRecord(
         median=median,
-        top_values=x.reshape(-1)[top_idx].cpu(),
-        top_tokens=pos[top_idx // dims].cpu(),
-        top_dims=(top_idx % dims).cpu(),
-        dim_max=mags.amax(0).cpu(),
-        token_max=mags.amax(1).cpu(),
+        top_values=x[top_rows, top_dims].float().cpu(),
+        top_tokens=pos[top_rows].cpu(),
+        top_dims=top_dims.cpu(),
+        dim_max=dim_max.cpu(),
+        token_max=token_max.cpu(),
         positions=positions.cpu(),
-        massive_tokens=pos[hit_idx // dims].cpu(),
-        massive_dims=(hit_idx % dims).cpu(),
-        massive_values=x.reshape(-1)[hit_idx].cpu(),
+        massive_tokens=pos[candidates[:, 0]].cpu(),
+        massive_dims=candidates[:, 1].cpu(),
+        massive_values=candidate_values.cpu(),
         massive_truncated=truncated,
         nonfinite=nonfinite,
         nonfinite_sites=sites,

@@ -15,7 +15,9 @@ ModelArg = Annotated[
     str,
     typer.Argument(help="'default' (bundled SmolLM2-135M-Instruct), a .gguf file, a model directory or a hub id."),
 ]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16.")
+]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
 DeviceMapOpt = Annotated[
     str | None, typer.Option("--device-map", help="'auto' spreads a large model over devices with accelerate.")
@@ -29,7 +31,9 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for JSON, 
 console = Console(stderr=True)
 
 
-def load_for_cli(model: str, dtype: str, device: str | None, device_map: str | None, trust_remote_code: bool) -> LoadedModel:
+def load_for_cli(
+    model: str, dtype: str, device: str | None, device_map: str | None, trust_remote_code: bool
+) -> LoadedModel:
     """Load a model for a command, with a status line while it loads."""
     with console.status(f"loading {model} ..."):
         return load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)

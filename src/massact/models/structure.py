@@ -18,7 +18,7 @@ from massact.errors import MassactError
 KNOWN_PARTS: dict[str, tuple[str | None, str | None]] = {
     "BertLayer": ("attention", "output"),
     "RobertaLayer": ("attention", "output"),
-    "ViTLayer": ("attention", "mlp"),
+    "OPTDecoderLayer": ("self_attn", "fc2"),
 }
 
 _ATTN = re.compile(r"(self_?attn|self_?attention|attention|attn)$")

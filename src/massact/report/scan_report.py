@@ -90,8 +90,19 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
                 f"{site['first_block']}-{site['last_block']} | {site['peak_value']:,.1f} | {site['peak_block']} | "
                 f"{site['peak_ratio']:,.0f} |"
             )
-    lines += ["", "## Per block", "", "| block | top 1 | top 2 | top 3 | median | top-1 / median |", "|---:|---:|---:|---:|---:|---:|"]
-    top1, top2, top3, med = (result.top_magnitudes(1), result.top_magnitudes(2), result.top_magnitudes(3), result.medians())
+    lines += [
+        "",
+        "## Per block",
+        "",
+        "| block | top 1 | top 2 | top 3 | median | top-1 / median |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    top1, top2, top3, med = (
+        result.top_magnitudes(1),
+        result.top_magnitudes(2),
+        result.top_magnitudes(3),
+        result.medians(),
+    )
     for i in range(result.num_blocks):
         ratio = top1[i] / med[i] if med[i] > 0 else float("inf")
         lines.append(f"| {i} | {_fmt(top1[i])} | {_fmt(top2[i])} | {_fmt(top3[i])} | {_fmt(med[i])} | {ratio:,.0f} |")

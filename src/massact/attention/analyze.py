@@ -1,0 +1,317 @@
+"""Attention analysis of token sequences: find the massive-activation tokens, then measure every block's attention.
+
+Per sequence: one forward pass with massact's block statistics finds the massive-activation tokens C
+(or the caller names them); a second pass runs the model's eager attention through
+`capture_attention` and measures each block as its attention runs, keeping no attention map
+except the one block shown in the heatmap (head-averaged) and any blocks asked for. With
+`intervene`, each block is run once more with the C part of its attention output replaced by its
+mean over queries, and once with it removed, from the block's own recorded inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from rich.console import Console
+from rich.progress import track
+from torch import nn
+
+from massact.attention.capture import AttentionCall, capture_attention, check_capturable, check_memory, num_heads
+from massact.attention.measures import BlockAttention, measure_call, replaced_output
+from massact.capture.hooks import output_tensor
+from massact.capture.stats import capture_block_stats
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.models.structure import Structure
+
+PER_HEAD = ("first_importance", "sink", "massive_mass", "c_cosine", "c_relvar", "c_share", "rest_cosine")
+PER_BLOCK = (
+    "block_c_cosine",
+    "block_c_relvar",
+    "block_c_share",
+    "block_rest_cosine",
+    "decomposition_error",
+    "replace_mean_change",
+    "replace_zero_change",
+)
+
+
+@dataclass
+class AttentionOptions:
+    """What to measure and keep."""
+
+    threshold: float = 0.3  # sink-head threshold on the first token's importance
+    block: int | None = None  # heatmap block (default: the first block whose input carries massive activations)
+    logits: bool = False  # also keep the heatmap block's pre-softmax logits
+    intervene: bool = True  # measure the block-output change when the C part is replaced by its mean
+    keep_maps: Sequence[int] = ()  # blocks whose full per-head maps are kept (all blocks: range(num_blocks))
+    display_tokens: int = 64  # heatmap size (the top-left corner of the map)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    sinks: Sequence[int] | None = None  # the token positions C; default: massact's detection
+    max_memory: int | None = None  # bytes allowed for one attention map (default: what is available)
+
+
+@dataclass
+class SequenceAttention:
+    """All blocks of one sequence."""
+
+    sinks: list[int]
+    first_massive_block: int | None
+    blocks: list[BlockAttention]
+    maps: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> probs [heads, queries, keys]
+    logit_maps: dict[int, torch.Tensor] = field(default_factory=dict)
+    heatmap: torch.Tensor | None = None  # head-averaged probabilities of the heatmap block
+    heatmap_logits: torch.Tensor | None = None
+    logits_error: float | None = None  # max |softmax(logits) - probs| of the heatmap block
+    positions: int = 0  # positions in the block outputs (input tokens plus any the model prepends)
+
+
+class _Recorder:
+    """Receives attention calls and block outputs of one forward pass of one sequence."""
+
+    def __init__(self, sinks: list[int], options: AttentionOptions, heatmap_block: int) -> None:
+        self.sinks = sinks
+        self.options = options
+        self.heatmap_block = heatmap_block
+        self.keep = set(options.keep_maps)
+        self.mode: str | None = None
+        self.records: dict[int, BlockAttention] = {}
+        self.result = SequenceAttention(sinks=sinks, first_massive_block=None, blocks=[])
+
+    def on_call(self, call: AttentionCall) -> torch.Tensor | None:
+        if self.mode is not None:
+            return replaced_output(call, self.sinks, self.mode)
+        if call.block in self.records:  # a second attention in the same block (e.g. cross-attention): not measured
+            return None
+        queries, keys = call.probs.shape[-2], call.probs.shape[-1]
+        if keys < queries:
+            raise MassactError(
+                f"block {call.block}: attention has {queries} queries but only {keys} keys; "
+                "massact measures self-attention over the whole sequence only"
+            )
+        record = measure_call(call, 0, self.sinks, self.options.threshold)
+        if keys > queries:  # keys past the sequence: an explicit attention bias k' (or a fixed prefix)
+            record.extra["extra_keys"] = keys - queries
+            record.extra["extra_key_mass"] = call.probs[0, :, :, queries:].float().sum(-1).mean(-1).cpu().tolist()
+        self.records[call.block] = record
+        logits = call.logits()[0] if self.options.logits and call.block in self.keep | {self.heatmap_block} else None
+        if call.block in self.keep:
+            self.result.maps[call.block] = call.probs[0].float().cpu().clone()
+            if logits is not None:
+                self.result.logit_maps[call.block] = logits.cpu().clone()
+        if call.block == self.heatmap_block:
+            n = self.options.display_tokens
+            self.result.heatmap = call.probs[0, :, :n, :n].float().mean(0).cpu()
+            if logits is not None:
+                self.result.heatmap_logits = logits[:, :n, :n].mean(0).cpu()
+                rebuilt = torch.softmax(logits.nan_to_num(nan=-math.inf), dim=-1)
+                self.result.logits_error = float((rebuilt - call.probs[0].float()).abs().max())
+        return None
+
+    def block_hook(self, index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+            if self.mode is not None or not self.sinks or index not in self.records:
+                return
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            hidden_out = output_tensor(output)
+            update = (hidden_out.float() - hidden_in.float()).norm().clamp_min(1e-30)
+            changes = {}
+            for mode in ("mean", "zero"):
+                self.mode = mode
+                try:
+                    changed = output_tensor(module(*args, **kwargs))
+                finally:
+                    self.mode = None
+                changes[mode] = float((changed.float() - hidden_out.float()).norm() / update)
+            self.records[index].replace_mean_change = changes["mean"]
+            self.records[index].replace_zero_change = changes["zero"]
+
+        return hook
+
+
+@contextmanager
+def _block_hooks(structure: Structure, recorder: _Recorder) -> Iterator[None]:
+    handles = []
+    try:
+        for index, block in enumerate(structure.blocks):
+            handles.append(block.register_forward_hook(recorder.block_hook(index), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _forward(model: nn.Module, input_ids: torch.Tensor) -> None:
+    device = next(model.parameters()).device
+    kwargs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device)}
+    if hasattr(getattr(model, "config", None), "use_cache"):
+        kwargs["use_cache"] = False
+    with torch.no_grad():
+        model(**kwargs)
+
+
+def find_sinks(
+    model: nn.Module, structure: Structure, input_ids: torch.Tensor, thresholds: Thresholds
+) -> tuple[list[int], int | None, int]:
+    """The positions that carry massive activations in any block, the first such block, and the number of
+    positions in the block outputs (more than the input ids when the model prepends tokens of its own)."""
+    with capture_block_stats(model, structure, top_k=1, thresholds=thresholds) as collector:
+        _forward(model, input_ids)
+        (record,) = collector.pop()
+    found = [i for i, block in enumerate(record.blocks) if block.massive_tokens.numel()]
+    tokens = sorted({int(t) for block in record.blocks for t in block.massive_tokens.tolist()})
+    return tokens, (found[0] if found else None), int(record.positions.numel())
+
+
+def check_block(block: int | None, structure: Structure, what: str = "--block") -> None:
+    if block is not None and not 0 <= block < len(structure):
+        raise MassactError(f"{what} {block} is out of range; the model has blocks 0..{len(structure) - 1}")
+
+
+def analyze_sequence(
+    model: nn.Module, structure: Structure, input_ids: torch.Tensor, options: AttentionOptions
+) -> SequenceAttention:
+    """Attention measures of every block on one sequence `input_ids` [1, tokens]."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError("analyze_sequence takes one sequence of shape [1, tokens]")
+    detected, first_block, positions = find_sinks(model, structure, input_ids, options.thresholds)
+    sinks = sorted(set(options.sinks)) if options.sinks is not None else detected
+    bad = [s for s in sinks if not 0 <= s < positions]
+    if bad:
+        raise MassactError(f"--tokens {bad}: out of range; the sequence has positions 0..{positions - 1}")
+    heatmap_block = options.block
+    if heatmap_block is None:
+        heatmap_block = min(first_block + 1, len(structure) - 1) if first_block is not None else len(structure) // 2
+    recorder = _Recorder(sinks, options, heatmap_block)
+    hooks = _block_hooks(structure, recorder) if options.intervene else _nothing()
+    with capture_attention(model, structure, recorder.on_call), hooks:
+        _forward(model, input_ids)
+    missing = [i for i in range(len(structure)) if i not in recorder.records]
+    if missing:
+        raise MassactError(
+            f"{type(model).__name__}: blocks {missing} ran no attention through transformers' attention interface, "
+            "so their attention probabilities cannot be captured"
+        )
+    result = recorder.result
+    result.first_massive_block = first_block
+    result.positions = positions
+    result.blocks = [recorder.records[i] for i in range(len(structure))]
+    return result
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@dataclass
+class AttentionResult:
+    """Measures over one or more sequences, with what is needed for the table, JSON and figures."""
+
+    model: str
+    num_blocks: int
+    num_heads: int
+    source: dict
+    tokens: list[str]  # of the first sequence (heatmap axes)
+    heatmap_block: int
+    options: AttentionOptions
+    sequences: list[SequenceAttention]
+
+    @property
+    def first_massive_block(self) -> int | None:
+        firsts = [s.first_massive_block for s in self.sequences if s.first_massive_block is not None]
+        return min(firsts) if firsts else None
+
+    def block_summary(self) -> list[dict]:
+        """Per block: means over sequences (and, per head, over sequences) of every measure; None when undefined."""
+        rows = []
+        for index in range(self.num_blocks):
+            records = [s.blocks[index] for s in self.sequences]
+            row: dict = {"index": index}
+            heads = {name: torch.stack([getattr(r, name) for r in records]).nanmean(0) for name in PER_HEAD}
+            row["sink_fraction"] = _num(heads["sink"].mean())
+            row["sink_heads"] = [h for h, v in enumerate(heads["sink"].tolist()) if v >= 0.5]
+            row["first_token_importance"] = _num(heads["first_importance"].mean())
+            row["massive_mass"] = _num(heads["massive_mass"].nanmean())
+            for name in PER_BLOCK:
+                row[name] = _num(torch.tensor([getattr(r, name) for r in records]).nanmean())
+            if "extra_key_mass" in records[0].extra:  # mean attention on keys past the sequence (explicit bias k')
+                row["extra_keys"] = records[0].extra["extra_keys"]
+                row["extra_key_mass"] = _num(torch.tensor([r.extra["extra_key_mass"] for r in records]).mean())
+            row["per_head"] = {name: [_num(v) for v in heads[name]] for name in PER_HEAD}
+            rows.append(row)
+        return rows
+
+    def to_json(self) -> dict:
+        first = self.sequences[0]
+        return {
+            "model": self.model,
+            "num_blocks": self.num_blocks,
+            "num_heads": self.num_heads,
+            "source": self.source,
+            "sink_threshold": self.options.threshold,
+            "massive_thresholds": {"abs": self.options.thresholds.abs, "ratio": self.options.thresholds.ratio},
+            "first_massive_block": self.first_massive_block,
+            "sequences": [
+                {"massive_tokens": s.sinks, "first_massive_block": s.first_massive_block} for s in self.sequences
+            ],
+            "tokens": self.tokens,
+            "heatmap_block": self.heatmap_block,
+            "logits_error": first.logits_error,
+            "blocks": self.block_summary(),
+        }
+
+
+def _num(value) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def analyze(
+    model: nn.Module,
+    structure: Structure,
+    input_ids: torch.Tensor,
+    options: AttentionOptions | None = None,
+    *,
+    name: str = "model",
+    tokens: list[str] | None = None,
+    source: dict | None = None,
+    progress: bool = False,
+) -> AttentionResult:
+    """Measure every block's attention on each row of `input_ids` [sequences, tokens]."""
+    options = options or AttentionOptions()
+    check_capturable(model)
+    check_block(options.block, structure)
+    for block in options.keep_maps:
+        check_block(block, structure, "keep block")
+    if not 0 < options.threshold < 1:
+        raise MassactError(f"--threshold {options.threshold}: the sink threshold is a probability in (0, 1)")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    check_memory(model, 1, input_ids.shape[1], options.logits, options.max_memory)
+    rows = track(
+        input_ids, description="attention", console=Console(stderr=True), disable=not progress or len(input_ids) < 2
+    )
+    sequences = [analyze_sequence(model, structure, row[None], options) for row in rows]
+    first = sequences[0]
+    tokens = tokens or [str(int(i)) for i in input_ids[0]]
+    if first.positions > len(tokens):  # the model prepends positions of its own (e.g. a learned sink token)
+        tokens = ["<extra>"] * (first.positions - len(tokens)) + list(tokens)
+    heatmap_block = options.block
+    if heatmap_block is None:
+        fb = first.first_massive_block
+        heatmap_block = min(fb + 1, len(structure) - 1) if fb is not None else len(structure) // 2
+    return AttentionResult(
+        model=name,
+        num_blocks=len(structure),
+        num_heads=int(first.blocks[0].sink.numel()) if first.blocks else (num_heads(model) or 0),
+        source=source or {},
+        tokens=tokens,
+        heatmap_block=heatmap_block,
+        options=options,
+        sequences=sequences,
+    )

@@ -1,0 +1,38 @@
+"""`massact experiment attention-bias`: default vs sink vs bias attention, trained with equal budgets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from massact.commands.train import CorpusOpt, DeviceOpt, PresetOpt, SeedOpt, StepsOpt
+
+app = typer.Typer(help="Experiments that reproduce the paper's findings.", no_args_is_help=True)
+
+
+@app.command("attention-bias")
+def attention_bias_command(
+    out: Annotated[Path, typer.Option("--out", help="Directory for report.md, results.json, figures/ and runs/.")],
+    preset: PresetOpt = "cpu-small",
+    corpus: CorpusOpt = "shakespeare",
+    seed: SeedOpt = 0,
+    max_steps: StepsOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Train default, sink and bias GPT-2 (same data, seed, steps) and compare their activations."""
+    from massact.train.experiment import run_attention_bias
+    from massact.train.presets import get_preset
+
+    get_preset(preset)  # unknown preset: fail before any work
+    result = run_attention_bias(out, preset=preset, corpus=corpus, seed=seed, max_steps=max_steps, device=device)
+    console = Console(stderr=True)
+    for variant, run in result.results.items():
+        console.print(f"{variant}: validation loss {run.final_val_loss:.4f}")
+    console.print(f"wrote {out}/report.md, results.json and figures/")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="experiment")

@@ -1,0 +1,57 @@
+"""`massact train gpt2`: train a GPT-2 with default, sink or bias attention."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from massact.errors import MassactError
+
+app = typer.Typer(help="Train models (GPT-2 with default / sink / bias attention).", no_args_is_help=True)
+
+AttentionOpt = Annotated[
+    str, typer.Option("--attention", help="default, sink (learnable sink token) or bias (k', v').")
+]
+PresetOpt = Annotated[str, typer.Option("--preset", help="cpu-small (2 CPU cores, ~10 min) or gpt2-124m (GPUs).")]
+CorpusOpt = Annotated[
+    str, typer.Option("--corpus", help="shakespeare (offline), another corpus name, a .txt/.jsonl file or a folder.")
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the weights and of the batch order.")]
+StepsOpt = Annotated[int | None, typer.Option("--max-steps", min=1, help="Override the preset's number of steps.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
+
+
+@app.command("gpt2")
+def gpt2_command(
+    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoint, val_log.csv, monitor.csv/json.")],
+    attention: AttentionOpt = "default",
+    preset: PresetOpt = "cpu-small",
+    corpus: CorpusOpt = "shakespeare",
+    seed: SeedOpt = 0,
+    max_steps: StepsOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Train GPT-2 (--attention default|sink|bias) with the activation monitor on."""
+    from massact.outputs import check_output_dir
+    from massact.train.experiment import prepare_data
+    from massact.train.presets import get_preset
+    from massact.train.trainer import train
+
+    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
+    out = check_output_dir(out)
+    if device not in (None, "cpu") and not device.startswith("cuda"):
+        raise MassactError(f"--device {device}: use cpu or cuda")
+    console = Console(stderr=True)
+    with console.status(f"tokenizing {corpus} ..."):
+        data = prepare_data(config, corpus, out)
+    console.print(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
+    result = train(config, data, out, resume=resume, device=device)
+    console.print(f"step {result.step}: validation loss {result.final_val_loss:.4f}; wrote {out}")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="train")

@@ -1,0 +1,50 @@
+"""Data-parallel corpus scans: `accelerate launch -m massact scan ...` (or torchrun) splits the sequences.
+
+Each process scans its share of the windows; the summaries are gathered and merged on the main
+process, which alone writes output. The merge is exact, so the result equals a one-process run.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from functools import reduce
+
+from massact.corpus.summary import CorpusSummary
+from massact.errors import MassactError
+
+TIMEOUT = timedelta(minutes=30)
+
+
+def launched_distributed() -> bool:
+    """True when started by accelerate launch / torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_state(device: str | None):
+    """The accelerate process state (initializes torch.distributed: gloo on CPU, nccl on GPU)."""
+    from accelerate import PartialState
+
+    try:
+        return PartialState(cpu=device == "cpu", timeout=TIMEOUT)
+    except Exception as exc:  # a broken launch environment
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MassactError(f"could not join the distributed run ({first}); check the launcher's settings") from None
+
+
+def shard(count: int, rank: int, world: int) -> range:
+    """Contiguous share of `count` items for process `rank` of `world` (sizes differ by at most one)."""
+    base, extra = divmod(count, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def gather_summaries(state, summary: CorpusSummary | None) -> CorpusSummary | None:
+    """Merge every process's summary; the merged one on the main process, None elsewhere."""
+    from accelerate.utils import gather_object
+
+    parts = gather_object([summary])
+    if not state.is_main_process:
+        return None
+    parts = [p for p in parts if p is not None]
+    return reduce(CorpusSummary.merge, parts).canonical() if parts else None

@@ -1,0 +1,160 @@
+"""Views of a corpus summary: terminal table, corpus.json, means.json, report.md and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
+from massact.outputs import write_json  # noqa: E402
+from massact.report.figures import plot_layerwise  # noqa: E402
+
+CORPUS_JSON = "corpus.json"
+LAYERWISE_PNG = "layerwise.png"
+CONSTANCY_PNG = "constancy.png"
+REPORT_MD = "report.md"
+MAX_CONSTANCY_PANELS = 4
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def _show(text: str) -> str:
+    return repr(text)[1:-1]
+
+
+def derived(summary: CorpusSummary) -> dict:
+    """The readable result: per-block bands, sites, emergence and fading, top activations."""
+    return {
+        "model": summary.model,
+        "hidden_size": summary.hidden_size,
+        "num_blocks": summary.num_blocks,
+        "num_sequences": summary.num_sequences,
+        "seq_len": summary.seq_len,
+        "sources": summary.sources,
+        "thresholds": {"abs": summary.thresholds.abs, "ratio": summary.thresholds.ratio},
+        "nonfinite": summary.nonfinite,
+        "layerwise": summary.layerwise(),
+        "fraction_with_massive": (summary.arrays()["massive_counts"] > 0).mean(0).tolist(),
+        "groups": summary.groups(),
+        "sites": summary.site_rows(),
+        "top": [[{"value": v, "sequence": r, "token": t, "dim": d} for v, r, t, d in block] for block in summary.top],
+    }
+
+
+def terminal_summary(summary: CorpusSummary, console: Console) -> None:
+    """One row per massive (dim, token kind): where it emerges, peaks and fades, its value and CV."""
+    groups = summary.groups()
+    title = f"massact corpus scan: {summary.model}, {summary.num_sequences} sequences x {summary.seq_len} tokens"
+    table = Table(title=title, title_justify="left")
+    for column in ("dim", "token kind", "blocks", "fade", "peak block", "mean", "cv", "in seqs", "tokens"):
+        table.add_column(column, justify="left" if column in ("token kind", "tokens") else "right")
+    for g in groups:
+        table.add_row(
+            str(g["dim"]),
+            g["token_kind"],
+            f"{g['emerge_block']}..{g['last_block']}",
+            "-" if g["fade_block"] is None else str(g["fade_block"]),
+            str(g["peak_block"]),
+            _fmt(g["peak_mean"]),
+            f"{g['peak_cv']:.3f}",
+            f"{g['frequency']:.0%}",
+            " ".join(_show(t) for t in g["tokens"][:3]),
+        )
+    console.print(table)
+    if not groups:
+        console.print("No massive site occurs in at least half of the sequences.")
+    if summary.nonfinite:
+        console.print(f"[red]{summary.nonfinite} non-finite activations (inf/NaN): try --dtype float32[/red]")
+
+
+def plot_constancy(summary: CorpusSummary, path: Path) -> Path:
+    """Per-sequence value of the main massive (dim, kind) pairs at their peak block, with a histogram."""
+    groups = summary.groups()[:MAX_CONSTANCY_PANELS]
+    panels = max(len(groups), 1)
+    fig, axes = plt.subplots(panels, 2, figsize=(9, 2.4 * panels), dpi=150, squeeze=False)
+    for row, g in enumerate(groups):
+        site = summary.sites[(g["peak_block"], g["dim"], g["token_kind"])]
+        rows = np.asarray(list(site.per_sequence.keys()))
+        values = np.asarray(list(site.per_sequence.values()))
+        label = f"dim {g['dim']}, {g['token_kind']} token, block {g['peak_block']}"
+        axes[row, 0].plot(rows, values, "o", markersize=3, color="C3")
+        axes[row, 0].axhline(site.mean, color="k", linewidth=0.8)
+        axes[row, 0].set_title(f"{label}: mean {_fmt(site.mean)}, cv {site.cv:.3f}", fontsize=8)
+        axes[row, 0].set_xlabel("sequence")
+        axes[row, 0].set_ylabel("value")
+        axes[row, 1].hist(values, bins=30, color="C3")
+        axes[row, 1].set_xlabel("value")
+        axes[row, 1].set_ylabel("sequences")
+    if not groups:
+        for ax in axes[0]:
+            ax.text(0.5, 0.5, "no massive site in half of the sequences", ha="center", va="center")
+            ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def markdown(summary: CorpusSummary, command: str | None = None) -> str:
+    """report.md: what was scanned, the main sites with their constancy, and the figures."""
+    lines = [f"# Corpus scan: {summary.model}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        f"{summary.num_sequences} sequences of {summary.seq_len} tokens from {', '.join(summary.sources)}; "
+        f"massive = |x| > {summary.thresholds.abs:g} and >= {summary.thresholds.ratio:g} x the block median.",
+        "",
+        "## Massive activations present in at least half of the sequences",
+        "",
+        "| dim | token kind | blocks | fades at | peak block | mean at peak | CV at peak | mean at emergence "
+        "| CV at emergence | in sequences | carried by |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for g in summary.groups():
+        lines.append(
+            f"| {g['dim']} | {g['token_kind']} | {g['emerge_block']}..{g['last_block']} | "
+            f"{'-' if g['fade_block'] is None else g['fade_block']} | {g['peak_block']} | {_fmt(g['peak_mean'])} | "
+            f"{g['peak_cv']:.4f} | {_fmt(g['emerge_mean'])} | {g['emerge_cv']:.4f} | {g['frequency']:.0%} | "
+            + ", ".join(f"`{_show(t)}`" for t in g["tokens"][:5])
+            + " |"
+        )
+    if summary.nonfinite:
+        lines += ["", f"**{summary.nonfinite} non-finite activations (inf/NaN) were seen.**"]
+    lines += [
+        "",
+        "## Figures",
+        "",
+        f"![layer-wise magnitudes, mean and std over sequences]({LAYERWISE_PNG})",
+        "",
+        f"![value of the main massive activations per sequence]({CONSTANCY_PNG})",
+        "",
+        f"All sites: `{CORPUS_JSON}`; means for interventions: `{MEANS_JSON}`; mergeable state: "
+        "`summary.json` + `summary.safetensors` (`massact merge`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_corpus_outputs(summary: CorpusSummary, folder: Path, command: str | None = None) -> None:
+    """Every file of a corpus scan into `folder` (a staging directory)."""
+    summary.save(folder)
+    write_json(folder / CORPUS_JSON, derived(summary))
+    write_json(folder / MEANS_JSON, summary.means())
+    bands = summary.layerwise()
+    plot_layerwise(
+        {name: v["mean"] for name, v in bands.items()},
+        folder / LAYERWISE_PNG,
+        f"{summary.model}: {summary.num_sequences} sequences (mean, band = 1 std)",
+        spread={name: v["std"] for name, v in bands.items()},
+    )
+    plot_constancy(summary, folder / CONSTANCY_PNG)
+    (folder / REPORT_MD).write_text(markdown(summary, command), encoding="utf-8")

@@ -1,0 +1,266 @@
+"""Exports for quantization and KV-cache tools, measured in one pass over corpus windows.
+
+Formats (each one file another tool can read):
+
+- `sites` -> `sites.json`: the massive sites (block, dim, token kind) with their mean, std and count over
+  the windows, in the `means.json` layout the intervention command loads (`--means`), plus the dims,
+  blocks and token strings that carry them;
+- `act-scales` -> `act_scales.safetensors`: for every Linear (and Conv1D) of the model, the maximum |x|
+  of each input channel over all tokens, keyed by module name (what SmoothQuant-style smoothing needs);
+- `outlier-tokens` -> `outlier_tokens.json`: the token ids and strings that carry massive activations,
+  ranked by how often they do over the windows (for tools that keep such tokens as a fixed KV-cache
+  prefix or never evict them).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from massact.capture.hooks import forward_pre_hook
+from massact.capture.stats import SequenceRecord, capture_block_stats
+from massact.corpus.run import TokenText
+from massact.corpus.summary import CorpusSummary
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.models.loading import LoadedModel
+from massact.models.structure import find_structure
+from massact.outputs import write_json
+from massact.trace.linear import in_features, is_linear
+
+FILES = {"sites": "sites.json", "act-scales": "act_scales.safetensors", "outlier-tokens": "outlier_tokens.json"}
+FORMATS = tuple(FILES)
+SITES_FORMAT = "massact-sites/1"
+SCALES_FORMAT = "massact-act-scales/1"
+TOKENS_FORMAT = "massact-outlier-tokens/1"
+
+
+def parse_formats(values: Iterable[str]) -> list[str]:
+    """`--format` values (repeated or comma-separated, `all` for every one) -> known format names."""
+    chosen: list[str] = []
+    for value in values:
+        for name in (v.strip() for v in value.split(",")):
+            if not name:
+                continue
+            if name == "all":
+                chosen.extend(FORMATS)
+            elif name in FORMATS:
+                chosen.append(name)
+            else:
+                raise MassactError(f"--format {name!r} does not exist; use one or more of {', '.join(FORMATS)}, or all")
+    if not chosen:
+        raise MassactError(f"give --format: one or more of {', '.join(FORMATS)}, or all")
+    return list(dict.fromkeys(chosen))
+
+
+class ActScales:
+    """Running per-input-channel max |x| at every Linear, from forward pre-hooks (inputs without padding)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modules = {name: m for name, m in model.named_modules() if is_linear(m)}
+        self.maxima = {name: torch.zeros(in_features(m)) for name, m in self.modules.items()}
+
+    def hook_for(self, name: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()))
+            peak = x.detach().reshape(-1, x.shape[-1]).abs().float().amax(0).cpu()
+            torch.maximum(self.maxima[name], torch.nan_to_num(peak, nan=0.0), out=self.maxima[name])
+
+        return hook
+
+    @contextmanager
+    def hooks(self) -> Iterator[ActScales]:
+        with ExitStack() as stack:
+            for name, module in self.modules.items():
+                stack.enter_context(forward_pre_hook(module, self.hook_for(name)))
+            yield self
+
+
+@dataclass
+class TokenCount:
+    """How often one token id carries a massive activation (any block, any dim) over the windows."""
+
+    count: int = 0  # occurrences that carry one
+    at_first: int = 0  # of those, at a window's first position
+    max_abs: float = 0.0
+    dims: set[int] = field(default_factory=set)
+    blocks: set[int] = field(default_factory=set)
+
+
+@dataclass
+class ExportResult:
+    """What one pass over the windows measured; `write` puts the chosen formats on disk."""
+
+    model: str
+    corpus: str
+    windows: list[int]  # [samples, seq_len]
+    seed: int
+    thresholds: Thresholds
+    summary: CorpusSummary | None
+    act_scales: dict[str, torch.Tensor]
+    token_counts: dict[int, TokenCount]
+    occurrences: dict[int, int]
+    texts: dict[int, str]
+
+    @property
+    def has_massive(self) -> bool:
+        return bool(self.token_counts)
+
+    def sites(self) -> dict:
+        base = self.summary.means() if self.summary is not None else {"sites": []}
+        rows = self.summary.site_rows() if self.summary is not None else []
+        tokens = {(r["block"], r["dim"], r["token_kind"]): r["tokens"] for r in rows}
+        for site in base["sites"]:
+            site["tokens"] = tokens.get((site["block"], site["dim"], site["token_kind"]), [])
+        sites = base["sites"]
+        return {
+            "format": SITES_FORMAT,
+            **base,
+            "corpus": self.corpus,
+            "windows": self.windows,
+            "seed": self.seed,
+            "thresholds": {"abs": self.thresholds.abs, "ratio": self.thresholds.ratio},
+            "dims": sorted({s["dim"] for s in sites}),
+            "token_kinds": sorted({s["token_kind"] for s in sites}),
+            "blocks": sorted({s["block"] for s in sites}),
+        }
+
+    def outlier_tokens(self) -> dict:
+        samples = self.windows[0]
+        first = sum(c.at_first for c in self.token_counts.values())
+        ranked = sorted(self.token_counts.items(), key=lambda item: (-item[1].count, item[0]))
+        return {
+            "format": TOKENS_FORMAT,
+            "model": self.model,
+            "corpus": self.corpus,
+            "windows": self.windows,
+            "seed": self.seed,
+            "thresholds": {"abs": self.thresholds.abs, "ratio": self.thresholds.ratio},
+            "first_position": {"windows": samples, "carrying": first, "rate": first / samples if samples else 0.0},
+            "tokens": [
+                {
+                    "token_id": token_id,
+                    "token": self.texts[token_id],
+                    "count": c.count,
+                    "at_first_position": c.at_first,
+                    "elsewhere": c.count - c.at_first,
+                    "occurrences": self.occurrences[token_id],
+                    "rate": c.count / self.occurrences[token_id],
+                    "max_abs": c.max_abs,
+                    "dims": sorted(c.dims),
+                    "blocks": [min(c.blocks), max(c.blocks)],
+                }
+                for token_id, c in ranked
+            ],
+        }
+
+    def write(self, directory: Path, formats: Iterable[str]) -> list[Path]:
+        written = []
+        for name in formats:
+            path = Path(directory) / FILES[name]
+            if name == "sites":
+                write_json(path, self.sites())
+            elif name == "outlier-tokens":
+                write_json(path, self.outlier_tokens())
+            else:
+                metadata = {
+                    "format": SCALES_FORMAT,
+                    "model": self.model,
+                    "corpus": self.corpus,
+                    "windows": json.dumps(self.windows),
+                    "statistic": "max |x| per input channel over all tokens",
+                }
+                tensors = {k: v.contiguous() for k, v in self.act_scales.items()}
+                save_file(tensors, path, metadata=metadata)
+            written.append(path)
+        return written
+
+
+def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount]) -> None:
+    carried: dict[int, TokenCount] = {}
+    for block, rec in enumerate(record.blocks):
+        for t, d, v in zip(
+            rec.massive_tokens.tolist(), rec.massive_dims.tolist(), rec.massive_values.tolist(), strict=True
+        ):
+            site = carried.setdefault(t, TokenCount())
+            site.max_abs = max(site.max_abs, abs(v))
+            site.dims.add(d)
+            site.blocks.add(block)
+    for position, site in carried.items():
+        total = counts.setdefault(ids[position], TokenCount())
+        total.count += 1
+        total.at_first += int(position == 0)
+        total.max_abs = max(total.max_abs, site.max_abs)
+        total.dims |= site.dims
+        total.blocks |= site.blocks
+
+
+def measure_exports(
+    loaded: LoadedModel,
+    windows: torch.Tensor,
+    *,
+    corpus: str = "corpus",
+    seed: int = 0,
+    batch_size: int = 8,
+    thresholds: Thresholds | None = None,
+    act_scales: bool = True,
+    blocks_path: str | None = None,
+    progress: bool = True,
+) -> ExportResult:
+    """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales."""
+    if windows.dim() != 2 or windows.shape[0] == 0:
+        raise MassactError("no windows to export from; give --samples of at least 1")
+    thresholds = thresholds or Thresholds()
+    model = loaded.model
+    structure = find_structure(model, blocks_path)
+    texts = TokenText(loaded.tokenizer)
+    scales = ActScales(model) if act_scales else None
+    summary: CorpusSummary | None = None
+    counts: dict[int, TokenCount] = {}
+    device = loaded.device
+    with ExitStack() as stack:
+        collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
+        if scales is not None:
+            stack.enter_context(scales.hooks())
+        for start in tqdm(range(0, windows.shape[0], batch_size), desc="export", unit="batch", disable=not progress):
+            ids = windows[start : start + batch_size]
+            with torch.no_grad():
+                model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+            for offset, record in enumerate(collector.pop()):
+                row_ids = ids[offset].tolist()
+                if summary is None:
+                    hidden = int(record.blocks[0].dim_max.numel())
+                    summary = CorpusSummary(loaded.name, hidden, len(structure), thresholds, 3, windows.shape[1])
+                tokens, kinds = texts.kinds_and_texts(row_ids, 0)
+                summary.add(record, corpus, start + offset, tokens, kinds)
+                _count_tokens(record, row_ids, counts)
+    all_ids, frequency = torch.unique(windows, return_counts=True)
+    occurrences = dict(zip(all_ids.tolist(), frequency.tolist(), strict=True))
+    return ExportResult(
+        model=loaded.name,
+        corpus=corpus,
+        windows=list(windows.shape),
+        seed=seed,
+        thresholds=thresholds,
+        summary=summary.canonical() if summary is not None else None,
+        act_scales=scales.maxima if scales is not None else {},
+        token_counts=counts,
+        occurrences={i: occurrences[i] for i in counts},
+        texts={i: texts.text(i) for i in counts},
+    )
+
+
+def read_export(path: str | Path) -> dict | dict[str, torch.Tensor]:
+    """Read back any export file: JSON formats as dicts, act scales as {module name: tensor}."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    return json.loads(path.read_text(encoding="utf-8"))

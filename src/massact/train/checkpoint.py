@@ -1,0 +1,117 @@
+"""Checkpoints: weights and optimizer state as safetensors, everything else as JSON.
+
+A checkpoint is a directory (`model.safetensors`, `optimizer.safetensors`, `state.json`,
+`config.json`, `tokenizer.json`). It is written next to the old one and swapped in with a
+rename, so an interrupted run always finds its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from massact.errors import MassactError
+from massact.outputs import write_json
+from massact.train.gpt2 import GPT2, GPT2Config
+from massact.train.presets import TrainConfig
+
+CHECKPOINT = "checkpoint"
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+    return tensors, state["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": param_groups}
+
+
+def save_checkpoint(run_dir: Path, model: GPT2, optimizer, scheduler, state: dict, tokenizer) -> Path:
+    """Write `run_dir/checkpoint` atomically. `state` holds step, config and logs (JSON)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / CHECKPOINT
+    staging = run_dir / f".{CHECKPOINT}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_model(model, str(staging / "model.safetensors"))
+    tensors, groups = _flatten_optimizer(optimizer.state_dict())
+    save_file(tensors, str(staging / "optimizer.safetensors"))
+    write_json(staging / "config.json", {"model_type": "massact-gpt2", **model.config.to_dict()})
+    write_json(staging / "state.json", {**state, "param_groups": groups, "scheduler": scheduler.state_dict()})
+    tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
+    old = run_dir / f".{CHECKPOINT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The last complete checkpoint of `run_dir` (also one left mid-swap by an interruption)."""
+    for name in (CHECKPOINT, f".{CHECKPOINT}.old"):
+        path = run_dir / name
+        if (path / "state.json").is_file() and (path / "model.safetensors").is_file():
+            return path
+    return None
+
+
+def read_state(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+def config_differences(saved: dict, wanted: TrainConfig) -> list[str]:
+    """The settings where a saved run's config differs from `wanted` (e.g. ['n_layer 4 != 6'])."""
+    want = wanted.to_dict()
+    diffs = []
+    for key in sorted(set(saved) | set(want)):
+        a, b = saved.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{k} {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key} {a!r} != {b!r}")
+    return diffs
+
+
+def load_checkpoint(checkpoint: Path, model: GPT2, optimizer, scheduler, config: TrainConfig) -> dict:
+    """Restore model, optimizer and scheduler in place from `checkpoint`; returns its state dict."""
+    state = read_state(checkpoint)
+    diffs = config_differences(state.get("config", {}), config)
+    if diffs:
+        raise MassactError(
+            f"{checkpoint} was trained with another config ({'; '.join(diffs[:3])}); "
+            "resume with the same preset and options, or choose another --out"
+        )
+    load_model(model, str(checkpoint / "model.safetensors"), device=str(next(model.parameters()).device))
+    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"]))
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def load_trained(path: Path, device: str = "cpu") -> tuple[GPT2, object]:
+    """A trained model and its tokenizer from a checkpoint directory (or a run directory holding one)."""
+    from massact.train.data import load_tokenizer
+
+    path = Path(path)
+    checkpoint = path if (path / "state.json").is_file() else find_checkpoint(path)
+    if checkpoint is None:
+        raise MassactError(f"{path}: no massact GPT-2 checkpoint here (no state.json / model.safetensors)")
+    config = GPT2Config.from_dict(json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
+    model = GPT2(config)
+    load_model(model, str(checkpoint / "model.safetensors"), device=device)
+    return model.to(device).eval(), load_tokenizer(checkpoint / "tokenizer.json")

@@ -1,0 +1,111 @@
+"""Training configurations: one dataclass, two named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+
+from massact.errors import MassactError
+from massact.train.gpt2 import GPT2Config
+
+TOKENIZERS = ("bpe", "smollm2")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (two runs with equal configs see the same batches)."""
+
+    model: GPT2Config = field(default_factory=GPT2Config)
+    tokenizer: str = "bpe"  # "bpe": byte-level BPE trained on the corpus; "smollm2": the bundled tokenizer
+    batch_size: int = 8  # sequences per micro-batch and process
+    grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    max_steps: int = 1000
+    learning_rate: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_batches: int = 8
+    monitor_interval: int = 50
+    probe_sequences: int = 4
+    checkpoint_interval: int = 200
+    val_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = GPT2Config.from_dict(self.model)
+        if self.tokenizer not in TOKENIZERS:
+            raise MassactError(f"unknown tokenizer {self.tokenizer!r}; use one of {', '.join(TOKENIZERS)}")
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "monitor_interval"):
+            if getattr(self, name) < 1:
+                raise MassactError(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if not 0 < self.val_fraction < 1:
+            raise MassactError(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step on one process."""
+        return self.batch_size * self.grad_accum * self.model.block_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # 1.1M parameters, 0.8M training tokens per variant: the three take 7-22 minutes on 2 shared CPU cores.
+    "cpu-small": TrainConfig(
+        model=GPT2Config(vocab_size=2048, block_size=128, n_layer=4, n_head=4, n_embd=128),
+        tokenizer="bpe",
+        batch_size=16,
+        grad_accum=1,
+        max_steps=400,
+        learning_rate=2e-3,
+        min_lr=2e-4,
+        warmup_steps=30,
+        eval_interval=25,
+        eval_batches=2,
+        monitor_interval=25,
+        probe_sequences=4,
+        checkpoint_interval=50,
+    ),
+    # The paper's size (GPT-2 small, 124M with GPT-2's vocabulary; here 49,152 tokens of SmolLM2)
+    # and nanoGPT's recipe: ~0.5M tokens per step over 8 GPUs (grad_accum is per process).
+    "gpt2-124m": TrainConfig(
+        model=GPT2Config(vocab_size=49152, block_size=1024, n_layer=12, n_head=12, n_embd=768),
+        tokenizer="smollm2",
+        batch_size=12,
+        grad_accum=5,
+        max_steps=50_000,
+        learning_rate=6e-4,
+        min_lr=6e-5,
+        warmup_steps=2000,
+        eval_interval=1000,
+        eval_batches=50,
+        monitor_interval=250,
+        probe_sequences=8,
+        checkpoint_interval=1000,
+        val_fraction=0.005,
+    ),
+}
+
+
+def get_preset(name: str, attention: str = "default", seed: int = 0, **overrides) -> TrainConfig:
+    """A copy of preset `name` with the attention variant, seed and any other field overridden."""
+    if name not in PRESETS:
+        raise MassactError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    base = PRESETS[name]
+    model = dataclasses.replace(base.model, attention=attention)
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(fields) - set(TrainConfig.__dataclass_fields__)
+    if unknown:
+        raise MassactError(f"unknown training setting(s) {', '.join(sorted(unknown))}")
+    return dataclasses.replace(base, model=model, seed=seed, **fields)

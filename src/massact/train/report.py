@@ -1,0 +1,141 @@
+"""Report of the attention-bias experiment: results.json, report.md and four figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from massact.outputs import write_json  # noqa: E402
+
+if TYPE_CHECKING:
+    from massact.train.experiment import ExperimentResult
+
+COLORS = {"default": "C3", "sink": "C1", "bias": "C2"}
+
+
+def final_blocks(rows: list[dict]) -> list[dict]:
+    """The monitor rows of the last recorded step, by block."""
+    last = max(r["step"] for r in rows)
+    return sorted((r for r in rows if r["step"] == last), key=lambda r: r["block"])
+
+
+def _plot(curves: dict[str, tuple[list, list]], path: Path, title: str, xlabel: str, ylabel: str, log: bool) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
+    for name, (x, y) in curves.items():
+        ax.plot(x, y, marker="o", markersize=3, label=name, color=COLORS.get(name))
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summarize_variant(result) -> dict:
+    blocks = final_blocks(result.monitor_rows)
+    peak = max(blocks, key=lambda r: r["top1"])
+    return {
+        "final_val_loss": result.final_val_loss,
+        "steps": result.step,
+        "train_seconds": result.train_seconds,
+        "peak": peak,
+        "max_ratio": max(r["ratio"] for r in blocks),
+        "num_massive": sum(r["num_massive"] for r in blocks),
+        "blocks": blocks,
+        "val_log": result.val_log,
+        "emergence": result.emergence,
+    }
+
+
+def write_experiment_report(experiment: ExperimentResult, out: Path) -> None:
+    """Write results.json, report.md and figures/ for `experiment` into `out`."""
+    summary = {v: summarize_variant(r) for v, r in experiment.results.items()}
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    _plot(
+        {v: ([e["step"] for e in s["val_log"]], [e["val_loss"] for e in s["val_log"]]) for v, s in summary.items()},
+        figures / "val_loss.png", "validation loss", "step", "loss", log=False,
+    )  # fmt: skip
+    _plot(
+        {v: ([b["block"] for b in s["blocks"]], [b["top1"] for b in s["blocks"]]) for v, s in summary.items()},
+        figures / "top1_per_block.png", "largest |activation| per block (end of training)", "block", "top-1", log=True,
+    )  # fmt: skip
+    _plot(
+        {v: ([b["block"] for b in s["blocks"]], [b["ratio"] for b in s["blocks"]]) for v, s in summary.items()},
+        figures / "ratio_per_block.png", "top-1 / median per block (end of training)", "block", "ratio", log=True,
+    )  # fmt: skip
+    _plot(
+        {v: ([e["step"] for e in s["emergence"]], [e["top1"] for e in s["emergence"]]) for v, s in summary.items()},
+        figures / "emergence.png", "largest |activation| over all blocks during training", "step", "top-1", log=True,
+    )  # fmt: skip
+    configs = {v: c.to_dict() for v, c in experiment.configs.items()}
+    write_json(out / "results.json", {"preset": experiment.preset, "corpus": experiment.corpus, "configs": configs,
+                                      "variants": summary})  # fmt: skip
+    (out / "report.md").write_text(_markdown(experiment, summary), encoding="utf-8")
+
+
+def _markdown(experiment: ExperimentResult, summary: dict) -> str:
+    any_config = next(iter(experiment.configs.values()))
+    thresholds = "|x| > 100 and |x| >= 1000 x median"
+    lines = [
+        f"# Attention bias experiment ({experiment.preset}, corpus {experiment.corpus})",
+        "",
+        f"Model: {any_config.model.n_layer} blocks, hidden {any_config.model.n_embd}, {any_config.model.n_head} heads, "
+        f"context {any_config.model.block_size}; {any_config.max_steps} steps of "
+        f"{any_config.tokens_per_step:,} tokens; seed {any_config.seed} for every variant.",
+        f"Probe batch: {any_config.probe_sequences} fixed validation windows. Massive = {thresholds}.",
+        "",
+        "| variant | final val loss | top-1 magnitude (block, token, dim) | median there | top-1 / median "
+        "| massive entries |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, s in summary.items():
+        p = s["peak"]
+        lines.append(
+            f"| {variant} | {s['final_val_loss']:.4f} | {p['top1']:.2f} ({p['block']}, {p['top_token']}, "
+            f"{p['top_dim']}) | {p['median']:.4f} | {p['ratio']:.1f} | {s['num_massive']} |"
+        )
+    lines.append("")
+    for variant, s in summary.items():
+        found = "yes" if s["num_massive"] else "no"
+        lines.append(
+            f"- {variant}: massive activations at the end of training: {found}; largest top-1 / median "
+            f"{s['max_ratio']:.1f}; {s['steps']} steps in {s['train_seconds']:.0f} s of training"
+        )
+    lines += ["", "## Per block at the end of training (top-1 magnitude / ratio to median)", ""]
+    variants = list(summary)
+    lines.append("| block | " + " | ".join(variants) + " |")
+    lines.append("|---|" + "---|" * len(variants))
+    for index in range(len(summary[variants[0]]["blocks"])):
+        cells = [
+            f"{summary[v]['blocks'][index]['top1']:.2f} / {summary[v]['blocks'][index]['ratio']:.1f}" for v in variants
+        ]
+        lines.append(f"| {index} | " + " | ".join(cells) + " |")
+    lines += ["", "## Emergence: largest magnitude over blocks (its block) by step", ""]
+    lines.append("| step | " + " | ".join(variants) + " |")
+    lines.append("|---|" + "---|" * len(variants))
+    steps = [e["step"] for e in summary[variants[0]]["emergence"]]
+    for i, step in enumerate(steps):
+        cells = []
+        for v in variants:
+            em = summary[v]["emergence"]
+            cells.append(f"{em[i]['top1']:.2f} ({em[i]['block']})" if i < len(em) else "")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "![validation loss](figures/val_loss.png)",
+        "![top-1 per block](figures/top1_per_block.png)",
+        "![ratio per block](figures/ratio_per_block.png)",
+        "![emergence](figures/emergence.png)",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,214 @@
+"""Train a GPT-2 variant: AdamW, warm-up + cosine decay, clipping, accumulation, checkpoints, monitor.
+
+Runs on one CPU, one GPU (bf16 autocast) or many GPUs through `accelerate` (start with
+`accelerate launch -m massact train gpt2 ...` or `torchrun --nproc_per_node N -m massact train gpt2 ...`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from massact.errors import MassactError
+from massact.outputs import write_json
+from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from massact.train.data import TokenData, batch_seed, fixed_windows, random_batch
+from massact.train.gpt2 import GPT2
+from massact.train.monitor import ActivationMonitor
+from massact.train.presets import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run produced."""
+
+    run_dir: Path
+    step: int
+    val_log: list[dict] = field(default_factory=list)
+    monitor_rows: list[dict] = field(default_factory=list)
+    emergence: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.val_log[-1]["val_loss"] if self.val_log else math.nan
+
+
+def make_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on biases, norms, or the 1-D k', v' and sink)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, config.warmup_steps, config.max_steps, min_lr=config.min_lr
+    )
+
+
+@torch.no_grad()
+def evaluate(model: GPT2, windows: torch.Tensor, batch_size: int, device: torch.device, autocast) -> float:
+    """Mean next-token loss over fixed validation windows (model in eval mode)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    count = 0
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size].to(device)
+        with autocast():
+            loss = model(input_ids=batch, labels=batch).loss
+        total += float(loss) * len(batch)
+        count += len(batch)
+    model.train(was_training)
+    return total / count
+
+
+def _write_val_log(run_dir: Path, val_log: list[dict]) -> None:
+    with (run_dir / "val_log.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["step", "train_loss", "val_loss", "tokens"])
+        writer.writeheader()
+        writer.writerows(val_log)
+
+
+def train(
+    config: TrainConfig,
+    data: TokenData,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `config` on `data` into `run_dir` (checkpoint, val_log.csv, monitor.*).
+
+    `resume` continues from the run's last checkpoint (same config required); without it an
+    existing checkpoint is an error. `stop_after` ends early after that step (for tests),
+    checkpointing first, as an interruption would.
+    """
+    from accelerate import Accelerator
+
+    data.check(config)
+    existing = find_checkpoint(run_dir)
+    if existing is not None and not resume:
+        raise MassactError(
+            f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
+        )
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    bf16 = not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
+    torch.manual_seed(config.seed)
+    model = GPT2(config.model)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config)
+    monitor = ActivationMonitor(
+        fixed_windows(data.val, config.probe_sequences, config.model.block_size),
+        every=config.monitor_interval,
+        out_dir=run_dir if accelerator.is_main_process else None,
+    )
+    step, val_log, elapsed = 0, [], 0.0
+    model = model.to(accelerator.device)
+    if existing is not None:
+        state = load_checkpoint(existing, model, optimizer, scheduler, config)
+        step, val_log, elapsed = state["step"], state["val_log"], state.get("train_seconds", 0.0)
+        monitor.restore(state["monitor_rows"], step)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    val_windows = fixed_windows(data.val, config.eval_batches * config.batch_size, config.model.block_size)
+    rank = accelerator.process_index
+
+    def checkpoint() -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            state = {
+                "step": step,
+                "config": config.to_dict(),
+                "val_log": val_log,
+                "monitor_rows": monitor.rows,
+                "train_seconds": elapsed,
+            }
+            save_checkpoint(run_dir, raw, optimizer, scheduler, state, data.tokenizer)
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if step == 0:
+            monitor.record(raw, 0)
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        desc=f"gpt2 {config.model.attention}",
+        disable=not (progress and accelerator.is_main_process),
+        mininterval=2.0,
+    )
+    tokens_per_step = config.tokens_per_step * accelerator.num_processes
+    model.train()
+    try:
+        while step < config.max_steps:
+            started = time.perf_counter()
+            loss_sum = 0.0
+            for micro in range(config.grad_accum):
+                batch = random_batch(
+                    data.train, config.batch_size, config.model.block_size, batch_seed(config.seed, step, micro, rank)
+                ).to(accelerator.device)
+                sync = micro == config.grad_accum - 1
+                context = accelerator.no_sync(model) if not sync else nullcontext()
+                with context, accelerator.autocast():
+                    loss = model(input_ids=batch, labels=batch).loss / config.grad_accum
+                    accelerator.backward(loss)
+                loss_sum += float(loss.detach())
+            accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            elapsed += time.perf_counter() - started
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_step * bar.n / max(elapsed, 1e-9):.0f}")
+            if step % config.eval_interval == 0 or step == config.max_steps:
+                val = evaluate(raw, val_windows, config.batch_size, accelerator.device, accelerator.autocast)
+                val_log.append(
+                    {"step": step, "train_loss": loss_sum, "val_loss": val, "tokens": step * tokens_per_step}
+                )
+                bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val:.4f}")
+                if accelerator.is_main_process:
+                    _write_val_log(run_dir, val_log)
+            if accelerator.is_main_process and (monitor.due(step) or step == config.max_steps):
+                monitor.record(raw, step)
+            if step % config.checkpoint_interval == 0 or step == config.max_steps:
+                checkpoint()
+            if stop_after is not None and step >= stop_after:
+                checkpoint()
+                break
+    except KeyboardInterrupt:
+        bar.close()
+        raise MassactError(
+            f"interrupted at step {step}; the last checkpoint is in {run_dir}/checkpoint: rerun with --resume"
+        ) from None
+    finally:
+        bar.close()
+        monitor.close()
+    result = TrainResult(run_dir, step, val_log, monitor.rows, monitor.emergence(), elapsed)
+    if accelerator.is_main_process:
+        write_json(
+            run_dir / "summary.json",
+            {
+                "config": config.to_dict(),
+                "step": step,
+                "final_val_loss": result.final_val_loss,
+                "train_seconds": elapsed,
+                "parameters": raw.num_parameters(),
+                "emergence": result.emergence,
+            },
+        )
+    return result

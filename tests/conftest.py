@@ -1,0 +1,35 @@
+"""Shared fixtures: the bundled SmolLM2 (loaded once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from massact.models.loading import LoadedModel, load_model
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The bundled default model, SmolLM2-135M-Instruct, float32 on CPU."""
+    return load_model("default", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2: LoadedModel):
+    """A saved 2-block random LLaMA with the SmolLM2 tokenizer and a 64-token context."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2.tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    smollm2.tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,102 @@
+"""`massact scan` from the command line: outputs, JSON on stdout, and one-line errors with status 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from massact.cli import main
+from massact.outputs import staged_output
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.slow
+def test_scan_default_writes_json_report_and_figures(tmp_path, capsys, smollm2):
+    out = tmp_path / "scan"
+    code, stdout, _ = run(["scan", "--out", str(out), "--json"], capsys)
+    assert code in (0, None)
+    data = json.loads(stdout)
+    assert data == json.loads((out / "scan.json").read_text())
+    assert data["num_blocks"] == 30 and data["hidden_size"] == 576
+    assert data["summary"]["dims"][0] == 507 and data["summary"]["first_block"] == 11
+    assert sorted(p.name for p in out.iterdir()) == ["activations_3d.png", "layerwise.png", "report.md", "scan.json"]
+    report = (out / "report.md").read_text()
+    assert "![" in report and "layerwise.png" in report and "activations_3d.png" in report
+    for png in ("layerwise.png", "activations_3d.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _bad_inputs(tmp_path, tiny_model_dir):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all" * 64)
+    tiny = str(tiny_model_dir)
+    return {
+        "missing path": ([str(tmp_path / "nope")], "no such file"),
+        "no model in directory": ([str(empty_dir)], "no config.json"),
+        "corrupt gguf": ([str(junk)], "not a readable GGUF"),
+        "empty prompt": ([tiny, "--prompt", "  "], "prompt is empty"),
+        "prompt too long": ([tiny, "--prompt", "word " * 200], "at most 64"),
+        "negative abs threshold": ([tiny, "--abs-threshold", "-1"], "positive"),
+        "zero ratio threshold": ([tiny, "--ratio-threshold", "0"], "positive"),
+        "non-numeric threshold": ([tiny, "--abs-threshold", "abc"], "--abs-threshold"),
+        "out is a file": ([tiny, "--out", str(a_file)], "not a directory"),
+        "out under a file": ([tiny, "--out", str(a_file / "sub")], "is a file"),
+        "keep out of range": ([tiny, "--keep", "9"], "out of range"),
+        "corpus and images": ([tiny, "--corpus", "shakespeare", "--images", "samples"], "not both"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing path",
+        "no model in directory",
+        "corrupt gguf",
+        "empty prompt",
+        "prompt too long",
+        "negative abs threshold",
+        "zero ratio threshold",
+        "non-numeric threshold",
+        "out is a file",
+        "out under a file",
+        "keep out of range",
+        "corpus and images",
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys, monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("MASSACT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")  # usage errors are wrapped to the terminal width
+    argv, message = _bad_inputs(tmp_path, tiny_model_dir)[case]
+    out = tmp_path / "out"
+    if "--out" not in argv:
+        argv = [*argv, "--out", str(out)]
+    code, stdout, stderr = run(["scan", *argv], capsys)
+    assert code == 2
+    assert message in stderr
+    assert "Traceback" not in stderr
+    if "Usage" not in stderr:
+        assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_staged_output_leaves_nothing_on_error(tmp_path):
+    out = tmp_path / "result"
+    with pytest.raises(RuntimeError), staged_output(out) as staging:
+        (staging / "scan.json").write_text("{}")
+        raise RuntimeError("figure failed")
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    with staged_output(out) as staging:
+        (staging / "scan.json").write_text("{}")
+    assert [p.name for p in out.iterdir()] == ["scan.json"] and len(list(tmp_path.iterdir())) == 1

@@ -1,0 +1,206 @@
+"""Trace on tiny models with a planted super weight: the exact (block, row, column) is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from massact.errors import MassactError
+from massact.models.loading import LoadedModel
+from massact.models.structure import find_structure
+from massact.trace import trace, zeroed_entries
+from massact.trace.linear import find_writer_linear
+from massact.trace.verify import _measure_sites, control_entries, reported_entries, verify_trace
+
+PLANT_TOKEN, CARRIER, DIM, CHANNEL, BLOCK = 5, 3, 7, 33, 1
+
+
+class IdTokenizer:
+    """Prompt "5 1 2 5 3" -> ids [5, 1, 2, 5, 3]; enough tokenizer for the trace."""
+
+    all_special_ids: list[int] = []
+
+    def __call__(self, text, return_tensors=None, add_special_tokens=True):
+        return {"input_ids": torch.tensor([[int(t) for t in text.split()]])}
+
+    def decode(self, ids):
+        return " ".join(str(i) for i in ids)
+
+
+def _carrier_only_in_embedding(model, column: int) -> None:
+    """Dim `column` of the residual holds only the planted token's embedding: nothing else writes it."""
+    for name, param in model.named_parameters():
+        if "embed" in name or "wte" in name or "wpe" in name:
+            param.data[:, column] = 0
+
+
+def planted_llama() -> LoadedModel:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=16,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        _carrier_only_in_embedding(model, CARRIER)
+        model.model.embed_tokens.weight[PLANT_TOKEN, CARRIER] = 1.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight[CARRIER] = 0
+            layer.mlp.down_proj.weight[CARRIER] = 0
+        mlp = model.model.layers[BLOCK].mlp
+        mlp.gate_proj.weight[CHANNEL] = 0
+        mlp.up_proj.weight[CHANNEL] = 0
+        mlp.gate_proj.weight[CHANNEL, CARRIER] = 2.0
+        mlp.up_proj.weight[CHANNEL, CARRIER] = 2.0
+        mlp.down_proj.weight[DIM, CHANNEL] = 40.0
+    return LoadedModel(model=model, tokenizer=IdTokenizer(), name="planted-llama")
+
+
+def planted_gpt2() -> LoadedModel:
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=16, n_embd=32, n_layer=3, n_head=4, n_positions=32)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        _carrier_only_in_embedding(model, CARRIER)
+        model.transformer.wte.weight[PLANT_TOKEN, CARRIER] = 1.0
+        for block in model.transformer.h:
+            for proj in (block.attn.c_proj, block.mlp.c_proj):
+                proj.weight[:, CARRIER] = 0  # Conv1D stores [in, out]
+                proj.bias[CARRIER] = 0
+        mlp = model.transformer.h[BLOCK].mlp
+        mlp.c_fc.weight[:, CHANNEL] = 0
+        mlp.c_fc.weight[CARRIER, CHANNEL] = 2.0
+        mlp.c_fc.bias[CHANNEL] = -4.0
+        mlp.c_proj.weight[CHANNEL, DIM] = 400.0
+    return LoadedModel(model=model, tokenizer=IdTokenizer(), name="planted-gpt2")
+
+
+PROMPT = "5 1 2 5 3 4 6"
+
+
+@pytest.fixture(scope="module")
+def llama() -> LoadedModel:
+    return planted_llama()
+
+
+def test_writer_linear_is_the_down_projection(llama):
+    structure = find_structure(llama.model)
+    writer = find_writer_linear(structure.mlp(2), structure.mlp_path(2), 32)
+    assert writer.name == "model.layers.2.mlp.down_proj"
+    assert writer.module is llama.model.model.layers[2].mlp.down_proj
+    attn = find_writer_linear(structure.attn(0), structure.attn_path(0), 32)
+    assert attn.name == "model.layers.0.self_attn.o_proj"
+
+
+def test_trace_finds_the_planted_super_weight(llama):
+    result = trace(llama, PROMPT, add_special_tokens=False)
+    assert {(s.token, s.dim) for s in result.sites} == {(0, DIM), (3, DIM)}
+    for site in result.sites:
+        assert site.block == BLOCK
+        assert site.writer == "mlp"
+        assert site.module == f"model.layers.{BLOCK}.mlp.down_proj"
+        top = site.entries[0]
+        assert (top.block, top.row, top.column) == (BLOCK, DIM, CHANNEL)
+        assert top.stored_index == [DIM, CHANNEL]
+        assert top.weight == 40.0
+        assert top.weight_rank == 1
+        assert site.entries_needed["of_jump"] == 1
+        assert top.share_of_jump > 0.9
+        assert site.channels[0]["channel"] == CHANNEL
+        # the block's update is the sum of the sub-layer updates (LLaMA adds both outputs as they are)
+        assert abs(site.other_update) < 1e-3 * abs(site.jump)
+        assert site.mlp_update == pytest.approx(site.module_output, rel=1e-5)
+        assert top.contribution == pytest.approx(top.weight * top.input, rel=1e-5)
+
+
+def test_trace_json_entries_have_the_required_fields(llama):
+    data = trace(llama, PROMPT, add_special_tokens=False).to_json()
+    entry = data["entries"][0]
+    assert {"block", "module", "row", "column", "weight", "contribution"} <= set(entry)
+    assert (entry["block"], entry["row"], entry["column"]) == (BLOCK, DIM, CHANNEL)
+
+
+def test_trace_through_conv1d_reports_w_down_convention():
+    gpt2 = planted_gpt2()
+    result = trace(gpt2, PROMPT, add_special_tokens=False)
+    assert result.sites, "the planted activation was not found"
+    site = result.sites[0]
+    top = site.entries[0]
+    assert site.module == f"transformer.h.{BLOCK}.mlp.c_proj"
+    assert (top.block, top.row, top.column) == (BLOCK, DIM, CHANNEL)
+    assert top.stored_index == [CHANNEL, DIM]
+    assert top.weight == 400.0
+
+
+def test_zeroing_the_reported_entry_removes_the_activation_and_restores_exactly(llama):
+    result = trace(llama, PROMPT, add_special_tokens=False)
+    before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+    original = _measure_sites(llama, result, None)
+    assert all(s["massive"] for s in original["sites"])
+    with zeroed_entries(llama.model, reported_entries(result)):
+        assert float(llama.model.model.layers[BLOCK].mlp.down_proj.weight[DIM, CHANNEL]) == 0.0
+        zeroed = _measure_sites(llama, result, None)
+    assert zeroed["num_massive"] == 0
+    for s in zeroed["sites"]:
+        assert not s["massive"] and s["max_abs"] < 5.0
+    after = llama.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert _measure_sites(llama, result, None) == original
+
+
+def test_zeroed_entries_restores_bit_for_bit_on_error_and_duplicates(llama):
+    before = {k: v.clone() for k, v in llama.model.state_dict().items()}
+    name = f"model.layers.{BLOCK}.mlp.down_proj.weight"
+    with pytest.raises(RuntimeError), zeroed_entries(llama.model, [(name, (DIM, CHANNEL)), (name, [DIM, CHANNEL])]):
+        raise RuntimeError("boom")
+    after = llama.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(MassactError), zeroed_entries(llama.model, [("no.such.weight", (0, 0))]):
+        pass
+    with pytest.raises(MassactError), zeroed_entries(llama.model, [(name, (DIM, 9999))]):
+        pass
+
+
+def test_control_entries_are_distinct_and_seeded(llama):
+    chosen = reported_entries(trace(llama, PROMPT, add_special_tokens=False))
+    a = control_entries(llama.model, chosen, seed=3)
+    assert a == control_entries(llama.model, chosen, seed=3)
+    assert len(a) == len(chosen) and not set(a) & set(chosen)
+    assert {name for name, _ in a} == {name for name, _ in chosen}
+
+
+def test_verify_trace_states(llama):
+    result = trace(llama, PROMPT, add_special_tokens=False)
+    report = verify_trace(llama, result)
+    states = report["states"]
+    assert report["restored_exact"]
+    assert all(s["massive"] for s in states["original"]["sites"])
+    assert not any(s["massive"] for s in states["zeroed"]["sites"])
+    assert all(s["massive"] for s in states["control"]["sites"])
+    assert states["restored"] == states["original"]
+
+
+def test_no_massive_activation_gives_an_empty_trace():
+    torch.manual_seed(1)
+    config = LlamaConfig(
+        vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
+    plain = LoadedModel(model=LlamaForCausalLM(config).eval(), tokenizer=IdTokenizer(), name="plain")
+    result = trace(plain, PROMPT, add_special_tokens=False)
+    assert result.sites == [] and result.to_json()["entries"] == []
+    assert verify_trace(plain, result)["states"] == {}
+
+
+def test_bad_site_options(llama):
+    with pytest.raises(MassactError, match="--token"):
+        trace(llama, PROMPT, add_special_tokens=False, token=99)
+    with pytest.raises(MassactError, match="--dim"):
+        trace(llama, PROMPT, add_special_tokens=False, dim=999)
+    with pytest.raises(MassactError, match="--block"):
+        trace(llama, PROMPT, add_special_tokens=False, block=99)

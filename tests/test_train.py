@@ -1,0 +1,286 @@
+"""GPT-2 variants against a naive reference, and the training loop: loss, resume, bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from massact.errors import MassactError
+from massact.models.loading import load_model
+from massact.models.structure import find_structure
+from massact.scan import scan
+from massact.train import trainer as trainer_module
+from massact.train.checkpoint import CHECKPOINT, find_checkpoint, load_trained
+from massact.train.data import TokenData, train_bpe_tokenizer
+from massact.train.gpt2 import GPT2, GPT2Config
+from massact.train.presets import TrainConfig, get_preset
+from massact.train.trainer import train
+
+TEXT = "the cat sat on the mat. the dog ate the bone; a bird sang in the tree.\n" * 60
+
+
+def tiny_config(attention: str = "default", **model) -> GPT2Config:
+    return GPT2Config(**{"vocab_size": 300, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16,
+                         "attention": attention, **model})  # fmt: skip
+
+
+def random_model(attention: str) -> GPT2:
+    torch.manual_seed(1)
+    model = GPT2(tiny_config(attention)).eval()
+    with torch.no_grad():  # make the extra parameters large enough to matter
+        for name, param in model.named_parameters():
+            if "bias" in name.split(".")[-1] or name == "sink_token":
+                param.normal_(0, 1.0)
+    return model
+
+
+def naive_forward(model: GPT2, ids: torch.Tensor) -> torch.Tensor:
+    """Logits written out by hand: explicit softmax over the keys, k'/v' and the sink token included."""
+    cfg = model.config
+    tr = model.transformer
+    x = tr.wte(ids)
+    if cfg.attention == "sink":
+        x = torch.cat([model.sink_token.expand(ids.shape[0], 1, -1), x], dim=1)
+    x = x + tr.wpe(torch.arange(x.shape[1]))
+    for block in tr.h:
+        h = block.ln_1(x)
+        q, k, v = block.attn.c_attn(h).split(cfg.n_embd, dim=2)
+        heads = []
+        for head in range(cfg.n_head):
+            sl = slice(head * cfg.head_dim, (head + 1) * cfg.head_dim)
+            qh, kh, vh = q[..., sl], k[..., sl], v[..., sl]
+            n = x.shape[1]
+            scores = qh @ kh.transpose(1, 2) / math.sqrt(cfg.head_dim)
+            scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+            if cfg.attention == "bias":
+                kb, vb = block.attn.k_bias[head], block.attn.v_bias[head]
+                extra = (qh @ kb / math.sqrt(cfg.head_dim)).unsqueeze(-1)  # every query sees k'
+                scores = torch.cat([extra, scores], dim=-1)
+                vh = torch.cat([vb.expand(x.shape[0], 1, -1), vh], dim=1)
+            probs = torch.exp(scores - scores.amax(-1, keepdim=True))
+            probs = probs / probs.sum(-1, keepdim=True)
+            heads.append(probs @ vh)
+        x = x + block.attn.c_proj(torch.cat(heads, dim=-1))
+        x = x + block.mlp(block.ln_2(x))
+    if cfg.attention == "sink":
+        x = x[:, 1:]
+    return tr.ln_f(x) @ tr.wte.weight.T
+
+
+@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+def test_variants_equal_naive_reference_attention(attention):
+    model = random_model(attention)
+    ids = torch.randint(0, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fused = model(input_ids=ids).logits
+        naive = naive_forward(model, ids)
+    assert fused.shape == (3, 12, 300)
+    torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-5)
+
+
+def test_bias_changes_the_output():
+    """k', v' are really used: zeroing v' and pushing k' far away changes the logits."""
+    model = random_model("bias")
+    ids = torch.randint(0, 300, (1, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        for block in model.transformer.h:
+            block.attn.v_bias.zero_()
+        after = model(input_ids=ids).logits
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+def test_sink_token_is_excluded_from_loss_and_outputs():
+    model = random_model("sink")
+    ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, 10, 300)  # one logit row per text token, none for the sink
+    expected = F.cross_entropy(out.logits[:, :-1].reshape(-1, 300), ids[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    # the block outputs carry the sink at position 0; it sees only itself, so the text cannot change it
+    structure = find_structure(model)
+    seen = []
+    hook = structure.blocks[1].register_forward_hook(lambda m, a, o: seen.append(o.detach()))
+    with torch.no_grad():
+        model(input_ids=ids)
+        model(input_ids=torch.flip(ids, [1]))
+    hook.remove()
+    assert seen[0].shape == (2, 11, 16)
+    torch.testing.assert_close(seen[0][:, 0], seen[1][:, 0])
+    assert not torch.allclose(seen[0][:, 1:], seen[1][:, 1:])
+
+
+@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+def test_structure_is_found_and_scan_sees_a_planted_activation(attention):
+    model = random_model(attention)
+    structure = find_structure(model)
+    assert structure.blocks_path == "transformer.h"
+    assert len(structure) == 2
+    assert structure.attn_names == ["attn", "attn"] and structure.mlp_names == ["mlp", "mlp"]
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_proj.bias[5] = 5000.0  # dim 5 of every token from block 1 on
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tokenizer = train_bpe_tokenizer([TEXT], 300)
+    result = scan(load_model(model, tokenizer=tokenizer), "the cat sat on the mat.", add_special_tokens=False)
+    assert result.summary["dims"] == [5]
+    assert result.summary["first_block"] == 1
+    assert all(abs(m.value - 5000) < 50 for m in result.massive)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+# ---------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer([TEXT], 300)
+
+
+def tiny_train_config(**overrides) -> TrainConfig:
+    fields = {
+        "model": tiny_config(),
+        "batch_size": 4,
+        "grad_accum": 2,
+        "max_steps": 6,
+        "learning_rate": 3e-3,
+        "min_lr": 3e-4,
+        "warmup_steps": 2,
+        "eval_interval": 1,
+        "eval_batches": 2,
+        "monitor_interval": 3,
+        "probe_sequences": 2,
+        "checkpoint_interval": 100,
+        "val_fraction": 0.2,
+        **overrides,
+    }
+    return TrainConfig(**fields)
+
+
+def token_data(tokenizer, config: TrainConfig) -> TokenData:
+    return TokenData.from_texts([TEXT, TEXT.upper()], tokenizer, config)
+
+
+def test_a_few_steps_lower_the_loss(tokenizer, tmp_path):
+    config = tiny_train_config(max_steps=15, eval_interval=5)
+    result = train(config, token_data(tokenizer, config), tmp_path / "run", progress=False)
+    losses = [row["val_loss"] for row in result.val_log]
+    assert [row["step"] for row in result.val_log] == [5, 10, 15]
+    assert losses[0] > losses[1] > losses[2]
+    assert losses[-1] < losses[0] - 0.2
+    assert losses[0] < math.log(300)  # already below a uniform guess by step 5
+    assert (tmp_path / "run" / "val_log.csv").read_text().count("\n") == 4
+    model, loaded_tokenizer = load_trained(tmp_path / "run")
+    assert model.config == config.model and len(loaded_tokenizer) == len(tokenizer)
+
+
+def test_resume_gives_the_same_next_steps(tokenizer, tmp_path):
+    config = tiny_train_config()
+    data = token_data(tokenizer, config)
+    straight = train(config, data, tmp_path / "straight", progress=False)
+    train(config, data, tmp_path / "resumed", progress=False, stop_after=3)
+    resumed = train(config, data, tmp_path / "resumed", progress=False, resume=True)
+    assert [r["step"] for r in resumed.val_log] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight.val_log, resumed.val_log, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6)
+    assert [r["step"] for r in resumed.monitor_rows] == [r["step"] for r in straight.monitor_rows]
+    a, _ = load_trained(tmp_path / "straight")
+    b, _ = load_trained(tmp_path / "resumed")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_interrupted_run_keeps_its_checkpoint_and_resumes(tokenizer, tmp_path, monkeypatch):
+    config = tiny_train_config(max_steps=6, checkpoint_interval=2)
+    data = token_data(tokenizer, config)
+    calls = {"n": 0}
+    real_batch = trainer_module.random_batch
+
+    def interrupting_batch(*args):
+        calls["n"] += 1
+        if calls["n"] == 2 * 5 + 1:  # first micro-batch of step 6 (2 micro-batches per step)
+            raise KeyboardInterrupt
+        return real_batch(*args)
+
+    monkeypatch.setattr(trainer_module, "random_batch", interrupting_batch)
+    with pytest.raises(MassactError, match="--resume"):
+        train(config, data, tmp_path / "run", progress=False)
+    monkeypatch.setattr(trainer_module, "random_batch", real_batch)
+    checkpoint = find_checkpoint(tmp_path / "run")
+    assert checkpoint is not None and checkpoint.name == CHECKPOINT
+    result = train(config, data, tmp_path / "run", progress=False, resume=True)
+    assert result.step == 6 and [r["step"] for r in result.val_log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_left_mid_swap_is_found(tokenizer, tmp_path):
+    config = tiny_train_config(max_steps=2)
+    train(config, token_data(tokenizer, config), tmp_path / "run", progress=False)
+    os.replace(tmp_path / "run" / CHECKPOINT, tmp_path / "run" / f".{CHECKPOINT}.old")
+    assert find_checkpoint(tmp_path / "run").name == f".{CHECKPOINT}.old"
+
+
+def test_resume_with_another_config_and_existing_checkpoint_are_refused(tokenizer, tmp_path):
+    config = tiny_train_config(max_steps=2)
+    data = token_data(tokenizer, config)
+    train(config, data, tmp_path / "run", progress=False)
+    with pytest.raises(MassactError, match="already holds a checkpoint"):
+        train(config, data, tmp_path / "run", progress=False)
+    other = tiny_train_config(max_steps=2, model=tiny_config(n_layer=3))
+    with pytest.raises(MassactError, match="another config.*n_layer 2 != 3"):
+        train(other, data, tmp_path / "run", progress=False, resume=True)
+
+
+def test_corpus_too_small_for_one_batch(tokenizer):
+    with pytest.raises(MassactError, match="corpus is too small"):
+        TokenData.from_texts(["a few words only"], tokenizer, tiny_train_config())
+
+
+def test_presets():
+    small = get_preset("cpu-small", attention="bias", seed=3)
+    assert small.model.attention == "bias" and small.seed == 3
+    big = get_preset("gpt2-124m")
+    cfg = big.model  # counted, not built: 124M parameters would take seconds to initialise
+    blocks = cfg.n_layer * (12 * cfg.n_embd**2 + 13 * cfg.n_embd)
+    embeddings = cfg.vocab_size * cfg.n_embd + cfg.n_positions * cfg.n_embd
+    assert (cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size) == (12, 12, 768, 1024)
+    assert 115e6 < blocks + embeddings < 130e6
+    with pytest.raises(MassactError, match="unknown preset"):
+        get_preset("huge")
+    with pytest.raises(MassactError, match="unknown attention variant"):
+        get_preset("cpu-small", attention="alibi")
+
+
+@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+def test_attention_interface_route_equals_fused_sdpa(attention):
+    """Through transformers' attention interface (as `massact attention` captures it) the model is unchanged."""
+    from massact.attention.capture import capture_attention
+
+    model = random_model(attention)
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(0))
+    calls = []
+    with torch.no_grad():
+        fused = model(input_ids=ids).logits
+        model.set_attn_implementation("eager")
+        eager = model(input_ids=ids).logits
+        model.set_attn_implementation("sdpa")
+        with capture_attention(model, find_structure(model), calls.append):
+            captured = model(input_ids=ids).logits
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(eager, fused, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(captured, fused, atol=1e-5, rtol=1e-5)
+    positions = 9 + (attention == "sink")
+    keys = positions + (attention == "bias")
+    assert [c.block for c in calls] == [0, 1]
+    probs = calls[0].probs
+    assert probs.shape == (2, 2, positions, keys)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, positions))
+    assert bool((probs[..., :positions].triu(1) == 0).all())  # causal over the real keys
+    if attention == "bias":
+        assert bool((probs[..., -1] > 0).all())  # k' is seen by every query
+    with pytest.raises(ValueError, match="unknown attention implementation"):
+        model.set_attn_implementation("nonexistent")

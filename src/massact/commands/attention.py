@@ -12,12 +12,15 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.commands.common import (
+    AbsThresholdOpt,
     BlocksOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
+    JsonOpt,
     ModelArg,
     OutOpt,
+    RatioThresholdOpt,
     TrustOpt,
     console,
     load_for_cli,
@@ -134,14 +137,10 @@ def attention_command(
     no_special_tokens: Annotated[
         bool, typer.Option("--no-special-tokens", help="Tokenize the prompt without special tokens.")
     ] = False,
-    abs_threshold: Annotated[
-        float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")
-    ] = 100.0,
-    ratio_threshold: Annotated[
-        float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
-    ] = 1000.0,
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
     out: OutOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON on stdout.")] = False,
+    as_json: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,

@@ -27,6 +27,11 @@ BlocksOpt = Annotated[
     str | None, typer.Option("--blocks", help="Dotted path of the model's list of blocks, when not found by itself.")
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for JSON, figures and report.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the JSON on stdout.")]
+AbsThresholdOpt = Annotated[float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")]
+RatioThresholdOpt = Annotated[
+    float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
+]
 
 console = Console(stderr=True)
 

@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 
 from massact.commands.common import (
+    AbsThresholdOpt,
     BlocksOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ModelArg,
     OutOpt,
+    RatioThresholdOpt,
     TrustOpt,
     load_for_cli,
 )
@@ -36,12 +38,8 @@ def export_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed that picks the windows.")] = 0,
-    abs_threshold: Annotated[
-        float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")
-    ] = 100.0,
-    ratio_threshold: Annotated[
-        float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
-    ] = 1000.0,
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
     out: OutOpt = None,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,

@@ -13,12 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.commands.common import (
+    AbsThresholdOpt,
     BlocksOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     ModelArg,
     OutOpt,
+    RatioThresholdOpt,
     TrustOpt,
     console,
     load_for_cli,
@@ -134,12 +136,8 @@ def intervene_command(
     tokens: Annotated[
         str | None, typer.Option("--tokens", help="Only these token positions (comma-separated).")
     ] = None,
-    abs_threshold: Annotated[
-        float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")
-    ] = 100.0,
-    ratio_threshold: Annotated[
-        float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
-    ] = 1000.0,
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the random control.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 8,
     out: OutOpt = None,

@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import OutOpt
+from massact.commands.common import (
+    JsonOpt,
+    OutOpt,
+)
 from massact.corpus.cli import merge_runs, show
 from massact.outputs import check_output_dir
 
@@ -15,7 +18,7 @@ from massact.outputs import check_output_dir
 def merge_command(
     runs: Annotated[list[Path], typer.Argument(help="Output directories of `massact scan --corpus` runs.")],
     out: OutOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON on stdout.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Merge corpus scans exactly: counts, sums, top-k and per-sequence statistics of all runs."""
     if out is not None:

@@ -9,12 +9,15 @@ import typer
 from rich.console import Console
 
 from massact.commands.common import (
+    AbsThresholdOpt,
     BlocksOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
+    JsonOpt,
     ModelArg,
     OutOpt,
+    RatioThresholdOpt,
     TrustOpt,
     load_for_cli,
     read_prompt,
@@ -33,18 +36,14 @@ def scan_command(
     no_special_tokens: Annotated[
         bool, typer.Option("--no-special-tokens", help="Tokenize without BOS/EOS and other special tokens.")
     ] = False,
-    abs_threshold: Annotated[
-        float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")
-    ] = 100.0,
-    ratio_threshold: Annotated[
-        float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
-    ] = 1000.0,
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Largest activations kept per block.")] = 16,
     keep: Annotated[
         int | None, typer.Option("--keep", help="Keep this block's output for the 3D figure (default: first massive).")
     ] = None,
     out: OutOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON on stdout.")] = False,
+    as_json: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,

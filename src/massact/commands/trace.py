@@ -9,12 +9,15 @@ import typer
 from rich.console import Console
 
 from massact.commands.common import (
+    AbsThresholdOpt,
     BlocksOpt,
     DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
+    JsonOpt,
     ModelArg,
     OutOpt,
+    RatioThresholdOpt,
     TrustOpt,
     load_for_cli,
     read_prompt,
@@ -55,14 +58,10 @@ def trace_command(
     seq_len: Annotated[int, typer.Option("--seq-len", min=2, help="Tokens per window.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per forward pass.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the control entries.")] = 0,
-    abs_threshold: Annotated[
-        float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")
-    ] = 100.0,
-    ratio_threshold: Annotated[
-        float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
-    ] = 1000.0,
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
     out: OutOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only the JSON on stdout.")] = False,
+    as_json: JsonOpt = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     device_map: DeviceMapOpt = None,

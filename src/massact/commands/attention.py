@@ -23,13 +23,14 @@ from massact.commands.common import (
     RatioThresholdOpt,
     TrustOpt,
     console,
+    emit,
     load_for_cli,
     read_prompt,
 )
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.structure import find_structure
-from massact.outputs import check_output_dir, staged_output, to_json_text, write_json
+from massact.outputs import check_output_dir, write_json
 
 PAPER_PROMPT = (
     "The following are multiple choice questions (with answers) about machine learning.\n\n"
@@ -190,15 +191,14 @@ def attention_command(
         result = analyze(
             loaded.model, structure, ids, options, name=loaded.name, tokens=strings, source=source, progress=True
         )
-    if as_json:
-        typer.echo(to_json_text(result.to_json()))
-    else:
-        attention_table(result, Console())
-    if out is not None:
-        with staged_output(out) as staging:
-            write_attention_outputs(result, staging)
-        if not as_json:
-            Console(stderr=True).print(f"wrote {out}/attention.json and figures")
+    emit(
+        result.to_json,
+        as_json,
+        lambda console: attention_table(result, console),
+        out,
+        lambda staging: write_attention_outputs(result, staging),
+        "attention.json and figures",
+    )
 
 
 def register(app: typer.Typer) -> None:

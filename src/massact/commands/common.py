@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from rich.console import Console
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel, load_model
+from massact.outputs import staged_output, to_json_text
 
 ModelArg = Annotated[
     str,
@@ -56,3 +58,23 @@ def read_prompt(prompt: str | None, text_file: Path | None, default: str) -> str
         except UnicodeDecodeError:
             raise MassactError(f"--text-file {text_file}: not UTF-8 text") from None
     return default if prompt is None else prompt
+
+
+def emit(
+    data: Callable[[], dict],
+    as_json: bool,
+    show: Callable[[Console], None],
+    out: Path | None,
+    write: Callable[[Path], object],
+    written: str,
+) -> None:
+    """Print the JSON (with --json) or the human view, then write every file into `out`, all or none."""
+    if as_json:
+        typer.echo(to_json_text(data()))
+    else:
+        show(Console())
+    if out is not None:
+        with staged_output(out) as staging:
+            write(staging)
+        if not as_json:
+            console.print(f"wrote {out}/{written}")

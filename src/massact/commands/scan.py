@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from massact.commands.common import (
     AbsThresholdOpt,
@@ -19,12 +18,13 @@ from massact.commands.common import (
     OutOpt,
     RatioThresholdOpt,
     TrustOpt,
+    emit,
     load_for_cli,
     read_prompt,
 )
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.outputs import check_output_dir, staged_output, to_json_text
+from massact.outputs import check_output_dir
 from massact.report.scan_report import terminal_summary, write_scan_outputs
 from massact.scan import DEFAULT_PROMPT, scan
 
@@ -112,15 +112,14 @@ def scan_command(
         add_special_tokens=not no_special_tokens,
         blocks_path=blocks,
     )
-    if as_json:
-        typer.echo(to_json_text(result.to_json()))
-    else:
-        terminal_summary(result, Console())
-    if out is not None:
-        with staged_output(out) as staging:
-            write_scan_outputs(result, staging)
-        if not as_json:
-            Console(stderr=True).print(f"wrote {out}/scan.json, report.md and figures")
+    emit(
+        result.to_json,
+        as_json,
+        lambda console: terminal_summary(result, console),
+        out,
+        lambda staging: write_scan_outputs(result, staging),
+        "scan.json, report.md and figures",
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from massact.commands.common import (
     AbsThresholdOpt,
@@ -19,13 +18,14 @@ from massact.commands.common import (
     OutOpt,
     RatioThresholdOpt,
     TrustOpt,
+    emit,
     load_for_cli,
     read_prompt,
 )
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.structure import find_structure
-from massact.outputs import check_output_dir, staged_output, to_json_text
+from massact.outputs import check_output_dir
 from massact.quant_risk import capture_quant_risk, quant_risk
 from massact.scan import DEFAULT_PROMPT
 from massact.trace import trace
@@ -111,15 +111,14 @@ def trace_command(
     result.quant_risk = risk.get("rows") or quant_risk(
         loaded.model, structure, list(windows.split(batch_size)), thresholds
     )
-    if as_json:
-        typer.echo(to_json_text(result.to_json()))
-    else:
-        terminal_report(result, Console(), limit=top)
-    if out is not None:
-        with staged_output(out) as staging:
-            write_trace_outputs(result, staging)
-        if not as_json:
-            Console(stderr=True).print(f"wrote {out}/trace.json and report.md")
+    emit(
+        result.to_json,
+        as_json,
+        lambda console: terminal_report(result, console, limit=top),
+        out,
+        lambda staging: write_trace_outputs(result, staging),
+        "trace.json and report.md",
+    )
 
 
 class _RiskInto:

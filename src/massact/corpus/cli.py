@@ -7,17 +7,14 @@ import sys
 from functools import reduce
 from pathlib import Path
 
-import typer
-from rich.console import Console
-
-from massact.commands.common import load_for_cli
+from massact.commands.common import emit, load_for_cli
 from massact.corpus.report import derived, terminal_summary, write_corpus_outputs
 from massact.corpus.scan import check_counts, distributed_state, scan_corpus
 from massact.corpus.summary import CorpusSummary
 from massact.data.corpus import load_texts
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.outputs import check_output_dir, staged_output, to_json_text
+from massact.outputs import check_output_dir
 
 
 def command_line() -> str:
@@ -26,15 +23,14 @@ def command_line() -> str:
 
 def show(summary: CorpusSummary, out: Path | None, as_json: bool) -> None:
     """Print the result and write every file to `out` (all or nothing)."""
-    if as_json:
-        typer.echo(to_json_text(derived(summary)))
-    else:
-        terminal_summary(summary, Console())
-    if out is not None:
-        with staged_output(out) as staging:
-            write_corpus_outputs(summary, staging, command_line())
-        if not as_json:
-            Console(stderr=True).print(f"wrote {out}/report.md, corpus.json, means.json, summary.* and figures")
+    emit(
+        lambda: derived(summary),
+        as_json,
+        lambda console: terminal_summary(summary, console),
+        out,
+        lambda staging: write_corpus_outputs(summary, staging, command_line()),
+        "report.md, corpus.json, means.json, summary.* and figures",
+    )
 
 
 def run_corpus_scan(

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from massact.cli import main
+from massact.train.presets import get_preset
 
 TEXT = "".join(f"Line {i}: the king spoke to the queen, and the fool laughed at them both.\n" for i in range(400))
 
@@ -63,11 +64,12 @@ def test_experiment_trains_three_variants_and_reports(tmp_path):
         main([*args, "--device", "cpu"])
     assert exit_info.value.code in (0, None)
     results = json.loads((out / "results.json").read_text())
+    n_layer = get_preset("cpu-small").model.n_layer  # one monitor row per block of the preset's model
     assert list(results["variants"]) == ["default", "sink", "bias"]
     for variant, summary in results["variants"].items():
         assert results["configs"][variant]["model"]["attention"] == variant
         assert results["configs"][variant]["seed"] == 0 and summary["steps"] == 2
-        assert len(summary["blocks"]) == 4 and [e["step"] for e in summary["emergence"]] == [0, 2]
+        assert len(summary["blocks"]) == n_layer and [e["step"] for e in summary["emergence"]] == [0, 2]
     losses = {v: s["final_val_loss"] for v, s in results["variants"].items()}
     for name in ("val_loss", "top1_per_block", "ratio_per_block", "emergence"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000

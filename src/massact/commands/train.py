@@ -15,7 +15,7 @@ app = typer.Typer(help="Train models (GPT-2 with default / sink / bias attention
 AttentionOpt = Annotated[
     str, typer.Option("--attention", help="default, sink (learnable sink token) or bias (k', v').")
 ]
-PresetOpt = Annotated[str, typer.Option("--preset", help="cpu-small (2 CPU cores, ~10 min) or gpt2-124m (GPUs).")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="cpu-small (2 CPU cores) or gpt2-124m (GPUs).")]
 CorpusOpt = Annotated[
     str, typer.Option("--corpus", help="shakespeare (offline), another corpus name, a .txt/.jsonl file or a folder.")
 ]

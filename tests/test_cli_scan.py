@@ -5,16 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_runner import run
 
-from massact.cli import main
 from massact.outputs import staged_output
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from cli_runner import run
 from test_trace import BLOCK, CHANNEL, DIM, PLANT_TOKEN, planted_llama
 
-from massact.cli import main
 from massact.errors import MassactError
 from massact.export import FILES, FORMATS, measure_exports, parse_formats, read_export
 from massact.outputs import to_json_text
@@ -86,13 +86,6 @@ def test_exports_round_trip(exported, tmp_path):
     scales = read_export(tmp_path / FILES["act-scales"])
     assert scales.keys() == result.act_scales.keys()
     assert all(torch.equal(scales[k], result.act_scales[k]) for k in scales)
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.mark.slow

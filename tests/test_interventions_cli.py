@@ -5,17 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from massact.cli import main
+from cli_runner import run
 
 TEXT = "The king is dead. Long live the king!\nWhat news from the north, my lord?\n" * 40
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -5,15 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from massact.cli import main
-
-
-def run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from cli_runner import run
 
 
 def test_bad_share_is_one_line_exit_2(tmp_path, capsys):

@@ -16,6 +16,40 @@ from mpl_toolkits.mplot3d.art3d import Line3DCollection  # noqa: E402
 SERIES_STYLE = {"top 1": "C3", "top 2": "C1", "top 3": "C2", "median": "C0"}
 
 
+def plot_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    *,
+    log: bool = True,
+    colors: dict[str, str] | None = None,
+    spread: dict[str, Sequence[float]] | None = None,
+) -> Path:
+    """Named (x, y) curves on one axis, log scale by default; optional +-spread bands around named curves."""
+    colors = colors or {}
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
+    for name, (xs, ys) in curves.items():
+        x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        color = colors.get(name)
+        ax.plot(x, y, marker="o", markersize=3, label=name, color=color)
+        if spread and name in spread:
+            s = np.asarray(spread[name], dtype=float)
+            ax.fill_between(x, np.clip(y - s, 1e-6, None), y + s, alpha=0.2, color=color)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_layerwise(
     series: dict[str, Sequence[float]],
     path: Path,
@@ -24,25 +58,8 @@ def plot_layerwise(
     xlabel: str = "block",
 ) -> Path:
     """Per-block curves (log scale), e.g. top-1/2/3 magnitudes and the median; optional +-spread bands."""
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
-    for name, values in series.items():
-        y = np.asarray(values, dtype=float)
-        x = np.arange(len(y))
-        color = SERIES_STYLE.get(name)
-        ax.plot(x, y, marker="o", markersize=3, label=name, color=color)
-        if spread and name in spread:
-            s = np.asarray(spread[name], dtype=float)
-            ax.fill_between(x, np.clip(y - s, 1e-6, None), y + s, alpha=0.2, color=color)
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("magnitude")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    curves = {name: (range(len(values)), values) for name, values in series.items()}
+    return plot_curves(curves, path, title, xlabel, "magnitude", colors=SERIES_STYLE, spread=spread)
 
 
 def plot_activations_3d(

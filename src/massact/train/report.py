@@ -5,12 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from massact.outputs import write_json  # noqa: E402
+from massact.outputs import write_json
+from massact.report.figures import plot_curves
 
 if TYPE_CHECKING:
     from massact.train.experiment import ExperimentResult
@@ -22,22 +18,6 @@ def final_blocks(rows: list[dict]) -> list[dict]:
     """The monitor rows of the last recorded step, by block."""
     last = max(r["step"] for r in rows)
     return sorted((r for r in rows if r["step"] == last), key=lambda r: r["block"])
-
-
-def _plot(curves: dict[str, tuple[list, list]], path: Path, title: str, xlabel: str, ylabel: str, log: bool) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
-    for name, (x, y) in curves.items():
-        ax.plot(x, y, marker="o", markersize=3, label=name, color=COLORS.get(name))
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def summarize_variant(result) -> dict:
@@ -61,22 +41,39 @@ def write_experiment_report(experiment: ExperimentResult, out: Path) -> None:
     summary = {v: summarize_variant(r) for v, r in experiment.results.items()}
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    _plot(
+    plot_curves(
         {v: ([e["step"] for e in s["val_log"]], [e["val_loss"] for e in s["val_log"]]) for v, s in summary.items()},
-        figures / "val_loss.png", "validation loss", "step", "loss", log=False,
-    )  # fmt: skip
-    _plot(
+        figures / "val_loss.png",
+        "validation loss",
+        "step",
+        "loss",
+        log=False,
+        colors=COLORS,
+    )
+    plot_curves(
         {v: ([b["block"] for b in s["blocks"]], [b["top1"] for b in s["blocks"]]) for v, s in summary.items()},
-        figures / "top1_per_block.png", "largest |activation| per block (end of training)", "block", "top-1", log=True,
-    )  # fmt: skip
-    _plot(
+        figures / "top1_per_block.png",
+        "largest |activation| per block (end of training)",
+        "block",
+        "top-1",
+        colors=COLORS,
+    )
+    plot_curves(
         {v: ([b["block"] for b in s["blocks"]], [b["ratio"] for b in s["blocks"]]) for v, s in summary.items()},
-        figures / "ratio_per_block.png", "top-1 / median per block (end of training)", "block", "ratio", log=True,
-    )  # fmt: skip
-    _plot(
+        figures / "ratio_per_block.png",
+        "top-1 / median per block (end of training)",
+        "block",
+        "ratio",
+        colors=COLORS,
+    )
+    plot_curves(
         {v: ([e["step"] for e in s["emergence"]], [e["top1"] for e in s["emergence"]]) for v, s in summary.items()},
-        figures / "emergence.png", "largest |activation| over all blocks during training", "step", "top-1", log=True,
-    )  # fmt: skip
+        figures / "emergence.png",
+        "largest |activation| over all blocks during training",
+        "step",
+        "top-1",
+        colors=COLORS,
+    )
     configs = {v: c.to_dict() for v, c in experiment.configs.items()}
     write_json(out / "results.json", {"preset": experiment.preset, "corpus": experiment.corpus, "configs": configs,
                                       "variants": summary})  # fmt: skip

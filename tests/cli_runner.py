@@ -1,0 +1,15 @@
+"""Run the `massact` command in-process, as a user would from a shell."""
+
+from __future__ import annotations
+
+import pytest
+
+from massact.cli import main
+
+
+def run(argv: list[str], capsys) -> tuple[int | None, str, str]:
+    """Exit status, stdout and stderr of `massact ARGV`."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

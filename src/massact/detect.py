@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from massact.errors import MassactError
 
 DELIMITERS = frozenset({".", ",", ";", ":", "!", "?", "\n", "\n\n", "...", "-", "—", "(", ")", '"', "'"})
@@ -23,11 +25,23 @@ class Thresholds:
                 raise MassactError(f"threshold {name}={value!r} must be a positive finite number")
 
     def cutoff(self, median: float) -> float:
-        """The magnitude an activation must exceed in a block with this median."""
+        """The magnitude an activation must reach in a block with this median."""
         return max(self.abs, self.ratio * median)
 
-    def is_massive(self, magnitude: float, median: float) -> bool:
-        return magnitude > self.abs and magnitude >= self.ratio * median
+    def massive(self, magnitudes: torch.Tensor, median: torch.Tensor | float) -> torch.Tensor:
+        """The criterion on tensors: True where |x| > abs and |x| >= ratio x median (broadcast).
+
+        `median` may be a tensor (one per sequence, say, shaped to broadcast) so that no value
+        leaves the device; a NaN median (no finite value) selects nothing.
+        """
+        return (magnitudes > self.abs) & (magnitudes >= self.ratio * median)
+
+    def to_json(self) -> dict:
+        return {"abs": self.abs, "ratio": self.ratio}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Thresholds:
+        return cls(abs=float(data["abs"]), ratio=float(data["ratio"]))
 
 
 def token_kind(text: str, position: int, special: bool = False) -> str:

@@ -55,3 +55,60 @@ def forward_pre_hook(module: nn.Module, hook: Callable, with_kwargs: bool = True
         yield
     finally:
         handle.remove()
+
+
+class HookSet:
+    """A set of hooks on one model, used as a context manager: registered on enter, removed on exit.
+
+    The base hooks the model's own forward (a kwargs pre-hook) to remember the call's `input_ids`
+    and 2-D `attention_mask`, which block hooks need to skip padding or to know token kinds.
+    Subclasses list their hooks in `forward_hooks()` (and `pre_hooks()` for kwargs pre-hooks);
+    everything comes off on exit, also on error.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.input_ids: torch.Tensor | None = None
+        self.attention_mask: torch.Tensor | None = None
+        self._handles: list = []
+
+    def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
+        return ()
+
+    def pre_hooks(self) -> Iterable[tuple[nn.Module, Callable]]:
+        """(module, hook(module, args, kwargs)) pairs, registered with kwargs."""
+        return ()
+
+    def _grab_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
+        mask = kwargs.get("attention_mask")
+        self.input_ids = ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
+        self.attention_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+    def valid_mask(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor | None:
+        """Bool [batch, tokens] of real (non-padding) positions, or None when every position is real."""
+        mask = self.attention_mask
+        if mask is None or tuple(mask.shape) != (batch, tokens):
+            return None
+        return mask.to(device=device, dtype=torch.bool)
+
+    def __enter__(self) -> HookSet:
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(self._grab_inputs, with_kwargs=True))
+            for module, hook in self.pre_hooks():
+                self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            for module, hook in self.forward_hooks():
+                self._handles.append(module.register_forward_hook(hook))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.input_ids = self.attention_mask = None

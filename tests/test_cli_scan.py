@@ -7,7 +7,7 @@ import json
 import pytest
 from cli_runner import run
 
-from massact.outputs import staged_output
+from massact.outputs import MARKER, read_marker, staged_output
 
 
 @pytest.mark.slow
@@ -19,7 +19,9 @@ def test_scan_default_writes_json_report_and_figures(tmp_path, capsys, smollm2):
     assert data == json.loads((out / "scan.json").read_text())
     assert data["num_blocks"] == 30 and data["hidden_size"] == 576
     assert data["summary"]["dims"][0] == 507 and data["summary"]["first_block"] == 11
-    assert sorted(p.name for p in out.iterdir()) == ["activations_3d.png", "layerwise.png", "report.md", "scan.json"]
+    files = ["activations_3d.png", "layerwise.png", "report.md", "scan.json"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, *files])
+    assert read_marker(out) == {"command": "massact scan", "files": files}
     report = (out / "report.md").read_text()
     assert "![" in report and "layerwise.png" in report and "activations_3d.png" in report
     for png in ("layerwise.png", "activations_3d.png"):
@@ -78,8 +80,7 @@ def test_bad_input_is_one_line_exit_2_and_no_output(case, tmp_path, capsys, monk
     assert code == 2
     assert message in stderr
     assert "Traceback" not in stderr
-    if "Usage" not in stderr:
-        assert len(stderr.strip().splitlines()) == 1
+    assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("massact: error: ")
     assert not out.exists()
     assert not list(tmp_path.glob(".out.partial-*"))
 
@@ -92,4 +93,26 @@ def test_staged_output_leaves_nothing_on_error(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []
     with staged_output(out) as staging:
         (staging / "scan.json").write_text("{}")
-    assert [p.name for p in out.iterdir()] == ["scan.json"] and len(list(tmp_path.iterdir())) == 1
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "scan.json"] and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_scan_over_a_corpus_run_folder_replaces_that_run_whole(tmp_path, capsys, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("MASSACT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    corpus = ["scan", str(tiny_model_dir), "--corpus", "shakespeare", "--samples", "2", "--seq-len", "16"]
+    code, _, _ = run([*corpus, "--out", str(out)], capsys)
+    assert code in (0, None)
+    corpus_files = set(read_marker(out)["files"])
+    assert corpus_files and "scan.json" not in corpus_files
+    (out / "my_notes.txt").write_text("kept")
+    code, stdout, stderr = run(["scan", str(tiny_model_dir), "--out", str(out)], capsys)
+    assert code in (0, None)
+    marker = read_marker(out)
+    assert marker["command"] == "massact scan" and "scan.json" in marker["files"]
+    left = {p.name for p in out.iterdir()}
+    assert left == {*marker["files"], MARKER, "my_notes.txt"}
+    assert not (corpus_files - set(marker["files"])) & left  # nothing of the corpus run is left
+    assert f"wrote {out}/" in stderr and MARKER not in stderr
+    assert "…" not in stdout  # under a pipe the tables are printed wide enough for every number
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o644 == 0o644

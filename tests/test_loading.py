@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,3 +63,87 @@ def test_bad_sources_are_clear_errors(tmp_path, monkeypatch):
     assert not any((tmp_path / "cache").rglob("*.safetensors"))
     with pytest.raises(MassactError, match="unknown dtype"):
         load_model(str(tmp_path), device="cpu", dtype="int3")
+
+
+def test_unavailable_devices_are_refused_before_loading(tmp_path, monkeypatch):
+    from massact.models.loading import check_device
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("nothing should be loaded")
+
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", no_loading)
+    assert check_device("cpu") == "cpu"
+    for device, message in (("tpu", "unknown device"), ("cuda:x", "unknown device"), ("meta", "unknown device")):
+        with pytest.raises(MassactError, match=message):
+            load_model(str(tmp_path), device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MassactError, match="CUDA is not available"):
+        load_model(str(tmp_path), device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(MassactError, match="only 1 CUDA device"):
+        check_device("cuda:3")
+    assert check_device("cuda:0") == "cuda:0"
+
+
+def test_mistyped_model_offline_fails_at_once_with_a_suggestion(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydir").mkdir()
+    (tmp_path / "mydir" / "mymodel-v2").mkdir()
+    start = time.monotonic()
+    with pytest.raises(MassactError, match="did you mean `default`") as info:
+        load_model("defualt", device="cpu")
+    assert "offline" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(MassactError, match="did you mean `mydir/mymodel-v2`"):
+        load_model("mydir/mymodel", device="cpu")
+    with pytest.raises(MassactError, match="no such file or directory") as info:
+        load_model("someone/unrelated-name", device="cpu")
+    assert "did you mean" not in str(info.value)
+    assert time.monotonic() - start < 2.0
+
+
+def test_unreachable_hub_is_detected_without_waiting(monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.monotonic()
+    assert loading.hub_reachable(timeout=1.0) is False
+    with pytest.raises(MassactError, match="cannot be reached"):
+        load_model("defualt", device="cpu")
+    assert time.monotonic() - start < 3.0
+
+
+def test_gguf_quantization_is_named_from_the_file():
+    assert loading.gguf_quantization(default_gguf_path()).startswith("Q4_1 GGUF, de-quantized to float32")
+    assert loading.gguf_quantization(Path("m.Q4_K_M.gguf")) == "Q4_K_M GGUF, de-quantized to float32"
+    assert loading.gguf_quantization(Path("model-f16.gguf")) == "F16 GGUF, converted to float32"
+    assert loading.gguf_quantization(Path("model.gguf")) == "GGUF, de-quantized to float32"
+
+
+def test_directory_models_say_where_they_came_from(tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    assert loaded.source == str(tiny_model_dir) and loaded.quantization is None
+    assert str(tiny_model_dir) in loaded.description
+
+
+@pytest.mark.slow
+def test_bundled_model_names_its_file_and_quantization(smollm2):
+    assert smollm2.source == default_gguf_path().name
+    assert smollm2.quantization == "Q4_1 GGUF, de-quantized to float32"
+    assert smollm2.description == f"SmolLM2-135M-Instruct ({default_gguf_path().name}, {smollm2.quantization})"
+
+
+def test_gguf_conversion_speaks_in_its_own_words(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MASSACT_CACHE", str(tmp_path / "cache"))
+    junk = tmp_path / "broken.Q8_0.gguf"
+    junk.write_bytes(b"GGUF" + bytes(range(256)) * 8)
+    with pytest.raises(MassactError, match="not a readable GGUF"):
+        load_model(str(junk), device="cpu")
+    err = capsys.readouterr().err
+    assert "converting broken.Q8_0.gguf" in err and "once" in err
+    assert "Converting and de-quantizing" not in err and "%|" not in err

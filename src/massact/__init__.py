@@ -11,6 +11,7 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel, load_model
 from massact.models.structure import Structure, find_structure
 from massact.scan import ScanResult, scan
+from massact.train import loader as _train_loader  # noqa: F401 (registers `massact train` checkpoints)
 
 __version__ = "0.1.0"
 __all__ = [

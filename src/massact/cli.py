@@ -1,4 +1,9 @@
-"""The `massact` command. Each sub-command lives in `massact/commands/<name>.py` with a `register(app)`."""
+"""The `massact` command. Each sub-command lives in `massact/commands/<name>.py` with a `register(app)`.
+
+Every failure a user can cause ends the same way: one line `massact: error: ...` on stderr and exit
+status 2, whether it is a bad value for an option (click's usage errors), a `MassactError` from the
+checks, or an `OSError` from the file system.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,15 @@ import typer
 import massact.commands
 from massact.errors import MassactError
 
+try:  # newer typer carries its own copy of click
+    from typer._click import ClickException
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import ClickException  # type: ignore[no-redef]
+
+PROG = "massact"
+
 app = typer.Typer(
-    name="massact",
+    name=PROG,
     help="Find, measure, explain and neutralize massive activations in transformer models.",
     no_args_is_help=True,
     add_completion=False,
@@ -31,10 +43,65 @@ for _info in sorted(pkgutil.iter_modules(massact.commands.__path__), key=lambda 
         _module.register(app)
 
 
+def _commands(command) -> list:
+    """`command` and every sub-command below it."""
+    found = [command]
+    for sub in (getattr(command, "commands", None) or {}).values():
+        found.extend(_commands(sub))
+    return found
+
+
+def _without_flag_metavars(group):
+    """Flags take no value, so their help shows no `<bool>`: typer's rich help prints a type for every
+    option that has no metavar, so give each flag an empty one (the help option included)."""
+    for command in _commands(group):
+        with command.make_context(command.name, ["--help"], resilient_parsing=True) as ctx:
+            params = list(command.get_params(ctx))
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return group
+
+
+def build_command():
+    """The click command behind `app`, with the help tidied."""
+    return _without_flag_metavars(typer.main.get_command(app))
+
+
+def _usage_message(exc: ClickException) -> str:
+    """One line for a click error, naming the option and where to read more."""
+    message = " ".join(exc.format_message().split())
+    message = message[:1].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message = f"{message.rstrip('.')} (see `{ctx.command_path} --help`)"
+    return message
+
+
+def _fail(message: str, status: int = 2) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line and exit with status 2."""
+    command = build_command()
     try:
-        app(args=argv, standalone_mode=True)
+        code = command.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `massact` alone, or a group without its command
+            print(exc.format_message(), file=sys.stderr)
+            sys.exit(2)
+        _fail(_usage_message(exc))
+    except typer.Abort:
+        _fail("interrupted", 130)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
     except MassactError as exc:
-        print(f"massact: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(" ".join(str(exc).split("\n")))
+    except BrokenPipeError:
+        sys.exit(1)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _fail(f"could not read or write{where} ({exc.strerror or exc}); check the path and free space")
+    sys.exit(code if isinstance(code, int) else 0)

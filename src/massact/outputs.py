@@ -1,4 +1,10 @@
-"""Writing results: all files of a run appear together, or none do."""
+"""Writing results: all files of a run appear together, or none do; a folder holds one run.
+
+A run's folder carries a small marker, `.massact-run.json`, naming the command and the files it
+wrote. Writing a new run into that folder first sets the previous run's files aside, so no mix of
+two runs is left; files massact did not write are never touched. Every file is written with the
+ordinary permissions of a new file (0644 under the usual umask).
+"""
 
 from __future__ import annotations
 
@@ -8,43 +14,174 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from massact.errors import MassactError
 
+try:  # newer typer carries its own copy of click: its context is the one of a running command
+    from typer._click.globals import get_current_context
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import get_current_context  # type: ignore[no-redef]
 
-def check_output_dir(out: Path) -> Path:
-    """Fail early, before any work, when `out` cannot be created or written."""
+MARKER = ".massact-run.json"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def check_output_dir(out: Path, option: str = "--out") -> Path:
+    """Fail early, before any work, when `out` cannot be created or written (`option` names it in errors).
+
+    The check is truthful for every user (root ignores permission bits): the missing folders are
+    made, a probe file is written in `out`, and everything the check made is removed again.
+    """
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise MassactError(f"--out {out}: exists and is not a directory; give a directory path")
-    probe_parent = out if out.exists() else out.parent
-    while not probe_parent.exists() and probe_parent != probe_parent.parent:
-        probe_parent = probe_parent.parent
-    if not probe_parent.is_dir():
-        raise MassactError(f"--out {out}: {probe_parent} is a file, not a directory; choose another path")
-    if not os.access(probe_parent, os.W_OK | os.X_OK):
-        raise MassactError(f"--out {out}: {probe_parent} is not writable; choose a directory you can write to")
+        raise MassactError(f"{option} {out}: exists and is not a directory; give a directory path")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise MassactError(f"{option} {out}: {existing} is a file, not a directory; choose another path")
+    made: list[Path] = []
+    try:
+        for folder in reversed([out, *out.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=".massact-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise MassactError(
+            f"{option} {out}: cannot be written ({_why(exc)}); choose a directory you can write to"
+        ) from None
+    finally:
+        for folder in reversed(made):
+            with suppress(OSError):
+                folder.rmdir()
     return out
 
 
+def _set_modes(root: Path) -> None:
+    """Give everything under `root` the permissions of a plain new file or folder (not mkstemp's 0600)."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
+def read_marker(out: Path) -> dict | None:
+    """The marker of the run in `out` ({"command": ..., "files": [...]}), or None."""
+    try:
+        data = json.loads((Path(out) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+        return None
+    return data
+
+
+def _command_name() -> str:
+    """`massact <sub-command>` of the running command line, or `massact` from Python."""
+    ctx = get_current_context(silent=True)
+    return ctx.command_path if ctx is not None else "massact"
+
+
+def _previous_files(out: Path, new: list[str], replace: bool) -> list[str]:
+    """Names in `out` that the new run supersedes: the previous run's files, or only those overwritten."""
+    if not out.is_dir():
+        return []
+    marker = read_marker(out)
+    names = set(new)
+    if marker is not None and replace:
+        names |= {n for n in marker["files"] if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")}
+    names.add(MARKER)
+    return sorted(n for n in names if os.path.lexists(out / n))
+
+
+def _commit(staging: Path, out: Path, command: str, replace: bool) -> list[str]:
+    """Move the staged files into `out`, setting any previous run aside; on error, put everything back."""
+    new = sorted(p.name for p in staging.iterdir())
+    marker = read_marker(out) if out.is_dir() else None
+    files = new
+    if marker is not None and not replace:
+        files = sorted(set(new) | {n for n in marker["files"] if isinstance(n, str)})
+    (staging / MARKER).write_text(json.dumps({"command": command, "files": files}, indent=2) + "\n", encoding="utf-8")
+    _set_modes(staging)
+    if not out.exists():
+        os.replace(staging, out)
+        return new
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.previous-", dir=out.parent))
+    moved_old: list[str] = []
+    moved_new: list[str] = []
+    try:
+        for name in _previous_files(out, new, replace):
+            os.replace(out / name, aside / name)
+            moved_old.append(name)
+        for name in [*new, MARKER]:
+            os.replace(staging / name, out / name)
+            moved_new.append(name)
+    except OSError:
+        restored = True
+        for source, target, names in ((out, staging, moved_new), (aside, out, moved_old)):
+            for name in names:
+                try:
+                    os.replace(source / name, target / name)
+                except OSError:
+                    restored = False
+        if restored:
+            shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return new
+
+
+def _invocation_writes() -> set[Path] | None:
+    """Folders the running command line has already written (None outside a command line)."""
+    ctx = get_current_context(silent=True)
+    return None if ctx is None else ctx.find_root().meta.setdefault("massact.written", set())
+
+
 @contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """Yield a staging directory; on success its files move into `out`, on error nothing is left."""
-    out = check_output_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+def staged_output(
+    out: Path, *, command: str | None = None, replace: bool = True, option: str = "--out"
+) -> Iterator[Path]:
+    """Yield a staging directory; on success its files move into `out`, on error nothing is left.
+
+    `out` then holds this run only: the files of an earlier massact run there (named in its marker)
+    are removed, other files stay. With `replace=False`, or when the same command line already wrote
+    into `out`, the new files join the run already there instead (a run written in several steps).
+    """
+    out = check_output_dir(out, option)
+    key = out.resolve()
+    written = _invocation_writes()
+    replace = replace and (written is None or key not in written)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as exc:
+        raise MassactError(f"{option} {out}: cannot be written ({_why(exc)}); choose another directory") from None
     try:
         yield staging
-        out.mkdir(parents=True, exist_ok=True)
-        for item in staging.iterdir():
-            target = out / item.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(item, target)
+        _commit(staging, out, command or _command_name(), replace)
+        if written is not None:
+            written.add(key)
     except OSError as exc:
-        raise MassactError(f"--out {out}: could not write ({exc.strerror or exc}); choose another directory") from None
+        raise MassactError(f"{option} {out}: could not write ({_why(exc)}); nothing was written there") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -13,9 +13,11 @@ import typer
 from rich.console import Console
 
 from massact.errors import MassactError
-from massact.models.loading import LoadedModel, load_model
+from massact.html import write_report_html
+from massact.models.loading import LoadedModel, check_device, check_dtype, load_model
 from massact.models.structure import Structure, find_structure
 from massact.outputs import check_output_dir, staged_output, to_json_text
+from massact.progress import console, status
 
 ModelArg = Annotated[
     str,
@@ -32,14 +34,24 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model
 BlocksOpt = Annotated[
     str | None, typer.Option("--blocks", help="Dotted path of the model's list of blocks, when not found by itself.")
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Directory for JSON, figures and report.")]
+OUT_HELP = (
+    "Directory for the results (made if missing). It holds one run: the files of an earlier massact run "
+    "there are replaced; files massact did not write are kept."
+)
+OutOpt = Annotated[Path | None, typer.Option("--out", help=OUT_HELP)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only the JSON on stdout.")]
 AbsThresholdOpt = Annotated[float, typer.Option("--abs-threshold", help="Minimum |x| of a massive activation.")]
 RatioThresholdOpt = Annotated[
     float, typer.Option("--ratio-threshold", help="Minimum |x| / block median of a massive activation.")
 ]
 
-console = Console(stderr=True)
+TABLE_WIDTH = 200  # columns used for tables when stdout is not a terminal, so no number is cut
+
+
+def stdout_console() -> Console:
+    """The console for a command's terminal view: the terminal's width, or wide enough under a pipe."""
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=TABLE_WIDTH)
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,11 @@ class ModelOptions:
     device_map: DeviceMapOpt = None
     trust_remote_code: TrustOpt = False
     blocks: BlocksOpt = None
+
+    def __post_init__(self) -> None:
+        check_dtype(self.dtype)
+        if self.device is not None:
+            check_device(self.device)
 
     def load(self, model: str) -> LoadedModel:
         """Load `model` with a status line while it loads."""
@@ -106,20 +123,21 @@ def emit_result(result: Result, out: Path | None, as_json: bool) -> None:
     if as_json:
         typer.echo(to_json_text(result.to_json()))
     else:
-        result.show(Console())
+        result.show(stdout_console())
     if out is not None:
         with staged_output(out) as staging:
             result.write(staging)
+            write_report_html(staging, result)
             names = sorted(p.name for p in staging.iterdir())
         if not as_json:
-            console.print(f"wrote {out}/: {', '.join(names)}", highlight=False)
+            console.print(f"wrote {out}/: {', '.join(names)}", markup=False, soft_wrap=True)
 
 
 def load_for_cli(
     model: str, dtype: str, device: str | None, device_map: str | None, trust_remote_code: bool
 ) -> LoadedModel:
     """Load a model for a command, with a status line while it loads."""
-    with console.status(f"loading {model} ..."):
+    with status(f"loading {model} ..."):
         return load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
 
 
@@ -131,27 +149,14 @@ def read_prompt(prompt: str | None, text_file: Path | None, default: str) -> str
         if not text_file.is_file():
             raise MassactError(f"--text-file {text_file}: no such file")
         try:
-            return text_file.read_text(encoding="utf-8")
+            text = text_file.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the text
         except UnicodeDecodeError:
             raise MassactError(f"--text-file {text_file}: not UTF-8 text") from None
+        except OSError as exc:
+            raise MassactError(f"--text-file {text_file}: cannot be read ({exc.strerror or exc})") from None
+        if "\x00" in text:
+            raise MassactError(f"--text-file {text_file}: a binary file, not text; give a UTF-8 text file")
+        if not text.strip():
+            raise MassactError(f"--text-file {text_file}: the file is empty; give a file with text")
+        return text
     return default if prompt is None else prompt
-
-
-def emit(
-    data: Callable[[], dict],
-    as_json: bool,
-    show: Callable[[Console], None],
-    out: Path | None,
-    write: Callable[[Path], object],
-    written: str,
-) -> None:
-    """Print the JSON (with --json) or the human view, then write every file into `out`, all or none."""
-    if as_json:
-        typer.echo(to_json_text(data()))
-    else:
-        show(Console())
-    if out is not None:
-        with staged_output(out) as staging:
-            write(staging)
-        if not as_json:
-            console.print(f"wrote {out}/{written}")

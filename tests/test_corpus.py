@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from massact.cli import main
-from massact.corpus import CorpusSummary, corpus_scan, load_means, scan_corpus
+from massact.corpus import CorpusSummary, corpus_scan, read_means, scan_corpus
 from massact.corpus.summary import MEANS_JSON
 from massact.data import corpus_windows, load_texts, load_windows, shakespeare, token_windows
 from massact.errors import MassactError
@@ -238,15 +238,16 @@ def test_cli_writes_means_file(tiny_dir, tmp_path):
         "layerwise.png",
         "constancy.png",
     }
-    means = load_means(out / MEANS_JSON)
-    assert (means["model"], means["hidden_size"], means["num_blocks"]) == (str(tiny_dir), 32, 3)
-    planted = [s for s in means["sites"] if s["token_kind"] == "delimiter"]
-    assert [s["block"] for s in planted] == [0, 1, 2]
-    assert all(s["dim"] == PLANTED_DIM and abs(s["mean"] - PLANTED_VALUE) < 60 and s["count"] > 0 for s in planted)
-    assert load_means(out) == means
+    means = read_means(out / MEANS_JSON)
+    assert (means.model, means.hidden_size, means.num_blocks) == (str(tiny_dir), 32, 3)
+    planted = sorted((b, d, m) for (b, d, kind), (m, n) in means.entries.items() if kind == "delimiter" and n > 0)
+    assert [b for b, _, _ in planted] == [0, 1, 2]
+    assert all(d == PLANTED_DIM and abs(m - PLANTED_VALUE) < 60 for _, d, m in planted)
+    assert read_means(out).entries == means.entries  # the run folder reads the same
+    assert sum(len(ids) for ids in means.windows.values()) == 4  # the windows it was taken over
     (tmp_path / "bad.json").write_text(json.dumps({"model": "x"}))
-    with pytest.raises(MassactError, match="not a means file"):
-        load_means(tmp_path / "bad.json")
+    with pytest.raises(MassactError, match="hidden_size"):
+        read_means(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize(

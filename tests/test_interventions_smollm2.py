@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massact.interventions.run import InterventionConfig, run_interventions
+from massact.interventions import InterventionConfig, run_interventions
 
 
 @pytest.mark.slow

@@ -33,10 +33,12 @@ def ids():
     return torch.randint(0, 80, (7, 24), generator=torch.Generator().manual_seed(3))
 
 
-def transformers_nll(model, ids) -> float:
+def transformers_nll(model, ids, prefix_len: int = 0) -> float:
     """Mean token NLL from the model's own loss, one window at a time (each has the same token count)."""
+    labels = ids.clone()
+    labels[:, :prefix_len] = -100  # the prefix is never a target
     with torch.no_grad():
-        losses = [model(input_ids=w[None], labels=w[None]).loss.double() for w in ids]
+        losses = [model(input_ids=w[None], labels=y[None]).loss.double() for w, y in zip(ids, labels, strict=True)]
     return float(torch.stack(losses).mean())
 
 
@@ -47,6 +49,21 @@ def test_agrees_with_transformers_loss(model, ids):
     assert result.nll == pytest.approx(reference, rel=1e-6, abs=1e-6)
     assert result.perplexity == pytest.approx(math.exp(reference), rel=1e-6)
     assert result.nonfinite_tokens == 0
+
+
+@pytest.mark.parametrize("prefix_len", [1, 2, 5])
+def test_prefix_tokens_are_not_scored(model, ids, prefix_len):
+    """Only text tokens are targets: positions >= max(1, prefix_len), as transformers' loss with -100 labels."""
+    result = evaluate_perplexity(model, ids, batch_size=4, progress=False, prefix_len=prefix_len)
+    assert result.tokens == 7 * (24 - max(1, prefix_len))
+    assert result.nll == pytest.approx(transformers_nll(model, ids, prefix_len), rel=1e-6, abs=1e-6)
+    if prefix_len > 1:
+        assert result.nll != pytest.approx(evaluate_perplexity(model, ids, progress=False).nll, rel=1e-6)
+
+
+def test_prefix_as_long_as_the_window_is_refused(model, ids):
+    with pytest.raises(MassactError, match="windows of shape"):
+        evaluate_perplexity(model, ids[:, :3], progress=False, prefix_len=3)
 
 
 def test_batch_size_does_not_change_the_result(model, ids):

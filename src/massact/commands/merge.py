@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    JsonOpt,
-    OutOpt,
-)
-from massact.corpus.cli import merge_runs, show
+from massact.commands.common import JsonOpt, OutOpt, emit_result
+from massact.corpus import merge
 from massact.outputs import check_output_dir
 
 
 def merge_command(
-    runs: Annotated[list[Path], typer.Argument(help="Output directories of `massact scan --corpus` runs.")],
+    runs: Annotated[list[Path], typer.Argument(help="Output folders of `massact scan --corpus` runs.")],
     out: OutOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Merge corpus scans exactly: counts, sums, top-k and per-sequence statistics of all runs."""
     if out is not None:
         check_output_dir(out)
-    show(merge_runs(runs), out, as_json)
+    result = merge(runs)
+    result.command = shlex.join(["massact", *sys.argv[1:]])
+    emit_result(result, out, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -9,26 +12,28 @@ import typer
 
 from massact.commands.common import (
     AbsThresholdOpt,
-    BlocksOpt,
-    DeviceMapOpt,
-    DeviceOpt,
-    DtypeOpt,
     JsonOpt,
     ModelArg,
+    ModelOptions,
     OutOpt,
     RatioThresholdOpt,
-    TrustOpt,
-    emit,
-    load_for_cli,
+    emit_result,
+    model_command,
     read_prompt,
 )
+from massact.corpus import CorpusConfig, parse_shard
+from massact.corpus import run as run_corpus
+from massact.corpus.distributed import prepare_launch
+from massact.data.corpus import load_texts
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.outputs import check_output_dir
-from massact.report.scan_report import terminal_summary, write_scan_outputs
-from massact.scan import DEFAULT_PROMPT, scan
+from massact.scan import DEFAULT_PROMPT, ScanConfig, run
+from massact.vision import ImageScanConfig, find_images
+from massact.vision import run as run_images
+from massact.vision.pipeline import refuse_prompt_for_vision
 
 
+@model_command
 def scan_command(
     model: ModelArg = "default",
     prompt: Annotated[str | None, typer.Option("--prompt", help="Text to scan.")] = None,
@@ -44,11 +49,6 @@ def scan_command(
     ] = None,
     out: OutOpt = None,
     as_json: JsonOpt = False,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = None,
-    device_map: DeviceMapOpt = None,
-    trust_remote_code: TrustOpt = False,
-    blocks: BlocksOpt = None,
     corpus: Annotated[
         str | None,
         typer.Option(
@@ -61,6 +61,10 @@ def scan_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Corpus: tokens per sequence.")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Corpus: sequences per forward pass.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Corpus: which windows of the corpus are drawn.")] = 0,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="Corpus: scan part i of n of the drawn windows (i/n), to merge later."),
+    ] = None,
     images: Annotated[
         str | None,
         typer.Option("--images", help="Scan a vision model on an image, a folder of images, or 'samples'."),
@@ -68,6 +72,8 @@ def scan_command(
     num_images: Annotated[
         int | None, typer.Option("--num-images", min=1, help="Images: scan at most this many.")
     ] = None,
+    *,
+    opts: ModelOptions,
 ) -> None:
     """Find the massive activations of MODEL: blocks, dims, tokens, values, ratio to the median."""
     thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
@@ -76,50 +82,46 @@ def scan_command(
     if corpus is not None:
         if prompt is not None or text_file is not None or keep is not None:
             raise MassactError("--corpus scans many sequences; drop --prompt/--text-file/--keep, or drop --corpus")
-        from massact.corpus.cli import run_corpus_scan
-
-        run_corpus_scan(
-            model=model, corpus=corpus, samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed,
-            thresholds=thresholds, top_k=top_k, out=out, as_json=as_json, dtype=dtype, device=device,
-            device_map=device_map, trust_remote_code=trust_remote_code, blocks=blocks,
+        config = CorpusConfig(
+            samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, thresholds=thresholds, top_k=top_k,
+            add_special_tokens=not no_special_tokens, shard=parse_shard(shard),
         )  # fmt: skip
+        texts = load_texts(corpus)  # a bad corpus fails before the model loads
+        state, device = prepare_launch(opts.device, opts.device_map, config.shard)
+        loaded = replace(opts, device=device).load(model)
+        result = run_corpus(loaded, corpus, config, texts=texts, structure=opts.structure(loaded), state=state)
+        if result is not None:  # None on every process but the main one of a data-parallel run
+            result.command = shlex.join(["massact", *sys.argv[1:]])
+            emit_result(result, out, as_json)
+        if state is not None:
+            state.wait_for_everyone()
         return
     if images is not None:
-        from massact.vision.cli import run_image_scan
-
-        run_image_scan(
-            model=model, images=images, num_images=num_images, prompt_given=prompt is not None or text_file is not None,
-            thresholds=thresholds, top_k=top_k, keep=keep, batch_size=batch_size, out=out, as_json=as_json,
-            dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code, blocks=blocks,
+        if prompt is not None or text_file is not None:
+            raise MassactError("give --images or --prompt/--text-file, not both")
+        if batch_size < 1:
+            raise MassactError(f"--batch-size {batch_size}: must be at least 1")
+        image_set = find_images(images)
+        image_config = ImageScanConfig(
+            thresholds=thresholds, top_k=top_k, keep=keep, keep_first_massive=out is not None, batch_size=batch_size,
+            num_images=num_images, blocks_path=opts.blocks, progress=not as_json,
         )  # fmt: skip
+        emit_result(run_images(opts.load(model), image_set, image_config), out, as_json)
         return
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
     if not text.strip():
         raise MassactError("the prompt is empty; give --prompt TEXT (or --text-file PATH) with some text")
-    if out is not None:
-        check_output_dir(out)
-    loaded = load_for_cli(model, dtype, device, device_map, trust_remote_code)
-    from massact.vision.pipeline import refuse_prompt_for_vision
-
-    refuse_prompt_for_vision(loaded)
-    result = scan(
-        loaded,
-        text,
+    config = ScanConfig(
         thresholds=thresholds,
         top_k=top_k,
         keep=keep,
         keep_first_massive=out is not None,
         add_special_tokens=not no_special_tokens,
-        blocks_path=blocks,
+        blocks_path=opts.blocks,
     )
-    emit(
-        result.to_json,
-        as_json,
-        lambda console: terminal_summary(result, console),
-        out,
-        lambda staging: write_scan_outputs(result, staging),
-        "scan.json, report.md and figures",
-    )
+    loaded = opts.load(model)
+    refuse_prompt_for_vision(loaded)
+    emit_result(run(loaded, text, config), out, as_json)
 
 
 def register(app: typer.Typer) -> None:

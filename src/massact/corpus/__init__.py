@@ -1,7 +1,29 @@
-"""Corpus statistics: scan many sequences, aggregate mergeable summaries, derive means for interventions."""
+"""Corpus statistics: scan many sequences, aggregate mergeable summaries, derive means for interventions.
 
-from massact.corpus.run import corpus_scan
-from massact.corpus.scan import scan_corpus
-from massact.corpus.summary import CorpusSummary, SiteStats, load_means
+    result = massact.corpus.run(loaded, "shakespeare", CorpusConfig(samples=64, seq_len=512))
+    result.to_json(); result.show(console); result.write(folder)
+    merged = massact.corpus.merge([folder_a, folder_b])
 
-__all__ = ["CorpusSummary", "SiteStats", "corpus_scan", "load_means", "scan_corpus"]
+Windows start as the tokenizer starts a text (its BOS); `CorpusConfig(add_special_tokens=False)` cuts
+text tokens only, and `CorpusConfig(shard=(i, n))` scans part i of n so the parts merge into the whole.
+"""
+
+from massact.corpus.config import CorpusConfig, parse_shard
+from massact.corpus.merge import merge
+from massact.corpus.result import CorpusResult
+from massact.corpus.run import corpus_scan, run, scan_corpus
+from massact.corpus.summary import CorpusSummary, SiteStats
+from massact.interventions.means import read_means
+
+__all__ = [
+    "CorpusConfig",
+    "CorpusResult",
+    "CorpusSummary",
+    "SiteStats",
+    "corpus_scan",
+    "merge",
+    "parse_shard",
+    "read_means",
+    "run",
+    "scan_corpus",
+]

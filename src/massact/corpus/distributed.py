@@ -32,6 +32,25 @@ def process_state(device: str | None):
         raise MassactError(f"could not join the distributed run ({first}); check the launcher's settings") from None
 
 
+def prepare_launch(
+    device: str | None, device_map: str | None, shard_of: tuple[int, int] | None = None
+) -> tuple[object | None, str | None]:
+    """(process state, device) for a corpus scan: the state under a data-parallel launch, else None.
+
+    Checked before the model loads: a launch does not combine with --device-map or --shard.
+    """
+    if not launched_distributed():
+        return None, device
+    if device_map is not None:
+        raise MassactError("--device-map does not combine with a data-parallel launch; drop one of them")
+    if shard_of is not None:
+        raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
+    state = process_state(device)
+    if state.num_processes > 1:
+        device = "cpu" if state.device.type == "cpu" else str(state.device)  # 'cpu:0' would pick bf16
+    return state, device
+
+
 def shard(count: int, rank: int, world: int) -> range:
     """Contiguous share of `count` items for process `rank` of `world` (sizes differ by at most one)."""
     base, extra = divmod(count, world)

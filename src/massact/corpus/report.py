@@ -11,10 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
+from massact.format import md_code, md_escape  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.report.figures import plot_layerwise  # noqa: E402
+from massact.report.tables import numeric_column, print_table  # noqa: E402
 
 CORPUS_JSON = "corpus.json"
 LAYERWISE_PNG = "layerwise.png"
@@ -39,8 +42,9 @@ def derived(summary: CorpusSummary) -> dict:
         "num_blocks": summary.num_blocks,
         "num_sequences": summary.num_sequences,
         "seq_len": summary.seq_len,
+        "prefix_tokens": summary.prefix_tokens,
         "sources": summary.sources,
-        "thresholds": {"abs": summary.thresholds.abs, "ratio": summary.thresholds.ratio},
+        "thresholds": summary.thresholds.to_json(),
         "nonfinite": summary.nonfinite,
         "layerwise": summary.layerwise(),
         "fraction_with_massive": (summary.arrays()["massive_counts"] > 0).mean(0).tolist(),
@@ -50,13 +54,28 @@ def derived(summary: CorpusSummary) -> dict:
     }
 
 
+def source_label(source: str) -> str:
+    """A window source for people: 'shakespeare (windows of 128 tokens, starting with <s>)'."""
+    corpus, *parts = source.split("|")
+    fields = dict(part.split("=", 1) for part in parts if "=" in part)
+    words = [f"windows of {fields['seq_len']} tokens"] if "seq_len" in fields else []
+    if fields.get("prefix"):
+        words.append(f"starting with {fields['prefix']}")
+    return f"{corpus} ({', '.join(words)})" if words else corpus
+
+
 def terminal_summary(summary: CorpusSummary, console: Console) -> None:
     """One row per massive (dim, token kind): where it emerges, peaks and fades, its value and CV."""
     groups = summary.groups()
     title = f"massact corpus scan: {summary.model}, {summary.num_sequences} sequences x {summary.seq_len} tokens"
-    table = Table(title=title, title_justify="left")
+    if summary.prefix_tokens:
+        title += f", each starting with {' '.join(summary.prefix_tokens)}"
+    table = Table(title=Text(title), title_justify="left")
     for column in ("dim", "token kind", "blocks", "fade", "peak block", "mean", "cv", "in seqs", "tokens"):
-        table.add_column(column, justify="left" if column in ("token kind", "tokens") else "right")
+        if column in ("token kind", "tokens"):
+            table.add_column(column)
+        else:
+            numeric_column(table, column)
     for g in groups:
         table.add_row(
             str(g["dim"]),
@@ -67,9 +86,9 @@ def terminal_summary(summary: CorpusSummary, console: Console) -> None:
             _fmt(g["peak_mean"]),
             f"{g['peak_cv']:.3f}",
             f"{g['frequency']:.0%}",
-            " ".join(_show(t) for t in g["tokens"][:3]),
+            Text(" ".join(_show(t) for t in g["tokens"][:3])),  # token text, never markup
         )
-    console.print(table)
+    print_table(console, table)
     if not groups:
         console.print("No massive site occurs in at least half of the sequences.")
     if summary.nonfinite:
@@ -110,7 +129,8 @@ def markdown(summary: CorpusSummary, command: str | None = None) -> str:
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        f"{summary.num_sequences} sequences of {summary.seq_len} tokens from {', '.join(summary.sources)}; "
+        f"{summary.num_sequences} sequences of {summary.seq_len} tokens from "
+        f"{md_escape(', '.join(source_label(name) for name in summary.sources))}; "
         f"massive = |x| > {summary.thresholds.abs:g} and >= {summary.thresholds.ratio:g} x the block median.",
         "",
         "## Massive activations present in at least half of the sequences",
@@ -124,7 +144,7 @@ def markdown(summary: CorpusSummary, command: str | None = None) -> str:
             f"| {g['dim']} | {g['token_kind']} | {g['emerge_block']}..{g['last_block']} | "
             f"{'-' if g['fade_block'] is None else g['fade_block']} | {g['peak_block']} | {_fmt(g['peak_mean'])} | "
             f"{g['peak_cv']:.4f} | {_fmt(g['emerge_mean'])} | {g['emerge_cv']:.4f} | {g['frequency']:.0%} | "
-            + ", ".join(f"`{_show(t)}`" for t in g["tokens"][:5])
+            + ", ".join(md_code(_show(t)) for t in g["tokens"][:5])
             + " |"
         )
     if summary.nonfinite:

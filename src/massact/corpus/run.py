@@ -1,18 +1,26 @@
-"""The corpus scan: stream token windows through the model in batches, aggregate every sequence."""
+"""The corpus scan: stream token windows through the model in batches, aggregate every sequence.
+
+`run(loaded, corpus, CorpusConfig)` is the entry point; `corpus_scan` scans windows already cut.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
+from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
+from massact.corpus.config import CorpusConfig
+from massact.corpus.distributed import gather_summaries, launched_distributed, process_state, shard
+from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
+from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
 from massact.detect import Thresholds, token_kind
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.models.structure import find_structure
+from massact.models.structure import Structure, find_structure
+from massact.progress import track
 
 MIN_TOP_K = 3
 
@@ -58,10 +66,13 @@ def corpus_scan(
     attention_mask: torch.Tensor | None = None,
     blocks_path: str | None = None,
     progress: bool = True,
+    structure: Structure | None = None,
+    prefix_tokens: Sequence[str] = (),
 ) -> CorpusSummary:
     """Scan `windows` [N, L] (ids of each row in `window_ids`, default 0..N-1) and aggregate them.
 
     An `attention_mask` [N, L] marks right padding; padded positions are left out of every statistic.
+    `prefix_tokens` names what every window starts with (the tokenizer's BOS), for the record.
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise MassactError("no sequences to scan; give --samples of at least 1")
@@ -69,28 +80,117 @@ def corpus_scan(
         raise MassactError(f"--batch-size {batch_size}: must be at least 1")
     thresholds = thresholds or Thresholds()
     window_ids = list(range(windows.shape[0])) if window_ids is None else list(window_ids)
-    structure = find_structure(loaded.model, blocks_path)
+    structure = structure or find_structure(loaded.model, blocks_path)
     texts = TokenText(loaded.tokenizer)
     summary: CorpusSummary | None = None
-    device = loaded.device
-    bar = tqdm(total=windows.shape[0], unit="seq", desc="corpus scan", disable=not progress, leave=False)
     top_k = max(top_k, MIN_TOP_K)
+    starts = range(0, windows.shape[0], batch_size)
     with capture_block_stats(loaded.model, structure, top_k=top_k, thresholds=thresholds) as collector:
-        for start in range(0, windows.shape[0], batch_size):
+        for start in track(starts, "corpus scan", unit="batch") if progress else starts:
             ids = windows[start : start + batch_size]
             mask = torch.ones_like(ids) if attention_mask is None else attention_mask[start : start + batch_size]
-            with torch.no_grad():
-                loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device))
+            run_forward(loaded.model, ids, mask)
             for offset, record in enumerate(collector.pop()):
                 row = start + offset
                 if summary is None:
                     hidden = int(record.blocks[0].dim_max.numel())
-                    summary = CorpusSummary(loaded.name, hidden, len(structure), thresholds, top_k, windows.shape[1])
+                    summary = CorpusSummary(
+                        loaded.name, hidden, len(structure), thresholds, top_k, windows.shape[1],
+                        prefix_tokens=list(prefix_tokens),
+                    )  # fmt: skip
                 valid = mask[offset].bool()
                 first = int(valid.nonzero()[0]) if valid.any() else 0
                 tokens, kinds = texts.kinds_and_texts(ids[offset].tolist(), first)
                 summary.add(record, source, window_ids[row], tokens, kinds)
-            bar.update(ids.shape[0])
-    bar.close()
     assert summary is not None
     return summary.canonical()
+
+
+def check_counts(samples: int, seq_len: int, batch_size: int) -> None:
+    """Refuse impossible sizes before any work."""
+    for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if value < 1:
+            raise MassactError(f"{flag} {value}: must be at least 1")
+
+
+def source_name(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] = ()) -> str:
+    """Names the windows' origin; runs with the same name draw window ids from the same token stream."""
+    return window_source(corpus, seq_len, prefix)
+
+
+def scan_corpus(
+    loaded: LoadedModel,
+    corpus: str = "shakespeare",
+    *,
+    samples: int = 64,
+    seq_len: int = 512,
+    batch_size: int = 8,
+    seed: int = 0,
+    thresholds: Thresholds | None = None,
+    top_k: int = 16,
+    blocks_path: str | None = None,
+    texts: list[str] | None = None,
+    state=None,
+    progress: bool = True,
+    add_special_tokens: bool = True,
+    shard_of: tuple[int, int] | None = None,
+    structure: Structure | None = None,
+) -> CorpusSummary | None:
+    """Scan `samples` windows of `corpus`; with a distributed `state`, this process's share, merged on main.
+
+    With `shard_of` = (i, n), only part i of n of the drawn windows (the split a launch of n processes
+    makes), so the parts merge into the whole. Returns None on non-main processes of a distributed run.
+    """
+    check_counts(samples, seq_len, batch_size)
+    check_seq_len(loaded, seq_len)
+    texts = load_texts(corpus) if texts is None else texts
+    windows, window_ids = corpus_windows(loaded.tokenizer, texts, samples, seq_len, seed, add_special_tokens)
+    prefix = prefix_tokens(loaded.tokenizer, add_special_tokens)
+    kwargs = dict(
+        source=source_name(corpus, seq_len, prefix), batch_size=batch_size, thresholds=thresholds, top_k=top_k,
+        blocks_path=blocks_path, structure=structure, prefix_tokens=prefix,
+    )  # fmt: skip
+    if shard_of is not None:
+        part = shard(samples, *shard_of)
+        windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
+    if state is None or state.num_processes == 1:
+        return corpus_scan(loaded, windows, window_ids, progress=progress, **kwargs)
+    if shard_of is not None:
+        raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
+    share = shard(samples, state.process_index, state.num_processes)
+    part = None
+    if len(share):
+        part = corpus_scan(
+            loaded, windows[share.start : share.stop], window_ids[share.start : share.stop],
+            progress=progress and state.is_main_process, **kwargs,
+        )  # fmt: skip
+    return gather_summaries(state, part)
+
+
+def distributed_state(device: str | None):
+    """The process state when launched with several processes, else None."""
+    return process_state(device) if launched_distributed() else None
+
+
+def run(
+    loaded: LoadedModel,
+    corpus: str = "shakespeare",
+    config: CorpusConfig | None = None,
+    *,
+    texts: list[str] | None = None,
+    structure: Structure | None = None,
+    state=None,
+) -> CorpusResult | None:
+    """Scan `config.samples` windows of `corpus` (a name or path; its documents in `texts` when read already).
+
+    Under a data-parallel launch (`state`), every process scans its share and the main process gets
+    the merged result (None elsewhere); `config.shard` scans one part by hand instead.
+    """
+    config = config or CorpusConfig()
+    summary = scan_corpus(
+        loaded, corpus, samples=config.samples, seq_len=config.seq_len, batch_size=config.batch_size,
+        seed=config.seed, thresholds=config.thresholds, top_k=config.top_k, texts=texts, state=state,
+        progress=config.progress, add_special_tokens=config.add_special_tokens, shard_of=config.shard,
+        structure=structure,
+    )  # fmt: skip
+    return None if summary is None else CorpusResult(summary)

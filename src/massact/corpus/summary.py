@@ -92,6 +92,7 @@ class CorpusSummary:
     truncated_blocks: int = 0
     sites: dict[SiteKey, SiteStats] = field(default_factory=dict)
     top: list[list[TopEntry]] = field(default_factory=list)  # per block, largest |x| first
+    prefix_tokens: list[str] = field(default_factory=list)  # what every window starts with (the BOS), [] if none
 
     def __post_init__(self) -> None:
         if not self.top:
@@ -148,7 +149,7 @@ class CorpusSummary:
 
     # -- merging ---------------------------------------------------------------------------------
     def _check_compatible(self, other: CorpusSummary) -> None:
-        fields = ("model", "hidden_size", "num_blocks", "thresholds", "top_k", "seq_len")
+        fields = ("model", "hidden_size", "num_blocks", "thresholds", "top_k", "seq_len", "prefix_tokens")
         for name in fields:
             if getattr(self, name) != getattr(other, name):
                 raise MassactError(
@@ -163,8 +164,9 @@ class CorpusSummary:
         if len(set(ids)) != len(ids):
             raise MassactError("the runs share sequences (same corpus windows); merging would count them twice")
         merged = CorpusSummary(
-            self.model, self.hidden_size, self.num_blocks, self.thresholds, self.top_k, self.seq_len, sources
-        )
+            self.model, self.hidden_size, self.num_blocks, self.thresholds, self.top_k, self.seq_len, sources,
+            prefix_tokens=list(self.prefix_tokens),
+        )  # fmt: skip
         merged.seq_ids = ids
         merged.top3 = self.top3 + other.top3
         merged.medians = self.medians + other.medians
@@ -188,8 +190,9 @@ class CorpusSummary:
         sources = sorted(self.sources)
         new_row = {old: new for new, old in enumerate(rank)}
         out = CorpusSummary(
-            self.model, self.hidden_size, self.num_blocks, self.thresholds, self.top_k, self.seq_len, sources
-        )
+            self.model, self.hidden_size, self.num_blocks, self.thresholds, self.top_k, self.seq_len, sources,
+            prefix_tokens=list(self.prefix_tokens),
+        )  # fmt: skip
         out.seq_ids = [(sources.index(self.sources[self.seq_ids[r][0]]), self.seq_ids[r][1]) for r in rank]
         out.top3 = [self.top3[r] for r in rank]
         out.medians = [self.medians[r] for r in rank]
@@ -299,9 +302,18 @@ class CorpusSummary:
             "num_blocks": self.num_blocks,
             "num_sequences": self.num_sequences,
             "seq_len": self.seq_len,
+            "prefix_tokens": self.prefix_tokens,
             "sources": self.sources,
+            "windows": self.windows(),
             "sites": sites,
         }
+
+    def windows(self) -> dict[str, list[int]]:
+        """The windows scanned: source name -> sorted stream indices (how `intervene` detects overlap)."""
+        out: dict[str, list[int]] = {name: [] for name in self.sources}
+        for source, window in self.seq_ids:
+            out[self.sources[source]].append(int(window))
+        return {name: sorted(ids) for name, ids in out.items()}
 
     # -- files -----------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -311,9 +323,10 @@ class CorpusSummary:
             "model": self.model,
             "hidden_size": self.hidden_size,
             "num_blocks": self.num_blocks,
-            "thresholds": {"abs": self.thresholds.abs, "ratio": self.thresholds.ratio},
+            "thresholds": self.thresholds.to_json(),
             "top_k": self.top_k,
             "seq_len": self.seq_len,
+            "prefix_tokens": self.prefix_tokens,
             "sources": self.sources,
             "num_sequences": self.num_sequences,
             "nonfinite": self.nonfinite,
@@ -346,22 +359,34 @@ class CorpusSummary:
 
     @classmethod
     def load(cls, path: Path) -> CorpusSummary:
-        """Read a run directory (or its summary.json) written by `save`."""
-        path = Path(path)
-        folder = path if path.is_dir() else path.parent
+        """Read a run folder written by `save` (or its summary.json); the path must exist and hold one."""
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise MassactError(f"{path}: no such file or folder; give the --out folder of a corpus scan")
+        if path.is_dir():
+            folder = path
+        elif path.name == SUMMARY_JSON:
+            folder = path.parent
+        else:
+            raise MassactError(f"{path}: not a corpus scan folder; give the --out folder of a corpus scan")
+        if not (folder / SUMMARY_JSON).is_file() or not (folder / SUMMARY_ARRAYS).is_file():
+            raise MassactError(
+                f"{path}: holds no {SUMMARY_JSON} and {SUMMARY_ARRAYS}; give the --out folder of a corpus scan"
+            )
         try:
             state = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
             arrays = load_file(folder / SUMMARY_ARRAYS)
         except (OSError, ValueError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise MassactError(
-                f"{path}: not a corpus scan directory ({exc}); give the --out of a corpus scan"
+                f"{path}: cannot read its summary ({reason}); give the --out folder of a corpus scan"
             ) from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise MassactError(f"{path}: {SUMMARY_JSON} is not a massact corpus summary")
-        th = state["thresholds"]
         out = cls(
-            state["model"], state["hidden_size"], state["num_blocks"], Thresholds(th["abs"], th["ratio"]),
+            state["model"], state["hidden_size"], state["num_blocks"], Thresholds.from_json(state["thresholds"]),
             state["top_k"], state["seq_len"], list(state["sources"]),
+            prefix_tokens=list(state.get("prefix_tokens", [])),
         )  # fmt: skip
         out.seq_ids = [tuple(r) for r in arrays["seq_ids"].tolist()]
         out.top3 = list(arrays["top3"].numpy())
@@ -379,23 +404,3 @@ class CorpusSummary:
 
 def _num(value) -> float:
     return float(value)  # JSON holds inf as the string "inf"
-
-
-def load_means(path: str | Path) -> dict:
-    """Read a means.json (or the run directory holding it): {model, hidden_size, num_blocks, sites: [...]}."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MEANS_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MassactError(f"--means {path}: cannot read it ({exc}); give the means.json of a corpus scan") from None
-    keys = ("model", "hidden_size", "num_blocks", "sites")
-    if not isinstance(data, dict) or any(k not in data for k in keys):
-        raise MassactError(
-            f"--means {path}: not a means file (needs {', '.join(keys)}); give a corpus scan's means.json"
-        )
-    for site in data["sites"]:
-        if not all(k in site for k in ("block", "dim", "token_kind", "mean", "std", "count")):
-            raise MassactError(f"--means {path}: a site lacks block/dim/token_kind/mean/std/count")
-    return data

@@ -2,9 +2,11 @@
 
 Each document is tokenized on its own without special tokens (in one batched call), and the documents
 are joined by the tokens of a blank line ("\\n\\n", the separator the paper's code uses for WikiText and
-RedPajama). The token stream is cut into non-overlapping windows of `seq_len` tokens, and
-`samples` of those windows are picked by a seeded permutation (so a larger `samples` with the same
-seed extends a smaller one).
+RedPajama). Each window starts the way the tokenizer starts a text: `text_prefix(tokenizer)` (the BOS of
+LLaMA or Gemma; nothing for GPT-2, SmolLM2 or Qwen2.5) followed by `seq_len - len(prefix)` tokens of the
+stream, so `seq_len` is the total length (`add_special_tokens=False` gives windows of text tokens only).
+The stream is cut into non-overlapping chunks and `samples` of them are picked by a seeded permutation
+(so a larger `samples` with the same seed extends a smaller one).
 """
 
 from __future__ import annotations
@@ -82,16 +84,30 @@ CORPORA: dict[str, Callable[[], list[str]]] = {
 }
 
 
-def _read_text_file(path: Path) -> str:
-    data = path.read_bytes()
+BOM = b"\xef\xbb\xbf"
+
+
+def read_text_file(path: str | Path, option: str = "--text-file") -> str:
+    """A UTF-8 text file without its byte-order mark; an empty, missing or binary file -> one-line MassactError."""
+    path = Path(path).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise MassactError(f"{option} {path}: cannot read it ({reason}); give a readable text file") from None
+    data = data.removeprefix(BOM)
     if not data.strip():
-        raise MassactError(f"--corpus {path}: the file is empty; give a file with some text")
+        raise MassactError(f"{option} {path}: the file is empty; give a file with some text")
     try:
         if b"\x00" in data:
             raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise MassactError(f"--corpus {path}: not UTF-8 text (binary file?); give plain .txt or .jsonl text") from None
+        raise MassactError(f"{option} {path}: not UTF-8 text (binary file?); give a plain UTF-8 text file") from None
+
+
+def _read_text_file(path: Path) -> str:
+    return read_text_file(path, "--corpus")
 
 
 def _read_jsonl(path: Path) -> list[str]:
@@ -151,34 +167,103 @@ def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor(stream, dtype=torch.long)
 
 
+def text_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before a plain text (its BOS; [] for GPT-2, SmolLM2, Qwen2.5).
+
+    Found by comparing `tokenizer(text)` with `tokenizer(text, add_special_tokens=False)`: the prefix is
+    what comes before the plain ids (anything after them, such as an EOS, is not a prefix).
+    """
+    if tokenizer is None:
+        return []
+    for probe in ("a", "Hello world"):
+        full = list(tokenizer(probe)["input_ids"])
+        plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+        if not plain:
+            continue
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                return full[:start]
+    # the text tokenizes differently with special tokens: the leading special tokens are the prefix
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    full = list(tokenizer("a")["input_ids"])
+    count = 0
+    while count < len(full) and full[count] in special:
+        count += 1
+    return full[:count]
+
+
+def window_prefix(tokenizer, add_special_tokens: bool = True) -> list[int]:
+    """The ids every window starts with: `text_prefix(tokenizer)`, or [] when `add_special_tokens` is False."""
+    return text_prefix(tokenizer) if add_special_tokens else []
+
+
+def prefix_tokens(tokenizer, add_special_tokens: bool = True) -> list[str]:
+    """The window prefix as token strings (what JSON records as `"prefix_tokens"`; [] when none)."""
+    ids = window_prefix(tokenizer, add_special_tokens)
+    return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)] if ids else []
+
+
+def window_source(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] = ()) -> str:
+    """Names where windows come from: the same name means the same stream, cut the same way.
+
+    A window is identified by (this name, its stream index); runs without a prefix keep the plain name.
+    """
+    name = f"{corpus}|seq_len={seq_len}"
+    return f"{name}|prefix={' '.join(prefix)}" if prefix else name
+
+
 def corpus_windows(
-    tokenizer, texts: list[str], samples: int, seq_len: int, seed: int = 0
+    tokenizer, texts: list[str], samples: int, seq_len: int, seed: int = 0, add_special_tokens: bool = True
 ) -> tuple[torch.LongTensor, list[int]]:
-    """`token_windows` plus each window's index in the token stream (window i = tokens [i*L, (i+1)*L))."""
+    """`token_windows` plus each window's index in the token stream.
+
+    With a prefix of P ids, window i holds the prefix and stream tokens [i*(L-P), (i+1)*(L-P)).
+    """
     if samples < 1:
         raise MassactError(f"--samples {samples}: must be at least 1")
     if seq_len < 1:
         raise MassactError(f"--seq-len {seq_len}: must be at least 1")
     if tokenizer is None:
         raise MassactError("the model has no tokenizer, so it cannot read a text corpus")
+    prefix = window_prefix(tokenizer, add_special_tokens)
+    text_len = seq_len - len(prefix)
+    if text_len < 1:
+        raise MassactError(
+            f"--seq-len {seq_len}: each window starts with {len(prefix)} special token(s), so it must be at least "
+            f"{len(prefix) + 1}; raise --seq-len or pass --no-special-tokens"
+        )
     ids = _tokenize(tokenizer, texts)
-    available = ids.numel() // seq_len
+    available = ids.numel() // text_len
     if available < samples:
         raise MassactError(
             f"the corpus has {ids.numel()} tokens, {available} windows of {seq_len}, fewer than --samples {samples}; "
             "lower --samples or --seq-len, or use a larger corpus"
         )
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:samples]
-    return ids[: available * seq_len].view(available, seq_len)[order].clone(), order.tolist()
+    text = ids[: available * text_len].view(available, text_len)[order]
+    if prefix:
+        head = torch.tensor(prefix, dtype=torch.long).expand(samples, len(prefix))
+        return torch.cat([head, text], dim=1), order.tolist()
+    return text.clone(), order.tolist()
 
 
-def token_windows(tokenizer, texts: list[str], samples: int, seq_len: int, seed: int = 0) -> torch.LongTensor:
-    """`samples` non-overlapping windows of `seq_len` tokens, shape [samples, seq_len], picked by `seed`."""
-    return corpus_windows(tokenizer, texts, samples, seq_len, seed)[0]
+def token_windows(
+    tokenizer, texts: list[str], samples: int, seq_len: int, seed: int = 0, add_special_tokens: bool = True
+) -> torch.LongTensor:
+    """`samples` non-overlapping windows of `seq_len` tokens, shape [samples, seq_len], picked by `seed`.
+
+    Each starts with the tokenizer's text prefix (BOS) unless `add_special_tokens` is False.
+    """
+    return corpus_windows(tokenizer, texts, samples, seq_len, seed, add_special_tokens)[0]
 
 
 def load_windows(
-    tokenizer, corpus: str = DEFAULT_CORPUS, samples: int = 64, seq_len: int = 512, seed: int = 0
+    tokenizer,
+    corpus: str = DEFAULT_CORPUS,
+    samples: int = 64,
+    seq_len: int = 512,
+    seed: int = 0,
+    add_special_tokens: bool = True,
 ) -> torch.LongTensor:
     """`load_texts(corpus)` then `token_windows(...)`: the sequences a corpus scan runs."""
-    return token_windows(tokenizer, load_texts(corpus), samples, seq_len, seed)
+    return token_windows(tokenizer, load_texts(corpus), samples, seq_len, seed, add_special_tokens)

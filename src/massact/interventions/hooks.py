@@ -17,15 +17,16 @@ The hooks only return a rewritten copy of the block output; they come off on exi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from massact.capture.hooks import forward_hooks, forward_pre_hook, output_tensor, replace_output_tensor
+from massact.capture.hooks import HookSet, output_tensor, replace_output_tensor
 from massact.capture.stats import median_magnitude
 from massact.detect import Thresholds, token_kind
 from massact.errors import MassactError
@@ -49,48 +50,85 @@ class SiteSpec:
         return self.dims is not None and self.tokens is not None
 
     def detect(self, hidden: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Boolean mask [batch, tokens, dims] of the selected sites of `hidden` [batch, tokens, dims]."""
+        """Boolean mask [batch, tokens, dims] of the selected sites of `hidden` [batch, tokens, dims].
+
+        Detection is `Thresholds.massive` against each sequence's median magnitude (over its valid,
+        finite entries); the result stays on the device.
+        """
         batch, tokens, dims = hidden.shape
         device = hidden.device
+        rows = _positions(tuple(self.tokens), tokens, str(device)) if self.tokens is not None else None
+        cols = _positions(tuple(self.dims), dims, str(device)) if self.dims is not None else None
         if self.fixed:
             mask = torch.zeros(batch, tokens, dims, dtype=torch.bool, device=device)
-            rows = torch.tensor([t for t in self.tokens if t < tokens], dtype=torch.long, device=device)
-            cols = torch.tensor(self.dims, dtype=torch.long, device=device)
             mask[:, rows.unsqueeze(1), cols.unsqueeze(0)] = True
         else:
             mags = hidden.detach().float().abs()
-            mask = torch.zeros_like(mags, dtype=torch.bool)
-            for b in range(batch):
-                m = mags[b] if valid is None else mags[b][valid[b]]
-                finite = torch.isfinite(m)
-                median = median_magnitude(m if bool(finite.all()) else m[finite])
-                if median != median:
-                    continue
-                hits = (m > self.thresholds.abs) & (m >= self.thresholds.cutoff(median))
-                if valid is None:
-                    mask[b] = hits
-                else:
-                    mask[b][valid[b]] = hits
-            if self.dims is not None:
+            mask = self.thresholds.massive(mags, sequence_medians(mags, valid).view(batch, 1, 1))
+            if cols is not None:
                 keep = torch.zeros(dims, dtype=torch.bool, device=device)
-                keep[list(self.dims)] = True
+                keep[cols] = True
                 mask &= keep.view(1, 1, dims)
-            if self.tokens is not None:
+            if rows is not None:
                 keep = torch.zeros(tokens, dtype=torch.bool, device=device)
-                keep[[t for t in self.tokens if t < tokens]] = True
+                keep[rows] = True
                 mask &= keep.view(1, tokens, 1)
         if valid is not None:
             mask &= valid.unsqueeze(-1)
         return mask
 
-    def check(self, hidden_size: int) -> None:
-        """Refuse dims outside the model's hidden size, and negative token positions."""
-        for dim in self.dims or ():
-            if not 0 <= dim < hidden_size:
-                raise MassactError(f"--dims {dim} is out of range; the model has dims 0..{hidden_size - 1}")
+    def check(self, hidden_size: int | None, seq_len: int | None = None) -> None:
+        """Refuse dims outside the model's hidden size, and token positions outside the windows."""
+        if hidden_size is not None:
+            for dim in self.dims or ():
+                if not 0 <= dim < hidden_size:
+                    raise MassactError(f"--dims {dim} is out of range; the model has dims 0..{hidden_size - 1}")
         for token in self.tokens or ():
             if token < 0:
                 raise MassactError(f"--tokens {token}: token positions start at 0")
+            if seq_len is not None and token >= seq_len:
+                raise MassactError(
+                    f"--tokens {token} is out of range; windows of --seq-len {seq_len} have positions 0..{seq_len - 1}"
+                )
+
+    def to_json(self) -> dict:
+        return {
+            "dims": list(self.dims) if self.dims is not None else "detected",
+            "tokens": list(self.tokens) if self.tokens is not None else "detected",
+            "thresholds": self.thresholds.to_json(),
+        }
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(values: tuple[int, ...], size: int, device: str) -> torch.Tensor:
+    """The `values` below `size` as an index tensor on `device`, made once (no copy per forward)."""
+    return torch.tensor([v for v in values if v < size], dtype=torch.long, device=device)
+
+
+def sequence_medians(mags: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Lower median of each sequence's finite magnitudes [batch, tokens, dims] -> [batch] (NaN when none).
+
+    On the CPU each row is partitioned on its own; on an accelerator the rows are sorted at once, so no
+    value leaves the device.
+    """
+    ok = torch.isfinite(mags)
+    if valid is not None:
+        ok &= valid.unsqueeze(-1)
+    if mags.device.type == "cpu":
+        medians = [median_magnitude(row if bool(keep.all()) else row[keep]) for row, keep in zip(mags, ok, strict=True)]
+        return torch.tensor(medians, dtype=torch.float32)
+    return sorted_medians(mags, ok)
+
+
+def sorted_medians(mags: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """`sequence_medians` by one sort of every row, on any device (entries where `ok` is False left out)."""
+    batch = mags.shape[0]
+    flat = torch.where(ok, mags, torch.full_like(mags, math.inf)).reshape(batch, -1)
+    count = ok.reshape(batch, -1).sum(1)
+    ordered = flat.sort(dim=1).values
+    index = ((count - 1).clamp(min=0) // 2).unsqueeze(1)
+    picked = ordered.gather(1, index).squeeze(1)
+    return torch.where(count > 0, picked, torch.full_like(picked, math.nan))
 
 
 class TokenKinds:
@@ -109,13 +147,19 @@ class TokenKinds:
         codes = [KINDS.index(token_kind(text, 1, i in special)) for i, text in enumerate(texts)]
         return cls(torch.tensor(codes, dtype=torch.long))
 
-    def codes(self, input_ids: torch.Tensor | None, batch: int, tokens: int) -> torch.Tensor:
-        """Kind codes [batch, tokens]; without ids (or a table) every position after the first is 'other'."""
+    def codes(
+        self, input_ids: torch.Tensor | None, batch: int, tokens: int, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Kind codes [batch, tokens] on `device`; position 0 (a BOS, when the tokenizer adds one) is 'first'.
+
+        Without ids (or a table) every position after the first is 'other'.
+        """
         if input_ids is None or self.table is None or tuple(input_ids.shape) != (batch, tokens):
-            codes = torch.full((batch, tokens), KINDS.index("other"), dtype=torch.long)
+            codes = torch.full((batch, tokens), KINDS.index("other"), dtype=torch.long, device=device)
         else:
-            ids = input_ids.detach().cpu().clamp(0, self.table.numel() - 1)
-            codes = self.table[ids]
+            if self.table.device != torch.device(device):
+                self.table = self.table.to(device)
+            codes = self.table[input_ids.detach().to(device).clamp(0, self.table.numel() - 1)]
         codes[:, 0] = KINDS.index("first")
         return codes
 
@@ -129,6 +173,7 @@ class SiteMeans:
     entries: dict[tuple[int, int, str], tuple[float, int]]  # -> (mean, count)
     model: str | None = None
     source: str = ""
+    windows: dict[str, list[int]] | None = None  # window source -> stream indices the means were taken over
 
     def blocks(self) -> set[int]:
         return {block for block, _, _ in self.entries}
@@ -174,11 +219,16 @@ class SiteMeans:
                 "choose a --block it covers, or use --means-samples N"
             )
 
+    def overlap(self, source: str, windows: Sequence[int]) -> int:
+        """How many of `windows` (stream indices of `source`) the means were taken over."""
+        return len(set(windows) & set((self.windows or {}).get(source, ())))
+
     def to_json(self) -> dict:
         return {
             "model": self.model,
             "hidden_size": self.hidden_size,
             "num_blocks": self.num_blocks,
+            "windows": self.windows,
             "sites": [
                 {"block": b, "dim": d, "token_kind": k, "mean": mean, "count": n}
                 for (b, d, k), (mean, n) in sorted(self.entries.items())
@@ -217,38 +267,50 @@ class InterventionCounts:
         return sum(self.sites.values())
 
 
-class Intervention:
-    """The hooks of one `intervene` call; `counts` says what they did."""
+class Intervention(HookSet):
+    """The hooks of one `intervene` call on the outputs of `blocks`; `counts` says what they did.
+
+    The hooks keep their counts on the device and never read a value back during the forward, except
+    the random control, which draws its positions on the host (it needs each sequence's site count).
+    """
 
     def __init__(
         self,
+        model: nn.Module,
+        structure: Structure,
+        blocks: Sequence[int],
         mode: str,
         sites: SiteSpec,
         means: SiteMeans | None,
         kinds: TokenKinds | None,
         seed: int,
     ) -> None:
+        super().__init__(model)
+        self.structure = structure
+        self.blocks = list(blocks)
         self.mode = mode
         self.sites = sites
         self.means = means
         self.kinds = kinds or TokenKinds()
         self.generator = torch.Generator().manual_seed(seed)
-        self.counts = InterventionCounts()
-        self._input_ids: torch.Tensor | None = None
-        self._mask: torch.Tensor | None = None
-        self._tables: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._pending: list[tuple[int, torch.Tensor, int, torch.Tensor | None]] = []
+        self._counts = InterventionCounts()
+        self._tables: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def grab_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args and isinstance(args[0], torch.Tensor) else None)
-        mask = kwargs.get("attention_mask")
-        self._input_ids = ids if isinstance(ids, torch.Tensor) and ids.dim() == 2 else None
-        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    def forward_hooks(self):
+        if self.mode == "original":
+            return []
+        return [(self.structure.blocks[b], self.hook_for(b)) for b in self.blocks]
 
-    def _valid(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor | None:
-        mask = self._mask
-        if mask is None or tuple(mask.shape) != (batch, tokens) or bool(mask.all()):
-            return None
-        return mask.to(device).bool()
+    @property
+    def counts(self) -> InterventionCounts:
+        """The counts so far (read back from the device here, after the forward passes)."""
+        for block, sites, sequences, without in self._pending:
+            self._counts.add(block, int(sites), sequences)
+            if without is not None:
+                self._counts.without_mean += int(without)
+        self._pending = []
+        return self._counts
 
     def hook_for(self, block: int):
         def hook(module: nn.Module, args: tuple, output: object) -> object:
@@ -256,41 +318,42 @@ class Intervention:
             flat = hidden.dim() == 2
             x = hidden.unsqueeze(0) if flat else hidden
             batch, tokens, _ = x.shape
-            valid = self._valid(batch, tokens, x.device)
+            valid = self.valid_mask(batch, tokens, x.device)
             selected = self.sites.detect(x, valid)
-            new = x.clone()
+            without = None
             if self.mode == "zero":
-                new[selected] = 0
+                new = x.masked_fill(selected, 0)
             elif self.mode == "mean":
-                self._write_means(block, new, selected)
-            elif self.mode == "random":
+                new, without = self._write_means(block, x, selected)
+            else:
+                new = x.clone()
                 self._zero_random(new, selected, valid)
-            self.counts.add(block, int(selected.sum()), batch)
+            self._pending.append((block, selected.sum(), batch, without))
             return replace_output_tensor(output, new.squeeze(0) if flat else new)
 
         return hook
 
-    def _write_means(self, block: int, new: torch.Tensor, selected: torch.Tensor) -> None:
-        if block not in self._tables:
-            self._tables[block] = self.means.tables(block)
-        by_kind, pooled = self._tables[block]
-        where = selected.nonzero()
-        if where.numel() == 0:
-            return
-        b, t, d = where.unbind(1)
-        codes = self.kinds.codes(self._input_ids, new.shape[0], new.shape[1])
-        cpu_b, cpu_t, cpu_d = b.cpu(), t.cpu(), d.cpu()
-        values = by_kind[codes[cpu_b, cpu_t], cpu_d]
-        values = torch.where(values.isnan(), pooled[cpu_d], values)
+    def _write_means(self, block: int, x: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x` with each selected site set to its mean by (block, dim, token kind); sites without one are kept."""
+        key = (block, x.device, x.dtype)
+        if key not in self._tables:
+            by_kind, pooled = self.means.tables(block)
+            # in the hidden dtype: the values written are the same, the [batch, tokens, dims] lookup no larger
+            self._tables[key] = (by_kind.to(x.device, x.dtype), pooled.to(x.device, x.dtype))
+        by_kind, pooled = self._tables[key]
+        batch, tokens, _ = x.shape
+        codes = self.kinds.codes(self.input_ids, batch, tokens, x.device)
+        values = by_kind[codes]  # [batch, tokens, dims]
+        values = torch.where(values.isnan(), pooled.view(1, 1, -1), values)
         known = ~values.isnan()
-        self.counts.without_mean += int((~known).sum())
-        k = known.to(new.device)
-        new[b[k], t[k], d[k]] = values[known].to(device=new.device, dtype=new.dtype)
+        write = selected & known
+        new = torch.where(write, values, x)
+        return new, (selected & ~known).sum()
 
     def _zero_random(self, new: torch.Tensor, selected: torch.Tensor, valid: torch.Tensor | None) -> None:
-        batch, tokens, dims = new.shape
-        for index in range(batch):
-            count = int(selected[index].sum())
+        batch = new.shape[0]
+        counts = selected.reshape(batch, -1).sum(1).tolist()  # the one read-back: how many to draw per sequence
+        for index, count in enumerate(counts):
             if count == 0:
                 continue
             ordinary = ~selected[index]
@@ -323,9 +386,5 @@ def intervene(
             raise MassactError(f"--block {block} is out of range; the model has blocks 0..{len(structure) - 1}")
     if mode == "mean" and means is None:
         raise MassactError("mode 'mean' needs means: give --means FILE or --means-samples N")
-    intervention = Intervention(mode, sites, means, kinds, seed)
-    with ExitStack() as stack:
-        if mode != "original":
-            stack.enter_context(forward_pre_hook(model, intervention.grab_inputs))
-            stack.enter_context(forward_hooks((structure.blocks[b], intervention.hook_for(b)) for b in blocks))
+    with Intervention(model, structure, blocks, mode, sites, means, kinds, seed) as intervention:
         yield intervention

@@ -1,25 +1,33 @@
-"""Read the per-site means of a corpus scan (`means.json`) for the `mean` intervention."""
+"""The one reader of per-site means (`means.json` of a corpus scan or of `massact intervene`)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from massact.errors import MassactError
 from massact.interventions.hooks import SiteMeans
 
+MEANS_JSON = "means.json"
 _SITE_KEYS = ("block", "dim", "token_kind", "mean")
 
 
-def read_means(path: Path) -> SiteMeans:
-    """`means.json` with top-level `hidden_size`, `num_blocks` and `sites` [{block, dim, token_kind, mean, count}]."""
+def read_means(path: str | Path) -> SiteMeans:
+    """A means.json (or the run folder holding one) as `SiteMeans`; anything else -> one-line MassactError.
+
+    The file has integer `hidden_size` and `num_blocks`, a list `sites` of {block, dim, token_kind,
+    mean, count}, and optionally `windows` ({window source: [stream indices]}, the windows it was taken over).
+    """
     path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / MEANS_JSON
     where = f"--means {path}"
     if not path.is_file():
         raise MassactError(f"{where}: no such file; give the means.json of a corpus scan, or use --means-samples N")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise MassactError(f"{where}: not a JSON file; give the means.json written by a corpus scan") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), int) for k in ("hidden_size", "num_blocks")):
         raise MassactError(f"{where}: no integer 'hidden_size' and 'num_blocks'; give the means.json of a corpus scan")
@@ -36,7 +44,7 @@ def read_means(path: Path) -> SiteMeans:
             count = int(site.get("count") or 1)
         except (TypeError, ValueError):
             raise MassactError(f"{where}: site {number} has a non-numeric block, dim, mean or count") from None
-        if mean != mean or mean in (float("inf"), float("-inf")):
+        if not math.isfinite(mean):
             raise MassactError(f"{where}: site {number} has a non-finite mean ({site['mean']!r})")
         entries[key] = (mean, count)
     return SiteMeans(
@@ -45,4 +53,15 @@ def read_means(path: Path) -> SiteMeans:
         entries=entries,
         model=data.get("model"),
         source=where,
+        windows=_windows(data.get("windows"), where),
     )
+
+
+def _windows(value: object, where: str) -> dict[str, list[int]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(ids, list) and all(isinstance(i, int) for i in ids) for ids in value.values()
+    ):
+        raise MassactError(f"{where}: 'windows' must map window sources to lists of window indices")
+    return {str(k): list(v) for k, v in value.items()}

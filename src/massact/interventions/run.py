@@ -3,200 +3,203 @@
 For each corpus, `samples` windows are evaluated once per mode. Held-out windows of the first corpus
 (the next ones in the same seeded order, so never the evaluated ones) are surveyed first: they give the
 block map, the default block (where the massive activations first appear) and, for `mean`, the means
-(unless a means file is given).
+(unless a means file is given). Windows start as the tokenizer starts a text (its BOS), and perplexity
+scores only the text tokens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 
+from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_prefix, window_source
 from massact.errors import MassactError
-from massact.interventions.hooks import MODES, SiteMeans, SiteSpec, TokenKinds, blocks_span, intervene
+from massact.interventions.config import InterventionConfig, resolve_blocks
+from massact.interventions.hooks import Intervention, SiteMeans, SiteSpec, TokenKinds, blocks_span, intervene
 from massact.interventions.perplexity import evaluate_perplexity
+from massact.interventions.result import InterventionResult
 from massact.interventions.survey import Survey, survey
+from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.progress import say
+from massact.tasks import evaluate as evaluate_tasks
 
 SURVEY_SAMPLES = 8
 AFTER_ZERO_SAMPLES = 4
 
-
-@dataclass
-class InterventionConfig:
-    """Everything one `massact intervene` run is asked to do."""
-
-    corpora: list[str] = field(default_factory=lambda: ["shakespeare"])
-    samples: int = 16
-    seq_len: int = 512
-    block: str | None = None  # None: the first massive block; "L"; or "L-" for blocks L..last
-    modes: list[str] = field(default_factory=lambda: list(MODES))
-    sites: SiteSpec = field(default_factory=SiteSpec)
-    means: SiteMeans | None = None  # from a file; else computed on `means_samples` held-out windows
-    means_samples: int = 32
-    seed: int = 0
-    batch_size: int = 8
-    progress: bool = True
+# per corpus: its documents, or windows [N, L] already cut (the first `samples` are evaluated)
+Inputs = Mapping[str, Sequence[str] | torch.Tensor] | Sequence[str] | None
 
 
 @dataclass
-class InterventionResult:
-    model: str
-    blocks: list[int]
-    rows: list[dict]
-    survey: Survey
-    after_zero: Survey | None
-    means: SiteMeans | None
-    means_source: str
-    notes: list[str]
-    config: InterventionConfig
+class Windows:
+    """The windows of one corpus and, when cut here, their source name and stream indices."""
 
-    def to_json(self) -> dict:
-        cfg = self.config
-        return {
-            "model": self.model,
-            "corpora": cfg.corpora,
-            "samples": cfg.samples,
-            "seq_len": cfg.seq_len,
-            "seed": cfg.seed,
-            "blocks": self.blocks,
-            "block_spec": cfg.block,
-            "sites": {
-                "dims": list(cfg.sites.dims) if cfg.sites.dims is not None else "detected",
-                "tokens": list(cfg.sites.tokens) if cfg.sites.tokens is not None else "detected",
-                "thresholds": {"abs": cfg.sites.thresholds.abs, "ratio": cfg.sites.thresholds.ratio},
-            },
-            "means_source": self.means_source,
-            "rows": self.rows,
-            "survey": self.survey.to_json(),
-            "survey_after_zero": self.after_zero.to_json() if self.after_zero is not None else None,
-            "notes": self.notes,
-        }
+    corpus: str
+    ids: torch.Tensor
+    source: str | None = None
+    index: list[int] | None = None
 
 
-def parse_modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise MassactError(f"--modes {text!r}: unknown mode {', '.join(unknown) or '(none)'}; use {','.join(MODES)}")
-    return list(dict.fromkeys(modes))
-
-
-def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise MassactError(f"{option} {text!r}: give comma-separated integers, e.g. {option} 0,3") from None
-    if not values:
-        raise MassactError(f"{option} {text!r}: give at least one integer")
-    return values
-
-
-def resolve_blocks(spec: str | None, num_blocks: int, first_block: int | None) -> list[int]:
-    """`spec` None (the first massive block), "L" or "L-" (L to the last block) as block indices."""
-    if spec is None:
-        if first_block is None:
-            raise MassactError(
-                "no massive activations found on the surveyed windows, so there is no first massive block; "
-                "give --block L (and --dims/--tokens), or lower --ratio-threshold"
-            )
-        return [first_block]
-    text = spec.strip()
-    onward = text.endswith("-")
-    try:
-        start = int(text[:-1] if onward else text)
-    except ValueError:
-        raise MassactError(f"--block {spec!r}: give a block index L, or L- for blocks L to the last") from None
-    if not 0 <= start < num_blocks:
-        raise MassactError(f"--block {spec} is out of range; the model has blocks 0..{num_blocks - 1}")
-    return list(range(start, num_blocks)) if onward else [start]
-
-
-def _windows(loaded: LoadedModel, corpus: str, count: int, config: InterventionConfig) -> torch.Tensor:
-    from massact.data.corpus import load_windows
-
-    return load_windows(loaded.tokenizer, corpus, samples=count, seq_len=config.seq_len, seed=config.seed)
-
-
-def run_interventions(
+@contextmanager
+def mode_context(
     loaded: LoadedModel,
-    config: InterventionConfig,
+    structure: Structure | None,
+    sites: SiteSpec | InterventionConfig,
+    mode: str,
+    means: SiteMeans | None,
+    blocks: int | Sequence[int] | str,
     *,
-    structure: Structure | None = None,
-    windows_fn: Callable[[LoadedModel, str, int, InterventionConfig], torch.Tensor] = _windows,
-    log: Callable[[str], None] = lambda _: None,
-) -> InterventionResult:
-    """Perplexity of `loaded` on every corpus, once per mode; see the module docstring."""
+    seed: int = 0,
+) -> Iterator[Intervention]:
+    """Run anything under one mode: while inside, `loaded.model`'s `blocks` outputs are rewritten.
+
+    `blocks` is a block index, a list of them, or a `--block` spec ("11", "11-"); `sites` a `SiteSpec`
+    or an `InterventionConfig` (its sites). Token kinds come from the tokenizer, so `mean` finds the
+    means of the BOS under 'first'.
+    """
     structure = structure or find_structure(loaded.model)
+    if isinstance(sites, InterventionConfig):
+        seed = sites.seed
+        sites = sites.sites
+    if isinstance(blocks, str):
+        blocks = resolve_blocks(blocks, len(structure), None)
+    kinds = TokenKinds.from_tokenizer(loaded.tokenizer)
+    with intervene(loaded.model, structure, sites, mode, blocks, means=means, kinds=kinds, seed=seed) as hooks:
+        yield hooks
+
+
+def check(loaded: LoadedModel, config: InterventionConfig, structure: Structure) -> None:
+    """Everything about `config` that needs the model, checked before any forward pass."""
     num_blocks = len(structure)
     if config.block is not None:
-        resolve_blocks(config.block, num_blocks, 0)  # refuse a bad --block before any work
-    hidden_size = _hidden_size(loaded)
-    if hidden_size is not None:
-        config.sites.check(hidden_size)
+        resolve_blocks(config.block, num_blocks, 0)
+    hidden_size = model_dims(loaded.model).hidden_size
+    config.sites.check(hidden_size, config.seq_len)
     if config.means is not None and hidden_size is not None:
         config.means.check(hidden_size, num_blocks, range(num_blocks))
-    if config.seq_len < 2:
-        raise MassactError(f"--seq-len {config.seq_len}: perplexity needs at least 2 tokens per window")
     limit = loaded.context_length
     if limit is not None and config.seq_len > limit:
         raise MassactError(f"--seq-len {config.seq_len} is longer than the model's context ({limit}); lower it")
+    prefix = window_prefix(loaded.tokenizer, config.add_special_tokens)
+    if config.seq_len <= max(1, len(prefix)):
+        raise MassactError(
+            f"--seq-len {config.seq_len}: windows start with {len(prefix)} special token(s), so perplexity needs "
+            f"at least {max(1, len(prefix)) + 1}; raise --seq-len or pass --no-special-tokens"
+        )
+
+
+def _cut(loaded: LoadedModel, corpus: str, texts: Sequence[str] | None, count: int, config) -> Windows:
+    texts = load_texts(corpus) if texts is None else list(texts)
+    ids, index = corpus_windows(loaded.tokenizer, texts, count, config.seq_len, config.seed, config.add_special_tokens)
+    source = window_source(corpus, config.seq_len, prefix_tokens(loaded.tokenizer, config.add_special_tokens))
+    return Windows(corpus, ids, source, index)
+
+
+def _windows(loaded: LoadedModel, inputs: Inputs, config: InterventionConfig, held_out: int) -> dict[str, Windows]:
+    given: Mapping = inputs if isinstance(inputs, Mapping) else {}
+    out: dict[str, Windows] = {}
+    for number, corpus in enumerate(config.corpora):
+        count = config.samples + (held_out if number == 0 else 0)
+        value = given.get(corpus)
+        if isinstance(value, torch.Tensor):
+            if value.dim() != 2 or value.shape[0] < count or value.shape[1] != config.seq_len:
+                need = f"[{count}, {config.seq_len}]"
+                raise MassactError(f"{corpus}: windows of shape {tuple(value.shape)}; the run needs at least {need}")
+            out[corpus] = Windows(corpus, value[:count])
+        else:
+            out[corpus] = _cut(loaded, corpus, value, count, config)
+    return out
+
+
+def _overlap_notes(means: SiteMeans | None, windows: dict[str, Windows], samples: int) -> list[str]:
+    """A note for every corpus whose evaluated windows are among those the means were taken over."""
+    notes = []
+    if means is None or not means.windows:
+        return notes
+    for w in windows.values():
+        if w.source is None or w.index is None:
+            continue
+        shared = means.overlap(w.source, w.index[:samples])
+        if shared:
+            notes.append(
+                f"{shared} of the {samples} evaluated {w.corpus} windows are among those {means.source} was "
+                "computed on, so the mean mode sees its own data; use another --seed or a means file of other windows"
+            )
+    return notes
+
+
+def run(
+    loaded: LoadedModel,
+    inputs: Inputs = None,
+    config: InterventionConfig | None = None,
+    *,
+    structure: Structure | None = None,
+) -> InterventionResult:
+    """Perplexity of `loaded` on every corpus of `config`, once per mode; see the module docstring.
+
+    `inputs` names the corpora (None: `config.corpora`) or maps each name to its documents or to windows
+    already cut; names alone are read with `load_texts`. `structure` is the model's blocks (found when None).
+    """
+    config = config or InterventionConfig()
+    if inputs is not None:
+        config = replace(config, corpora=tuple(inputs))  # the corpora given here stand for config.corpora
+    structure = structure or find_structure(loaded.model)
+    check(loaded, config, structure)
+    log = say if config.progress else lambda _: None
+    num_blocks = len(structure)
     needs_means = "mean" in config.modes and config.means is None
     held_out = config.means_samples if needs_means else SURVEY_SAMPLES
     kinds = TokenKinds.from_tokenizer(loaded.tokenizer)
+    prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
 
-    windows: dict[str, torch.Tensor] = {}
-    for index, corpus in enumerate(config.corpora):
-        extra = held_out if index == 0 else 0
+    for corpus in config.corpora:
         log(f"reading {corpus}: {config.samples} windows of {config.seq_len} tokens")
-        windows[corpus] = windows_fn(loaded, corpus, config.samples + extra, config)
+    windows = _windows(loaded, inputs, config, held_out)
     first = windows[config.corpora[0]]
-    held = first[config.samples :]
+    held = first.ids[config.samples :]
+    notes = _overlap_notes(config.means, windows, config.samples)
+    for note in notes:
+        say(f"warning: {note}")
     log(f"surveying {held.shape[0]} held-out windows")
     found = survey(
-        loaded.model,
-        structure,
-        held,
-        config.sites,
-        kinds,
-        batch_size=config.batch_size,
-        progress=config.progress,
-        model_name=loaded.name,
-    )
+        loaded.model, structure, held, config.sites, kinds,
+        batch_size=config.batch_size, progress=config.progress, model_name=loaded.name,
+    )  # fmt: skip
+    if first.source is not None and first.index is not None:
+        found.means.windows = {first.source: first.index[config.samples :]}
     blocks = resolve_blocks(config.block, num_blocks, found.first_block)
     means = config.means if config.means is not None else found.means
     means_source = config.means.source.removeprefix("--means ") if config.means else f"{held.shape[0]} held-out windows"
     if "mean" in config.modes:
         means.check(found.hidden_size, num_blocks, blocks)
-    notes = _notes(found, blocks)
+    notes += _notes(found, blocks)
     after_zero = None
     if "zero" in config.modes:
         probe = held[:AFTER_ZERO_SAMPLES]
         log(f"surveying {probe.shape[0]} held-out windows with the zero intervention on")
         with intervene(loaded.model, structure, config.sites, "zero", blocks, kinds=kinds):
             after_zero = survey(
-                loaded.model,
-                structure,
-                probe,
-                config.sites,
-                kinds,
-                batch_size=config.batch_size,
-                progress=config.progress,
-            )
+                loaded.model, structure, probe, config.sites, kinds,
+                batch_size=config.batch_size, progress=config.progress,
+            )  # fmt: skip
 
     rows = []
     for corpus in config.corpora:
-        data = windows[corpus][: config.samples]
+        data = windows[corpus].ids[: config.samples]
         for mode in config.modes:
             log(f"{corpus}: {mode}")
             with intervene(
                 loaded.model, structure, config.sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
             ) as hooks:
-                result = evaluate_perplexity(loaded.model, data, config.batch_size, config.progress)
+                result = evaluate_perplexity(
+                    loaded.model, data, config.batch_size, config.progress, prefix_len=len(prefix)
+                )
+            counts = hooks.counts
             hooked = mode != "original"
             rows.append(
                 {
@@ -205,16 +208,29 @@ def run_interventions(
                     "blocks": blocks if hooked else [],
                     "corpus": corpus,
                     **result.to_json(),
-                    "sites": hooks.counts.total,
-                    "sites_per_window": hooks.counts.total / data.shape[0] if hooked else 0.0,
-                    "sites_by_block": {str(b): n for b, n in sorted(hooks.counts.sites.items())},
-                    "sites_without_mean": hooks.counts.without_mean,
+                    "sites": counts.total,
+                    "sites_per_window": counts.total / data.shape[0] if hooked else 0.0,
+                    "sites_by_block": {str(b): n for b, n in sorted(counts.sites.items())},
+                    "sites_without_mean": counts.without_mean,
                 }
             )
-            if hooks.counts.without_mean:
-                notes.append(f"{corpus}/{mode}: {hooks.counts.without_mean} sites had no mean and were left unchanged")
-            if hooked and hooks.counts.total == 0:
+            if counts.without_mean:
+                notes.append(f"{corpus}/{mode}: {counts.without_mean} sites had no mean and were left unchanged")
+            if hooked and counts.total == 0:
                 notes.append(f"{corpus}/{mode}: no site was selected at block(s) {blocks_span(blocks)}")
+    if config.tasks is not None:
+        for mode in config.modes:
+            log(f"zero-shot tasks: {mode}")
+            scores = evaluate_tasks(
+                loaded,
+                config.tasks,
+                lambda mode=mode: intervene(
+                    loaded.model, structure, config.sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
+                ),
+            )
+            for row in rows:
+                if row["mode"] == mode:
+                    row["tasks"] = scores.to_json()
     return InterventionResult(
         model=loaded.name,
         blocks=blocks,
@@ -225,14 +241,30 @@ def run_interventions(
         means_source=means_source,
         notes=notes,
         config=config,
+        prefix_tokens=prefix,
+        means_computed=config.means is None,
     )
 
 
-def _hidden_size(loaded: LoadedModel) -> int | None:
-    config = loaded.config
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    value = getattr(text, "hidden_size", None)
-    return value if isinstance(value, int) else None
+def run_interventions(
+    loaded: LoadedModel,
+    config: InterventionConfig,
+    *,
+    structure: Structure | None = None,
+    windows_fn: Callable[[LoadedModel, str, int, InterventionConfig], torch.Tensor] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> InterventionResult:
+    """`run(loaded, None, config, structure=structure)`; `windows_fn(loaded, corpus, count, config)` may cut
+    the windows instead (`count` = evaluated + held-out for the first corpus)."""
+    if windows_fn is None:
+        return run(loaded, None, config, structure=structure)
+    structure = structure or find_structure(loaded.model)
+    held_out = config.means_samples if "mean" in config.modes and config.means is None else SURVEY_SAMPLES
+    inputs = {
+        corpus: windows_fn(loaded, corpus, config.samples + (held_out if i == 0 else 0), config)
+        for i, corpus in enumerate(config.corpora)
+    }
+    return run(loaded, inputs, config, structure=structure)
 
 
 def _notes(found: Survey, blocks: Sequence[int]) -> list[str]:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
 from massact.interventions.hooks import KINDS, SiteMeans, SiteSpec, TokenKinds
 from massact.models.structure import Structure
+from massact.progress import track
 
 
 @dataclass
@@ -101,14 +102,12 @@ def survey(
     sums: dict[tuple[int, int, str], float] = defaultdict(float)
     counts: Counter = Counter()
     keep = range(len(structure)) if sites.fixed else ()
-    device = next(model.parameters()).device
     hidden_size = 0
     starts = range(0, windows.shape[0], batch_size)
     with capture_block_stats(model, structure, top_k=1, thresholds=sites.thresholds, keep=keep) as collector:
-        for start in tqdm(starts, desc="survey", unit="batch", disable=not progress, leave=False):
+        for start in track(starts, "survey", unit="batch") if progress else starts:
             batch = windows[start : start + batch_size]
-            with torch.inference_mode():
-                model(input_ids=batch.to(device), attention_mask=torch.ones_like(batch).to(device))
+            run_forward(model, batch)
             codes = kinds.codes(batch, *batch.shape)
             for row, record in enumerate(collector.pop()):
                 hidden_size = int(record.blocks[0].dim_max.numel())

@@ -1,0 +1,52 @@
+"""`CorpusConfig`: every knob of a corpus scan, with its default, checked when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from massact.detect import Thresholds
+from massact.errors import MassactError
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`--shard i/n` as (i, n): this run scans part i of n (0 <= i < n) of the drawn windows."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise MassactError(f"--shard {text!r}: give i/n, e.g. --shard 0/2 for the first of two halves") from None
+    if count < 1 or not 0 <= index < count:
+        raise MassactError(f"--shard {text}: needs 0 <= i < n, e.g. --shard 0/2 and --shard 1/2")
+    return index, count
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """What one corpus scan reads and keeps."""
+
+    samples: int = 64  # windows drawn from the corpus
+    seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
+    batch_size: int = 8
+    seed: int = 0  # which windows are drawn
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    top_k: int = 16
+    add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
+    shard: tuple[int, int] | None = None  # (i, n): scan only part i of n of the drawn windows
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for flag, value in (
+            ("--samples", self.samples),
+            ("--seq-len", self.seq_len),
+            ("--batch-size", self.batch_size),
+            ("--top-k", self.top_k),
+        ):
+            if value < 1:
+                raise MassactError(f"{flag} {value}: must be at least 1")
+        if self.shard is not None:
+            index, count = self.shard
+            if count < 1 or not 0 <= index < count:
+                raise MassactError(f"--shard {index}/{count}: needs 0 <= i < n")
+            if count > self.samples:
+                raise MassactError(f"--shard {index}/{count}: more parts than --samples {self.samples}; use fewer")

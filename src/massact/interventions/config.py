@@ -1,0 +1,97 @@
+"""`InterventionConfig`: every knob of an intervention run, with its default, checked when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from massact.errors import MassactError
+from massact.interventions.hooks import MODES, SiteMeans, SiteSpec
+from massact.tasks import TaskConfig
+
+
+def parse_modes(text: str) -> list[str]:
+    """`--modes original,zero` as a list of modes (each once)."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise MassactError(f"--modes {text!r}: unknown mode {', '.join(unknown) or '(none)'}; use {','.join(MODES)}")
+    return list(dict.fromkeys(modes))
+
+
+def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    """`--dims 3,7` as a tuple of integers (None when not given)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise MassactError(f"{option} {text!r}: give comma-separated integers, e.g. {option} 0,3") from None
+    if not values:
+        raise MassactError(f"{option} {text!r}: give at least one integer")
+    return values
+
+
+def parse_block(spec: str) -> tuple[int, bool]:
+    """`--block L` or `L-` as (L, onward); the range is checked against the model later."""
+    text = spec.strip()
+    onward = text.endswith("-")
+    try:
+        start = int(text[:-1] if onward else text)
+    except ValueError:
+        raise MassactError(f"--block {spec!r}: give a block index L, or L- for blocks L to the last") from None
+    if start < 0:
+        raise MassactError(f"--block {spec}: block indices start at 0")
+    return start, onward
+
+
+def resolve_blocks(spec: str | None, num_blocks: int, first_block: int | None) -> list[int]:
+    """`spec` None (the first massive block), "L" or "L-" (L to the last block) as block indices."""
+    if spec is None:
+        if first_block is None:
+            raise MassactError(
+                "no massive activations found on the surveyed windows, so there is no first massive block; "
+                "give --block L (and --dims/--tokens), or lower --ratio-threshold"
+            )
+        return [first_block]
+    start, onward = parse_block(spec)
+    if not 0 <= start < num_blocks:
+        raise MassactError(f"--block {spec} is out of range; the model has blocks 0..{num_blocks - 1}")
+    return list(range(start, num_blocks)) if onward else [start]
+
+
+@dataclass(frozen=True)
+class InterventionConfig:
+    """What one intervention run does: which windows, which blocks and sites, which modes."""
+
+    corpora: tuple[str, ...] = ("shakespeare",)
+    samples: int = 16  # windows evaluated per corpus
+    seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
+    block: str | None = None  # None: the first massive block; "L"; or "L-" for blocks L..last
+    modes: tuple[str, ...] = MODES
+    sites: SiteSpec = field(default_factory=SiteSpec)
+    means: SiteMeans | None = None  # from a file; else computed on `means_samples` held-out windows
+    means_samples: int = 32
+    seed: int = 0
+    batch_size: int = 8
+    add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
+    progress: bool = True
+    tasks: TaskConfig | None = None  # zero-shot tasks through lm-eval, once per mode
+
+    def __post_init__(self) -> None:
+        corpora = tuple(dict.fromkeys(c.strip() for c in self.corpora if c and c.strip()))
+        if not corpora:
+            raise MassactError("--corpus is empty; give a corpus name or path, e.g. --corpus shakespeare")
+        object.__setattr__(self, "corpora", corpora)
+        modes = tuple(parse_modes(",".join(self.modes)))
+        object.__setattr__(self, "modes", modes)
+        for flag, value, least in (
+            ("--samples", self.samples, 1),
+            ("--seq-len", self.seq_len, 2),
+            ("--means-samples", self.means_samples, 1),
+            ("--batch-size", self.batch_size, 1),
+        ):
+            if value < least:
+                raise MassactError(f"{flag} {value}: must be at least {least}")
+        if self.block is not None:
+            parse_block(self.block)
+        self.sites.check(None, self.seq_len)

@@ -28,6 +28,21 @@ def _configs():
         "model.layers",
     )
     yield "phi", tf.PhiForCausalLM, tf.PhiConfig(**TEXT), "model.layers"
+    moe = {"num_key_value_heads": 2, "num_experts_per_tok": 2}
+    yield "mixtral", tf.MixtralForCausalLM, tf.MixtralConfig(**TEXT, **moe, num_local_experts=4), "model.layers"
+    yield (
+        "qwen2_moe",
+        tf.Qwen2MoeForCausalLM,
+        tf.Qwen2MoeConfig(**TEXT, **moe, num_experts=4, moe_intermediate_size=16, shared_expert_intermediate_size=16),
+        "model.layers",
+    )
+    yield (
+        "qwen3_moe",
+        tf.Qwen3MoeForCausalLM,
+        tf.Qwen3MoeConfig(**TEXT, **moe, num_experts=4, moe_intermediate_size=16, head_dim=8),
+        "model.layers",
+    )
+    yield "olmoe", tf.OlmoeForCausalLM, tf.OlmoeConfig(**TEXT, **moe, num_experts=4), "model.layers"
     yield "gpt2", tf.GPT2LMHeadModel, tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=64), "transformer.h"
     yield "gpt_neox", tf.GPTNeoXForCausalLM, tf.GPTNeoXConfig(**TEXT), "gpt_neox.layers"
     yield (
@@ -63,6 +78,7 @@ def _configs():
 
 
 CASES = list(_configs())
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
 
 
 @pytest.mark.parametrize("name,cls,config,path", CASES, ids=[c[0] for c in CASES])
@@ -79,6 +95,12 @@ def test_finds_blocks_attention_and_mlp(name, cls, config, path):
         assert attn is not None and mlp is not None, (structure.attn_names, structure.mlp_names)
         assert "attention" in type(attn).__name__.lower() or "attn" in type(attn).__name__.lower()
         assert sum(p.numel() for p in mlp.parameters()) > 0
+        moe = structure.moe(i)
+        assert (moe is not None) == (name in MOE)
+        if moe is not None:  # the experts are one module of 3-D weights; the router scores each of them
+            experts = mlp.get_submodule(moe.experts)
+            assert moe.fused and moe.num_experts == 4 and experts.down_proj.shape[0] == 4
+            assert mlp.get_submodule(moe.router).weight.shape[0] == 4
 
 
 def test_full_clip_picks_largest_tower_and_override_selects_the_other():

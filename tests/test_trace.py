@@ -4,28 +4,49 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
-from massact.trace import trace, zeroed_entries
+from massact.trace import TraceConfig, run, zeroed_entries
 from massact.trace.linear import find_writer_linear
-from massact.trace.verify import _measure_sites, control_entries, reported_entries, verify_trace
+from massact.trace.verify import control_entries, measure_sites, reported_entries, verify_trace
 
 PLANT_TOKEN, CARRIER, DIM, CHANNEL, BLOCK = 5, 3, 7, 33, 1
 
 
-class IdTokenizer:
-    """Prompt "5 1 2 5 3" -> ids [5, 1, 2, 5, 3]; enough tokenizer for the trace."""
+def number_tokenizer(vocab: int = 16, bos: int | None = None) -> PreTrainedTokenizerFast:
+    """Text "5 1 2 5 3" -> ids [5, 1, 2, 5, 3] (id `bos` first when given): a real fast tokenizer, built here.
 
-    all_special_ids: list[int] = []
+    Id 0 is the unknown token `<unk>`.
+    """
+    words = {"<unk>": 0, **{str(i): i for i in range(1, vocab)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = {}
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(str(bos), bos)])
+        special = {"bos_token": str(bos)}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **special)
 
-    def __call__(self, text, return_tensors=None, add_special_tokens=True):
-        return {"input_ids": torch.tensor([[int(t) for t in text.split()]])}
 
-    def decode(self, ids):
-        return " ".join(str(i) for i in ids)
+def number_text(length: int = 400, seed: int = 0, low: int = 1, high: int = 14) -> list[str]:
+    """A corpus of random numbers in [low, high), without the planted token id."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(low, high, (length,), generator=generator)
+    ids[ids == PLANT_TOKEN] = low
+    return [" ".join(str(int(i)) for i in ids)]
+
+
+QUICK = TraceConfig(add_special_tokens=False, verify=False, risk=False)
+
+
+def trace(loaded: LoadedModel, prompt: str, **options) -> object:
+    """`run` without verification or risk table unless asked; windows from `number_text()`."""
+    texts = options.pop("texts", None) or number_text()
+    return run(loaded, prompt, TraceConfig(**{**QUICK.__dict__, **options}), texts=texts)
 
 
 def _carrier_only_in_embedding(model, column: int) -> None:
@@ -59,7 +80,7 @@ def planted_llama() -> LoadedModel:
         mlp.gate_proj.weight[CHANNEL, CARRIER] = 2.0
         mlp.up_proj.weight[CHANNEL, CARRIER] = 2.0
         mlp.down_proj.weight[DIM, CHANNEL] = 40.0
-    return LoadedModel(model=model, tokenizer=IdTokenizer(), name="planted-llama")
+    return LoadedModel(model=model, tokenizer=number_tokenizer(), name="planted-llama")
 
 
 def planted_gpt2() -> LoadedModel:
@@ -78,7 +99,7 @@ def planted_gpt2() -> LoadedModel:
         mlp.c_fc.weight[CARRIER, CHANNEL] = 2.0
         mlp.c_fc.bias[CHANNEL] = -4.0
         mlp.c_proj.weight[CHANNEL, DIM] = 400.0
-    return LoadedModel(model=model, tokenizer=IdTokenizer(), name="planted-gpt2")
+    return LoadedModel(model=model, tokenizer=number_tokenizer(), name="planted-gpt2")
 
 
 PROMPT = "5 1 2 5 3 4 6"
@@ -99,7 +120,7 @@ def test_writer_linear_is_the_down_projection(llama):
 
 
 def test_trace_finds_the_planted_super_weight(llama):
-    result = trace(llama, PROMPT, add_special_tokens=False)
+    result = trace(llama, PROMPT)
     assert {(s.token, s.dim) for s in result.sites} == {(0, DIM), (3, DIM)}
     for site in result.sites:
         assert site.block == BLOCK
@@ -120,7 +141,7 @@ def test_trace_finds_the_planted_super_weight(llama):
 
 
 def test_trace_json_entries_have_the_required_fields(llama):
-    data = trace(llama, PROMPT, add_special_tokens=False).to_json()
+    data = trace(llama, PROMPT).to_json()
     entry = data["entries"][0]
     assert {"block", "module", "row", "column", "weight", "contribution"} <= set(entry)
     assert (entry["block"], entry["row"], entry["column"]) == (BLOCK, DIM, CHANNEL)
@@ -128,7 +149,7 @@ def test_trace_json_entries_have_the_required_fields(llama):
 
 def test_trace_through_conv1d_reports_w_down_convention():
     gpt2 = planted_gpt2()
-    result = trace(gpt2, PROMPT, add_special_tokens=False)
+    result = trace(gpt2, PROMPT)
     assert result.sites, "the planted activation was not found"
     site = result.sites[0]
     top = site.entries[0]
@@ -139,19 +160,20 @@ def test_trace_through_conv1d_reports_w_down_convention():
 
 
 def test_zeroing_the_reported_entry_removes_the_activation_and_restores_exactly(llama):
-    result = trace(llama, PROMPT, add_special_tokens=False)
+    result = trace(llama, PROMPT)
     before = {k: v.clone() for k, v in llama.model.state_dict().items()}
-    original = _measure_sites(llama, result, None)
+    structure, ids = find_structure(llama.model), torch.tensor([result.input_ids])
+    original = measure_sites(llama, structure, ids, result.sites, result.thresholds)
     assert all(s["massive"] for s in original["sites"])
-    with zeroed_entries(llama.model, reported_entries(result)):
+    with zeroed_entries(llama.model, reported_entries(result.sites)):
         assert float(llama.model.model.layers[BLOCK].mlp.down_proj.weight[DIM, CHANNEL]) == 0.0
-        zeroed = _measure_sites(llama, result, None)
+        zeroed = measure_sites(llama, structure, ids, result.sites, result.thresholds)
     assert zeroed["num_massive"] == 0
     for s in zeroed["sites"]:
         assert not s["massive"] and s["max_abs"] < 5.0
     after = llama.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert _measure_sites(llama, result, None) == original
+    assert measure_sites(llama, structure, ids, result.sites, result.thresholds) == original
 
 
 def test_zeroed_entries_restores_bit_for_bit_on_error_and_duplicates(llama):
@@ -168,7 +190,7 @@ def test_zeroed_entries_restores_bit_for_bit_on_error_and_duplicates(llama):
 
 
 def test_control_entries_are_distinct_and_seeded(llama):
-    chosen = reported_entries(trace(llama, PROMPT, add_special_tokens=False))
+    chosen = reported_entries(trace(llama, PROMPT).sites)
     a = control_entries(llama.model, chosen, seed=3)
     assert a == control_entries(llama.model, chosen, seed=3)
     assert len(a) == len(chosen) and not set(a) & set(chosen)
@@ -176,14 +198,17 @@ def test_control_entries_are_distinct_and_seeded(llama):
 
 
 def test_verify_trace_states(llama):
-    result = trace(llama, PROMPT, add_special_tokens=False)
-    report = verify_trace(llama, result)
+    planted_text = [" ".join([PROMPT] * 20)]
+    result = trace(llama, PROMPT, verify=True, samples=3, seq_len=16, corpus="numbers", texts=planted_text)
+    report = result.verification
     states = report["states"]
+    assert report["windows"] == [3, 16] and states["original"]["tokens"] == 3 * 15
     assert report["restored_exact"]
     assert all(s["massive"] for s in states["original"]["sites"])
     assert not any(s["massive"] for s in states["zeroed"]["sites"])
     assert all(s["massive"] for s in states["control"]["sites"])
     assert states["restored"] == states["original"]
+    assert states["zeroed"]["perplexity"] != states["original"]["perplexity"]
 
 
 def test_no_massive_activation_gives_an_empty_trace():
@@ -191,16 +216,17 @@ def test_no_massive_activation_gives_an_empty_trace():
     config = LlamaConfig(
         vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
     )
-    plain = LoadedModel(model=LlamaForCausalLM(config).eval(), tokenizer=IdTokenizer(), name="plain")
-    result = trace(plain, PROMPT, add_special_tokens=False)
+    plain = LoadedModel(model=LlamaForCausalLM(config).eval(), tokenizer=number_tokenizer(), name="plain")
+    result = trace(plain, PROMPT)
     assert result.sites == [] and result.to_json()["entries"] == []
-    assert verify_trace(plain, result)["states"] == {}
+    ids = torch.tensor([result.input_ids])
+    assert verify_trace(plain, find_structure(plain.model), ids, [], result.thresholds)["states"] == {}
 
 
 def test_bad_site_options(llama):
     with pytest.raises(MassactError, match="--token"):
-        trace(llama, PROMPT, add_special_tokens=False, token=99)
+        trace(llama, PROMPT, token=99)
     with pytest.raises(MassactError, match="--dim"):
-        trace(llama, PROMPT, add_special_tokens=False, dim=999)
+        trace(llama, PROMPT, dim=999)
     with pytest.raises(MassactError, match="--block"):
-        trace(llama, PROMPT, add_special_tokens=False, block=99)
+        trace(llama, PROMPT, block=99)

@@ -1,17 +1,60 @@
-"""`massact trace` from the command line."""
+"""`massact trace` from the command line: bad inputs refused before loading, JSON, whole tables."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 from cli_runner import run
+from rich.console import Console
+from test_trace import PROMPT, planted_gpt2, planted_llama
+
+from massact.trace import TraceConfig
+from massact.trace import run as trace_run
+
+NO_MODEL = "/nonexistent/model"  # a refusal that names the option proves the model was never looked at
+
+BEFORE_LOADING = {
+    "share above 1": (["--share", "2"], "--share"),
+    "share of 0": (["--share", "0"], "--share"),
+    "negative block": (["--block", "-1"], "--block"),
+    "negative dim": (["--dim", "-3"], "--dim"),
+    "negative token": (["--token", "-1"], "--token"),
+    "no sites": (["--max-sites", "0"], "--max-sites"),
+    "no entries": (["--top", "0"], "--top"),
+    "no windows": (["--samples", "0"], "--samples"),
+    "one-token windows": (["--seq-len", "1"], "--seq-len"),
+    "no batch": (["--batch-size", "0"], "--batch-size"),
+    "unknown corpus": (["--corpus", "no-such-corpus"], "no-such-corpus"),
+    "prompt and file": (["--prompt", "a", "--text-file", "x.txt"], "not both"),
+    "empty prompt": (["--prompt", "  "], "prompt is empty"),
+    "bad thresholds": (["--abs-threshold", "-1"], "threshold"),
+}
 
 
-def test_bad_share_is_one_line_exit_2(tmp_path, capsys):
-    code, _, err = run(["trace", "default", "--share", "2", "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and "--share" in err and err.strip().count("\n") == 0
-    assert not (tmp_path / "x").exists()
+@pytest.mark.parametrize("argv,expect", BEFORE_LOADING.values(), ids=list(BEFORE_LOADING))
+def test_bad_option_is_one_line_exit_2_before_loading(argv, expect, tmp_path, capsys):
+    out = tmp_path / "x"
+    code, stdout, err = run(["trace", NO_MODEL, *argv, "--out", str(out)], capsys)
+    assert code == 2 and stdout == ""
+    assert err.strip().count("\n") == 0 and err.startswith("massact: error: ") and expect in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("build", [planted_llama, planted_gpt2], ids=["llama", "gpt2"])
+def test_tables_are_never_cut_when_stdout_is_not_a_terminal(build):
+    loaded = build()
+    config = TraceConfig(add_special_tokens=False, samples=2, seq_len=8, progress=False)
+    result = trace_run(loaded, PROMPT, config, texts=[" ".join([PROMPT] * 10)])
+    assert result.verification["restored_exact"] and result.quant_risk
+    buffer = io.StringIO()
+    result.show(Console(file=buffer, width=40, force_terminal=False))
+    shown = buffer.getvalue()
+    assert "…" not in shown
+    large = [row["max_abs"] for row in result.quant_risk if row["max_abs"] >= 1000]
+    assert large and all(f"{value:,.1f}" in shown for value in large)
+    assert f"{result.sites[0].peak_value:,.1f}" in shown
 
 
 @pytest.mark.slow
@@ -22,9 +65,11 @@ def test_trace_smollm2_dim_507(tmp_path, capsys, smollm2):
     assert code in (0, None)
     data = json.loads(stdout)
     assert data == json.loads((out / "trace.json").read_text())
+    assert data["prefix_tokens"] == [] and data["windows"]["seq_len"] == 32
     site = data["sites"][0]
     assert (site["token"], site["dim"], site["block"]) == (0, 507, 11)
     assert site["writer"] == "mlp" and site["module"] == "model.layers.11.mlp.down_proj"
+    assert site["expert"] is None and site["experts"] == []
     assert site["mlp_update"] > 0.9 * site["jump"]
     needed = site["entries_needed"]["of_jump"]
     cumulative = [e["cumulative_share_of_jump"] for e in site["entries"]]

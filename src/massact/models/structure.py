@@ -3,6 +3,11 @@
 No per-model code: the blocks are the largest list of identical sub-modules, and
 attention / MLP inside a block are found by their child names. `KNOWN_PARTS` is
 the one small table for block classes whose names say nothing.
+
+A mixture-of-experts MLP (Mixtral, Qwen-MoE, OLMoE, DeepSeek, ...) is found like any MLP; `moe_parts`
+then finds its experts (a list of expert MLPs, or one module holding every expert as a 3-D
+parameter, as transformers 5 stores them), its router and any shared experts, again from the
+module tree alone.
 """
 
 from __future__ import annotations
@@ -10,7 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from massact.errors import MassactError
 
@@ -56,6 +63,78 @@ class Structure:
     def mlp_path(self, index: int) -> str | None:
         name = self.mlp_names[index]
         return f"{self.block_path(index)}.{name}" if name else None
+
+    def moe(self, index: int) -> MoeParts | None:
+        """The experts, router and shared experts of block `index`'s MLP, or None for a dense MLP."""
+        return moe_parts(self.mlp(index))
+
+
+@dataclass(frozen=True)
+class MoeParts:
+    """Where the parts of one mixture-of-experts MLP live (names relative to the MLP module)."""
+
+    experts: str  # the experts module: a ModuleList of expert MLPs, or one module with 3-D parameters
+    num_experts: int
+    fused: bool  # True when every expert is a slice of 3-D parameters (e.g. `down_proj` [experts, out, in])
+    router: str | None  # the module that scores the experts
+    shared: tuple[str, ...] = ()  # shared experts that run on every token
+
+
+_EXPERTS = re.compile(r"experts?$")
+_ROUTER = re.compile(r"(gate|router)$")
+
+
+def _fused_experts(module: nn.Module) -> int | None:
+    """The number of experts when `module` stores them as 3-D parameters with one leading expert axis."""
+    sizes = {p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 3}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def moe_parts(mlp: nn.Module | None) -> MoeParts | None:
+    """The experts, router and shared experts inside `mlp`, or None when it has no experts."""
+    if mlp is None:
+        return None
+    for name, child in mlp.named_children():
+        if not _EXPERTS.search(name) or "shared" in name:
+            continue
+        fused = _fused_experts(child)
+        if fused is not None:
+            count, is_fused = fused, True
+        elif isinstance(child, nn.ModuleList) and len(child) > 1 and len({type(c) for c in child}) == 1:
+            count, is_fused = len(child), False
+        else:
+            continue
+        router = next(
+            (
+                other
+                for other, module in mlp.named_children()
+                if _ROUTER.search(other) and "shared" not in other and _scores(module, count)
+            ),
+            None,
+        )
+        shared = tuple(
+            other
+            for other, module in mlp.named_children()
+            if "shared" in other and other != name and not _ROUTER.search(other) and _param_count(module) > 0
+        )
+        return MoeParts(experts=name, num_experts=count, fused=is_fused, router=router, shared=shared)
+    return None
+
+
+def _scores(module: nn.Module, count: int) -> bool:
+    """True when `module` holds a [count, ...] weight, i.e. it scores `count` experts."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[0] == count
+
+
+def is_linear(module: nn.Module) -> bool:
+    """An `nn.Linear` (or subclass) or a transformers `Conv1D` (GPT-2 style, weight stored [in, out])."""
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def out_features(module: nn.Module) -> int:
+    """Output size of a Linear or Conv1D."""
+    return module.out_features if isinstance(module, nn.Linear) else int(module.weight.shape[1])
 
 
 def _param_count(module: nn.Module) -> int:

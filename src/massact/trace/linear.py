@@ -1,7 +1,9 @@
-"""The Linear layer a sub-layer writes the residual stream with, and its weight as [out, in].
+"""The weight matrix a sub-layer writes the residual stream with, always seen as W[out, in].
 
-Generic over `nn.Linear` (weight stored [out, in]) and transformers' `Conv1D` (GPT-2 style, stored
-[in, out]): callers always see `W[row = output dim, column = input channel]`.
+Three storages, one view: an `nn.Linear` (weight stored [out, in]); transformers' `Conv1D` (GPT-2
+style, stored [in, out]); and one expert of a fused mixture-of-experts module, a slice of a 3-D
+parameter stored [expert, out, in] (or [expert, in, out] when the module says `is_transposed`).
+Callers see `W[row = output dim, column = input channel]` and the index into the stored parameter.
 """
 
 from __future__ import annotations
@@ -11,31 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from massact.models.structure import is_linear, out_features
 
-def _conv1d_type() -> type | None:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return None
-    return Conv1D
-
-
-def is_linear(module: nn.Module) -> bool:
-    """An `nn.Linear` (or subclass) or a transformers `Conv1D`."""
-    conv1d = _conv1d_type()
-    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
-
-
-def out_features(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.out_features
-    return int(module.weight.shape[1])  # Conv1D: [in, out]
-
-
-def in_features(module: nn.Module) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features
-    return int(module.weight.shape[0])
+__all__ = ["ExpertMatrix", "WriterLinear", "WriterMatrix", "find_writer_linear", "is_linear", "out_features"]
 
 
 @dataclass
@@ -44,6 +24,11 @@ class WriterLinear:
 
     name: str  # path relative to the model
     module: nn.Module
+    expert: int | None = None  # only fused expert slices have one
+
+    @property
+    def parameter(self) -> str:
+        return f"{self.name}.weight"
 
     @property
     def transposed(self) -> bool:
@@ -55,13 +40,47 @@ class WriterLinear:
         weight = self.module.weight
         return weight.t() if self.transposed else weight
 
-    def stored_index(self, row: int, column: int) -> tuple[int, int]:
-        """Index into the stored `weight` parameter of W[row, column]."""
+    def stored_index(self, row: int, column: int) -> tuple[int, ...]:
+        """Index into the stored parameter of W[row, column]."""
         return (column, row) if self.transposed else (row, column)
 
     def bias(self, row: int) -> float:
         bias = getattr(self.module, "bias", None)
         return float(bias.detach()[row]) if isinstance(bias, torch.Tensor) else 0.0
+
+
+@dataclass
+class ExpertMatrix:
+    """Expert `expert`'s down-projection inside a fused experts module, a slice of a 3-D parameter."""
+
+    name: str  # path of the experts module relative to the model
+    module: nn.Module
+    expert: int
+    attribute: str = "down_proj"
+
+    @property
+    def parameter(self) -> str:
+        return f"{self.name}.{self.attribute}"
+
+    @property
+    def transposed(self) -> bool:
+        """True when the stored slice is [in, out]."""
+        return bool(getattr(self.module, "is_transposed", False))
+
+    def matrix(self) -> torch.Tensor:
+        """The expert's weight as [out, in] (a view, no copy)."""
+        weight = getattr(self.module, self.attribute)[self.expert]
+        return weight.t() if self.transposed else weight
+
+    def stored_index(self, row: int, column: int) -> tuple[int, ...]:
+        return (self.expert, column, row) if self.transposed else (self.expert, row, column)
+
+    def bias(self, row: int) -> float:
+        bias = getattr(self.module, f"{self.attribute}_bias", None)
+        return float(bias.detach()[self.expert, row]) if isinstance(bias, torch.Tensor) else 0.0
+
+
+WriterMatrix = WriterLinear | ExpertMatrix
 
 
 def find_writer_linear(sublayer: nn.Module | None, prefix: str | None, hidden_size: int) -> WriterLinear | None:

@@ -1,35 +1,36 @@
 """Check a trace by intervention: zero the reported weight entries, measure, restore, measure again.
 
 States measured: `original`; `zeroed` (the entries that explain the target share of each site's jump);
-`control` (the same number of random entries of the same matrices, seeded); `restored` (after the
+`control` (the same number of random entries of the same parameters, seeded); `restored` (after the
 edit is undone). Each state records the traced sites' values on the prompt and, when corpus windows
-are given, the perplexity on them.
+are given, the perplexity on their text tokens. Entries of fused expert parameters ([expert, row, col])
+are edited the same way as any other entry.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
 
-from massact.capture.hooks import forward_hooks, output_tensor
+from massact.capture.forward import run_forward
+from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.capture.stats import capture_block_stats
 from massact.errors import MassactError
+from massact.interventions.perplexity import evaluate_perplexity
 from massact.models.loading import LoadedModel
-from massact.models.structure import find_structure
-from massact.trace.analysis import TraceResult
+from massact.models.structure import Structure
 from massact.trace.edit import EntryKey, zeroed_entries
+from massact.trace.writer import SiteTrace
 
-PerplexityFn = Callable[..., object]
 
-
-def reported_entries(result: TraceResult) -> list[EntryKey]:
+def reported_entries(sites: list[SiteTrace]) -> list[EntryKey]:
     """Per site, the fewest top entries that reach the target share of the jump (at least one)."""
     keys: list[EntryKey] = []
-    for site in result.sites:
+    for site in sites:
         count = site.entries_needed.get("of_jump") or 1
         keys.extend((e.parameter, tuple(e.stored_index)) for e in site.entries[:count])
     return list(dict.fromkeys(keys))
@@ -53,89 +54,99 @@ def control_entries(model: nn.Module, chosen: list[EntryKey], seed: int = 0) -> 
     return picked
 
 
-def _measure_sites(loaded: LoadedModel, result: TraceResult, blocks_path: str | None) -> dict:
-    """The traced sites' values at every block, and which of them the criterion still flags."""
-    model = loaded.model
-    structure = find_structure(model, blocks_path)
-    ids = torch.tensor([result.input_ids])
-    outputs: dict[int, torch.Tensor] = {}
+class SiteValues(HookSet):
+    """Every block's output at the traced sites' tokens and dims (kept on the device during the pass)."""
 
-    def keep(i: int):
+    def __init__(self, model: nn.Module, structure: Structure, sites: list[tuple[int, int]]) -> None:
+        super().__init__(model)
+        self.structure = structure
+        self.tokens = torch.tensor([t for t, _ in sites], dtype=torch.long)
+        self.dims = torch.tensor([d for _, d in sites], dtype=torch.long)
+        self.values: dict[int, torch.Tensor] = {}
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _keep(self, index: int) -> HookFn:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            x = output_tensor(output)
-            outputs[i] = (x[0] if x.dim() == 3 else x).detach().float().cpu()
+            x = output_tensor(output).detach()
+            x = x[0] if x.dim() == 3 else x
+            if x.device not in self._on_device:  # copied to the device once, not once per block
+                self._on_device[x.device] = (self.tokens.to(x.device), self.dims.to(x.device))
+            tokens, dims = self._on_device[x.device]
+            self.values[index] = x[tokens, dims].float()
 
         return hook
 
-    device = loaded.device
+    def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
+        return [(block, self._keep(i)) for i, block in enumerate(self.structure.blocks)]
+
+
+def measure_sites(
+    loaded: LoadedModel, structure: Structure, input_ids: torch.Tensor, sites: list[SiteTrace], thresholds
+) -> dict:
+    """The traced sites' values at every block, and which of them the criterion still flags."""
+    model = loaded.model
+    pairs = [(s.token, s.dim) for s in sites]
     with (
-        capture_block_stats(model, structure, top_k=1, thresholds=result.thresholds) as stats,
-        forward_hooks([(block, keep(i)) for i, block in enumerate(structure.blocks)]),
-        torch.no_grad(),
+        capture_block_stats(model, structure, top_k=1, thresholds=thresholds) as stats,
+        SiteValues(model, structure, pairs) as values,
     ):
-        model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+        run_forward(model, input_ids)
         (record,) = stats.pop()
+        per_block = torch.stack([values.values[i].cpu() for i in range(len(structure))])  # [blocks, sites]
     massive = {
         (int(t), int(d))
         for block in record.blocks
         for t, d in zip(block.massive_tokens.tolist(), block.massive_dims.tolist(), strict=True)
     }
-    sites = []
-    for site in result.sites:
-        values = [float(outputs[i][site.token, site.dim]) for i in range(len(structure))]
-        sites.append(
+    rows = []
+    for column, site in enumerate(sites):
+        trajectory = per_block[:, column].tolist()
+        rows.append(
             {
                 "token": site.token,
                 "dim": site.dim,
-                "value_at_peak_block": values[site.peak_block],
-                "max_abs": max(abs(v) for v in values),
+                "value_at_peak_block": trajectory[site.peak_block],
+                "max_abs": max(abs(v) for v in trajectory),
                 "massive": (site.token, site.dim) in massive,
             }
         )
-    return {"sites": sites, "num_massive": int(sum(b.massive_values.numel() for b in record.blocks))}
-
-
-def _perplexity_fn() -> PerplexityFn | None:
-    try:
-        from massact.interventions.perplexity import evaluate_perplexity
-    except ImportError:
-        return None
-    return evaluate_perplexity
+    return {"sites": rows, "num_massive": int(sum(b.massive_values.numel() for b in record.blocks))}
 
 
 def verify_trace(
     loaded: LoadedModel,
-    result: TraceResult,
+    structure: Structure,
+    input_ids: torch.Tensor,
+    sites: list[SiteTrace],
+    thresholds,
     *,
     windows: torch.Tensor | None = None,
+    prefix_len: int = 0,
     batch_size: int = 8,
     seed: int = 0,
-    blocks_path: str | None = None,
     progress: bool = True,
-    on_original: Callable[[], object] | None = None,
+    on_original: Callable[[], AbstractContextManager] | None = None,
 ) -> dict:
     """Zero the reported entries (and, as a control, as many random ones), measure, restore, measure.
 
     `on_original` is a context-manager factory entered around the original perplexity run (used to
     collect the quantization-risk table from the same forward passes).
     """
-    if not result.sites:
+    if not sites:
         return {"entries": [], "states": {}, "note": "no massive sites, nothing to verify"}
     model = loaded.model
-    chosen = reported_entries(result)
+    chosen = reported_entries(sites)
     control = control_entries(model, chosen, seed)
     params = dict(model.named_parameters())
     before = {name: params[name].detach().clone() for name in {name for name, _ in chosen + control}}
-    evaluate = _perplexity_fn() if windows is not None else None
-    note = ""
-    if windows is not None and evaluate is None:
-        note = "perplexity not measured: massact.interventions.perplexity is not installed"
 
-    def state(extra=None) -> dict:
-        data = _measure_sites(loaded, result, blocks_path)
-        if evaluate is not None:
+    def state(extra: Callable[[], AbstractContextManager] | None = None) -> dict:
+        data = measure_sites(loaded, structure, input_ids, sites, thresholds)
+        if windows is not None:
             with extra() if extra is not None else nullcontext():
-                ppl = evaluate(model, windows, batch_size=batch_size, progress=progress)
+                ppl = evaluate_perplexity(
+                    model, windows, batch_size=batch_size, progress=progress, prefix_len=prefix_len
+                )
             data["perplexity"] = float(ppl.perplexity)
             data["nll"] = float(ppl.nll)
             data["tokens"] = int(ppl.tokens)
@@ -157,5 +168,4 @@ def verify_trace(
         "restored_exact": exact,
         "windows": None if windows is None else list(windows.shape),
         "states": states,
-        "note": note,
     }

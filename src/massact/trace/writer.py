@@ -1,47 +1,53 @@
-"""Who writes a massive activation: the block, the sub-layer, and the weight entries (super weights).
+"""Who writes a massive activation: the block, the sub-layer, the expert and the weight entries.
 
 For a site (token, dim) the block whose update `output - input` moves the value most toward its final
 sign is the *jump block*. Hooks on that block's own attention and MLP modules give each sub-layer's
 update as the block adds it (its output); whatever the two do not explain (e.g. a norm after a
-sub-layer) is reported as `other`. Inside the sub-layer that carries the jump, the last Linear whose
-output size is the hidden size (the MLP down-projection) is `y = W x + b`, so
-`y[dim] = sum_j W[dim, j] * x[j] + b[dim]`: each term is one weight entry's contribution.
+sub-layer) is reported as `other`. Inside the sub-layer that carries the jump, the writer matrix is
+`y = s (W x + b)`, so `y[dim] = sum_j s W[dim, j] x[j] + s b[dim]`: each term is one weight entry's
+contribution. For a dense sub-layer the writer is its last Linear with output size = hidden size and
+`s = 1`. For a mixture-of-experts MLP the update is split over the routed experts (`s` = the router
+weight, the writer = that expert's slice of the fused down-projection) and the shared experts
+(`s` = their measured gate, the writer = their down-projection).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import nn
 
-from massact.capture.hooks import forward_hooks, forward_pre_hook, output_tensor
 from massact.errors import MassactError
 from massact.models.structure import Structure
-from massact.trace.linear import WriterLinear, find_writer_linear
+from massact.trace.capture import TraceCapture, writer_linears
+from massact.trace.experts import checked_hidden, expert_output
+from massact.trace.linear import ExpertMatrix, WriterMatrix
 
 SUBLAYERS = ("attention", "mlp")
 MAX_ENTRIES = 256  # entries listed at most, even when more are needed to reach the share
 
+ExpertsInput = Callable[[int], "torch.Tensor | None"]  # block -> the experts module's input on every token
+
 
 @dataclass
 class WeightEntry:
-    """One weight entry W[row, column] of a writer Linear and what it adds to the site."""
+    """One weight entry W[row, column] of a writer matrix and what it adds to the site."""
 
     block: int
     module: str
     parameter: str
+    expert: int | None  # the expert whose slice of a fused parameter holds the entry (None: dense)
     row: int  # output feature = the massive dim
     column: int  # input channel
-    stored_index: list[int]  # index into `parameter` (differs from [row, column] for Conv1D)
+    stored_index: list[int]  # index into `parameter` (differs from [row, column] for Conv1D / fused experts)
     weight: float
     input: float  # x[column] on the site's token
     input_ratio: float  # |x[column]| / median over the sequence's tokens of |x[column]|
-    contribution: float  # weight * input
-    share_of_update: float  # contribution / (the Linear's output at the site - its bias)
+    scale: float  # what the sub-layer multiplies the writer's output by (router weight, gate; 1 when dense)
+    contribution: float  # scale * weight * input
+    share_of_update: float  # contribution / (the writer's scaled output at the site - its scaled bias)
     share_of_jump: float  # contribution / the block's jump at the site
     cumulative_share_of_jump: float
     weight_rank: int  # rank of |weight| among all entries of the matrix (1 = largest)
@@ -63,9 +69,9 @@ class SiteTrace:
     attention_update: float
     mlp_update: float
     other_update: float
-    writer: str | None  # "attention" or "mlp"
+    writer: str | None  # "attention", "mlp", "expert" or "shared"
     module: str | None
-    module_output: float | None
+    module_output: float | None  # the writer's scaled output at the site
     bias: float
     share: float  # the target share for `entries_needed`
     entries_needed: dict[str, int | None]  # fewest top entries that explain `share` of the jump / update
@@ -74,6 +80,9 @@ class SiteTrace:
     trajectory: list[float]  # the site's value at every block output
     peak_block: int
     peak_value: float
+    expert: int | None = None  # the routed expert that writes the jump (MoE)
+    experts: list[dict] = field(default_factory=list)  # every routed expert on the token: weight x output
+    shared_update: float | None = None  # what the shared experts add at the site (MoE)
     note: str = ""
 
     @property
@@ -87,86 +96,16 @@ class SiteTrace:
 
 
 @dataclass
-class _Capture:
-    """What the hooks keep: vectors at the traced tokens only, plus per-channel medians."""
+class _Writer:
+    """The matrix chosen to explain the jump, with its input and scaled output at the site."""
 
-    tokens: list[int] = field(default_factory=list)
-    block_in: dict[int, torch.Tensor] = field(default_factory=dict)
-    block_out: dict[int, torch.Tensor] = field(default_factory=dict)
-    update: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-    writer_in: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-    writer_median: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-    writer_out: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict)
-
-
-def _first_sequence(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor[0] if tensor.dim() == 3 else tensor
-
-
-def writer_linears(structure: Structure, block: int, hidden_size: int) -> dict[str, WriterLinear | None]:
-    """The writer Linear of the block's attention and of its MLP (None where there is none)."""
-    return {
-        "attention": find_writer_linear(structure.attn(block), structure.attn_path(block), hidden_size),
-        "mlp": find_writer_linear(structure.mlp(block), structure.mlp_path(block), hidden_size),
-    }
-
-
-@contextmanager
-def _capture_hooks(structure: Structure, tokens: list[int], hidden_size: int, capture: _Capture) -> Iterator[None]:
-    index = torch.tensor(tokens)
-
-    def at_tokens(tensor: torch.Tensor) -> torch.Tensor:
-        x = _first_sequence(tensor.detach())
-        return x[index.to(x.device)].float().cpu()
-
-    def block_pre(i: int):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            hidden = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(hidden, torch.Tensor):
-                capture.block_in[i] = at_tokens(hidden)
-
-        return hook
-
-    def block_post(i: int):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            capture.block_out[i] = at_tokens(output_tensor(output))
-
-        return hook
-
-    def update_post(key: tuple[int, str]):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            capture.update[key] = at_tokens(output_tensor(output))
-
-        return hook
-
-    def writer_pre(key: tuple[int, str]):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = _first_sequence(args[0].detach())
-            capture.writer_in[key] = at_tokens(x)
-            capture.writer_median[key] = x.float().abs().median(dim=0).values.cpu()
-
-        return hook
-
-    def writer_post(key: tuple[int, str]):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            capture.writer_out[key] = at_tokens(output_tensor(output))
-
-        return hook
-
-    post: list[tuple[nn.Module, object]] = []
-    with ExitStack() as stack:
-        for i, block in enumerate(structure.blocks):
-            stack.enter_context(forward_pre_hook(block, block_pre(i)))
-            post.append((block, block_post(i)))
-            parts = {"attention": structure.attn(i), "mlp": structure.mlp(i)}
-            for name, writer in writer_linears(structure, i, hidden_size).items():
-                if parts[name] is not None:
-                    post.append((parts[name], update_post((i, name))))
-                if writer is not None:
-                    stack.enter_context(forward_pre_hook(writer.module, writer_pre((i, name))))
-                    post.append((writer.module, writer_post((i, name))))
-        stack.enter_context(forward_hooks(post))
-        yield
+    kind: str
+    matrix: WriterMatrix | None
+    x: torch.Tensor | None = None  # the matrix input on the token
+    medians: torch.Tensor | None = None  # per input channel, median |x| over the sequence
+    scale: float = 1.0
+    output: float | None = None  # scale * (W x + b)[dim]
+    note: str = ""
 
 
 def _needed(contributions: torch.Tensor, total: float, share: float) -> int | None:
@@ -178,26 +117,17 @@ def _needed(contributions: torch.Tensor, total: float, share: float) -> int | No
     return int(reached[0]) + 1 if reached.numel() else None
 
 
-def _contributions(writer: WriterLinear, x: torch.Tensor, dim: int, update: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every entry's contribution W[dim, j] * x[j], and the columns ordered by signed contribution to `update`."""
-    row = writer.matrix()[dim].detach().double().cpu()
-    contributions = row * x.double()
-    sign = math.copysign(1.0, update) if update else 1.0
-    return contributions, torch.argsort(contributions * sign, descending=True, stable=True)
-
-
 def _entries(
     block: int,
-    writer: WriterLinear,
-    x: torch.Tensor,
-    medians: torch.Tensor,
+    writer: _Writer,
     dim: int,
     columns: torch.Tensor,
     contributions: torch.Tensor,
     update: float,
     jump: float,
 ) -> list[WeightEntry]:
-    matrix = writer.matrix().detach().float().cpu()
+    matrix_view = writer.matrix
+    matrix = matrix_view.matrix().detach().float().cpu()
     flat = matrix.abs().reshape(-1)
     median_w = float(flat.median())
     mean_w, std_w = float(matrix.mean()), float(matrix.std())
@@ -205,21 +135,23 @@ def _entries(
     entries = []
     for column in columns.tolist():
         weight = float(matrix[dim, column])
-        value = float(x[column])
-        med = float(medians[column])
+        value = float(writer.x[column])
+        med = float(writer.medians[column])
         contribution = float(contributions[column])
         cumulative += contribution
         entries.append(
             WeightEntry(
                 block=block,
-                module=writer.name,
-                parameter=f"{writer.name}.weight",
+                module=matrix_view.name,
+                parameter=matrix_view.parameter,
+                expert=matrix_view.expert,
                 row=dim,
                 column=column,
-                stored_index=list(writer.stored_index(dim, column)),
+                stored_index=list(matrix_view.stored_index(dim, column)),
                 weight=weight,
                 input=value,
                 input_ratio=abs(value) / med if med > 0 else math.inf,
+                scale=writer.scale,
                 contribution=contribution,
                 share_of_update=contribution / update if update else math.nan,
                 share_of_jump=contribution / jump if jump else math.nan,
@@ -238,36 +170,75 @@ def jump_block(trajectory_in: list[float], trajectory_out: list[float], sign: fl
     return max(range(len(jumps)), key=jumps.__getitem__)
 
 
-def run_capture(model: nn.Module, structure: Structure, input_ids: torch.Tensor, tokens: list[int]) -> _Capture:
-    """One hooked forward pass of `input_ids` ([1, T]) that records what the trace needs at `tokens`."""
-    device = next(model.parameters()).device
-    hidden_size = _hidden_size(model, structure, input_ids)
-    capture = _Capture(tokens=list(tokens))
-    with _capture_hooks(structure, tokens, hidden_size, capture), torch.no_grad():
-        model(input_ids=input_ids.to(device), attention_mask=torch.ones_like(input_ids).to(device))
-    missing = [i for i in range(len(structure)) if i not in capture.block_out or i not in capture.block_in]
-    if missing:
-        raise MassactError(f"blocks {missing[:5]} did not run or took no hidden state; check --blocks")
-    return capture
+def _dense_writer(capture: TraceCapture, key: tuple[int, str], matrix, row: int, dim: int, scale_to=None) -> _Writer:
+    """A Linear writer from the capture; `scale_to` rescales its output to a measured total (a gate)."""
+    x = capture.writer_in[key][row]
+    output = float(capture.writer_out[key][row, dim])
+    scale = 1.0
+    if scale_to is not None and output:
+        scale = scale_to / output
+    return _Writer(key[1], matrix, x, capture.writer_median[key], scale, scale * output)
 
 
-def _hidden_size(model: nn.Module, structure: Structure, input_ids: torch.Tensor) -> int:
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    size = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None) or getattr(text, "d_model", None)
-    if isinstance(size, int):
-        return size
-    sizes: list[int] = []
-    with (
-        forward_hooks([(structure.blocks[0], lambda m, a, o: sizes.append(output_tensor(o).shape[-1]))]),
-        torch.no_grad(),
-    ):
-        model(input_ids=input_ids[:, :1].to(next(model.parameters()).device))
-    return sizes[0]
+def _moe_writer(
+    capture: TraceCapture,
+    structure: Structure,
+    block: int,
+    row: int,
+    dim: int,
+    sign: float,
+    mlp_update: float,
+    writers: dict,
+    experts_input: ExpertsInput,
+) -> tuple[_Writer, list[dict], float | None]:
+    """Split a mixture-of-experts MLP's update over its routed experts and shared experts; pick the writer."""
+    moe = structure.moe(block)
+    routing = capture.routing(block, row)
+    if routing is None or not moe.fused:
+        note = f"the experts of block {block} are not a fused experts module called with its routing; not split"
+        return _Writer("mlp", None, note=note), [], None
+    path = f"{structure.mlp_path(block)}.{moe.experts}"
+    module = structure.mlp(block).get_submodule(moe.experts)
+    dtype = next(module.parameters()).dtype
+    device = next(module.parameters()).device
+    x = routing.hidden.to(device=device, dtype=dtype)[None]
+    rows = []
+    for expert, weight in zip(routing.experts, routing.weights, strict=True):
+        if 0 <= expert < moe.num_experts:
+            value = float(expert_output(module, x, expert)[0, dim])
+            rows.append({"expert": expert, "router_weight": weight, "expert_output": value, "update": weight * value})
+    routed = sum(r["update"] for r in rows)
+    shared = mlp_update - routed if moe.shared else None
+    best = max(rows, key=lambda r: sign * r["update"], default=None)
+    if shared is not None and (best is None or sign * shared > sign * best["update"]):
+        key = (block, "shared")
+        if writers.get("shared") is None or key not in capture.writer_in:
+            return (
+                _Writer("shared", None, note=f"no Linear with the hidden size in the shared expert of block {block}"),
+                rows,
+                shared,
+            )
+        return _dense_writer(capture, key, writers["shared"], row, dim, scale_to=shared), rows, shared
+    if best is None:
+        return _Writer("expert", None, note=f"no expert was routed on this token in block {block}"), rows, shared
+    matrix = ExpertMatrix(name=path, module=module, expert=best["expert"])
+    hidden = checked_hidden(matrix, x)
+    if hidden is None:
+        note = f"expert {best['expert']} of {path}: its down-projection input could not be rebuilt; entries not listed"
+        return _Writer("expert", matrix, scale=best["router_weight"], output=best["update"], note=note), rows, shared
+    everything = experts_input(block)
+    medians = checked_hidden(matrix, everything.to(device=device, dtype=dtype)) if everything is not None else None
+    medians = (
+        medians.float().abs().median(dim=0).values.cpu()
+        if medians is not None
+        else torch.full((hidden.shape[-1],), math.nan)
+    )
+    writer = _Writer("expert", matrix, hidden[0].float().cpu(), medians, best["router_weight"], best["update"])
+    return writer, rows, shared
 
 
 def trace_site(
-    capture: _Capture,
+    capture: TraceCapture,
     structure: Structure,
     hidden_size: int,
     token_position: int,
@@ -278,6 +249,7 @@ def trace_site(
     block: int | None = None,
     top: int = 10,
     share: float = 0.9,
+    experts_input: ExpertsInput = lambda block: None,
 ) -> SiteTrace:
     """Trace the site (`token_position`, `dim`) from a capture that recorded that token."""
     row = capture.tokens.index(token_position)
@@ -297,38 +269,45 @@ def trace_site(
     }
     other = jump - sum(updates.values())
     sign = math.copysign(1.0, jump) if jump else 1.0
-    writer_name = max(SUBLAYERS, key=lambda name: sign * updates[name]) if any(updates.values()) else None
+    sublayer = max(SUBLAYERS, key=lambda name: sign * updates[name]) if any(updates.values()) else None
     writers = writer_linears(structure, block, hidden_size)
-    writer = writers.get(writer_name) if writer_name else None
+    experts: list[dict] = []
+    shared_update = None
+    if sublayer == "mlp" and structure.moe(block) is not None:
+        writer, experts, shared_update = _moe_writer(
+            capture, structure, block, row, dim, sign, updates["mlp"], writers, experts_input
+        )
+    elif sublayer is not None and writers.get(sublayer) is not None and (block, sublayer) in capture.writer_in:
+        writer = _dense_writer(capture, (block, sublayer), writers[sublayer], row, dim)
+    else:
+        writer = _Writer(
+            sublayer or "-", None, note=f"no Linear with output size {hidden_size} in the {sublayer} of block {block}"
+        )
     entries: list[WeightEntry] = []
     needed: dict[str, int | None] = {"of_jump": None, "of_update": None}
     channels: list[dict] = []
-    module_output = None
     bias = 0.0
-    note = ""
-    if writer is None or (block, writer_name) not in capture.writer_in:
-        note = f"no Linear with output size {hidden_size} found in the {writer_name} of block {block}"
-    else:
-        key = (block, writer_name)
-        x = capture.writer_in[key][row]
-        medians = capture.writer_median[key]
-        module_output = float(capture.writer_out[key][row, dim])
-        bias = writer.bias(dim)
-        wide = max(top, 1)
-        contributions, order = _contributions(writer, x, dim, module_output - bias)
+    if writer.matrix is not None and writer.x is not None:
+        bias = writer.scale * writer.matrix.bias(dim)
+        update = writer.output - bias
+        row_w = writer.matrix.matrix()[dim].detach().double().cpu()
+        contributions = writer.scale * row_w * writer.x.double()
+        order = torch.argsort(
+            contributions * (math.copysign(1.0, update) if update else 1.0), descending=True, stable=True
+        )
         ranked = contributions[order]
-        needed = {
-            "of_jump": _needed(ranked, jump, share),
-            "of_update": _needed(ranked, module_output - bias, share),
-        }
+        needed = {"of_jump": _needed(ranked, jump, share), "of_update": _needed(ranked, update, share)}
+        wide = max(top, 1)
         keep = max(wide, min(needed["of_jump"] or 0, MAX_ENTRIES))
-        entries = _entries(block, writer, x, medians, dim, order[:keep], contributions, module_output - bias, jump)
-        spikes = torch.argsort(x.abs(), descending=True)[:wide]
+        entries = _entries(block, writer, dim, order[:keep], contributions, update, jump)
+        spikes = torch.argsort(writer.x.abs(), descending=True)[:wide]
         channels = [
             {
                 "channel": int(c),
-                "input": float(x[c]),
-                "ratio_to_median": abs(float(x[c])) / float(medians[c]) if float(medians[c]) > 0 else math.inf,
+                "input": float(writer.x[c]),
+                "ratio_to_median": abs(float(writer.x[c])) / float(writer.medians[c])
+                if float(writer.medians[c]) > 0
+                else math.inf,
             }
             for c in spikes
         ]
@@ -343,9 +322,9 @@ def trace_site(
         attention_update=updates["attention"],
         mlp_update=updates["mlp"],
         other_update=other,
-        writer=writer_name,
-        module=writer.name if writer else None,
-        module_output=module_output,
+        writer=writer.kind if sublayer else None,
+        module=writer.matrix.name if writer.matrix else None,
+        module_output=writer.output,
         bias=bias,
         share=share,
         entries_needed=needed,
@@ -354,5 +333,8 @@ def trace_site(
         trajectory=value_out,
         peak_block=peak_block,
         peak_value=peak_value,
-        note=note,
+        expert=writer.matrix.expert if writer.matrix is not None else None,
+        experts=experts,
+        shared_update=shared_update,
+        note=writer.note,
     )

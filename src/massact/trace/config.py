@@ -1,0 +1,56 @@
+"""Every knob of a trace, with its default, checked before any model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from massact.data.corpus import DEFAULT_CORPUS
+from massact.detect import Thresholds
+from massact.errors import MassactError
+
+
+@dataclass(frozen=True)
+class TraceConfig:
+    """What to trace and how to verify it.
+
+    Sites: the `max_sites` largest massive (token, dim) sites of the prompt (only those on `token`
+    when given), or the one `dim` names (on `token`, or on its most massive token); `block` forces
+    the block whose update is explained. `top` entries are listed per site; `share` is the part of
+    the jump whose fewest explaining entries are counted. With `verify`, those entries are zeroed,
+    the sites and the perplexity on `samples` windows of `corpus` are measured, and the weights are
+    restored bit for bit; with `risk`, the int8 risk table comes from the same windows.
+    """
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    add_special_tokens: bool = True
+    token: int | None = None
+    dim: int | None = None
+    block: int | None = None
+    max_sites: int = 4
+    top: int = 10
+    share: float = 0.9
+    verify: bool = True
+    risk: bool = True
+    corpus: str = DEFAULT_CORPUS
+    samples: int = 8
+    seq_len: int = 256
+    batch_size: int = 4
+    seed: int = 0
+    blocks_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.thresholds, Thresholds):
+            raise MassactError("thresholds must be a massact.detect.Thresholds")
+        for name in ("token", "dim", "block"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise MassactError(f"--{name} {value}: must be 0 or more")
+        for name, least in (("max_sites", 1), ("top", 1), ("samples", 1), ("seq_len", 2), ("batch_size", 1)):
+            value = getattr(self, name)
+            if value < least:
+                raise MassactError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+        if not 0 < self.share <= 1:
+            raise MassactError(f"--share {self.share}: must be in (0, 1], e.g. 0.9")
+        if not self.corpus:
+            raise MassactError("--corpus is empty; give a corpus name (e.g. shakespeare) or a text file")

@@ -237,7 +237,7 @@ def test_sink_tokens_out_of_range():
 def test_cli_on_smollm2(smollm2, tmp_path, monkeypatch):
     from massact.cli import main
 
-    monkeypatch.setattr("massact.commands.attention.load_for_cli", lambda *args: smollm2)
+    monkeypatch.setattr("massact.commands.common.load_for_cli", lambda *args: smollm2)
     out = tmp_path / "att"
     with pytest.raises(SystemExit) as exit_info:
         main(
@@ -265,3 +265,142 @@ def test_corpus_windows_on_smollm2(smollm2):
     rows = result.block_summary()
     assert all(0 <= r["sink_fraction"] <= 1 for r in rows)
     assert all(0 in s.sinks for s in result.sequences)
+
+
+# --- windows, config and wording -------------------------------------------------------------------
+
+PLANT_BLOCK = 1
+PLANT_DIM = 11
+
+
+def word(i: int) -> str:
+    return f"w{i}"
+
+
+def word_tokenizer(bos: bool):
+    """One token per space-separated word; with `bos`, every text starts with the word of MARK (the planted id)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({word(i): i for i in range(VOCAB)}, unk_token=word(1)))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = {"unk_token": word(1), "eos_token": word(2)}
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{word(MARK)} $A", special_tokens=[(word(MARK), MARK)]
+        )
+        special["bos_token"] = word(MARK)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+
+
+def planted_loaded(family: str, bos: bool):
+    """A tiny planted model whose massive activation sits on MARK, with a word tokenizer (BOS = MARK or none)."""
+    from planting import tiny_model
+
+    from massact.models.loading import LoadedModel
+
+    model = tiny_model(family)
+    plant_massive(model, block=PLANT_BLOCK, token=0, dim=PLANT_DIM)
+    return LoadedModel(model=model, tokenizer=word_tokenizer(bos), name=f"tiny-{family}")
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """A text of words w10..w63 (never MARK's word), 600 words."""
+    generator = torch.Generator().manual_seed(3)
+    words = [word(int(i)) for i in torch.randint(10, VOCAB, (600,), generator=generator)]
+    path = tmp_path / "words.txt"
+    path.write_text(" ".join(words), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("family", "bos"), [("llama", True), ("gpt2", False), ("qwen2", True)])
+def test_corpus_windows_start_like_the_tokenizer(family, bos, corpus_file):
+    from massact.attention import AttentionConfig, corpus_input, run
+
+    loaded = planted_loaded(family, bos)
+    inputs = corpus_input(loaded, str(corpus_file), samples=3, seq_len=12, seed=0)
+    assert tuple(inputs.input_ids.shape) == (3, 12)  # --seq-len stays the total length
+    assert inputs.prefix_tokens == ([word(MARK)] if bos else [])
+    assert bool((inputs.input_ids[:, 0] == MARK).all()) is bos
+    assert int((inputs.input_ids[:, 1:] == MARK).sum()) == 0
+    result = run(loaded, inputs, AttentionConfig(intervene=False))
+    data = result.to_json()
+    assert data["prefix_tokens"] == inputs.prefix_tokens
+    assert data["source"] == {"corpus": str(corpus_file), "samples": 3, "seq_len": 12, "seed": 0}
+    if bos:  # the BOS carries the planted activation: it is the token C of every window
+        assert [s["massive_tokens"] for s in data["sequences"]] == [[0], [0], [0]]
+        assert data["first_massive_block"] == PLANT_BLOCK
+    else:
+        assert [s["massive_tokens"] for s in data["sequences"]] == [[], [], []]
+        assert data["first_massive_block"] is None
+    without = corpus_input(loaded, str(corpus_file), samples=3, seq_len=12, seed=0, add_special_tokens=False)
+    assert without.prefix_tokens == [] and int((without.input_ids == MARK).sum()) == 0
+
+
+@pytest.mark.parametrize(("family", "bos"), [("llama", True), ("gpt2", False)])
+def test_cli_corpus_json_records_the_prefix(family, bos, corpus_file, tmp_path, capsys, monkeypatch):
+    from cli_runner import run as cli
+
+    loaded = planted_loaded(family, bos)
+    monkeypatch.setattr("massact.commands.common.load_for_cli", lambda *args: loaded)
+    out = tmp_path / "att"
+    argv = ["attention", "tiny", "--corpus", str(corpus_file), "--samples", "2", "--seq-len", "10"]
+    code, stdout, _ = cli([*argv, "--json", "--no-intervene", "--out", str(out)], capsys)
+    assert code == 0
+    data = json.loads(stdout)
+    assert data["prefix_tokens"] == ([word(MARK)] if bos else [])
+    assert json.loads((out / "attention.json").read_text()) == data
+    report = (out / "report.md").read_text()
+    assert ("each starting with `w7`" in report) is bos
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        [
+            "attention.json",
+            "report.md",
+            "report.html",
+            "attention_sinks.png",
+            "attention_bias.png",
+            f"attention_block{data['heatmap_block']}.png",
+        ]
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_wording_names_chosen_and_massive_tokens_plainly(family, capsys):
+    from rich.console import Console
+
+    from massact.attention import AttentionConfig, run
+
+    loaded = planted_loaded(family, bos=False)
+    ids = marked_input(TOKENS, token=0)
+    found = run(loaded, ids, AttentionConfig(intervene=False))
+    chosen = run(loaded, ids, AttentionConfig(intervene=False, sinks=[2, 5]))
+    nothing = run(
+        planted_loaded(family, bos=False), marked_input(TOKENS, token=0)[:, 1:], AttentionConfig(intervene=False)
+    )
+    texts = []
+    for result in (found, chosen, nothing):
+        console = Console(width=400, record=True)
+        result.show(console)
+        texts.append(console.export_text())
+    assert f"massive activations appear from block {PLANT_BLOCK}" in texts[0]
+    assert "C is the massive-activation token of the sequence: 0 ('w7')" in texts[0]
+    assert "C is the chosen tokens at positions 2, 5" in texts[1] and "massive-activation token" not in texts[1]
+    assert chosen.to_json()["tokens_chosen"] is True and found.to_json()["tokens_chosen"] is False
+    assert "No token of the sequence has massive activations, so C is empty" in texts[2]
+    assert "no block has massive activations" in texts[2]
+    for text in texts:
+        assert "None" not in text and "= none" not in text
+
+
+def test_config_is_validated_before_any_work():
+    from massact.attention import AttentionConfig
+
+    for kwargs, message in (
+        ({"threshold": 1.5}, "--threshold 1.5"),
+        ({"display_tokens": 1}, "--display-tokens 1"),
+        ({"block": -1}, "--block -1"),
+        ({"sinks": [-2]}, "--tokens"),
+    ):
+        with pytest.raises(MassactError, match=message):
+            AttentionConfig(**kwargs)

@@ -118,3 +118,33 @@ def test_model_is_bit_identical_after_capture_and_after_an_error():
         after = model(input_ids=ids).logits
     assert torch.equal(before, after)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_block_with_no_finite_value_is_marked_and_selects_nothing():
+    from massact.capture.stats import summarize_hidden
+
+    nan = summarize_hidden(torch.full((4, 6), float("nan")), top_k=3)
+    assert nan.all_nonfinite and nan.nonfinite == 24 and nan.nonfinite_kind == "nan"
+    assert nan.median != nan.median and nan.massive_values.numel() == 0
+    mixed = torch.full((4, 6), float("inf"))
+    mixed[0, 0] = float("nan")
+    both = summarize_hidden(mixed, top_k=3)
+    assert both.all_nonfinite and both.nonfinite_kind == "inf/nan"
+    partly = torch.ones(4, 6)
+    partly[1, 2] = float("inf")
+    some = summarize_hidden(partly, top_k=3)
+    assert not some.all_nonfinite and some.nonfinite == 1 and some.nonfinite_kind == "inf"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_collector_sees_the_forward_inputs_and_leaves_no_hook(family):
+    model = tiny_model(family)
+    structure = find_structure(model)
+    ids = marked_input(5, token=0)
+    with capture_block_stats(model, structure) as collector:
+        assert _hook_count(model) == len(structure) + 1  # one per block, one kwargs pre-hook on the model
+        with torch.no_grad():
+            model(input_ids=ids)
+        assert torch.equal(collector.input_ids, ids)
+        collector.pop()
+    assert _hook_count(model) == 0 and collector.input_ids is None

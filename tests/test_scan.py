@@ -7,6 +7,7 @@ import torch
 from planting import MARK, marked_input, plant_massive, tiny_model
 
 from massact.models.loading import load_model
+from massact.models.structure import find_structure
 from massact.scan import scan
 
 FAMILIES = ["llama", "gpt2", "opt", "gemma", "qwen2"]
@@ -75,3 +76,106 @@ def test_json_contract():
     assert set(data["massive"][0]) >= {"block", "token", "token_text", "dim", "value", "ratio"}
     assert data["summary"]["first_block"] == 2 and data["summary"]["last_block"] == 3
     assert data["summary"]["tokens"][0]["token_kind"] == "first"
+
+
+# --- the house shape: config, run, views ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_run_on_ids_equals_scan_on_the_prompt(family):
+    from massact.scan import ScanConfig, run
+
+    model = tiny_model(family)
+    plant_massive(model, block=1, token=3, dim=11)
+    loaded = load_model(model, tokenizer=IdsTokenizer())
+    ids = marked_input(10, token=3)
+    by_prompt = scan(loaded, _prompt(ids), top_k=4).to_json()
+    by_ids = run(loaded, ids, ScanConfig(top_k=4)).to_json()
+    assert by_prompt.pop("prompt") == _prompt(ids) and by_ids.pop("prompt") is None
+    assert by_ids == by_prompt
+
+
+def test_config_refuses_bad_values():
+    from massact.errors import MassactError
+    from massact.scan import ScanConfig
+
+    with pytest.raises(MassactError, match="--top-k 0"):
+        ScanConfig(top_k=0)
+    with pytest.raises(MassactError, match="--keep -1"):
+        ScanConfig(keep=-1)
+
+
+def _view_texts(result, tmp_path) -> tuple[str, str]:
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    result.show(console)
+    result.write(tmp_path)
+    return console.export_text(), (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_block_of_nan_shows_all_nan_not_a_ranked_top(family, tmp_path):
+    model = tiny_model(family)
+    plant_massive(model, block=1, token=3, dim=11)
+    structure = find_structure(model)
+    with torch.no_grad():
+        for param in structure.mlp(2).parameters():
+            param.fill_(float("nan"))
+    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), top_k=4)
+    data = result.to_json()
+    assert [b["all_nonfinite"] for b in data["blocks"]] == [False, False, True, True]
+    assert data["nonfinite_blocks"] == [2, 3]
+    for block in data["blocks"][2:]:
+        assert block["top"] == [] and block["top1_ratio"] is None and block["nonfinite"] == 10 * 32
+    assert {m["block"] for m in data["massive"]} == {1}  # nothing is flagged in a block with no finite value
+    table, report = _view_texts(result, tmp_path)
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if line.count("│") > 5}
+    assert "all nan" in rows["2"] and "all nan" in rows["3"] and "all nan" not in rows["1"]
+    assert "nan" not in rows["1"].lower()
+    assert "| 2 | all nan | all nan | all nan | - | - |" in report
+    assert "inf/NaN in the output of blocks 2, 3" in table and "inf/NaN in the output of blocks 2, 3." in report
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_top_k_1_report_shows_a_dash_for_top_2_and_3(family, tmp_path):
+    model = tiny_model(family)
+    plant_massive(model, block=1, token=3, dim=11)
+    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), top_k=1)
+    _, report = _view_texts(result, tmp_path)
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    block_rows = rows[-4:]
+    assert len(block_rows) == 4
+    for line in block_rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == "-" and cells[3] == "-" and cells[1] != "-"
+    assert "nan" not in report
+
+
+class OddTokenizer(IdsTokenizer):
+    """Decodes ids to tokens with Markdown's special characters and whitespace."""
+
+    NAMES = {MARK: "a|b`c", 10: "\n", 11: " "}
+
+    def decode(self, ids):
+        return self.NAMES.get(ids[0], f"<{ids[0]}>")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_report_escapes_pipes_backticks_and_whitespace(family, tmp_path):
+    model = tiny_model(family)
+    plant_massive(model, block=1, token=3, dim=11)
+    ids = marked_input(10, token=3)
+    ids[0, 5], ids[0, 6] = 10, 11
+    result = scan(load_model(model, tokenizer=OddTokenizer()), _prompt(ids), top_k=2)
+    result.prompt = "x | y `z`"
+    table, report = _view_texts(result, tmp_path)
+    site = next(line for line in report.splitlines() if line.startswith("| 3 |"))
+    unescaped = site.replace("\\|", "")
+    assert unescaped.count("|") == 9  # 8 cells: the token's own `|` does not split the row
+    assert "``a\\|b`c``" in site
+    prompt_line = next(line for line in report.splitlines() if line.startswith("- prompt:"))
+    assert "`` x | y `z` ``" in prompt_line
+    assert "a|b`c" in table
+    figure_tokens = list(result.tokens)
+    assert "\n" in figure_tokens and " " in figure_tokens

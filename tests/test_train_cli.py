@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from massact.cli import main
 from massact.train.presets import get_preset
@@ -80,3 +81,48 @@ def test_experiment_trains_three_variants_and_reports(tmp_path):
         main([*args, "--device", "cpu"])
     again = json.loads((out / "results.json").read_text())
     assert {v: s["final_val_loss"] for v, s in again["variants"].items()} == losses
+
+
+def test_cuda_without_cuda_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for command in (["train", "gpt2"], ["experiment", "attention-bias"]):
+        code, err = run_cli([*command, "--device", "cuda", "--out", str(tmp_path / "run")], capsys)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert "--device cuda: CUDA is not available here" in err
+        assert not (tmp_path / "run").exists()
+    code, err = run_cli(["train", "gpt2", "--device", "tpu", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "--device tpu: use cpu or cuda" in err and not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_checkpoint_is_refused(tmp_path, capsys):
+    code, err = run_cli(["train", "gpt2", "--resume", "--out", str(tmp_path / "new_run"), "--device", "cpu"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "holds no checkpoint to continue; drop --resume" in err
+    assert not (tmp_path / "new_run").exists()
+
+
+def test_json_summary_staged_and_the_run_loads_as_a_model(tmp_path, capsys):
+    from massact.models.registry import find_loader
+    from massact.train.checkpoint import load_trained
+
+    corpus = tmp_path / "lines.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "run"
+    args = ["train", "gpt2", "--corpus", str(corpus), "--out", str(out), "--max-steps", "2", "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--json"])
+    assert exit_info.value.code in (0, None)
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data == json.loads((out / "summary.json").read_text())
+    assert data["step"] == 2 and data["config"]["model"]["attention"] == "default"
+    val_log = (out / "val_log.csv").read_text().splitlines()
+    assert f"{data['final_val_loss']}" in val_log[-1]
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".tmp", ".partial"))]  # nothing half-written
+    loader = find_loader(out)
+    assert loader is not None and loader.name == "massact-train" and find_loader(tmp_path) is None
+    loaded = loader.load(out, device="cpu", dtype="float32")
+    model, _ = load_trained(out)
+    for (name, a), (_, b) in zip(loaded.model.state_dict().items(), model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert loaded.tokenizer("the king")["input_ids"]

@@ -228,3 +228,38 @@ def test_bad_inputs_exit_2_with_one_line(saved_reg, tmp_path, capsys):
         code, err = _cli(argv, capsys)
         assert code == 2, argv
         assert message in err and err.count("\n") == 1, err
+
+
+def test_vit_commands_print_json_and_write_the_same(saved_reg, tmp_path, capsys):
+    out = tmp_path / "frm"
+    argv = ["vit", "fix-reg-mean", str(saved_reg), "--images", "samples", "--samples", "3", "--k", "1"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--json", "--out", str(out)])
+    assert exit_info.value.code in (0, None)
+    data = json.loads(capsys.readouterr().out)
+    assert data == json.loads((out / "fix_reg_mean.json").read_text())
+    assert data["num_registers"] == 4 and data["mean_images"] == 3
+    scan_out = tmp_path / "scan"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scan", str(saved_reg), "--images", "samples", "--num-images", "2", "--json", "--out", str(scan_out)])
+    assert exit_info.value.code in (0, None)
+    data = json.loads(capsys.readouterr().out)
+    assert data == json.loads((scan_out / "scan.json").read_text())
+    assert data["over_images"]["num_images"] == 2
+
+
+def test_fix_reg_mean_help_describes_a_vision_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["vit", "fix-reg-mean", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "vision transformer with register tokens" in text and "SmolLM2" not in text
+
+
+def test_dim_ticks_label_every_massive_dim_without_overlap():
+    from massact.report.figures import dim_ticks
+
+    ticks, labels, marked = dim_ticks(576, [507, 138, 510, 3])
+    assert [label for label, m in zip(labels, marked) if m] == ["3", "138", "507/510"]
+    assert ticks == sorted(ticks)
+    assert all(b - a >= 0.04 * 576 for a, b in zip(ticks, ticks[1:]))

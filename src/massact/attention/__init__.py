@@ -1,11 +1,26 @@
-"""Attention analysis: capture through the model's own eager attention, sink and implicit-bias measures."""
+"""Attention analysis: capture through the model's own eager attention, sink and implicit-bias measures.
 
-from massact.attention.analyze import AttentionOptions, AttentionResult, SequenceAttention, analyze, analyze_sequence
+`run(loaded, prompt_or_ids_or_input, AttentionConfig(...)) -> AttentionResult`.
+"""
+
+from massact.attention.analyze import (
+    AttentionConfig,
+    AttentionOptions,
+    AttentionResult,
+    SequenceAttention,
+    analyze,
+    analyze_sequence,
+    run,
+)
 from massact.attention.capture import AttentionCall, capture_attention, check_memory
+from massact.attention.inputs import PAPER_PROMPT, AttentionInput, corpus_input, prompt_input
 from massact.attention.measures import BlockAttention, measure_call
 
 __all__ = [
+    "PAPER_PROMPT",
     "AttentionCall",
+    "AttentionConfig",
+    "AttentionInput",
     "AttentionOptions",
     "AttentionResult",
     "BlockAttention",
@@ -14,5 +29,8 @@ __all__ = [
     "analyze_sequence",
     "capture_attention",
     "check_memory",
+    "corpus_input",
     "measure_call",
+    "prompt_input",
+    "run",
 ]

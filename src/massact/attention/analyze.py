@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import track
 from torch import nn
 
+from massact.attention import views
 from massact.attention.capture import AttentionCall, capture_attention, check_capturable, check_memory, num_heads
+from massact.attention.inputs import AttentionInput, prompt_input
 from massact.attention.measures import BlockAttention, measure_call, replaced_output
+from massact.capture.forward import run_forward
 from massact.capture.hooks import output_tensor
 from massact.capture.stats import capture_block_stats
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.models.structure import Structure
+from massact.models.loading import LoadedModel
+from massact.models.structure import Structure, find_structure
+from massact.progress import track
 
 PER_HEAD = ("first_importance", "sink", "massive_mass", "c_cosine", "c_relvar", "c_share", "rest_cosine")
 PER_BLOCK = (
@@ -40,8 +45,8 @@ PER_BLOCK = (
 )
 
 
-@dataclass
-class AttentionOptions:
+@dataclass(frozen=True)
+class AttentionConfig:
     """What to measure and keep."""
 
     threshold: float = 0.3  # sink-head threshold on the first token's importance
@@ -51,8 +56,24 @@ class AttentionOptions:
     keep_maps: Sequence[int] = ()  # blocks whose full per-head maps are kept (all blocks: range(num_blocks))
     display_tokens: int = 64  # heatmap size (the top-left corner of the map)
     thresholds: Thresholds = field(default_factory=Thresholds)
-    sinks: Sequence[int] | None = None  # the token positions C; default: massact's detection
+    sinks: Sequence[int] | None = None  # the token positions C, chosen by hand; default: massact's detection
     max_memory: int | None = None  # bytes allowed for one attention map (default: what is available)
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself (`run` only)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise MassactError(f"--threshold {self.threshold}: the sink threshold is a probability in (0, 1)")
+        if self.block is not None and self.block < 0:
+            raise MassactError(f"--block {self.block}: give a block index (0 or more)")
+        if self.display_tokens < 2:
+            raise MassactError(f"--display-tokens {self.display_tokens}: show at least 2 tokens")
+        if self.sinks is not None and any(s < 0 for s in self.sinks):
+            raise MassactError(f"--tokens {list(self.sinks)}: positions are 0 or more")
+        if not isinstance(self.thresholds, Thresholds):
+            raise MassactError("thresholds must be a massact.detect.Thresholds")
+
+
+AttentionOptions = AttentionConfig  # the earlier name
 
 
 @dataclass
@@ -73,7 +94,7 @@ class SequenceAttention:
 class _Recorder:
     """Receives attention calls and block outputs of one forward pass of one sequence."""
 
-    def __init__(self, sinks: list[int], options: AttentionOptions, heatmap_block: int) -> None:
+    def __init__(self, sinks: list[int], options: AttentionConfig, heatmap_block: int) -> None:
         self.sinks = sinks
         self.options = options
         self.heatmap_block = heatmap_block
@@ -135,6 +156,7 @@ class _Recorder:
 
 @contextmanager
 def _block_hooks(structure: Structure, recorder: _Recorder) -> Iterator[None]:
+    """Block hooks with kwargs (the capture layer's hooks get none): they re-run the block on its own inputs."""
     handles = []
     try:
         for index, block in enumerate(structure.blocks):
@@ -146,12 +168,8 @@ def _block_hooks(structure: Structure, recorder: _Recorder) -> Iterator[None]:
 
 
 def _forward(model: nn.Module, input_ids: torch.Tensor) -> None:
-    device = next(model.parameters()).device
-    kwargs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device)}
-    if hasattr(getattr(model, "config", None), "use_cache"):
-        kwargs["use_cache"] = False
-    with torch.no_grad():
-        model(**kwargs)
+    kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
+    run_forward(model, input_ids, **kwargs)
 
 
 def find_sinks(
@@ -173,7 +191,7 @@ def check_block(block: int | None, structure: Structure, what: str = "--block") 
 
 
 def analyze_sequence(
-    model: nn.Module, structure: Structure, input_ids: torch.Tensor, options: AttentionOptions
+    model: nn.Module, structure: Structure, input_ids: torch.Tensor, options: AttentionConfig
 ) -> SequenceAttention:
     """Attention measures of every block on one sequence `input_ids` [1, tokens]."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
@@ -187,7 +205,7 @@ def analyze_sequence(
     if heatmap_block is None:
         heatmap_block = min(first_block + 1, len(structure) - 1) if first_block is not None else len(structure) // 2
     recorder = _Recorder(sinks, options, heatmap_block)
-    hooks = _block_hooks(structure, recorder) if options.intervene else _nothing()
+    hooks = _block_hooks(structure, recorder) if options.intervene else nullcontext()
     with capture_attention(model, structure, recorder.on_call), hooks:
         _forward(model, input_ids)
     missing = [i for i in range(len(structure)) if i not in recorder.records]
@@ -203,11 +221,6 @@ def analyze_sequence(
     return result
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
 @dataclass
 class AttentionResult:
     """Measures over one or more sequences, with what is needed for the table, JSON and figures."""
@@ -218,8 +231,16 @@ class AttentionResult:
     source: dict
     tokens: list[str]  # of the first sequence (heatmap axes)
     heatmap_block: int
-    options: AttentionOptions
+    options: AttentionConfig
     sequences: list[SequenceAttention]
+    prefix_tokens: list[str] | None = None  # corpus windows: the tokens each window starts with
+    model_source: str | None = None  # the file the model came from (e.g. a GGUF), when the loader says
+    quantization: str | None = None  # e.g. "Q4_1 GGUF, de-quantized to float32"
+
+    @property
+    def tokens_chosen(self) -> bool:
+        """True when the tokens C were chosen by hand (`sinks`), not found as massive-activation tokens."""
+        return self.options.sinks is not None
 
     @property
     def first_massive_block(self) -> int | None:
@@ -253,8 +274,12 @@ class AttentionResult:
             "num_blocks": self.num_blocks,
             "num_heads": self.num_heads,
             "source": self.source,
+            "model_source": self.model_source,
+            "quantization": self.quantization,
+            "prefix_tokens": self.prefix_tokens,
+            "tokens_chosen": self.tokens_chosen,
             "sink_threshold": self.options.threshold,
-            "massive_thresholds": {"abs": self.options.thresholds.abs, "ratio": self.options.thresholds.ratio},
+            "massive_thresholds": self.options.thresholds.to_json(),
             "first_massive_block": self.first_massive_block,
             "sequences": [
                 {"massive_tokens": s.sinks, "first_massive_block": s.first_massive_block} for s in self.sequences
@@ -264,6 +289,14 @@ class AttentionResult:
             "logits_error": first.logits_error,
             "blocks": self.block_summary(),
         }
+
+    def show(self, console: Console) -> None:
+        """One table row per block, with the tokens C and the first massive block said in words."""
+        views.show_attention(self, console)
+
+    def write(self, out: Path) -> None:
+        """attention.json, report.md and the figures into `out`."""
+        views.write_attention(self, out)
 
 
 def _num(value) -> float | None:
@@ -275,7 +308,7 @@ def analyze(
     model: nn.Module,
     structure: Structure,
     input_ids: torch.Tensor,
-    options: AttentionOptions | None = None,
+    options: AttentionConfig | None = None,
     *,
     name: str = "model",
     tokens: list[str] | None = None,
@@ -283,19 +316,15 @@ def analyze(
     progress: bool = False,
 ) -> AttentionResult:
     """Measure every block's attention on each row of `input_ids` [sequences, tokens]."""
-    options = options or AttentionOptions()
+    options = options or AttentionConfig()
     check_capturable(model)
     check_block(options.block, structure)
     for block in options.keep_maps:
         check_block(block, structure, "keep block")
-    if not 0 < options.threshold < 1:
-        raise MassactError(f"--threshold {options.threshold}: the sink threshold is a probability in (0, 1)")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     check_memory(model, 1, input_ids.shape[1], options.logits, options.max_memory)
-    rows = track(
-        input_ids, description="attention", console=Console(stderr=True), disable=not progress or len(input_ids) < 2
-    )
+    rows = track(input_ids, "attention", total=len(input_ids), unit="seq", enabled=progress and len(input_ids) > 1)
     sequences = [analyze_sequence(model, structure, row[None], options) for row in rows]
     first = sequences[0]
     tokens = tokens or [str(int(i)) for i in input_ids[0]]
@@ -315,3 +344,32 @@ def analyze(
         options=options,
         sequences=sequences,
     )
+
+
+def run(
+    loaded: LoadedModel, inputs: str | torch.Tensor | AttentionInput, config: AttentionConfig | None = None
+) -> AttentionResult:
+    """Measure every block's attention on `inputs`: a prompt, token ids [sequences, tokens] or an `AttentionInput`."""
+    config = config or AttentionConfig()
+    if isinstance(inputs, str):
+        inputs = prompt_input(loaded, inputs)
+    elif isinstance(inputs, torch.Tensor):
+        ids = inputs[None] if inputs.dim() == 1 else inputs
+        tokenizer = loaded.tokenizer
+        strings = [tokenizer.decode([i]) for i in ids[0].tolist()] if tokenizer is not None else None
+        inputs = AttentionInput(ids, strings or [str(int(i)) for i in ids[0]])
+    structure = find_structure(loaded.model, config.blocks_path)
+    result = analyze(
+        loaded.model,
+        structure,
+        inputs.input_ids,
+        config,
+        name=loaded.name,
+        tokens=inputs.tokens,
+        source=inputs.source,
+        progress=True,
+    )
+    result.prefix_tokens = inputs.prefix_tokens
+    result.model_source = getattr(loaded, "source", None)
+    result.quantization = getattr(loaded, "quantization", None)
+    return result

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from massact.errors import MassactError
+from massact.models.dims import model_dims
 from massact.models.structure import Structure
 
 CAPTURE_NAME = "massact_capture"
@@ -164,20 +165,9 @@ def capture_attention(model: nn.Module, structure: Structure, handler: Handler) 
             model.set_attn_implementation(original)
 
 
-def _text_config(model: nn.Module):
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        return config.get_text_config()
-    return config
-
-
 def num_heads(model: nn.Module) -> int | None:
-    config = _text_config(model)
-    for key in ("num_attention_heads", "n_head", "num_heads"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    """Attention heads per block, from the model's config (None when it does not say)."""
+    return model_dims(model).num_heads
 
 
 def available_memory(device: torch.device) -> int:

@@ -11,10 +11,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from massact.format import show_token  # noqa: E402
+from massact.report.figures import wrap_title  # noqa: E402
 
 
 def _label(token: str) -> str:
-    return token.replace("\n", "\\n") or "␣"
+    return show_token(token)
 
 
 def plot_attention_map(
@@ -34,7 +38,7 @@ def plot_attention_map(
     ax.set_yticklabels(labels, fontsize=fontsize)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, 90))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
     fig.tight_layout()
     fig.savefig(path)
@@ -54,8 +58,9 @@ def _series_plot(
             first_massive, color="grey", linestyle="--", linewidth=1, label=f"massive from block {first_massive}"
         )
     ax.set_xlabel("block")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, 90))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -64,13 +69,21 @@ def _series_plot(
     return path
 
 
-def plot_sinks(rows: list[dict], path: Path, title: str, first_massive: int | None) -> Path:
-    """Per block: sink-head fraction, first-token importance and attention mass on the massive tokens."""
-    series = {
-        "sink-head fraction": [r["sink_fraction"] for r in rows],
-        "first-token importance": [r["first_token_importance"] for r in rows],
-        "mass on massive tokens": [r["massive_mass"] for r in rows],
-    }
+def plot_sinks(
+    rows: list[dict], path: Path, title: str, first_massive: int | None, c_name: str = "massive tokens"
+) -> Path:
+    """Per block: sink-head fraction, first-token importance and attention mass on the tokens C (`c_name`)."""
+    first = [r["first_token_importance"] for r in rows]
+    mass = [r["massive_mass"] for r in rows]
+    series = {"sink-head fraction": [r["sink_fraction"] for r in rows]}
+    same = all(
+        a is None and b is None or (a is not None and b is not None and abs(a - b) < 1e-6) for a, b in zip(first, mass)
+    )
+    if same:  # C is the first token alone: one line, not one hidden under the other
+        series[f"first-token importance = mass on {c_name}"] = mass
+    else:
+        series["first-token importance"] = first
+        series[f"mass on {c_name}"] = mass
     return _series_plot(series, path, title, "fraction / probability", first_massive)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from massact.capture.hooks import forward_hooks, forward_pre_hook, output_tensor
+from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.detect import Thresholds
 from massact.models.structure import Structure
 
@@ -45,6 +45,21 @@ class BlockRecord:
     @property
     def top_magnitudes(self) -> torch.Tensor:
         return self.top_values.abs()
+
+    @property
+    def all_nonfinite(self) -> bool:
+        """True when every entry of the block output is inf or NaN (nothing finite to rank)."""
+        return self.nonfinite > 0 and self.nonfinite == self.token_max.numel() * self.dim_max.numel()
+
+    @property
+    def nonfinite_kind(self) -> str:
+        """'nan', 'inf' or 'inf/nan': what the listed non-finite entries are."""
+        values = [v for _, _, v in self.nonfinite_sites]
+        if values and all(v != v for v in values):
+            return "nan"
+        if values and all(v == v for v in values):
+            return "inf"
+        return "inf/nan"
 
 
 @dataclass
@@ -115,10 +130,7 @@ def summarize_hidden(
     candidate_values = x[candidates[:, 0], candidates[:, 1]].float()
     # In place reorders `mags`: nothing reads it after this.
     median = median_magnitude(mags, in_place=True) if finite is None else median_magnitude(mags[finite])
-    if median == median:
-        keep = candidate_values.abs() >= thresholds.ratio * median
-    else:  # no finite value at all: nothing can be ranked against a median
-        keep = torch.zeros(candidate_values.shape, dtype=torch.bool, device=candidate_values.device)
+    keep = thresholds.massive(candidate_values.abs(), median)  # a NaN median (nothing finite) selects nothing
     candidates, candidate_values = candidates[keep], candidate_values[keep]
     truncated = candidates.shape[0] > MAX_MASSIVE_PER_BLOCK
     if truncated:
@@ -142,49 +154,41 @@ def summarize_hidden(
     )
 
 
-class BlockStatsCollector:
-    """Receives block outputs from hooks and turns them into `SequenceRecord`s."""
+class BlockStatsCollector(HookSet):
+    """Hooks every block's output and turns it into `SequenceRecord`s (padding left out via the grabbed mask)."""
 
     def __init__(
         self,
+        model: nn.Module,
         structure: Structure,
         top_k: int = 16,
         thresholds: Thresholds | None = None,
         keep: Iterable[int] = (),
     ) -> None:
+        super().__init__(model)
         self.structure = structure
         self.top_k = top_k
         self.thresholds = thresholds or Thresholds()
         self.keep = set(keep)
-        self.attention_mask: torch.Tensor | None = None
-        self._auto_mask: torch.Tensor | None = None
         self._pending: dict[int, list[BlockRecord | None]] = {}
         self._kept: dict[int, dict[int, torch.Tensor]] = {}
 
-    def _grab_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        self._auto_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
+        return [(block, self.hook_for(i)) for i, block in enumerate(self.structure.blocks)]
 
-    def _mask_for(self, batch: int, tokens: int) -> torch.Tensor | None:
-        mask = self.attention_mask if self.attention_mask is not None else self._auto_mask
-        if mask is None or tuple(mask.shape) != (batch, tokens):
-            return None
-        return mask.bool()
-
-    def hook_for(self, index: int):
+    def hook_for(self, index: int) -> HookFn:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             hidden = output_tensor(output)
             if hidden.dim() == 2:
                 hidden = hidden.unsqueeze(0)
             batch, tokens, _ = hidden.shape
-            mask = self._mask_for(batch, tokens)
+            mask = self.valid_mask(batch, tokens, hidden.device)
             all_positions = torch.arange(tokens, device=hidden.device)
             for b in range(batch):
                 if mask is None:
                     x, positions = hidden[b], all_positions
                 else:
-                    valid = mask[b].to(hidden.device)
-                    x, positions = hidden[b][valid], all_positions[valid]
+                    x, positions = hidden[b][mask[b]], all_positions[mask[b]]
                 record = summarize_hidden(x, positions, self.top_k, self.thresholds)
                 self._pending.setdefault(b, [None] * len(self.structure))[index] = record
                 if index in self.keep:
@@ -215,7 +219,5 @@ def capture_block_stats(
     keep: Iterable[int] = (),
 ) -> Iterator[BlockStatsCollector]:
     """Hook every block of `model`; yields a collector whose `pop()` gives per-sequence records."""
-    collector = BlockStatsCollector(structure, top_k=top_k, thresholds=thresholds, keep=keep)
-    hooks = [(block, collector.hook_for(i)) for i, block in enumerate(structure.blocks)]
-    with forward_pre_hook(model, collector._grab_mask), forward_hooks(hooks):
+    with BlockStatsCollector(model, structure, top_k=top_k, thresholds=thresholds, keep=keep) as collector:
         yield collector

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from massact.commands.train import CorpusOpt, DeviceOpt, PresetOpt, SeedOpt, StepsOpt
+from massact.commands.common import JsonOpt, emit_result
+from massact.commands.train import CorpusOpt, DeviceOpt, PresetOpt, SeedOpt, StepsOpt, check_train_device
+from massact.outputs import check_output_dir
+from massact.train.experiment import run_attention_bias
+from massact.train.presets import get_preset
 
 app = typer.Typer(help="Experiments that reproduce the paper's findings.", no_args_is_help=True)
 
@@ -21,17 +24,15 @@ def attention_bias_command(
     seed: SeedOpt = 0,
     max_steps: StepsOpt = None,
     device: DeviceOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train default, sink and bias GPT-2 (same data, seed, steps) and compare their activations."""
-    from massact.train.experiment import run_attention_bias
-    from massact.train.presets import get_preset
-
     get_preset(preset)  # unknown preset: fail before any work
+    out = check_output_dir(out)
+    device = check_train_device(device)
     result = run_attention_bias(out, preset=preset, corpus=corpus, seed=seed, max_steps=max_steps, device=device)
-    console = Console(stderr=True)
-    for variant, run in result.results.items():
-        console.print(f"{variant}: validation loss {run.final_val_loss:.4f}")
-    console.print(f"wrote {out}/report.md, results.json and figures/")
+    if all(run.main_process for run in result.results.values()):  # one writer when launched on several GPUs
+        emit_result(result, out, as_json)
 
 
 def register(root: typer.Typer) -> None:

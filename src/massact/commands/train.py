@@ -6,9 +6,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+import massact.train  # noqa: F401  (registers trained checkpoints as models every command loads)
+from massact.commands.common import JsonOpt, emit_result
 from massact.errors import MassactError
+from massact.models.loading import check_device
+from massact.outputs import check_output_dir
+from massact.progress import say, status
+from massact.train.checkpoint import find_checkpoint
+from massact.train.experiment import prepare_data
+from massact.train.presets import get_preset
+from massact.train.trainer import train
 
 app = typer.Typer(help="Train models (GPT-2 with default / sink / bias attention).", no_args_is_help=True)
 
@@ -24,9 +32,18 @@ StepsOpt = Annotated[int | None, typer.Option("--max-steps", min=1, help="Overri
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
 
 
+def check_train_device(device: str | None) -> str | None:
+    """Refuse a device this machine lacks (e.g. --device cuda without CUDA) or one training does not use."""
+    if device is not None and device != "cpu" and not device.startswith("cuda"):
+        raise MassactError(f"--device {device}: use cpu or cuda")
+    return None if device is None else check_device(device)
+
+
 @app.command("gpt2")
 def gpt2_command(
-    out: Annotated[Path, typer.Option("--out", help="Run directory: checkpoint, val_log.csv, monitor.csv/json.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run directory: checkpoint, val_log.csv, monitor.csv/json, summary.json.")
+    ],
     attention: AttentionOpt = "default",
     preset: PresetOpt = "cpu-small",
     corpus: CorpusOpt = "shakespeare",
@@ -34,23 +51,21 @@ def gpt2_command(
     max_steps: StepsOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
     device: DeviceOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Train GPT-2 (--attention default|sink|bias) with the activation monitor on."""
-    from massact.outputs import check_output_dir
-    from massact.train.experiment import prepare_data
-    from massact.train.presets import get_preset
-    from massact.train.trainer import train
-
     config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
     out = check_output_dir(out)
-    if device not in (None, "cpu") and not device.startswith("cuda"):
-        raise MassactError(f"--device {device}: use cpu or cuda")
-    console = Console(stderr=True)
-    with console.status(f"tokenizing {corpus} ..."):
+    device = check_train_device(device)
+    if resume and find_checkpoint(out) is None:
+        raise MassactError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start a new run there")
+    with status(f"tokenizing {corpus} ..."):
         data = prepare_data(config, corpus, out)
-    console.print(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
-    result = train(config, data, out, resume=resume, device=device)
-    console.print(f"step {result.step}: validation loss {result.final_val_loss:.4f}; wrote {out}")
+    if not as_json:
+        say(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
+    result = train(config, data, out, resume=resume, device=device, progress=not as_json)
+    if result.main_process:
+        emit_result(result, out, as_json)
 
 
 def register(root: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Line3DCollection  # noqa: E402
+
+from massact.format import show_token  # noqa: E402
+
+
+def wrap_title(title: str, width: int) -> str:
+    """A figure title broken into lines of at most `width` characters (long model paths stay inside the figure)."""
+    return "\n".join(textwrap.wrap(title, width, break_long_words=True, break_on_hyphens=False)) or title
+
 
 SERIES_STYLE = {"top 1": "C3", "top 2": "C1", "top 3": "C2", "median": "C0"}
 
@@ -32,6 +42,8 @@ def plot_curves(
     fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
     for name, (xs, ys) in curves.items():
         x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+        if y.size and np.isnan(y).all():  # e.g. top 2 with --top-k 1: no line, no legend entry
+            continue
         color = colors.get(name)
         ax.plot(x, y, marker="o", markersize=3, label=name, color=color)
         if spread and name in spread:
@@ -39,9 +51,11 @@ def plot_curves(
             ax.fill_between(x, np.clip(y - s, 1e-6, None), y + s, alpha=0.2, color=color)
     if log:
         ax.set_yscale("log")
+    if all(float(x).is_integer() for xs, _ in curves.values() for x in xs):  # blocks, steps: no 0.5 ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, 75))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -71,7 +85,7 @@ def plot_activations_3d(
     max_tokens: int = 32,
 ) -> Path:
     """|activation| over tokens x feature dims of one block output [tokens, dims], one stem per entry."""
-    mags = hidden.detach().float().abs().cpu().numpy()[:max_tokens]
+    mags = np.nan_to_num(hidden.detach().float().abs().cpu().numpy()[:max_tokens], nan=0.0, posinf=0.0)
     n_tokens, n_dims = mags.shape
     tt, dd = np.meshgrid(np.arange(n_tokens), np.arange(n_dims), indexing="ij")
     starts = np.stack([tt.ravel(), dd.ravel(), np.zeros(tt.size)], axis=1)
@@ -83,17 +97,42 @@ def plot_activations_3d(
     ax.set_xlim(-0.5, n_tokens - 0.5)
     ax.set_ylim(0, n_dims)
     ax.set_zlim(0, float(mags.max()) * 1.05 if mags.size else 1.0)
-    labels = [t.replace("\n", "\\n") for t in tokens[:n_tokens]]
+    labels = [show_token(t) for t in tokens[:n_tokens]]
     ax.set_xticks(np.arange(n_tokens))
     ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
-    if highlight_dims:
-        ax.set_yticks(sorted(set(highlight_dims)))
-        ax.set_yticklabels([str(d) for d in sorted(set(highlight_dims))], fontsize=7)
-    ax.set_ylabel("feature dim")
+    ticks, tick_labels, highlighted = dim_ticks(n_dims, highlight_dims)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(tick_labels, fontsize=7)
+    for label, marked in zip(ax.get_yticklabels(), highlighted):
+        if marked:
+            label.set_color("C3")
+            label.set_fontweight("bold")
+    ax.set_ylabel("feature dim", labelpad=10)
     ax.set_zlabel("|activation|")
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, 80))
     ax.view_init(elev=20, azim=-60)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def dim_ticks(n_dims: int, highlight: Sequence[int], regular: int = 5) -> tuple[list[int], list[str], list[bool]]:
+    """Feature-dim ticks: a few round ones for scale plus every highlighted (massive) dim, none overlapping.
+
+    Highlighted dims closer than 4% of the axis to the previous one share its label ("507/510"); round
+    ticks within 12% of a highlighted dim are dropped (labels on a tilted 3D axis need the room).
+    """
+    gap = max(1.0, 0.04 * n_dims)
+    groups: list[list[int]] = []
+    for dim in sorted({int(d) for d in highlight if 0 <= int(d) < n_dims}):
+        if groups and dim - groups[-1][-1] < gap:
+            groups[-1].append(dim)
+        else:
+            groups.append([dim])
+    marked = [(g[0], "/".join(map(str, g)), True) for g in groups]
+    step = MaxNLocator(nbins=regular, integer=True).tick_values(0, max(n_dims - 1, 1))
+    round_ticks = [int(t) for t in step if 0 <= t < n_dims]
+    plain = [(t, str(t), False) for t in round_ticks if all(abs(t - m) >= 3 * gap for m, _, _ in marked)]
+    rows = sorted(marked + plain)
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]

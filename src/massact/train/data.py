@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from massact.errors import MassactError
+from massact.models.loading import default_gguf_path, gguf_cache_dir
 from massact.train.presets import TrainConfig
 
 EOS = "<|endoftext|>"
@@ -32,10 +33,14 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int):
 
 
 def smollm2_tokenizer():
-    """The tokenizer of the bundled SmolLM2 model (49,152 tokens), offline."""
-    from massact.models.loading import load_model
+    """The tokenizer of the bundled SmolLM2 model (49,152 tokens), offline; the model itself is not loaded."""
+    from transformers import AutoTokenizer
 
-    return load_model("default", device="cpu").tokenizer
+    gguf = default_gguf_path()
+    converted = gguf_cache_dir(gguf)
+    if (converted / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(converted))
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
 def load_tokenizer(path: Path):

@@ -1,34 +1,22 @@
 """The attention-bias experiment: train default / sink / bias with equal budgets and seeds, compare.
 
-Each variant trains into `OUT/runs/<variant>` (resumable); the report (`report.md`,
-`results.json`, `figures/`) lands in `OUT` all at once at the end.
+Each variant trains into `OUT/runs/<variant>` (resumable, checkpoints written atomically, its
+summary staged); the report (`report.md`, `results.json`, `figures/`) is the result's `write(out)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
-from rich.console import Console
-
 from massact.data.corpus import load_texts
-from massact.outputs import check_output_dir, staged_output
+from massact.outputs import check_output_dir
+from massact.progress import say, status
 from massact.train.data import TokenData, load_tokenizer, make_tokenizer
+from massact.train.files import atomic_write_text
 from massact.train.gpt2 import ATTENTION_VARIANTS
 from massact.train.presets import TrainConfig, get_preset
-from massact.train.report import write_experiment_report
-from massact.train.trainer import TrainResult, train
-
-console = Console(stderr=True)
-
-
-@dataclass
-class ExperimentResult:
-    preset: str
-    corpus: str
-    configs: dict[str, TrainConfig]
-    results: dict[str, TrainResult]
+from massact.train.report import ExperimentResult
+from massact.train.trainer import train
 
 
 def prepare_data(config: TrainConfig, corpus: str, work_dir: Path) -> TokenData:
@@ -40,7 +28,7 @@ def prepare_data(config: TrainConfig, corpus: str, work_dir: Path) -> TokenData:
     else:
         tokenizer = make_tokenizer(config, texts)
         work_dir.mkdir(parents=True, exist_ok=True)
-        tokenizer.backend_tokenizer.save(str(tokenizer_file))
+        atomic_write_text(tokenizer_file, tokenizer.backend_tokenizer.to_str(pretty=True))
     return TokenData.from_texts(texts, tokenizer, config)
 
 
@@ -53,18 +41,18 @@ def run_attention_bias(
     device: str | None = None,
     variants: tuple[str, ...] = ATTENTION_VARIANTS,
 ) -> ExperimentResult:
-    """Train every variant of `preset` (same seed, data, steps), then write the comparison report."""
+    """Train every variant of `preset` (same seed, data, steps) in `out/runs/<variant>`.
+
+    The returned result's `write(out)` writes the comparison report.
+    """
     out = check_output_dir(out)
     configs = {v: get_preset(preset, attention=v, seed=seed, max_steps=max_steps) for v in variants}
     work_dir = out / "runs"
-    with console.status(f"tokenizing {corpus} ..."):
+    with status(f"tokenizing {corpus} ..."):
         data = prepare_data(configs[variants[0]], corpus, work_dir)
-    console.print(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
+    say(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
     results = {}
     for variant in variants:
         results[variant] = train(configs[variant], data, work_dir / variant, resume=True, device=device)
-    experiment = ExperimentResult(preset=preset, corpus=corpus, configs=configs, results=results)
-    if PartialState().is_main_process:  # one writer when launched on several GPUs
-        with staged_output(out) as staging:
-            write_experiment_report(experiment, staging)
-    return experiment
+        results[variant].save_summary()
+    return ExperimentResult(preset=preset, corpus=corpus, configs=configs, results=results)

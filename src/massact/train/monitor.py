@@ -11,6 +11,7 @@ TensorBoard is installed, scalars.
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
 from massact.detect import Thresholds
 from massact.models.structure import find_structure
-from massact.outputs import write_json
+from massact.outputs import to_json_text
+from massact.train.files import atomic_write_text
 
 FIELDS = ("step", "block", "top1", "median", "ratio", "top_token", "top_dim", "num_massive")
 
@@ -46,10 +49,9 @@ def probe_statistics(model: nn.Module, probe_ids: torch.Tensor, thresholds: Thre
     structure = find_structure(model)
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     try:
         with capture_block_stats(model, structure, top_k=1, thresholds=thresholds) as collector:
-            model(input_ids=probe_ids.to(device))
+            run_forward(model, probe_ids)
             sequences = collector.pop()
     finally:
         model.train(was_training)
@@ -131,20 +133,18 @@ class ActivationMonitor:
     def save(self) -> None:
         if self.out_dir is None:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (self.out_dir / "monitor.csv").open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        write_json(
-            self.out_dir / "monitor.json",
-            {
-                "thresholds": {"abs": self.thresholds.abs, "ratio": self.thresholds.ratio},
-                "probe_shape": list(self.probe_ids.shape),
-                "rows": self.rows,
-                "emergence": self.emergence(),
-            },
-        )
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.out_dir / "monitor.csv", text.getvalue())
+        data = {
+            "thresholds": self.thresholds.to_json(),
+            "probe_shape": list(self.probe_ids.shape),
+            "rows": self.rows,
+            "emergence": self.emergence(),
+        }
+        atomic_write_text(self.out_dir / "monitor.json", to_json_text(data) + "\n")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -1,17 +1,42 @@
-"""Report of the attention-bias experiment: results.json, report.md and four figures."""
+"""The attention-bias experiment's result and its views: results.json, report.md and four figures."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from rich.console import Console
 
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
-
-if TYPE_CHECKING:
-    from massact.train.experiment import ExperimentResult
+from massact.train.presets import TrainConfig
+from massact.train.trainer import TrainResult
 
 COLORS = {"default": "C3", "sink": "C1", "bias": "C2"}
+
+
+@dataclass
+class ExperimentResult:
+    """Every variant's config and training result, trained with the same data, seed and steps."""
+
+    preset: str
+    corpus: str
+    configs: dict[str, TrainConfig]
+    results: dict[str, TrainResult]
+
+    def to_json(self) -> dict:
+        """What results.json holds: preset, corpus, every variant's config and summary."""
+        configs = {v: c.to_dict() for v, c in self.configs.items()}
+        summary = {v: summarize_variant(r) for v, r in self.results.items()}
+        return {"preset": self.preset, "corpus": self.corpus, "configs": configs, "variants": summary}
+
+    def show(self, console: Console) -> None:
+        for variant, run in self.results.items():
+            console.print(f"{variant}: validation loss {run.final_val_loss:.4f}", markup=False)
+
+    def write(self, out: Path) -> None:
+        """results.json, report.md and figures/ into `out`."""
+        write_experiment_report(self, out)
 
 
 def final_blocks(rows: list[dict]) -> list[dict]:
@@ -74,9 +99,7 @@ def write_experiment_report(experiment: ExperimentResult, out: Path) -> None:
         "top-1",
         colors=COLORS,
     )
-    configs = {v: c.to_dict() for v, c in experiment.configs.items()}
-    write_json(out / "results.json", {"preset": experiment.preset, "corpus": experiment.corpus, "configs": configs,
-                                      "variants": summary})  # fmt: skip
+    write_json(out / "results.json", experiment.to_json())
     (out / "report.md").write_text(_markdown(experiment, summary), encoding="utf-8")
 
 

@@ -7,19 +7,23 @@ Runs on one CPU, one GPU (bf16 autocast) or many GPUs through `accelerate` (star
 from __future__ import annotations
 
 import csv
+import io
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from tqdm.auto import tqdm
 
 from massact.errors import MassactError
-from massact.outputs import write_json
+from massact.outputs import staged_output, write_json
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from massact.train.data import TokenData, batch_seed, fixed_windows, random_batch
+from massact.train.files import atomic_write_text
 from massact.train.gpt2 import GPT2
 from massact.train.monitor import ActivationMonitor
 from massact.train.presets import TrainConfig
@@ -35,10 +39,37 @@ class TrainResult:
     monitor_rows: list[dict] = field(default_factory=list)
     emergence: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+    parameters: int = 0
+    main_process: bool = True  # False on the other processes of a multi-GPU run (they write nothing)
 
     @property
     def final_val_loss(self) -> float:
         return self.val_log[-1]["val_loss"] if self.val_log else math.nan
+
+    def to_json(self) -> dict:
+        """What summary.json holds."""
+        return {
+            "config": self.config,
+            "step": self.step,
+            "final_val_loss": self.final_val_loss,
+            "train_seconds": self.train_seconds,
+            "parameters": self.parameters,
+            "emergence": self.emergence,
+        }
+
+    def show(self, console: Console) -> None:
+        console.print(f"step {self.step}: validation loss {self.final_val_loss:.4f}", markup=False)
+
+    def write(self, out: Path) -> None:
+        """summary.json into `out` (the checkpoint, val_log.csv and monitor.* are already in the run directory)."""
+        write_json(out / "summary.json", self.to_json())
+
+    def save_summary(self) -> None:
+        """Write summary.json into the run directory through the staged output (main process only)."""
+        if self.main_process:
+            with staged_output(self.run_dir) as staging:
+                self.write(staging)
 
 
 def make_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.AdamW:
@@ -75,10 +106,11 @@ def evaluate(model: GPT2, windows: torch.Tensor, batch_size: int, device: torch.
 
 
 def _write_val_log(run_dir: Path, val_log: list[dict]) -> None:
-    with (run_dir / "val_log.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["step", "train_loss", "val_loss", "tokens"])
-        writer.writeheader()
-        writer.writerows(val_log)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["step", "train_loss", "val_loss", "tokens"])
+    writer.writeheader()
+    writer.writerows(val_log)
+    atomic_write_text(run_dir / "val_log.csv", text.getvalue())
 
 
 def train(
@@ -91,7 +123,9 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
 ) -> TrainResult:
-    """Train `config` on `data` into `run_dir` (checkpoint, val_log.csv, monitor.*).
+    """Train `config` on `data` into `run_dir` (checkpoint, val_log.csv, monitor.*; each file replaced atomically).
+
+    The result's `write(out)` (or `save_summary()`) adds summary.json.
 
     `resume` continues from the run's last checkpoint (same config required); without it an
     existing checkpoint is an error. `stop_after` ends early after that step (for tests),
@@ -180,7 +214,8 @@ def train(
                 val_log.append(
                     {"step": step, "train_loss": loss_sum, "val_loss": val, "tokens": step * tokens_per_step}
                 )
-                bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val:.4f}")
+                if progress and accelerator.is_main_process:  # stderr: stdout stays clean for --json
+                    bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val:.4f}", file=sys.stderr)
                 if accelerator.is_main_process:
                     _write_val_log(run_dir, val_log)
             if accelerator.is_main_process and (monitor.due(step) or step == config.max_steps):
@@ -198,17 +233,14 @@ def train(
     finally:
         bar.close()
         monitor.close()
-    result = TrainResult(run_dir, step, val_log, monitor.rows, monitor.emergence(), elapsed)
-    if accelerator.is_main_process:
-        write_json(
-            run_dir / "summary.json",
-            {
-                "config": config.to_dict(),
-                "step": step,
-                "final_val_loss": result.final_val_loss,
-                "train_seconds": elapsed,
-                "parameters": raw.num_parameters(),
-                "emergence": result.emergence,
-            },
-        )
-    return result
+    return TrainResult(
+        run_dir,
+        step,
+        val_log,
+        monitor.rows,
+        monitor.emergence(),
+        elapsed,
+        config=config.to_dict(),
+        parameters=raw.num_parameters(),
+        main_process=accelerator.is_main_process,
+    )

@@ -11,14 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 
 from massact.capture.hooks import forward_hooks, output_tensor, replace_output_tensor
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.vision import fix_reg_mean_report
 from massact.vision.images import ImageSet
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 from massact.vision.scan import batches, progress_bar
@@ -141,8 +144,28 @@ def model_label_ids(config, classes: list[str]) -> list[int] | None:
     return ids
 
 
+@dataclass(frozen=True)
+class FixRegMeanConfig:
+    """Fix-Reg-Mean settings."""
+
+    k: int = 5  # neighbours for the k-NN label agreement
+    batch_size: int = 8  # images per forward pass
+    samples: int | None = None  # use at most this many images for the means
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+
+    def __post_init__(self) -> None:
+        for name in ("k", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise MassactError(f"--{name.replace('_', '-')} {value}: must be at least 1")
+        if self.samples is not None and self.samples < 1:
+            raise MassactError(f"--samples {self.samples}: must be at least 1")
+
+
 @dataclass
 class FixRegMeanResult:
+    """The three settings compared on the eval images, and the register means used."""
+
     model: str
     num_registers: int
     num_blocks: int
@@ -152,6 +175,7 @@ class FixRegMeanResult:
     k: int
     rows: list[dict] = field(default_factory=list)
     note: str = ""
+    means: RegisterMeans | None = None
 
     def to_json(self) -> dict:
         return {
@@ -165,6 +189,13 @@ class FixRegMeanResult:
             "settings": self.rows,
             "note": self.note,
         }
+
+    def show(self, console: Console) -> None:
+        fix_reg_mean_report.show_fix_reg_mean(self, console)
+
+    def write(self, out: Path) -> None:
+        """fix_reg_mean.json, register_means.safetensors and report.md into `out`."""
+        fix_reg_mean_report.write_fix_reg_mean(self, out)
 
 
 def _metrics(out: EvalOutputs, base: EvalOutputs, labels: torch.Tensor | None, label_ids, k: int, base_knn) -> dict:
@@ -234,4 +265,22 @@ def fix_reg_mean(
         result.note = "the eval class folders do not name the model's labels, so top-1 accuracy is not reported"
     if labels is None:
         result.note = "the eval images are not a labelled folder, so k-NN accuracy is not reported"
+    result.means = means
     return result, means
+
+
+def run(
+    loaded: LoadedModel, images: tuple[ImageSet, ImageSet], config: FixRegMeanConfig | None = None
+) -> FixRegMeanResult:
+    """Fix-Reg-Mean on `images` = (images for the means, images to evaluate on)."""
+    config = config or FixRegMeanConfig()
+    mean_images, eval_images = images
+    result, _ = fix_reg_mean(
+        loaded,
+        mean_images.spread(config.samples),
+        eval_images,
+        k=config.k,
+        batch_size=config.batch_size,
+        blocks_path=config.blocks_path,
+    )
+    return result

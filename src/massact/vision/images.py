@@ -69,13 +69,16 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def find_images(source: str | Path) -> ImageSet:
-    """`source`: an image file, a folder of images, a folder of class folders, or 'samples'."""
+def find_images(source: str | Path, option: str = "--images") -> ImageSet:
+    """`source`: an image file, a folder of images, a folder of class folders, or 'samples'.
+
+    `option` is the option errors name (`--images`, `--eval`).
+    """
     if str(source) == SAMPLES and not Path(source).exists():
         return ImageSet(sample_photo_paths())
     path = Path(source).expanduser()
     if not path.exists():
-        raise MassactError(f"--images {source}: no such file or folder; give an image, a folder of images or 'samples'")
+        raise MassactError(f"{option} {source}: no such file or folder; give an image, a folder of images or 'samples'")
     if path.is_file():
         return ImageSet([path])
     files = _image_files(path)
@@ -92,7 +95,7 @@ def find_images(source: str | Path) -> ImageSet:
             return ImageSet(paths, labels, classes)
     if not files:
         suffixes = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-        raise MassactError(f"--images {source}: no image files ({suffixes}) in this folder or its class sub-folders")
+        raise MassactError(f"{option} {source}: no image files ({suffixes}) in this folder or its class sub-folders")
     return ImageSet(files)
 
 

@@ -32,10 +32,6 @@ class TokenLayout:
         return self.num_cls + self.num_registers
 
     @property
-    def num_tokens(self) -> int:
-        return self.num_prefix + self.grid[0] * self.grid[1]
-
-    @property
     def register_positions(self) -> list[int]:
         return list(range(self.num_cls, self.num_prefix))
 

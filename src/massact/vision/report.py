@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
 
+from massact.format import md_escape  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
-from massact.report.figures import plot_activations_3d, plot_layerwise  # noqa: E402
+from massact.report.figures import plot_activations_3d, plot_layerwise, wrap_title  # noqa: E402
 from massact.vision.images import open_image  # noqa: E402
-from massact.vision.scan import ImageScan  # noqa: E402
+
+if TYPE_CHECKING:
+    from massact.vision.scan import ImageScan
 
 LAYERWISE_PNG = "layerwise.png"
 ACTIVATIONS_PNG = "activations_3d.png"
@@ -22,27 +27,36 @@ MAX_NORM_IMAGES = 6
 
 
 def plot_token_norms(scan: ImageScan, block: int, path: Path, max_images: int = MAX_NORM_IMAGES) -> Path:
-    """Each image above its patch tokens' output norms at `block` on the patch grid; CLS/register norms as titles."""
+    """Each image above its patch tokens' output norms at `block` on the patch grid; CLS/register norms below.
+
+    The prefix tokens' norms go under each grid, one token per line, so no two panels' texts can meet.
+    """
     layout, labels = scan.layout, scan.result.tokens
     count = min(max_images, len(scan.images))
     norms = scan.norms[:count, block].numpy()
     rows, cols = layout.grid
     patch = norms[:, layout.num_prefix :].reshape(count, rows, cols)
     vmax = float(patch.max()) if patch.size else 1.0
-    fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.6), dpi=130, squeeze=False)
+    prefix_lines = layout.num_prefix
+    height = 5.4 + 0.16 * prefix_lines
+    fig, axes = plt.subplots(2, count, figsize=(2.8 * count + 1.2, height), dpi=130, squeeze=False)
     image = None
     for i in range(count):
+        name = scan.images.paths[i].name
         axes[0, i].imshow(open_image(scan.images.paths[i]))
-        axes[0, i].set_title(scan.images.paths[i].name, fontsize=8)
+        axes[0, i].set_title(name if len(name) <= 24 else name[:21] + "...", fontsize=8)
         image = axes[1, i].imshow(patch[i], cmap="viridis", vmin=0.0, vmax=vmax)
-        prefix = ", ".join(f"{labels[t]} {norms[i, t]:,.0f}" for t in range(layout.num_prefix))
-        axes[1, i].set_title(prefix, fontsize=6, wrap=True)
+        prefix = "\n".join(f"{labels[t]}: {norms[i, t]:,.0f}" for t in range(layout.num_prefix))
+        axes[1, i].set_xlabel(prefix, fontsize=7, linespacing=1.1)
         for ax in axes[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
+    fig.suptitle(wrap_title(f"{scan.result.model}: token output norms, block {block}", 120), fontsize=10)
+    fig.text(0.01, 0.01, "below each grid: the norms of the class and register tokens", fontsize=7, color="0.3")
+    fig.tight_layout(rect=(0, 0.03, 0.9, 0.95))
     if image is not None:
-        fig.colorbar(image, ax=axes[1, :].tolist(), shrink=0.8, label="patch token output norm")
-    fig.suptitle(f"{scan.result.model}: token output norms, block {block}", fontsize=10)
+        cax = fig.add_axes((0.92, 0.1, 0.015, 0.35))
+        fig.colorbar(image, cax=cax, label="patch token output norm")
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -56,13 +70,23 @@ def _tokens_for_3d(scan: ImageScan, limit: int = 24) -> list[int]:
 
 
 def _fmt(value: float) -> str:
+    if value != value:
+        return "-"
     return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def show_image_scan(scan: ImageScan, console: Console) -> None:
+    """The first image's block table, then the sites flagged over all images."""
+    scan.result.show(console)
+    sites = scan.sites_over_images()
+    flagged = ", ".join(f"{s['token_text']} dim {s['dim']} on {s['num_images']}" for s in sites[:8])
+    console.print(f"Over {len(scan.images)} images: {flagged or 'nothing flagged'}", markup=False)
 
 
 def markdown_report(scan: ImageScan, data: dict, figures: dict[str, str]) -> str:
     result, over = scan.result, data["over_images"]
     lines = [
-        f"# massact scan: {result.model} on {len(scan.images)} images",
+        f"# massact scan: {md_escape(result.model)} on {len(scan.images)} images",
         "",
         f"- blocks: {result.num_blocks} (`{result.structure.blocks_path}`), hidden size {result.hidden_size}, "
         f"dtype {result.dtype}",
@@ -132,7 +156,7 @@ def write_image_scan_outputs(scan: ImageScan, directory: Path, norm_block: int |
                 [scan.result.tokens[t] for t in chosen],
                 directory / ACTIVATIONS_PNG,
                 title=f"{scan.images.paths[0].name}: block {block} output",
-                highlight_dims=scan.result.summary["dims"][:6],
+                highlight_dims=scan.result.summary["dims"],
             )
         )
         figures[f"|activation| over tokens x dims, block {block}, first image"] = ACTIVATIONS_PNG

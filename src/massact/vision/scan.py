@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -17,6 +18,7 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.scan import ScanResult, find_massive, summarize_massive
+from massact.vision import report
 from massact.vision.images import ImageSet, open_image
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 
@@ -36,7 +38,34 @@ def batches(images: ImageSet, size: int) -> Iterator[tuple[int, list]]:
 
 
 def _records_topk(records: list[BlockRecord], rank: int) -> list[float]:
-    return [float(r.top_magnitudes[rank - 1]) if r.top_values.numel() >= rank else math.nan for r in records]
+    return [
+        float(r.top_magnitudes[rank - 1]) if r.top_values.numel() >= rank and not r.all_nonfinite else math.nan
+        for r in records
+    ]
+
+
+@dataclass(frozen=True)
+class ImageScanConfig:
+    """What an image scan measures and keeps."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    top_k: int = 16  # largest activations kept per block
+    keep: int | None = None  # keep this block's output of the first image (3D figure)
+    keep_first_massive: bool = False  # keep the first massive block's output of the first image
+    batch_size: int = 8  # images per forward pass
+    num_images: int | None = None  # scan at most this many images, spread over the set
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+    progress: bool = True  # a progress bar on a terminal
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_k, int) or self.top_k < 1:
+            raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise MassactError(f"--batch-size {self.batch_size}: must be at least 1")
+        if self.num_images is not None and self.num_images < 1:
+            raise MassactError(f"--num-images {self.num_images}: must be at least 1")
+        if self.keep is not None and self.keep < 0:
+            raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
 
 
 @dataclass
@@ -135,6 +164,14 @@ class ImageScan:
         data["token_norms"] = self.norm_summary(norm_block)
         return data
 
+    def show(self, console: Console) -> None:
+        """The first image's block table and one line over all images."""
+        report.show_image_scan(self, console)
+
+    def write(self, out: Path) -> None:
+        """scan.json, report.md and the figures into `out`."""
+        report.write_image_scan_outputs(self, out)
+
 
 def _norm_hooks(structure: Structure, store: dict[int, torch.Tensor]):
     def hook_for(index: int):
@@ -192,7 +229,10 @@ def scan_images(
     summary = summarize_massive(massive, labels, kinds)
     kept = dict(first.kept)
     if keep_first_massive and keep is None:
-        ratios = [abs(float(r.top_values[0])) / r.median if r.median > 0 else 0.0 for r in first.blocks]
+        ratios = [
+            abs(float(r.top_values[0])) / r.median if r.median > 0 and not r.all_nonfinite else 0.0
+            for r in first.blocks
+        ]
         target = summary["first_block"]
         if target is None:
             target = max(range(len(ratios)), key=ratios.__getitem__)
@@ -212,6 +252,8 @@ def scan_images(
         kept=kept,
         prompt=None,
         dtype=str(pipeline.dtype).removeprefix("torch."),
+        source=getattr(loaded, "source", None),
+        quantization=getattr(loaded, "quantization", None),
     )
     return ImageScan(
         result=result,
@@ -219,4 +261,20 @@ def scan_images(
         images=images,
         records=[r.blocks for r in records],
         norms=torch.cat(norms),
+    )
+
+
+def run(loaded: LoadedModel, images: ImageSet, config: ImageScanConfig | None = None) -> ImageScan:
+    """Scan a vision model on `images` (at most `config.num_images`, spread over the set)."""
+    config = config or ImageScanConfig()
+    return scan_images(
+        loaded,
+        images.spread(config.num_images),
+        thresholds=config.thresholds,
+        top_k=config.top_k,
+        keep=config.keep,
+        keep_first_massive=config.keep_first_massive,
+        batch_size=config.batch_size,
+        blocks_path=config.blocks_path,
+        progress=config.progress,
     )

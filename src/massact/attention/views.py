@@ -1,0 +1,158 @@
+"""The terminal table, the Markdown report and the files of an attention analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from massact.attention.figures import plot_attention_map, plot_constancy, plot_sinks
+from massact.format import md_escape
+from massact.outputs import write_json
+from massact.report.markdown import inline_code
+from massact.report.tables import numeric_column, print_table
+
+if TYPE_CHECKING:
+    from massact.attention.analyze import AttentionResult
+
+COLUMNS = ("block", "sink", "imp 1st", "mass C", "C cos", "C var", "C share", "Δ mean", "Δ zero")
+CAPTION = (
+    "sink: fraction of heads whose first-token importance > {threshold}; imp 1st: mean over heads of the first "
+    "token's importance; mass C: attention mass on C; C cos / C var / C share: the C part of the output (all heads) - "
+    "cosine to its mean over queries, relative variance, share of the output norm; Δ mean / Δ zero: |block output "
+    "change| / |block update| with the C part replaced by its mean / removed"
+)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _positions(positions: list[int]) -> str:
+    return ", ".join(map(str, positions))
+
+
+def tokens_sentence(result: AttentionResult) -> str:
+    """The tokens C and where massive activations start, in plain words."""
+    sinks = result.sequences[0].sinks
+    count = len(result.sequences)
+    first = result.first_massive_block
+    where = "the first sequence" if count > 1 else "the sequence"
+    if result.tokens_chosen:
+        c = f"C is the chosen token{'s' if len(sinks) != 1 else ''} at position{'s' if len(sinks) != 1 else ''} " + (
+            _positions(sinks) or "(none)"
+        )
+    elif sinks:
+        shown = ", ".join(f"{p} ({result.tokens[p]!r})" if p < len(result.tokens) else str(p) for p in sinks)
+        c = f"C is the massive-activation token{'s' if len(sinks) != 1 else ''} of {where}: {shown}"
+    else:
+        c = f"No token of {where} has massive activations, so C is empty"
+    if first is None:
+        massive = "no block has massive activations"
+    else:
+        earliest = f" (the earliest over the {count} sequences)" if count > 1 else ""
+        massive = f"massive activations appear from block {first}{earliest}"
+    return f"{c}; {massive}."
+
+
+def show_attention(result: AttentionResult, console: Console) -> None:
+    """One row per block: sink heads, first-token importance, mass on C, C-part constancy, replacement effect."""
+    title = f"{escape(result.model)}: attention per block, {len(result.sequences)} sequence(s)"
+    table = Table(title=title, caption=CAPTION.format(threshold=result.options.threshold))
+    for name in COLUMNS:
+        numeric_column(table, name)
+    for r in result.block_summary():
+        table.add_row(
+            str(r["index"]),
+            f"{r['sink_fraction']:.2f}",
+            _fmt(r["first_token_importance"]),
+            _fmt(r["massive_mass"]),
+            _fmt(r["block_c_cosine"]),
+            _fmt(r["block_c_relvar"]),
+            _fmt(r["block_c_share"]),
+            _fmt(r["replace_mean_change"]),
+            _fmt(r["replace_zero_change"]),
+        )
+    print_table(console, table)
+    console.print(tokens_sentence(result), markup=False)
+
+
+def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
+    """A short report: where the inputs came from, the tokens C, one row per block, the figures."""
+    source = result.source
+    lines = [f"# massact attention: {md_escape(result.model)}", ""]
+    if result.model_source and result.model_source != result.model:
+        lines.append(f"- model file: {inline_code(result.model_source)}")
+    if result.quantization:
+        lines.append(f"- weights: {md_escape(result.quantization)}")
+    if "corpus" in source:
+        prefix = result.prefix_tokens or []
+        start = ", each starting with " + ", ".join(inline_code(t) for t in prefix) if prefix else ""
+        lines.append(
+            f"- input: {source['samples']} windows of {source['seq_len']} tokens from {inline_code(source['corpus'])} "
+            f"(seed {source['seed']}){start}"
+        )
+    elif "prompt" in source:
+        lines.append(f"- prompt: {inline_code(source['prompt'])} ({len(result.tokens)} tokens)")
+    lines += [
+        f"- {result.num_blocks} blocks, {result.num_heads} heads; sink head: first-token importance > "
+        f"{result.options.threshold}",
+        "",
+        md_escape(tokens_sentence(result)),
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---:|" * len(COLUMNS),
+    ]
+    for r in result.block_summary():
+        cells = [
+            str(r["index"]),
+            f"{r['sink_fraction']:.2f}",
+            *(
+                _fmt(r[k])
+                for k in (
+                    "first_token_importance",
+                    "massive_mass",
+                    "block_c_cosine",
+                    "block_c_relvar",
+                    "block_c_share",
+                    "replace_mean_change",
+                    "replace_zero_change",
+                )
+            ),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", md_escape(CAPTION.format(threshold=result.options.threshold)) + "."]
+    for caption, name in figures.items():
+        lines += ["", f"![{caption}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_attention(result: AttentionResult, out: Path) -> None:
+    """attention.json, the heatmap(s), the per-block figures and report.md into `out`."""
+    rows = result.block_summary()
+    write_json(out / "attention.json", result.to_json())
+    first = result.sequences[0]
+    block = result.heatmap_block
+    figures = {}
+    which = f", first of {len(result.sequences)} sequences" if len(result.sequences) > 1 else ""
+    if first.heatmap is not None:
+        name = f"attention_block{block}.png"
+        title = f"{result.model}: block {block}, attention probabilities (mean over heads{which})"
+        plot_attention_map(first.heatmap, result.tokens, out / name, title)
+        figures[f"Attention probabilities at block {block}, first sequence"] = name
+    if first.heatmap_logits is not None:
+        name = f"attention_logits_block{block}.png"
+        title = f"{result.model}: block {block}, attention logits (mean over heads{which})"
+        plot_attention_map(first.heatmap_logits, result.tokens, out / name, title, "logit")
+        figures[f"Attention logits at block {block}, first sequence"] = name
+    fm = result.first_massive_block
+    c_name = "chosen tokens" if result.tokens_chosen else "massive tokens"
+    plot_sinks(rows, out / "attention_sinks.png", f"{result.model}: attention sinks per block", fm, c_name)
+    figures["Sink heads and attention on C per block"] = "attention_sinks.png"
+    title = f"{result.model}: the {c_name}' attention output"
+    plot_constancy(rows, out / "attention_bias.png", title, fm)
+    figures["How constant the C part of the attention output is, per block"] = "attention_bias.png"
+    (out / "report.md").write_text(markdown_report(result, figures), encoding="utf-8")

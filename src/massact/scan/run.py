@@ -1,0 +1,118 @@
+"""`run`: one forward pass, every block summarised, massive activations located."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from massact.capture.forward import run_forward
+from massact.capture.stats import capture_block_stats
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.models.loading import LoadedModel
+from massact.models.structure import find_structure
+from massact.scan.result import ScanResult, find_massive, summarize_massive
+from massact.scan.tokens import DEFAULT_PROMPT, TextInput, ids_input, tokenize_prompt
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """What a scan measures and keeps."""
+
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    top_k: int = 16  # largest activations kept per block
+    keep: int | None = None  # keep this block's output (for the 3D figure)
+    keep_first_massive: bool = False  # keep the first massive block's output (a second, hooked pass)
+    add_special_tokens: bool = True  # tokenize a text prompt with the tokenizer's special tokens (BOS, ...)
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.thresholds, Thresholds):
+            raise MassactError("thresholds must be a massact.detect.Thresholds")
+        if not isinstance(self.top_k, int) or self.top_k < 1:
+            raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
+        if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 0):
+            raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
+
+
+def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: ScanConfig | None = None) -> ScanResult:
+    """Run `inputs` (a prompt, token ids [1, tokens] or a `TextInput`) through the model once; report every block.
+
+    `config.keep` keeps that block's output; `config.keep_first_massive` keeps the first massive
+    block's output (found by a second, hooked pass) for the 3D figure.
+    """
+    config = config or ScanConfig()
+    structure = find_structure(loaded.model, config.blocks_path)
+    if config.keep is not None and not 0 <= config.keep < len(structure):
+        raise MassactError(f"--keep {config.keep} is out of range; the model has blocks 0..{len(structure) - 1}")
+    if isinstance(inputs, str):
+        text, prompt = tokenize_prompt(loaded, inputs, config.add_special_tokens), inputs
+    elif isinstance(inputs, TextInput):
+        text, prompt = inputs, None
+    else:
+        text, prompt = ids_input(loaded, inputs), None
+    thresholds = config.thresholds
+    keep_set = () if config.keep is None else (config.keep,)
+    with capture_block_stats(loaded.model, structure, top_k=config.top_k, thresholds=thresholds, keep=keep_set) as c:
+        run_forward(loaded.model, text.input_ids)
+        (record,) = c.pop()
+    extra = int(record.blocks[0].positions.numel()) - len(text.tokens)
+    if extra > 0:  # the model prepends learned tokens of its own (e.g. a sink token) at positions 0..extra-1
+        text = TextInput(text.input_ids, ["<extra>"] * extra + text.tokens, [True] * extra + text.special)
+    kinds = text.kinds
+    massive = find_massive(record.blocks, text.tokens, kinds)
+    summary = summarize_massive(massive, text.tokens, kinds)
+    kept = dict(record.kept)
+    if config.keep_first_massive and config.keep is None:
+        ratios = [
+            abs(float(r.top_values[0])) / r.median if r.median > 0 and not r.all_nonfinite else 0.0
+            for r in record.blocks
+        ]
+        target = (
+            summary["first_block"]
+            if summary["first_block"] is not None
+            else max(range(len(ratios)), key=ratios.__getitem__)
+        )
+        with capture_block_stats(loaded.model, structure, top_k=1, thresholds=thresholds, keep=(target,)) as c:
+            run_forward(loaded.model, text.input_ids)
+            kept = c.pop()[0].kept
+    return ScanResult(
+        model=loaded.name,
+        structure=structure,
+        hidden_size=int(record.blocks[0].dim_max.numel()),
+        tokens=text.tokens,
+        kinds=kinds,
+        thresholds=thresholds,
+        records=record.blocks,
+        massive=massive,
+        summary=summary,
+        kept=kept,
+        prompt=prompt,
+        dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        source=getattr(loaded, "source", None),
+        quantization=getattr(loaded, "quantization", None),
+    )
+
+
+def scan(
+    loaded: LoadedModel,
+    prompt: str = DEFAULT_PROMPT,
+    *,
+    thresholds: Thresholds | None = None,
+    top_k: int = 16,
+    keep: int | None = None,
+    keep_first_massive: bool = False,
+    add_special_tokens: bool = True,
+    blocks_path: str | None = None,
+) -> ScanResult:
+    """`run` with keyword options: scan `prompt` once and report every block and every massive activation."""
+    config = ScanConfig(
+        thresholds=thresholds or Thresholds(),
+        top_k=top_k,
+        keep=keep,
+        keep_first_massive=keep_first_massive,
+        add_special_tokens=add_special_tokens,
+        blocks_path=blocks_path,
+    )
+    return run(loaded, prompt, config)

@@ -1,0 +1,174 @@
+"""The terminal table, the Markdown report and the files of a scan."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from massact.format import md_code, md_escape, show_token
+from massact.outputs import write_json
+from massact.report.figures import plot_activations_3d, plot_layerwise
+from massact.report.markdown import inline_code, plural
+from massact.report.tables import numeric_column, print_table
+
+if TYPE_CHECKING:
+    from massact.scan.result import ScanResult
+
+LAYERWISE_PNG = "layerwise.png"
+ACTIVATIONS_PNG = "activations_3d.png"
+
+
+def fmt(value: float) -> str:
+    """A magnitude: thousands separators from 10 up, three significant digits below; `-` for none."""
+    if value != value:
+        return "-"
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+def model_line(result: ScanResult) -> str:
+    """The model's name, with the file it came from and how it was quantized when known."""
+    extra = [part for part in (result.source, result.quantization) if part and part != result.model]
+    return result.model + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def show_scan(result: ScanResult, console: Console) -> None:
+    """A table of every block: top activation, where it sits, the median and the ratio."""
+    table = Table(title=f"massact scan: {escape(model_line(result))}", title_justify="left")
+    for column in ("block", "top |x|", "value", "token", "dim", "median", "ratio", "massive"):
+        if column == "token":
+            table.add_column(column, justify="left")
+        else:
+            numeric_column(table, column)
+    flagged = {m.block for m in result.massive}
+    for index, record in enumerate(result.records):
+        style = "bold red" if index in flagged or record.nonfinite else None
+        massive = str(int(record.massive_values.numel())) + ("!" if record.nonfinite else "")
+        if record.all_nonfinite:
+            label = f"all {record.nonfinite_kind}"
+            table.add_row(str(index), label, label, "-", "-", "-", "-", massive, style=style)
+            continue
+        value = float(record.top_values[0])
+        token = int(record.top_tokens[0])
+        ratio = abs(value) / record.median if record.median > 0 else math.inf
+        table.add_row(
+            str(index),
+            fmt(abs(value)),
+            fmt(value),
+            escape(f"{token} {show_token(result.tokens[token])}"),
+            str(int(record.top_dims[0])),
+            fmt(record.median),
+            fmt(ratio),
+            massive,
+            style=style,
+        )
+    print_table(console, table)
+    summary = result.summary
+    if summary["first_block"] is None:
+        console.print(
+            f"No massive activations (|x| > {result.thresholds.abs:g} and >= {result.thresholds.ratio:g} x median)."
+        )
+    else:
+        tokens = ", ".join(f"{t['token']} {show_token(t['token_text'])} ({t['token_kind']})" for t in summary["tokens"])
+        console.print(
+            f"Massive activations in blocks {summary['first_block']}..{summary['last_block']}, "
+            f"{plural(len(summary['dims']), 'dim')} {', '.join(map(str, summary['dims']))}, "
+            f"{plural(len(summary['tokens']), 'token')} {tokens}",
+            markup=False,
+        )
+    bad = [i for i, r in enumerate(result.records) if r.nonfinite]
+    if bad:
+        console.print(
+            f"[bold red]inf/NaN in the output of blocks {', '.join(map(str, bad))}[/] "
+            "(fp16 overflows at 65,504; try bfloat16)"
+        )
+
+
+def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
+    """A short report a person reads, figures embedded by relative path."""
+    s = result.summary
+    lines = [
+        f"# massact scan: {md_escape(result.model)}",
+        "",
+    ]
+    if result.source and result.source != result.model:
+        lines.append(f"- model file: {inline_code(result.source)}")
+    if result.quantization:
+        lines.append(f"- weights: {md_escape(result.quantization)}")
+    lines += [
+        f"- blocks: {result.num_blocks} ({inline_code(result.structure.blocks_path)}), "
+        f"hidden size {result.hidden_size}, dtype {result.dtype}",
+        f"- prompt: {inline_code(result.prompt or '')} ({len(result.tokens)} tokens)",
+        f"- criterion: \\|x\\| > {result.thresholds.abs:g} and \\|x\\| >= {result.thresholds.ratio:g} x block median",
+        "",
+    ]
+    if s["first_block"] is None:
+        lines.append("**No massive activations found.**")
+    else:
+        lines += [
+            f"**Massive activations** appear at block {s['first_block']} and last until block {s['last_block']}, "
+            f"in {plural(len(s['dims']), 'dim')} {', '.join(map(str, s['dims']))}.",
+            "",
+            "| token | text | kind | dim | blocks | peak value | peak block | ratio to median |",
+            "|---:|---|---|---:|---|---:|---:|---:|",
+        ]
+        for site in s["sites"]:
+            lines.append(
+                f"| {site['token']} | {md_code(site['token_text'])} | {site['token_kind']} | {site['dim']} | "
+                f"{site['first_block']}-{site['last_block']} | {site['peak_value']:,.1f} | {site['peak_block']} | "
+                f"{site['peak_ratio']:,.0f} |"
+            )
+    lines += [
+        "",
+        "## Per block",
+        "",
+        "| block | top 1 | top 2 | top 3 | median | top-1 / median |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    top1, top2, top3 = (result.top_magnitudes(r) for r in (1, 2, 3))
+    med = result.medians()
+    for i, record in enumerate(result.records):
+        if record.all_nonfinite:
+            label = f"all {record.nonfinite_kind}"
+            lines.append(f"| {i} | {label} | {label} | {label} | - | - |")
+            continue
+        ratio = f"{top1[i] / med[i]:,.0f}" if med[i] > 0 else "inf"
+        lines.append(f"| {i} | {fmt(top1[i])} | {fmt(top2[i])} | {fmt(top3[i])} | {fmt(med[i])} | {ratio} |")
+    bad = [i for i, r in enumerate(result.records) if r.nonfinite]
+    if bad:
+        lines += ["", f"inf/NaN in the output of blocks {', '.join(map(str, bad))}."]
+    for caption, name in figures.items():
+        lines += ["", f"![{caption}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_scan(result: ScanResult, directory: Path) -> None:
+    """scan.json, the two figures and report.md into `directory`."""
+    write_json(directory / "scan.json", result.to_json())
+    figures = {}
+    plot_layerwise(
+        {
+            "top 1": result.top_magnitudes(1),
+            "top 2": result.top_magnitudes(2),
+            "top 3": result.top_magnitudes(3),
+            "median": result.medians(),
+        },
+        directory / LAYERWISE_PNG,
+        title=f"{result.model}: largest activations per block",
+    )
+    figures["Top-1/2/3 magnitudes and median per block"] = LAYERWISE_PNG
+    if result.kept:
+        block, hidden = next(iter(sorted(result.kept.items())))
+        plot_activations_3d(
+            hidden,
+            result.tokens,
+            directory / ACTIVATIONS_PNG,
+            title=f"{result.model}: block {block} output",
+            highlight_dims=result.summary["dims"],
+        )
+        figures[f"|activation| over tokens x dims, block {block}"] = ACTIVATIONS_PNG
+    (directory / "report.md").write_text(markdown_report(result, figures), encoding="utf-8")

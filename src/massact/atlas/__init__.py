@@ -1,0 +1,10 @@
+"""Many models side by side: massive sites, constancy, super weights, sinks, headroom and W8A8 cost per model.
+
+`run(models, AtlasConfig(...), out) -> AtlasResult`; finished models in `out` are reused on a rerun.
+"""
+
+from massact.atlas.config import STEPS, AtlasConfig
+from massact.atlas.result import AtlasResult
+from massact.atlas.run import run
+
+__all__ = ["STEPS", "AtlasConfig", "AtlasResult", "run"]

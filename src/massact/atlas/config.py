@@ -1,0 +1,47 @@
+"""Every knob of an atlas run, checked before any model is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from massact.data.corpus import DEFAULT_CORPUS
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.scan import DEFAULT_PROMPT
+
+STEPS = ("scan", "corpus", "trace", "attention", "quant")
+
+
+@dataclass(frozen=True)
+class AtlasConfig:
+    """What each model goes through: the scan prompt, the corpus windows, and which analyses run."""
+
+    prompt: str = DEFAULT_PROMPT
+    corpus: str = DEFAULT_CORPUS
+    samples: int = 8
+    seq_len: int = 128
+    seed: int = 0
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    steps: tuple[str, ...] = STEPS
+    dtype: str = "auto"
+    device: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.prompt or not self.prompt.strip():
+            raise MassactError("the prompt is empty; give --prompt TEXT with some text")
+        if self.samples < 1:
+            raise MassactError(f"--samples {self.samples}: must be at least 1")
+        if self.seq_len < 2:
+            raise MassactError(f"--seq-len {self.seq_len}: must be at least 2")
+        if not self.corpus:
+            raise MassactError("--corpus is empty; give a corpus name (e.g. shakespeare) or a text file")
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise MassactError(f"--steps {','.join(unknown)}: unknown; choose from {', '.join(STEPS)}")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["thresholds"] = self.thresholds.to_json()
+        data["steps"] = list(self.steps)
+        return data

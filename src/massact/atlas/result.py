@@ -1,0 +1,213 @@
+"""The atlas of many models: atlas.json, a one-row-per-model table (terminal and atlas.md), a comparison figure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from massact.atlas.config import AtlasConfig
+from massact.outputs import write_json
+from massact.report.figures import plot_curves
+
+FORMAT = "massact-atlas/1"
+ATLAS_JSON = "atlas.json"
+ATLAS_MD = "atlas.md"
+COMPARISON_PNG = "comparison.png"
+COLUMNS = (
+    "model",
+    "architecture",
+    "blocks",
+    "hidden",
+    "params",
+    "massive dims",
+    "token kinds",
+    "massive blocks",
+    "peak value",
+    "peak ratio",
+    "corpus cv",
+    "super weights",
+    "sink heads before / after",
+    "fp16 headroom",
+    "bf16",
+    "fp8 E4M3",
+    "W8A8 ppl ratio (outlier tokens kept)",
+)
+
+TERMINAL_COLUMNS = (
+    "model",
+    "architecture",
+    "blocks",
+    "massive dims",
+    "massive blocks",
+    "peak value",
+    "peak ratio",
+    "corpus cv",
+    "sink heads before / after",
+    "fp16 headroom",
+    "W8A8 ppl ratio (outlier tokens kept)",
+)
+
+SHORT = {
+    "architecture": "arch",
+    "massive dims": "dims",
+    "massive blocks": "massive",
+    "peak ratio": "ratio",
+    "sink heads before / after": "sinks b/a",
+    "fp16 headroom": "fp16 room",
+    "W8A8 ppl ratio (outlier tokens kept)": "W8A8 (kept)",
+}
+
+
+def _num(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return f"{value:,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
+
+
+def _ratio(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _params(count) -> str:
+    if not isinstance(count, int):
+        return "-"
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
+
+
+def _headroom(row: dict, name: str) -> str:
+    room = (row.get("headroom") or {}).get(name)
+    if not room:
+        return "-"
+    over = room["first_overflow_block"]
+    return _num(room["peak_over_max"]) + ("" if over is None else f" (overflows at block {over})")
+
+
+def cells(row: dict) -> list[str]:
+    """One table row of text, in COLUMNS order; a failed model shows its reason."""
+    if row.get("status") != "ok":
+        return [row["model"], f"failed: {row.get('reason', '?')}"] + ["-"] * (len(COLUMNS) - 2)
+    massive = row.get("massive") or {}
+    constancy = row.get("constancy") or {}
+    sinks = row.get("sink_heads") or {}
+    quant = row.get("w8a8") or {}
+    sites = constancy.get("sites") or []
+    weights = row.get("super_weights") or []
+    first, last = massive.get("first_block"), massive.get("last_block")
+    return [
+        row["model"],
+        str(row.get("architecture", "-")),
+        _num(row.get("num_blocks")),
+        _num(row.get("hidden_size")),
+        _params(row.get("parameters")),
+        ", ".join(map(str, massive.get("dims") or [])) or ("-" if row.get("massive") is None else "none"),
+        ", ".join(massive.get("token_kinds") or []) or "-",
+        "-" if first is None else f"{first}-{last}",
+        _num(massive.get("peak_value")),
+        _num(massive.get("peak_ratio")),
+        _num(sites[0]["cv"]) if sites else "-",
+        "; ".join(
+            f"{w['module']} {w['coordinates']} ({_num(w['share_of_jump'], 2)} of jump)"
+            for w in weights
+            if w.get("coordinates")
+        )
+        or "-",
+        f"{_num(sinks.get('before'), 2)} / {_num(sinks.get('after'), 2)}" if sinks else "-",
+        _headroom(row, "fp16"),
+        _headroom(row, "bf16"),
+        _headroom(row, "fp8_e4m3"),
+        f"{_ratio(quant.get('ratio'))} ({_ratio(quant.get('ratio_outlier_tokens_kept'))})" if quant else "-",
+    ]
+
+
+def _md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("\n", " ")
+
+
+@dataclass
+class AtlasResult:
+    """One row per model, in the order given."""
+
+    rows: list[dict]
+    config: AtlasConfig
+
+    @property
+    def analysed(self) -> list[dict]:
+        return [r for r in self.rows if r.get("status") == "ok"]
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "config": self.config.to_json(), "models": self.rows}
+
+    def table(self) -> Table:
+        """The terminal view: the columns that fit a screen (atlas.md has them all)."""
+        table = Table(title="massact atlas", title_justify="left")
+        for name in TERMINAL_COLUMNS:
+            left = name in ("model", "architecture")
+            header = SHORT.get(name, name)
+            table.add_column(header, overflow="fold", no_wrap=True, justify="left" if left else "right")
+        keep = [COLUMNS.index(name) for name in TERMINAL_COLUMNS]
+        for row in self.rows:
+            if row.get("status") == "ok":
+                text = cells(row)
+                table.add_row(*(text[i] for i in keep))
+            else:
+                table.add_row(row["model"], "failed", *["-"] * (len(TERMINAL_COLUMNS) - 2), style="red")
+        return table
+
+    def show(self, console: Console) -> None:
+        if not console.is_terminal:
+            console.width = max(console.width, 160)
+        console.print(self.table())
+        for row in self.rows:
+            if row.get("status") != "ok":
+                console.print(f"{row['model']}: failed: {row.get('reason')}", highlight=False, markup=False)
+            for name, reason in (row.get("reasons") or {}).items():
+                console.print(f"{row['model']}: {name} is null ({reason})", highlight=False, markup=False)
+
+    def markdown(self) -> str:
+        cfg = self.config
+        lines = [
+            "# massact atlas",
+            "",
+            f"{len(self.analysed)} of {len(self.rows)} models analysed. Prompt `{_md(cfg.prompt)}`; constancy over "
+            f"{cfg.samples} windows of {cfg.seq_len} tokens of `{_md(cfg.corpus)}`; criterion |x| > "
+            f"{cfg.thresholds.abs:g} and >= {cfg.thresholds.ratio:g} x block median.",
+            "",
+            "| " + " | ".join(COLUMNS) + " |",
+            "|" + "|".join("---" for _ in COLUMNS) + "|",
+        ]
+        lines += ["| " + " | ".join(_md(c) for c in cells(row)) + " |" for row in self.rows]
+        reasons = [(r["model"], n, why) for r in self.rows for n, why in (r.get("reasons") or {}).items()]
+        if reasons:
+            lines += ["", "Fields left null:", ""] + [f"- {_md(m)}: `{n}` ({_md(why)})" for m, n, why in reasons]
+        lines += [
+            "",
+            "Headroom: peak |x| of any block output / the format's largest finite value (fp16 65,504; bf16 3.39e38; "
+            "fp8 E4M3 448). Super weights: the weight entry that writes the largest share of each site's jump. "
+            "Each model's own runs (scan, corpus, trace, attention, quant) are in its folder.",
+            "",
+            f"![peak ratio per block, all models]({COMPARISON_PNG})",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out: Path) -> None:
+        """atlas.json, atlas.md and comparison.png into `out`."""
+        write_json(out / ATLAS_JSON, self.to_json())
+        (out / ATLAS_MD).write_text(self.markdown(), encoding="utf-8")
+        curves = {}
+        for row in self.analysed:
+            ratios = row.get("block_peak_ratio") or []
+            if ratios:
+                depth = [i / max(len(ratios) - 1, 1) for i in range(len(ratios))]
+                curves[row["model"]] = (depth, [r if isinstance(r, (int, float)) else float("nan") for r in ratios])
+        plot_curves(
+            curves, out / COMPARISON_PNG, "peak |x| / median per block", "depth (block / last block)", "top-1 / median"
+        )

@@ -1,0 +1,75 @@
+"""`massact atlas`: many models side by side, one row each."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+import massact.atlas
+from massact.atlas import STEPS, AtlasConfig
+from massact.commands.common import (
+    AbsThresholdOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    OutOpt,
+    RatioThresholdOpt,
+    TrustOpt,
+    emit_result,
+)
+from massact.data.corpus import DEFAULT_CORPUS
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.outputs import check_output_dir
+from massact.scan import DEFAULT_PROMPT
+
+
+def atlas_command(
+    models: Annotated[list[str], typer.Argument(help="Models: 'default', .gguf files, model directories or hub ids.")],
+    corpus: Annotated[
+        str, typer.Option("--corpus", help="Corpus of the constancy and W8A8 windows (shakespeare works offline).")
+    ] = DEFAULT_CORPUS,
+    samples: Annotated[int, typer.Option("--samples", help="Corpus windows per model.")] = 8,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per corpus window.")] = 128,
+    prompt: Annotated[str, typer.Option("--prompt", help="Prompt of the scan, trace and attention steps.")] = (
+        DEFAULT_PROMPT
+    ),
+    steps: Annotated[
+        str, typer.Option("--steps", help=f"Comma-separated analyses to run: {','.join(STEPS)}.")
+    ] = ",".join(STEPS),
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = None,
+    trust_remote_code: TrustOpt = False,
+) -> None:
+    """Analyse each MODEL (scan, corpus constancy, super weights, sinks, headroom, W8A8) into one table.
+
+    A model that fails to load is a row with the reason. With --out, each model's runs are kept in its
+    own folder and a rerun skips the models already finished.
+    """
+    config = AtlasConfig(
+        prompt=prompt,
+        corpus=corpus,
+        samples=samples,
+        seq_len=seq_len,
+        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        steps=tuple(s.strip() for s in steps.split(",") if s.strip()),
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+    if out is not None:
+        check_output_dir(out)
+    result = massact.atlas.run(models, config, out)
+    if not result.analysed:
+        reasons = "; ".join(f"{r['model']}: {r.get('reason', '?')}" for r in result.rows)
+        raise MassactError(f"no model could be analysed ({reasons}); check the model paths or names")
+    emit_result(result, out, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("atlas")(atlas_command)

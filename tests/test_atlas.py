@@ -1,0 +1,159 @@
+"""`massact atlas`: planted models of two families side by side, a failing model as a row, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from cli_runner import run
+from planting import MARK, VOCAB, plant_massive, tiny_model
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from massact.atlas.headroom import FORMATS, headroom
+
+PROMPT = "Summer is warm. Winter is cold."
+WORDS = ["is", "warm", ".", "Winter", "cold", "and", "the", "sun", "snow", "falls", "rises", ","]
+TEXT = "Summer is warm. Winter is cold, and the snow falls. Summer sun rises. " * 30
+PLANT = {"llama": (1, 11), "gpt2": (2, 20)}  # block, dim
+
+
+def word_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
+    """Whole words; 'Summer' is the planted token id; with `bos`, every text starts with <s> (as LLaMA's do)."""
+    vocab = {"<s>": 0, "[UNK]": 1, "Summer": MARK} | {w: 10 + i for i, w in enumerate(WORDS)}
+    assert max(vocab.values()) < VOCAB
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>" if bos else None)
+
+
+@pytest.fixture(scope="module")
+def planted_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A planted LLaMA whose tokenizer adds a BOS and a planted GPT-2 without one, saved to folders."""
+    dirs = {}
+    for family, (block, dim) in PLANT.items():
+        folder = tmp_path_factory.mktemp(f"planted-{family}")
+        model = tiny_model(family)
+        plant_massive(model, block=block, token=0, dim=dim)
+        model.save_pretrained(folder)
+        word_tokenizer(bos=family == "llama").save_pretrained(folder)
+        dirs[family] = folder
+    corpus = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    dirs["corpus"] = corpus
+    return dirs
+
+
+def _atlas(dirs: dict[str, Path], out: Path, *models: str, extra: tuple[str, ...] = ()) -> list[str]:
+    corpus = ["--corpus", str(dirs["corpus"]), "--samples", "2", "--seq-len", "16"]
+    return ["atlas", *models, *corpus, "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def atlas_run(planted_dirs, tmp_path_factory):
+    """The command line of one atlas over the planted LLaMA, the planted GPT-2 and a path with no model."""
+    out = tmp_path_factory.mktemp("atlas") / "out"
+    missing = str(out.parent / "no-such-model")
+    argv = _atlas(planted_dirs, out, str(planted_dirs["llama"]), str(planted_dirs["gpt2"]), missing, extra=("--json",))
+    return argv, out, missing
+
+
+def _row(data: dict, model: Path | str) -> dict:
+    return next(r for r in data["models"] if r["model"] == str(model))
+
+
+def _scan_json(out: Path, row: dict) -> dict:
+    return json.loads((out / row["folder"] / "scan" / "scan.json").read_text())
+
+
+def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs, capsys):
+    argv, out, missing = atlas_run
+    code, stdout, stderr = run(argv, capsys)
+    assert code in (0, None), stderr
+    data = json.loads(stdout)
+    assert data == json.loads((out / "atlas.json").read_text())
+    assert [r["model"] for r in data["models"]] == [str(planted_dirs["llama"]), str(planted_dirs["gpt2"]), missing]
+    for family, kind in (("llama", "other"), ("gpt2", "first")):  # LLaMA's tokenizer puts a BOS before the plant
+        block, dim = PLANT[family]
+        row = _row(data, planted_dirs[family])
+        assert row["status"] == "ok" and row["reasons"] == {}, row.get("reasons")
+        assert row["num_blocks"] == 4 and row["hidden_size"] == 32
+        assert row["parameters"] == sum(p.numel() for p in tiny_model(family).parameters())
+        massive = row["massive"]
+        assert massive["dims"] == [dim] and massive["token_kinds"] == [kind] and massive["tokens"] == ["Summer"]
+        assert (massive["first_block"], massive["last_block"]) == (block, 3)
+        scan = _scan_json(out, row)
+        assert massive["peak_value"] == scan["summary"]["sites"][0]["peak_value"]
+        peaks = [b["top"][0]["magnitude"] for b in scan["blocks"]]
+        assert row["block_peak_ratio"] == [b["top1_ratio"] for b in scan["blocks"]]
+        for name, limit in FORMATS.items():
+            room = row["headroom"][name]
+            assert room["peak_over_max"] == max(peaks) / limit
+            assert room["first_overflow_block"] == next((i for i, p in enumerate(peaks) if p > limit), None)
+        (weight,) = row["super_weights"]  # the planted unit 5 of the block's down-projection writes the jump
+        assert weight["block"] == block and weight["coordinates"] == [dim, 5]
+        assert weight["share_of_jump"] > 0.99
+        sites = row["constancy"]["sites"]
+        assert sites[0]["dim"] == dim and sites[0]["cv"] < 0.01 and sites[0]["frequency"] == 1.0
+        assert 0.0 <= row["sink_heads"]["before"] <= 1.0
+        assert row["w8a8"]["ratio"] > 0 and row["w8a8"]["ratio_outlier_tokens_kept"] > 0
+        for step in ("scan", "corpus", "trace", "attention", "quant"):
+            assert (out / row["folder"] / step / "report.html").is_file()
+    failed = data["models"][2]
+    assert failed["status"] == "failed" and "no such file" in failed["reason"]
+    assert not (out / "no-such-model").exists()
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "atlas.md").read_text()
+    assert table.count(f"| {planted_dirs['gpt2']} | GPT2LMHeadModel | 4 | 32 |") == 1
+    assert f"| {missing} | failed: " in table
+    for step in ("scan", "corpus", "trace", "attention", "quant"):
+        assert f"{planted_dirs['llama']}: {step} ..." in stderr  # progress per model and step
+
+
+def test_rerun_resumes_finished_models(atlas_run, planted_dirs, capsys):
+    argv, out, missing = atlas_run
+    first = json.loads((out / "atlas.json").read_text())
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/row.json")}
+    assert len(stamps) == 2
+    code, stdout, stderr = run(argv, capsys)
+    assert code in (0, None)
+    assert stderr.count("finished earlier") == 2 and ": scan ..." not in stderr
+    assert f"[3/3] loading {missing}" in stderr  # a model that failed is tried again
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/row.json")} == stamps
+    assert json.loads(stdout) == first
+    code, _, stderr = run([*argv, "--steps", "scan"], capsys)  # other settings: the models are redone
+    assert code in (0, None) and "finished earlier" not in stderr and f"{planted_dirs['gpt2']}: scan ..." in stderr
+
+
+def test_no_model_analysed_is_exit_2_and_nothing_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["atlas", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)], capsys)
+    *progress, error = stderr.strip().splitlines()
+    assert code == 2 and error.startswith("massact: error: no model could be analysed")
+    assert all(line.startswith("[") for line in progress) and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(("--samples", "0"), "--samples 0"), (("--seq-len", "1"), "--seq-len 1"), (("--steps", "scan,x"), "--steps x")],
+)
+def test_bad_options_fail_before_any_model_is_loaded(planted_dirs, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    code, _, stderr = run(["atlas", str(planted_dirs["llama"]), "--out", str(out), *extra], capsys)
+    assert code == 2 and message in stderr and "loading" not in stderr and not out.exists()
+
+
+def test_headroom_per_format():
+    room = headroom([1.0, 70000.0, 500.0, None], nonfinite_blocks=[])
+    assert room["fp16"] == {"max_finite": 65504.0, "peak_over_max": 70000.0 / 65504.0, "first_overflow_block": 1}
+    assert room["fp8_e4m3"]["first_overflow_block"] == 1 and room["bf16"]["first_overflow_block"] is None
+    assert headroom([1.0, None], nonfinite_blocks=[1])["bf16"]["first_overflow_block"] == 1
+
+
+def test_planted_tokenizers_put_the_plant_where_the_test_expects():
+    assert word_tokenizer(bos=True)(PROMPT)["input_ids"][:2] == [0, MARK]
+    assert word_tokenizer(bos=False)(PROMPT)["input_ids"][0] == MARK
+    assert 1 not in word_tokenizer(bos=False)(TEXT)["input_ids"]  # every corpus word is known

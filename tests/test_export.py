@@ -10,8 +10,8 @@ from cli_runner import run
 from test_trace import BLOCK, CHANNEL, DIM, PLANT_TOKEN, planted_llama
 
 from massact.errors import MassactError
-from massact.export import FILES, FORMATS, measure_exports, parse_formats, read_export
 from massact.outputs import to_json_text
+from massact.quant.export import FILES, FORMATS, measure_exports, parse_formats, read_export
 
 # Windows of token ids: the planted token sits at position 0 of window 0 and at positions 2 and 5 of window 1.
 WINDOWS = torch.tensor([[PLANT_TOKEN, 1, 2, 3, 4, 6, 7, 8], [1, 2, PLANT_TOKEN, 3, 4, PLANT_TOKEN, 6, 7]])
@@ -102,12 +102,33 @@ def test_cli_model_without_massive_activations_writes_empty_valid_exports(tmp_pa
     corpus.write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
     out = tmp_path / "out"
     argv = ["export", str(tiny_model_dir), "--format", "all", "--corpus", str(corpus)]
-    code, _, err = run([*argv, "--samples", "2", "--seq-len", "32", "--out", str(out), "--device", "cpu"], capsys)
+    code, stdout, _ = run([*argv, "--samples", "2", "--seq-len", "32", "--out", str(out), "--device", "cpu"], capsys)
     assert code in (0, None)
-    assert "No massive activations" in err
+    assert "No massive activations" in stdout
     sites = read_export(out / FILES["sites"])
     tokens = read_export(out / FILES["outlier-tokens"])
     assert sites["sites"] == [] and sites["dims"] == [] and tokens["tokens"] == []
     assert tokens["first_position"]["carrying"] == 0
     scales = read_export(out / FILES["act-scales"])
     assert "model.layers.0.mlp.down_proj" in scales and scales["model.layers.0.mlp.down_proj"].shape == (64,)
+
+
+@pytest.mark.slow
+def test_cli_writes_every_format_by_default_and_prints_json(tmp_path, capsys, tiny_model_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["export", str(tiny_model_dir), "--corpus", str(corpus), "--samples", "2", "--seq-len", "32"]
+    code, stdout, _ = run([*argv, "--out", str(out), "--json", "--device", "cpu"], capsys)
+    assert code in (0, None)
+    data = json.loads(stdout)
+    assert data["formats"] == list(FORMATS) and sorted(data["files"]) == sorted(FILES.values())
+    assert set(FILES.values()) <= {p.name for p in out.iterdir()}
+    assert data["outlier_tokens"] == read_export(out / FILES["outlier-tokens"])
+    scales = read_export(out / FILES["act-scales"])
+    assert data["act_scales"] == pytest.approx({k: float(v.max()) for k, v in scales.items()})
+
+
+def test_cli_export_needs_out_or_json_before_loading(capsys):
+    code, stdout, err = run(["export", "no-such-model"], capsys)
+    assert code == 2 and "give --out DIR" in err and stdout == ""

@@ -8,8 +8,8 @@ from rich.table import Table
 
 
 def numeric_column(table: Table, name: str) -> None:
-    """A right-aligned column whose cells are never wrapped or shortened."""
-    table.add_column(name, justify="right", no_wrap=True, overflow="ignore")
+    """A right-aligned column whose numbers are never shortened (folded, never cut, in a narrow terminal)."""
+    table.add_column(name, justify="right", overflow="fold")
 
 
 def print_table(console: Console, table: Table) -> None:

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from rich.console import Console
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
+from massact.capture.forward import run_forward
 from massact.capture.hooks import forward_pre_hook
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.run import TokenText
@@ -32,9 +33,9 @@ from massact.corpus.summary import CorpusSummary
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.models.structure import find_structure
+from massact.models.structure import find_structure, is_linear
 from massact.outputs import write_json
-from massact.trace.linear import in_features, is_linear
+from massact.progress import track
 
 FILES = {"sites": "sites.json", "act-scales": "act_scales.safetensors", "outlier-tokens": "outlier_tokens.json"}
 FORMATS = tuple(FILES)
@@ -61,20 +62,31 @@ def parse_formats(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+def in_features(module: nn.Module) -> int:
+    """Input channels of an `nn.Linear` or a `Conv1D` (stored [in, out])."""
+    return module.in_features if isinstance(module, nn.Linear) else int(module.weight.shape[0])
+
+
 class ActScales:
-    """Running per-input-channel max |x| at every Linear, from forward pre-hooks (inputs without padding)."""
+    """Running per-input-channel max |x| at every Linear, from forward pre-hooks (kept on the input's device)."""
 
     def __init__(self, model: nn.Module) -> None:
         self.modules = {name: m for name, m in model.named_modules() if is_linear(m)}
-        self.maxima = {name: torch.zeros(in_features(m)) for name, m in self.modules.items()}
+        self._maxima = {name: torch.zeros(in_features(m)) for name, m in self.modules.items()}
 
     def hook_for(self, name: str):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             x = args[0] if args else next(iter(kwargs.values()))
-            peak = x.detach().reshape(-1, x.shape[-1]).abs().float().amax(0).cpu()
-            torch.maximum(self.maxima[name], torch.nan_to_num(peak, nan=0.0), out=self.maxima[name])
+            peak = torch.nan_to_num(x.detach().reshape(-1, x.shape[-1]).abs().float().amax(0), nan=0.0)
+            running = self._maxima[name]
+            self._maxima[name] = torch.maximum(running.to(peak.device), peak)
 
         return hook
+
+    @property
+    def maxima(self) -> dict[str, torch.Tensor]:
+        """Module name -> max |x| per input channel, on the CPU."""
+        return {name: m.cpu() for name, m in self._maxima.items()}
 
     @contextmanager
     def hooks(self) -> Iterator[ActScales]:
@@ -127,7 +139,7 @@ class ExportResult:
             "corpus": self.corpus,
             "windows": self.windows,
             "seed": self.seed,
-            "thresholds": {"abs": self.thresholds.abs, "ratio": self.thresholds.ratio},
+            "thresholds": self.thresholds.to_json(),
             "dims": sorted({s["dim"] for s in sites}),
             "token_kinds": sorted({s["token_kind"] for s in sites}),
             "blocks": sorted({s["block"] for s in sites}),
@@ -143,7 +155,7 @@ class ExportResult:
             "corpus": self.corpus,
             "windows": self.windows,
             "seed": self.seed,
-            "thresholds": {"abs": self.thresholds.abs, "ratio": self.thresholds.ratio},
+            "thresholds": self.thresholds.to_json(),
             "first_position": {"windows": samples, "carrying": first, "rate": first / samples if samples else 0.0},
             "tokens": [
                 {
@@ -184,6 +196,53 @@ class ExportResult:
         return written
 
 
+@dataclass
+class ExportFiles:
+    """An export with the formats chosen: what `massact export` prints and writes."""
+
+    result: ExportResult
+    formats: list[str]
+
+    def to_json(self) -> dict:
+        r = self.result
+        data: dict = {
+            "model": r.model,
+            "corpus": r.corpus,
+            "windows": r.windows,
+            "seed": r.seed,
+            "formats": self.formats,
+            "files": [FILES[name] for name in self.formats],
+        }
+        if "sites" in self.formats:
+            data["sites"] = r.sites()
+        if "outlier-tokens" in self.formats:
+            data["outlier_tokens"] = r.outlier_tokens()
+        if "act-scales" in self.formats:
+            data["act_scales"] = {name: float(m.max()) if m.numel() else 0.0 for name, m in r.act_scales.items()}
+        return data
+
+    def show(self, console: Console) -> None:
+        r = self.result
+        if not r.has_massive:
+            t = r.thresholds
+            console.print(
+                f"No massive activations in {r.windows[0]} windows of {r.windows[1]} tokens (|x| > {t.abs:g} and "
+                f">= {t.ratio:g} x median): the site and token lists are empty.",
+                highlight=False,
+            )
+            return
+        sites = r.sites()
+        tokens = r.outlier_tokens()["tokens"]
+        console.print(
+            f"{len(sites['sites'])} massive sites in dims {sites['dims']}, "
+            f"blocks {sites['blocks'][0]}..{sites['blocks'][-1]}; {len(tokens)} token ids carry them",
+            highlight=False,
+        )
+
+    def write(self, out: Path) -> None:
+        self.result.write(out, self.formats)
+
+
 def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount]) -> None:
     carried: dict[int, TokenCount] = {}
     for block, rec in enumerate(record.blocks):
@@ -214,8 +273,12 @@ def measure_exports(
     act_scales: bool = True,
     blocks_path: str | None = None,
     progress: bool = True,
+    prefix_tokens: list[str] | None = None,
 ) -> ExportResult:
-    """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales."""
+    """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales.
+
+    `prefix_tokens` names what every window starts with (the tokenizer's BOS; see `text_prefix`).
+    """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise MassactError("no windows to export from; give --samples of at least 1")
     thresholds = thresholds or Thresholds()
@@ -225,20 +288,22 @@ def measure_exports(
     scales = ActScales(model) if act_scales else None
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
-    device = loaded.device
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
         if scales is not None:
             stack.enter_context(scales.hooks())
-        for start in tqdm(range(0, windows.shape[0], batch_size), desc="export", unit="batch", disable=not progress):
+        starts = range(0, windows.shape[0], batch_size)
+        for start in track(starts, "export", unit="batch") if progress else starts:
             ids = windows[start : start + batch_size]
-            with torch.no_grad():
-                model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+            run_forward(model, ids)
             for offset, record in enumerate(collector.pop()):
                 row_ids = ids[offset].tolist()
                 if summary is None:
                     hidden = int(record.blocks[0].dim_max.numel())
-                    summary = CorpusSummary(loaded.name, hidden, len(structure), thresholds, 3, windows.shape[1])
+                    summary = CorpusSummary(
+                        loaded.name, hidden, len(structure), thresholds, 3, windows.shape[1],
+                        prefix_tokens=list(prefix_tokens or []),
+                    )  # fmt: skip
                 tokens, kinds = texts.kinds_and_texts(row_ids, 0)
                 summary.add(record, corpus, start + offset, tokens, kinds)
                 _count_tokens(record, row_ids, counts)

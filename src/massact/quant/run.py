@@ -1,0 +1,249 @@
+"""`massact.quant.run`: perplexity under each (scheme, strategy), the best strategy, and per-block sensitivity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from massact.data.corpus import load_windows, text_prefix
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
+from massact.models.loading import LoadedModel
+from massact.models.structure import find_structure
+from massact.progress import say, track
+from massact.quant.calibrate import Calibration, SuperWeight, calibrate
+from massact.quant.result import QuantResult
+from massact.quant.schemes import Scheme, parse_scheme, qmax
+from massact.quant.simulate import quant_context
+from massact.quant.strategies import BEST, candidates, parse_strategy, parts
+
+DEFAULT_SCHEMES = ("W8", "W8A8", "W8A8-token", "W4A8", "W4A4", "KV4")
+DEFAULT_STRATEGIES = ("none", "outlier-tokens", "best")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Every knob of a quantization run; names are parsed and checked on construction."""
+
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    alpha: float = 0.5  # smoothing strength
+    seed: int = 0  # seed of the rotations
+    super_weights: int = 4  # top weight entries per traced site kept by keep-super-weights
+    sensitivity: str | None = "W8A8"  # scheme of the per-block sensitivity; None skips it
+    sensitivity_samples: int = 2  # evaluated windows used for the sensitivity
+    best_samples: int = 2  # calibration windows on which `best` compares its candidates
+    batch_size: int = 4  # windows per forward: a per-tensor activation scale spans them all
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    blocks_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.schemes:
+            raise MassactError("give at least one scheme, e.g. --schemes W8A8")
+        if not self.strategies:
+            raise MassactError("give at least one strategy, e.g. --strategies none")
+        object.__setattr__(self, "schemes", tuple(dict.fromkeys(parse_scheme(s).name for s in self.schemes)))
+        object.__setattr__(self, "strategies", tuple(dict.fromkeys(parse_strategy(s) for s in self.strategies)))
+        if self.sensitivity is not None:
+            object.__setattr__(self, "sensitivity", parse_scheme(self.sensitivity).name)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise MassactError(f"--alpha {self.alpha}: must be between 0 and 1 (SmoothQuant uses 0.5)")
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--sensitivity-samples", self.sensitivity_samples),
+            ("--best-samples", self.best_samples),
+            ("--super-weights", self.super_weights),
+        ):
+            if value < 1:
+                raise MassactError(f"{flag} {value}: must be at least 1")
+
+    @property
+    def needs_super_weights(self) -> bool:
+        return BEST in self.strategies or any("keep-super-weights" in parts(s) for s in self.strategies if s != BEST)
+
+
+@dataclass
+class QuantInputs:
+    """Evaluated windows and held-out calibration windows (disjoint) of one corpus."""
+
+    windows: torch.Tensor  # [N, L]
+    calibration: torch.Tensor  # [M, L]
+    corpus: str = "corpus"
+    seed: int = 0
+    prefix_tokens: list[str] = field(default_factory=list)  # what each window starts with, as the tokenizer does
+    super_weights: list[SuperWeight] | None = None  # for keep-super-weights: `super_weights_from_trace(...)`
+
+    def __post_init__(self) -> None:
+        if self.windows.dim() != 2 or self.windows.shape[0] < 1 or self.windows.shape[1] < 2:
+            raise MassactError(f"quantization needs windows [N >= 1, L >= 2], got {tuple(self.windows.shape)}")
+        if self.calibration.dim() != 2 or self.calibration.shape[0] < 1:
+            raise MassactError("give at least one calibration window (--calib-samples 1 or more)")
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.prefix_tokens)
+
+
+def load_inputs(
+    loaded: LoadedModel, corpus: str, samples: int, seq_len: int, calib_samples: int, seed: int = 0
+) -> QuantInputs:
+    """`samples` windows to evaluate (exactly `load_windows(tok, corpus, samples, seq_len, seed)`) and
+    `calib_samples` further windows of the same draw, never evaluated, for calibration."""
+    if calib_samples < 1:
+        raise MassactError(f"--calib-samples {calib_samples}: must be at least 1")
+    if samples < 1:
+        raise MassactError(f"--samples {samples}: must be at least 1")
+    limit = loaded.context_length
+    if limit is not None and seq_len > limit:
+        raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
+    drawn = load_windows(loaded.tokenizer, corpus, samples + calib_samples, seq_len, seed=seed)
+    prefix = text_prefix(loaded.tokenizer)
+    return QuantInputs(
+        windows=drawn[:samples],
+        calibration=drawn[samples:],
+        corpus=corpus,
+        seed=seed,
+        prefix_tokens=[loaded.tokenizer.convert_ids_to_tokens(i) for i in prefix],
+    )
+
+
+class _Evaluator:
+    """Perplexity under (scheme, strategy) on given windows, with the static scales each strategy needs."""
+
+    def __init__(self, loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig, calib: Calibration) -> None:
+        self.loaded, self.inputs, self.config, self.calib = loaded, inputs, config, calib
+        self._maxima: dict[str, dict[str, torch.Tensor]] = {}
+
+    def static_scales(self, scheme: Scheme, strategy: str) -> dict[str, torch.Tensor] | None:
+        if scheme.act_bits is None or scheme.granularity != "static":
+            return None
+        if strategy not in self._maxima:
+            record: dict[str, torch.Tensor] = {}
+            with quant_context(self.loaded, scheme, strategy, self.calib, **self._options(), record=record):
+                self._perplexity(self.inputs.calibration)
+            self._maxima[strategy] = record
+        return {name: peak / qmax(scheme.act_bits) for name, peak in self._maxima[strategy].items()}
+
+    def _options(self) -> dict:
+        return {"alpha": self.config.alpha, "seed": self.config.seed, "blocks_path": self.config.blocks_path}
+
+    def _perplexity(self, windows: torch.Tensor) -> PerplexityResult:
+        return evaluate_perplexity(
+            self.loaded.model,
+            windows,
+            batch_size=self.config.batch_size,
+            progress=False,
+            prefix_len=self.inputs.prefix_len,
+        )
+
+    def __call__(
+        self, scheme: Scheme, strategy: str, windows: torch.Tensor, blocks: list[int] | None = None
+    ) -> PerplexityResult:
+        scales = self.static_scales(scheme, strategy)
+        with quant_context(
+            self.loaded, scheme, strategy, self.calib, **self._options(), blocks=blocks, static_scales=scales
+        ):
+            return self._perplexity(windows)
+
+
+def _row(scheme: Scheme, strategy: str, result: PerplexityResult, baseline: float, chosen: str | None = None) -> dict:
+    row = {
+        "scheme": scheme.name,
+        "strategy": strategy,
+        "perplexity": result.perplexity,
+        "ratio": result.perplexity / baseline,
+        "tokens": result.tokens,
+        "nonfinite_tokens": result.nonfinite_tokens,
+    }
+    if chosen is not None:
+        row["chosen"] = chosen
+    return row
+
+
+def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = None) -> QuantResult:
+    """Perplexity of `loaded` on `inputs.windows` unquantized and under every (scheme, strategy) of `config`."""
+    config = config or QuantConfig()
+    schemes = [parse_scheme(s) for s in config.schemes]
+    structure = find_structure(loaded.model, config.blocks_path)
+    explicit = any("keep-super-weights" in parts(s) for s in config.strategies if s != BEST)
+    if explicit and inputs.super_weights is None:
+        raise MassactError(
+            "keep-super-weights needs the super weights: give QuantInputs.super_weights from "
+            "massact.quant.super_weights_from_trace(massact.trace.run(...).entries(), limit)"
+        )
+    say(f"calibrating on {inputs.calibration.shape[0]} held-out windows ...")
+    calib = calibrate(
+        loaded,
+        inputs.calibration,
+        thresholds=config.thresholds,
+        super_weights=inputs.super_weights,
+        blocks_path=config.blocks_path,
+        batch_size=config.batch_size,
+        progress=config.progress,
+    )
+    evaluate = _Evaluator(loaded, inputs, config, calib)
+    baseline = evaluate._perplexity(inputs.windows)
+    jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
+    done: dict[tuple[str, str], PerplexityResult] = {}
+    rows: list[dict] = []
+    choices: dict[str, dict] = {}
+    for scheme, strategy in track(jobs, "quant", unit="setting") if config.progress else jobs:
+        chosen = None
+        if strategy == BEST:
+            chosen, tried = _choose(evaluate, scheme, inputs.calibration[: config.best_samples], calib)
+            choices[scheme.name] = {"chosen": chosen, "calibration_perplexity": tried}
+        name = chosen or strategy
+        if (scheme.name, name) not in done:
+            done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
+        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
+    sensitivity = None
+    if config.sensitivity is not None:
+        sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
+    return QuantResult(
+        model=loaded.name,
+        corpus=inputs.corpus,
+        windows=list(inputs.windows.shape),
+        calibration_windows=list(inputs.calibration.shape),
+        seed=inputs.seed,
+        prefix_tokens=inputs.prefix_tokens,
+        config=config,
+        schemes=[s.to_json() for s in schemes],
+        baseline=baseline.to_json(),
+        rows=rows,
+        best=choices,
+        sensitivity=sensitivity,
+        calibration=calib,
+    )
+
+
+def _choose(evaluate: _Evaluator, scheme: Scheme, windows: torch.Tensor, calib: Calibration) -> tuple[str, dict]:
+    """The candidate strategy with the lowest perplexity on the calibration windows."""
+    tried = {}
+    for strategy in candidates(scheme):
+        if "keep-super-weights" in parts(strategy) and not calib.super_weights:
+            continue
+        tried[strategy] = evaluate(scheme, strategy, windows).perplexity
+    chosen = min(tried, key=lambda s: (tried[s] != tried[s], tried[s]))  # NaN last
+    return chosen, tried
+
+
+def _sensitivity(evaluate: _Evaluator, scheme: Scheme, inputs: QuantInputs, blocks: int, config: QuantConfig) -> dict:
+    """Perplexity with one block's Linears quantized at a time (strategy none), on the first windows."""
+    windows = inputs.windows[: config.sensitivity_samples]
+    reference = evaluate._perplexity(windows).perplexity
+    rows = []
+    indices = range(blocks)
+    for block in track(indices, "sensitivity", unit="block") if config.progress else indices:
+        result = evaluate(scheme, "none", windows, blocks=[block])
+        rows.append({"block": block, "perplexity": result.perplexity, "ratio": result.perplexity / reference})
+    return {
+        "scheme": scheme.name,
+        "strategy": "none",
+        "windows": list(windows.shape),
+        "baseline": reference,
+        "massive_blocks": evaluate.calib.massive_blocks,
+        "blocks": rows,
+    }

@@ -1,0 +1,97 @@
+"""Strategies against quantization error, and the exact transforms two of them apply (smoothing, rotation).
+
+- `none`: quantize as the scheme says;
+- `outlier-tokens`: the tokens that carry massive activations (learned on calibration windows: the
+  first position and/or token ids) stay in full precision in Linear inputs and the KV cache, and are
+  left out of the per-tensor scales;
+- `smooth`: SmoothQuant's per-input-channel scales `s = max|x|^alpha / max|W|^(1 - alpha)`, applied
+  exactly (`x / s` on the input, `W * s` on the weight columns);
+- `rotate`: an orthogonal rotation of each Linear's input (`x H`, weight `W H`): a randomized Hadamard
+  matrix (random signs times a Sylvester Hadamard) where the size is a power of two, otherwise a seeded
+  random orthogonal matrix;
+- `keep-super-weights`: the weight entries `massact trace` ranks as writers of the massive activations
+  stay in full precision (and out of their row's or group's scale).
+
+Strategies combine with `+` (`outlier-tokens+smooth`); `best` tries the combinations that matter for a
+scheme on the calibration windows and keeps the one with the lowest perplexity there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from massact.errors import MassactError
+from massact.quant.schemes import Scheme
+
+PARTS = ("outlier-tokens", "smooth", "rotate", "keep-super-weights")
+NAMES = ("none", *PARTS, "best")
+BEST = "best"
+
+
+def parse_strategy(text: str) -> str:
+    """`smooth+outlier-tokens` -> the canonical name `outlier-tokens+smooth` (parts in a fixed order)."""
+    name = text.strip().lower()
+    if name in ("none", BEST):
+        return name
+    parts = [p.strip() for p in name.split("+")]
+    unknown = [p for p in parts if p not in PARTS]
+    if not name or unknown:
+        raise MassactError(
+            f"strategy {text!r} is not known; use {', '.join(NAMES)}, or parts joined by + (outlier-tokens+smooth)"
+        )
+    if "smooth" in parts and "rotate" in parts:
+        raise MassactError(f"strategy {text!r}: smooth and rotate are alternatives; give one of them")
+    if "rotate" in parts and "keep-super-weights" in parts:
+        raise MassactError(f"strategy {text!r}: rotation mixes every weight column, so no super weight stays whole")
+    return "+".join(p for p in PARTS if p in parts)
+
+
+def parts(strategy: str) -> set[str]:
+    """The parts of a canonical strategy name (empty for `none`)."""
+    return set() if strategy == "none" else set(strategy.split("+"))
+
+
+def candidates(scheme: Scheme) -> list[str]:
+    """The strategies `best` tries for `scheme`: only parts that can change its result."""
+    tokens = scheme.act_bits is not None or scheme.kv_bits is not None
+    channels = scheme.quantizes_linears
+    supers = scheme.weight_bits is not None
+    names = ["none"]
+    for token_part in (False, True) if tokens else (False,):
+        for channel_part in (None, "smooth", "rotate") if channels else (None,):
+            for super_part in (False, True) if supers else (False,):
+                chosen = [p for p in ("outlier-tokens" if token_part else None, channel_part) if p]
+                if super_part and channel_part != "rotate":
+                    chosen.append("keep-super-weights")
+                if chosen:
+                    names.append(parse_strategy("+".join(chosen)))
+    return list(dict.fromkeys(names))
+
+
+def smooth_scales(act_max: torch.Tensor, weight_rows: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-input-channel SmoothQuant scales from activation maxima [in] and the weight [out, in]."""
+    w_max = weight_rows.detach().abs().amax(dim=0).float().clamp(min=1e-5)
+    a_max = act_max.float().to(w_max.device).clamp(min=1e-5)
+    scales = a_max.pow(alpha) / w_max.pow(1 - alpha)
+    scales = torch.where(act_max.to(w_max.device) > 0, scales, torch.ones_like(scales))
+    return scales.clamp(min=1e-5)
+
+
+def _sylvester(size: int) -> torch.Tensor:
+    matrix = torch.ones(1, 1, dtype=torch.float64)
+    while matrix.shape[0] < size:
+        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
+    return matrix
+
+
+def rotation(size: int, seed: int = 0) -> torch.Tensor:
+    """An orthogonal [size, size] float64 matrix: randomized Hadamard for powers of two, else random orthogonal."""
+    generator = torch.Generator().manual_seed(seed + size)
+    if size & (size - 1) == 0:
+        signs = torch.randint(0, 2, (size,), generator=generator).double() * 2 - 1
+        return signs[:, None] * _sylvester(size) / math.sqrt(size)
+    gaussian = torch.randn(size, size, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(gaussian)
+    return q * torch.sign(torch.diagonal(r))[None, :]

@@ -325,10 +325,11 @@ def test_bundled_model_on_the_docs_task(smollm2, offline):
     assert smollm2.tokenizer.pad_token == pad and no_hooks(smollm2.model)
 
 
-def test_intervene_tasks_option_refuses_unknown_tasks_before_loading(capsys, tmp_path):
+@pytest.mark.parametrize("command", ["intervene", "quant"])
+def test_tasks_option_refuses_unknown_tasks_before_loading(command, capsys, tmp_path):
     from cli_runner import run
 
-    code, out, err = run(["intervene", str(tmp_path / "no-model"), "--tasks", str(tmp_path / "no-task-dir")], capsys)
+    code, out, err = run([command, str(tmp_path / "no-model"), "--tasks", str(tmp_path / "no-task-dir")], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "no-task-dir" in err
 
@@ -349,3 +350,34 @@ def test_intervene_tasks_option_runs_each_mode_under_its_hooks(smollm2, offline,
     zeroed = evaluate(smollm2, config, lambda: mode_context(smollm2, None, SiteSpec(), "zero", None, "11")).to_json()
     assert rows["original"] == direct and rows["zero"] == zeroed
     assert rows["original"] != rows["zero"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_quant_tasks_score_each_setting_under_its_quantization(family, tmp_path, offline):
+    """`massact.quant.run` with tasks: the unquantized and quantized rows equal direct scoring.
+
+    Per-token activation scales, so that the harness's batching (which sets per-tensor scales) cannot matter.
+    """
+    from massact.detect import Thresholds
+    from massact.quant import run as quant_run
+    from massact.quant.calibrate import calibrate
+    from massact.quant.run import QuantConfig, QuantInputs
+    from massact.quant.schemes import parse_scheme
+    from massact.quant.simulate import quant_context
+
+    loaded = planted(family)
+    items = random_items(family)
+    for item, pick in zip(items, direct_picks(loaded, items)[0]):
+        item["label"] = pick  # the unquantized model gets every item right
+    tasks = TaskConfig(parse_tasks(str(write_task(tmp_path / "task", "tiny_task", items, tmp_path / "cache"))))
+    drawn = torch.randint(10, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    inputs = QuantInputs(windows=drawn[:2], calibration=drawn[2:])
+    config = QuantConfig(schemes=("W3A3-token",), strategies=("none",), sensitivity=None, tasks=tasks, progress=False)
+    result = quant_run(loaded, inputs, config)
+    assert result.baseline["tasks"]["tasks"]["tiny_task"]["acc"] == 1.0
+    calibration = calibrate(loaded, inputs.calibration, thresholds=Thresholds(), progress=False)
+    with quant_context(loaded, parse_scheme("W3A3-token"), "none", calibration):
+        expected = accuracy(direct_picks(loaded, items)[0], items)
+    assert result.rows[0]["tasks"]["tasks"]["tiny_task"]["acc"] == pytest.approx(expected)
+    assert expected < 1.0  # the quantization was active while the harness scored
+    assert no_hooks(loaded.model)

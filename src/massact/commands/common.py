@@ -48,6 +48,17 @@ RatioThresholdOpt = Annotated[
 TABLE_WIDTH = 200  # columns used for tables when stdout is not a terminal, so no number is cut
 
 
+TasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tasks",
+        help="Zero-shot accuracy through lm-eval (pip install massact[eval]): comma-separated task names "
+        "(arc_easy,piqa,...) and/or local task directories.",
+    ),
+]
+TasksLimitOpt = Annotated[int | None, typer.Option("--tasks-limit", help="Only the first N items of each task.")]
+
+
 def stdout_console() -> Console:
     """The console for a command's terminal view: the terminal's width, or wide enough under a pipe."""
     terminal = Console()

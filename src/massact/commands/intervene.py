@@ -16,6 +16,8 @@ from massact.commands.common import (
     ModelOptions,
     OutOpt,
     RatioThresholdOpt,
+    TasksLimitOpt,
+    TasksOpt,
     emit_result,
     model_command,
 )
@@ -23,7 +25,7 @@ from massact.data.corpus import load_texts
 from massact.detect import Thresholds
 from massact.interventions import InterventionConfig, SiteSpec, parse_ints, parse_modes, read_means, run
 from massact.interventions.hooks import MODES
-from massact.tasks import TaskConfig, parse_tasks, prepare
+from massact.tasks import task_config
 
 
 @model_command
@@ -59,28 +61,17 @@ def intervene_command(
     ratio_threshold: RatioThresholdOpt = 1000.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the random control.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
-    tasks: Annotated[
-        str | None,
-        typer.Option(
-            "--tasks",
-            help="Zero-shot accuracy through lm-eval: comma-separated task names (arc_easy,piqa,...) "
-            "and/or local task directories.",
-        ),
-    ] = None,
-    tasks_limit: Annotated[
-        int | None, typer.Option("--tasks-limit", help="Only the first N items of each task.")
-    ] = None,
+    tasks: TasksOpt = None,
+    tasks_limit: TasksLimitOpt = None,
     out: OutOpt = None,
     as_json: JsonOpt = False,
     *,
     opts: ModelOptions,
 ) -> None:
     """Perplexity of MODEL with its massive activations zeroed, set to their mean, or a random control zeroed."""
-    task_config = TaskConfig(parse_tasks(tasks), limit=tasks_limit, batch_size=batch_size) if tasks else None
-    if task_config is not None:
-        prepare(task_config)  # unknown names, bad paths and missing task data fail here, before the model loads
+    tasks_config = task_config(tasks, tasks_limit, batch_size)  # bad tasks fail before the model loads
     config = InterventionConfig(
-        tasks=task_config,
+        tasks=tasks_config,
         corpora=tuple(corpus.split(",")),
         samples=samples,
         seq_len=seq_len,

@@ -13,6 +13,8 @@ from massact.commands.common import (
     ModelOptions,
     OutOpt,
     RatioThresholdOpt,
+    TasksLimitOpt,
+    TasksOpt,
     emit_result,
     model_command,
 )
@@ -20,6 +22,7 @@ from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.quant import QuantConfig, calibration_text, load_inputs, run, super_weights_from_trace
 from massact.quant.run import DEFAULT_SCHEMES, DEFAULT_STRATEGIES
+from massact.tasks import task_config
 from massact.trace import TraceConfig
 from massact.trace import run as trace
 
@@ -72,6 +75,8 @@ def quant_command(
     ] = 4,
     abs_threshold: AbsThresholdOpt = 100.0,
     ratio_threshold: RatioThresholdOpt = 1000.0,
+    tasks: TasksOpt = None,
+    tasks_limit: TasksLimitOpt = None,
     out: OutOpt = None,
     as_json: JsonOpt = False,
     *,
@@ -90,6 +95,7 @@ def quant_command(
         thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
         blocks_path=opts.blocks,
         progress=not as_json,
+        tasks=task_config(tasks, tasks_limit, batch_size),  # bad tasks fail before the model loads
     )
     counts = (("--samples", samples, 1), ("--seq-len", seq_len, 2), ("--calib-samples", calib_samples, 1))
     for flag, value, least in counts:

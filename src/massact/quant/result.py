@@ -20,6 +20,8 @@ from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.quant.calibrate import Calibration  # noqa: E402
 from massact.report.tables import print_table  # noqa: E402
+from massact.tasks import TaskScores
+from massact.tasks.scores import percent
 
 if TYPE_CHECKING:
     from massact.quant.run import QuantConfig
@@ -85,13 +87,20 @@ class QuantResult:
         table = Table(title=f"{self.model}: perplexity on {self.windows[0]} x {self.windows[1]} {self.corpus} windows")
         table.add_column("scheme", no_wrap=True)
         table.add_column("strategy", overflow="fold")
-        for name in ("perplexity", "vs fp"):
+        tasks = "tasks" in self.baseline
+        for name in ("perplexity", "vs fp", *(["mean acc %"] if tasks else [])):
             table.add_column(name, justify="right", no_wrap=True)  # print_table makes room: never cut
-        table.add_row("unquantized", "", _ppl(self.baseline["perplexity"]), "")
+        table.add_row("unquantized", "", _ppl(self.baseline["perplexity"]), "", *self._acc(self.baseline))
         for row in self.rows:
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
-            table.add_row(row["scheme"], strategy, _ppl(row["perplexity"]), _change(row["ratio"]))
+            table.add_row(row["scheme"], strategy, _ppl(row["perplexity"]), _change(row["ratio"]), *self._acc(row))
         return table
+
+    def _acc(self, row: dict) -> list[str]:
+        """The mean zero-shot accuracy cell of a row (no cell without --tasks)."""
+        if "tasks" not in self.baseline:
+            return []
+        return [percent(TaskScores.from_json(row["tasks"]).mean_acc)]
 
     def show(self, console: Console) -> None:
         print_table(console, self.table())
@@ -126,14 +135,15 @@ class QuantResult:
             f"(seed {self.seed}); strategies learned on {self.calibration_windows[0]} held-out windows. "
             f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}.",
             "",
-            "| scheme | strategy | perplexity | vs fp |",
-            "|---|---|---:|---:|",
-            f"| unquantized | | {_ppl(self.baseline['perplexity'])} | |",
+            "| scheme | strategy | perplexity | vs fp |" + (" mean acc % |" if "tasks" in self.baseline else ""),
+            "|---|---|---:|---:|" + ("---:|" if "tasks" in self.baseline else ""),
+            f"| unquantized | | {_ppl(self.baseline['perplexity'])} | |"
+            + "".join(f" {a} |" for a in self._acc(self.baseline)),
         ]
         for row in self.rows:
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
             cells = f"{row['scheme']} | {md_escape(strategy)} | {_ppl(row['perplexity'])} | {_change(row['ratio'])}"
-            lines.append(f"| {cells} |")
+            lines.append(f"| {cells} |" + "".join(f" {a} |" for a in self._acc(row)))
         lines += ["", f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         if self.sensitivity is not None:
             s = self.sensitivity

@@ -18,6 +18,8 @@ from massact.quant.result import QuantResult
 from massact.quant.schemes import Scheme, parse_scheme, qmax
 from massact.quant.simulate import quant_context
 from massact.quant.strategies import BEST, candidates, parse_strategy, parts
+from massact.tasks import TaskConfig
+from massact.tasks import evaluate as evaluate_tasks
 
 DEFAULT_SCHEMES = ("W8", "W8A8", "W8A8-token", "W4A8", "W4A4", "KV4")
 DEFAULT_STRATEGIES = ("none", "outlier-tokens", "best")
@@ -39,6 +41,7 @@ class QuantConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     blocks_path: str | None = None
     progress: bool = True
+    tasks: TaskConfig | None = None  # zero-shot tasks through lm-eval, once per (scheme, strategy)
 
     def __post_init__(self) -> None:
         if not self.schemes:
@@ -139,6 +142,17 @@ class _Evaluator:
             prefix_len=self.inputs.prefix_len,
         )
 
+    def tasks(self, scheme: Scheme | None, strategy: str) -> dict:
+        """Zero-shot task scores under (scheme, strategy); unquantized when `scheme` is None."""
+        if scheme is None:
+            return evaluate_tasks(self.loaded, self.config.tasks).to_json()
+        scales = self.static_scales(scheme, strategy)
+
+        def context():
+            return quant_context(self.loaded, scheme, strategy, self.calib, **self._options(), static_scales=scales)
+
+        return evaluate_tasks(self.loaded, self.config.tasks, context).to_json()
+
     def __call__(
         self, scheme: Scheme, strategy: str, windows: torch.Tensor, blocks: list[int] | None = None
     ) -> PerplexityResult:
@@ -188,6 +202,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
     baseline = evaluate._perplexity(inputs.windows)
     jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
     done: dict[tuple[str, str], PerplexityResult] = {}
+    scored: dict[tuple[str, str], dict] = {}  # zero-shot task scores, with --tasks
     rows: list[dict] = []
     choices: dict[str, dict] = {}
     for scheme, strategy in track(jobs, "quant", unit="setting") if config.progress else jobs:
@@ -199,6 +214,11 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         if (scheme.name, name) not in done:
             done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
         rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
+        if config.tasks is not None:
+            if (scheme.name, name) not in scored:
+                say(f"zero-shot tasks: {scheme.name} {name}")
+                scored[(scheme.name, name)] = evaluate.tasks(scheme, name)
+            rows[-1]["tasks"] = scored[(scheme.name, name)]
     sensitivity = None
     if config.sensitivity is not None:
         sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
@@ -211,7 +231,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         prefix_tokens=inputs.prefix_tokens,
         config=config,
         schemes=[s.to_json() for s in schemes],
-        baseline=baseline.to_json(),
+        baseline=baseline.to_json() | ({"tasks": evaluate.tasks(None, "none")} if config.tasks else {}),
         rows=rows,
         best=choices,
         sensitivity=sensitivity,

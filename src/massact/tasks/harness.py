@@ -17,7 +17,7 @@ from contextlib import AbstractContextManager
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.tasks.scores import TaskScores
-from massact.tasks.spec import TaskConfig, require_harness
+from massact.tasks.spec import TaskConfig, parse_tasks, require_harness
 
 Context = Callable[[], AbstractContextManager]
 
@@ -69,6 +69,18 @@ def prepare(config: TaskConfig) -> tuple[str, ...]:
     require_harness()
     load_tasks(config)
     return config.run_names()
+
+
+def task_config(spec: str | None, limit: int | None = None, batch_size: int = 8) -> TaskConfig | None:
+    """The `--tasks SPEC --tasks-limit N` of a command as a prepared `TaskConfig` (None without --tasks).
+
+    Unknown names, bad paths, missing task data and a missing harness fail here, before a model loads.
+    """
+    if not spec:
+        return None
+    config = TaskConfig(parse_tasks(spec), limit=limit, batch_size=batch_size)
+    prepare(config)
+    return config
 
 
 def check_model(loaded: LoadedModel) -> None:

@@ -1,0 +1,89 @@
+"""`massact stream`: perplexity of token-by-token decoding with a bounded KV cache, per eviction policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from massact.commands.common import (
+    AbsThresholdOpt,
+    JsonOpt,
+    ModelArg,
+    ModelOptions,
+    OutOpt,
+    RatioThresholdOpt,
+    emit_result,
+    model_command,
+    read_prompt,
+)
+from massact.data.corpus import load_texts
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.stream import DEFAULT_POLICIES, StreamConfig, cut_stream, run
+
+
+@model_command
+def stream(
+    model: ModelArg = "default",
+    corpus: Annotated[
+        str | None, typer.Option("--corpus", help="Corpus name (shakespeare, wikitext, ...) or path; see --document.")
+    ] = None,
+    document: Annotated[int, typer.Option("--document", help="Corpus: which text of the corpus (0 = first).")] = 0,
+    text_file: Annotated[Path | None, typer.Option("--text-file", help="Stream a UTF-8 text file.")] = None,
+    offset: Annotated[int, typer.Option("--offset", help="First text token of the stream.")] = 0,
+    tokens: Annotated[int, typer.Option("--tokens", help="Stream length in tokens (with the tokenizer's BOS).")] = 1200,
+    cache: Annotated[int, typer.Option("--cache", help="KV cache size W in tokens for bounded policies.")] = 128,
+    score_from: Annotated[
+        int | None, typer.Option("--score-from", help="First stream token whose prediction is scored (2 x W + 1).")
+    ] = None,
+    policies: Annotated[
+        str,
+        typer.Option(
+            "--policies",
+            help="Comma-separated: full, window, sinks:N, detected, recompute; add @int4/@int8 to quantize the "
+            "cache, @int4+sinks to keep the sink tokens in full precision.",
+        ),
+    ] = ",".join(DEFAULT_POLICIES),
+    positions: Annotated[
+        str, typer.Option("--positions", help="original (stream positions) or cache (positions within the cache).")
+    ] = "original",
+    stride: Annotated[int, typer.Option("--stride", help="recompute: predictions scored per fresh forward.")] = 1,
+    max_detected: Annotated[int, typer.Option("--max-detected", help="detected: most tokens kept as sinks.")] = 8,
+    abs_threshold: AbsThresholdOpt = 100.0,
+    ratio_threshold: RatioThresholdOpt = 1000.0,
+    out: OutOpt = None,
+    json: JsonOpt = False,
+    opts: ModelOptions = ModelOptions(),
+) -> None:
+    """Which tokens must stay in a bounded KV cache: perplexity per policy, decoding one token at a time."""
+    if corpus is not None and text_file is not None:
+        raise MassactError("give --corpus or --text-file, not both")
+    config = StreamConfig(
+        policies=policies,
+        cache=cache,
+        score_from=score_from,
+        positions=positions,
+        stride=stride,
+        max_detected=max_detected,
+        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+    )
+    if config.first_scored() >= tokens:
+        raise MassactError(f"--score-from {config.first_scored()} leaves nothing to score in --tokens {tokens}")
+    if text_file is not None:
+        text, source = read_prompt(None, text_file, ""), str(text_file)
+    else:
+        texts = load_texts(corpus or "shakespeare")
+        if not 0 <= document < len(texts):
+            raise MassactError(f"--document {document}: the corpus holds texts 0..{len(texts) - 1}")
+        text, source = texts[document], f"{corpus or 'shakespeare'}[{document}]"
+    if offset >= len(text.encode("utf-8")):  # a text of B bytes has fewer than B tokens
+        raise MassactError(f"--offset {offset} is past the end of {source}; lower --offset")
+    loaded = opts.load(model)
+    ids = cut_stream(loaded.tokenizer, text, offset, tokens, source)
+    emit_result(run(loaded, ids, config, opts.structure(loaded)), out, json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stream")(stream)

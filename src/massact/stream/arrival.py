@@ -1,0 +1,92 @@
+"""Detecting massive-activation tokens as they arrive in a token-by-token stream.
+
+Each decoding step feeds one token; a hook on every block output reads that token's hidden state
+and keeps three small numbers per block on the device (max |x|, its dim, the token's median |x|).
+A token is massive when, in some block, its max passes `Thresholds.massive` against the block's
+median: the median over the tokens seen so far of their per-token medians (a streaming stand-in for
+the median over the whole sequence, which a stream never has in full). A token is judged a few
+steps after it arrived (`delay`), so that the first token has other tokens to be compared with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+from massact.capture.hooks import HookFn, HookSet, output_tensor
+from massact.detect import Thresholds
+from massact.models.structure import Structure
+
+
+@dataclass
+class ArrivedToken:
+    """A token found massive when it arrived: where, and the block / dim / value that made it so."""
+
+    position: int
+    block: int
+    dim: int
+    value: float
+    median: float
+    blocks: list[int]
+
+    def to_json(self) -> dict:
+        return {
+            "position": self.position,
+            "block": self.block,
+            "dim": self.dim,
+            "value": self.value,
+            "median": self.median,
+            "massive_blocks": self.blocks,
+        }
+
+
+class ArrivalDetector(HookSet):
+    """Hooks on every block; `record()` after each one-token forward, `judge(position)` once enough followed."""
+
+    def __init__(self, model, structure: Structure, thresholds: Thresholds) -> None:
+        super().__init__(model)
+        self.structure = structure
+        self.thresholds = thresholds
+        self._step: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(structure.blocks)
+        self._medians: list[torch.Tensor] = []  # per token: [blocks] medians
+        self._tops: list[tuple[torch.Tensor, torch.Tensor]] = []  # per token: [blocks] max |x| and its dim
+
+    def forward_hooks(self) -> Iterable[tuple[torch.nn.Module, HookFn]]:
+        return [(block, self._hook(index)) for index, block in enumerate(self.structure.blocks)]
+
+    def _hook(self, index: int) -> HookFn:
+        def hook(module, args, output) -> None:
+            mags = output_tensor(output)[0, -1].detach().float().abs()
+            top, dim = mags.max(0)
+            self._step[index] = (top, dim, mags.median())
+
+        return hook
+
+    def record(self) -> None:
+        """Keep the last forward's token summary (on its device)."""
+        if any(item is None for item in self._step):
+            raise RuntimeError("a block did not run in the last forward")
+        top, dim, median = (torch.stack(parts) for parts in zip(*self._step))
+        self._step = [None] * len(self._step)
+        self._medians.append(median)
+        self._tops.append((top, dim))
+
+    def judge(self, position: int) -> ArrivedToken | None:
+        """Whether stream token `position` was massive, against the medians of every token so far (one host sync)."""
+        top, dim = self._tops[position]
+        reference = torch.stack(self._medians).median(0).values
+        massive = self.thresholds.massive(top, reference)
+        if not bool(massive.any()):
+            return None
+        blocks = massive.nonzero().flatten().tolist()
+        best = max(blocks, key=lambda b: float(top[b]))
+        return ArrivedToken(
+            position=position,
+            block=best,
+            dim=int(dim[best]),
+            value=float(top[best]),
+            median=float(reference[best]),
+            blocks=blocks,
+        )

@@ -1,0 +1,28 @@
+"""The running-perplexity figure: one curve per policy against the token index (StreamingLLM, Fig. 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_running_perplexity(curves: dict[str, tuple[list[int], list[float]]], path: Path, title: str) -> Path:
+    """`curves`: policy -> (token indices, running perplexity); log-scale y."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=150)
+    for name, (tokens, values) in curves.items():
+        if tokens:
+            ax.plot(tokens, values, label=name, linewidth=1.4)
+    ax.set_yscale("log")
+    ax.set_xlabel("stream token index")
+    ax.set_ylabel("running perplexity")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,103 @@
+"""`run`: every policy over one token stream, and the stream itself cut from a text."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from massact.data.corpus import text_prefix
+from massact.errors import MassactError
+from massact.models.loading import LoadedModel
+from massact.models.structure import Structure, find_structure
+from massact.stream.decode import PolicyRun, check_cache_support, decode_policy, recompute_policy
+from massact.stream.kvcache import Rotary
+from massact.stream.policy import StreamConfig
+from massact.stream.result import StreamResult, TokenStream
+
+
+def cut_stream(tokenizer, text: str, offset: int = 0, tokens: int = 1200, source: str = "text") -> TokenStream:
+    """The stream: the tokenizer's prefix (its BOS, if any), then text tokens offset.. of `text` tokenized
+    whole without special tokens, `tokens` in all."""
+    if tokenizer is None:
+        raise MassactError("the model has no tokenizer, so it cannot read a text; give a model with a tokenizer")
+    if offset < 0:
+        raise MassactError(f"--offset {offset}: must be 0 or more")
+    prefix = text_prefix(tokenizer)
+    if tokens < len(prefix) + 2:
+        raise MassactError(f"--tokens {tokens}: must be at least {len(prefix) + 2}")
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    needed = tokens - len(prefix)
+    if offset + needed > len(ids):
+        raise MassactError(
+            f"--offset {offset} + {needed} text tokens runs past the end of the text ({len(ids)} tokens); "
+            "lower --offset or --tokens, or give a longer text"
+        )
+    stream = torch.tensor(prefix + list(ids[offset : offset + needed]), dtype=torch.long)
+    return TokenStream(
+        ids=stream,
+        prefix=[tokenizer.convert_ids_to_tokens(i) for i in prefix],
+        source=source,
+        offset=offset,
+        texts=[tokenizer.decode([i]) for i in stream.tolist()],
+    )
+
+
+def check_context(loaded: LoadedModel, tokens: int, config: StreamConfig) -> None:
+    """Refuse in one line when a policy would place a token beyond the model's context."""
+    context = loaded.context_length
+    if context is None:
+        return
+    bounded = [p for p in config.policies if p.kind != "full"]
+    unbounded = config.positions == "original" or len(bounded) < len(config.policies)
+    if unbounded and tokens > context:
+        fix = "use --positions cache with bounded policies, or lower --tokens"
+        raise MassactError(f"--tokens {tokens} is beyond the model's context of {context} tokens; {fix}")
+    if bounded and config.cache + 1 > context:
+        raise MassactError(f"--cache {config.cache} does not fit the model's context of {context} tokens; lower it")
+
+
+def run(
+    loaded: LoadedModel, stream: TokenStream | torch.Tensor, config: StreamConfig, structure: Structure | None = None
+) -> StreamResult:
+    """Decode `stream` under every policy of `config`; perplexity over predictions config.first_scored().."""
+    if isinstance(stream, torch.Tensor):
+        stream = TokenStream(ids=stream.reshape(-1).long(), prefix=[], source="ids", offset=0, texts=[])
+    tokens = stream.ids.numel()
+    score_from = config.first_scored()
+    if score_from >= tokens:
+        raise MassactError(
+            f"--score-from {score_from} leaves nothing to score in a stream of {tokens} tokens; "
+            "lower --score-from or --cache, or raise --tokens"
+        )
+    model = loaded.model
+    check_context(loaded, tokens, config)
+    if any(p.kind != "recompute" for p in config.policies):
+        check_cache_support(model)
+    if config.positions == "cache" and any(p.kind not in ("full", "recompute") for p in config.policies):
+        Rotary.of(model).check(model, stream.ids)
+    structure = structure or find_structure(model)
+    runs: list[PolicyRun] = []
+    seconds: list[float] = []
+    for policy in config.policies:
+        started = time.perf_counter()
+        if policy.kind == "recompute":
+            outcome = recompute_policy(
+                model, stream.ids, policy, config.cache, score_from, config.positions, config.stride, config.progress
+            )
+        else:
+            outcome = decode_policy(
+                model,
+                structure,
+                stream.ids,
+                policy,
+                config.cache,
+                score_from,
+                config.positions,
+                config.max_detected,
+                config.thresholds,
+                config.progress,
+            )
+        seconds.append(time.perf_counter() - started)
+        runs.append(outcome)
+    return StreamResult(model=loaded.name, stream=stream, config=config, runs=runs, seconds=seconds)

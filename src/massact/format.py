@@ -39,6 +39,16 @@ def fmt_ppl(value: float | None) -> str:
     return fmt_number(None if value is None else float(value), decimals=2)
 
 
+def fmt_activation(value: float | None) -> str:
+    """An activation or median: one decimal from 10 up (`23,147.1`), three significant digits below (`0.897`)."""
+    if value is None or value != value:
+        return "-"
+    value = float(value)
+    if not math.isfinite(value) or abs(value) >= 10:
+        return fmt_number(value, decimals=1)
+    return f"{value:.3g}"
+
+
 def fmt_ratio(value: float | None) -> str:
     """A ratio or factor such as `x / median`: whole above 1,000 (`23,040x` reads better than decimals)."""
     if value is None:

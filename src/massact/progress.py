@@ -26,10 +26,11 @@ def _on_terminal() -> bool:
         return False
 
 
-def bar(total: int | None, description: str, unit: str = "it", enabled: bool = True) -> tqdm:
+def bar(total: int | None, description: str, unit: str = "it", enabled: bool = True, initial: int = 0) -> tqdm:
     """A progress bar to `update(n)` by hand (use as a context manager); drawn on a terminal only."""
     return tqdm(
         total=total,
+        initial=initial,
         desc=description,
         unit=unit,
         leave=False,

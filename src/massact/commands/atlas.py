@@ -8,16 +8,7 @@ import typer
 
 import massact.atlas
 from massact.atlas import STEPS, AtlasConfig
-from massact.commands.common import (
-    AbsThresholdOpt,
-    DeviceOpt,
-    DtypeOpt,
-    JsonOpt,
-    OutOpt,
-    RatioThresholdOpt,
-    TrustOpt,
-    emit_result,
-)
+from massact.commands.common import DeviceOpt, DtypeOpt, Opt, TrustOpt, emit_result
 from massact.data.corpus import DEFAULT_CORPUS
 from massact.detect import Thresholds
 from massact.errors import MassactError
@@ -38,10 +29,10 @@ def atlas_command(
     steps: Annotated[
         str, typer.Option("--steps", help=f"Comma-separated analyses to run: {','.join(STEPS)}.")
     ] = ",".join(STEPS),
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     trust_remote_code: TrustOpt = False,

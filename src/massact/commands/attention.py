@@ -10,17 +10,7 @@ import typer
 
 from massact.attention import AttentionConfig, corpus_input, prompt_input, run
 from massact.attention.inputs import PAPER_PROMPT
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    emit_result,
-    model_command,
-    read_prompt,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.data.corpus import load_texts
 from massact.detect import Thresholds
 from massact.errors import MassactError
@@ -38,7 +28,7 @@ def _parse_tokens(text: str | None) -> list[int] | None:
 
 @model_command
 def attention_command(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     block: Annotated[
         int | None, typer.Option("--block", help="Block of the heatmap (default: first block after massive ones).")
     ] = None,
@@ -70,10 +60,10 @@ def attention_command(
         bool,
         typer.Option("--no-special-tokens", help="Tokenize without special tokens (corpus windows: no BOS first)."),
     ] = False,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     *,
     opts: ModelOptions,
 ) -> None:

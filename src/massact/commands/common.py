@@ -59,6 +59,18 @@ TasksOpt = Annotated[
 TasksLimitOpt = Annotated[int | None, typer.Option("--tasks-limit", help="Only the first N items of each task.")]
 
 
+class Opt:
+    """The option types commands share, in one place: `def cmd(model: Opt.Model = "default", out: Opt.Out = None)`."""
+
+    Model = ModelArg
+    Out = OutOpt
+    Json = JsonOpt
+    AbsThreshold = AbsThresholdOpt
+    RatioThreshold = RatioThresholdOpt
+    Tasks = TasksOpt
+    TasksLimit = TasksLimitOpt
+
+
 def stdout_console() -> Console:
     """The console for a command's terminal view: the terminal's width, or wide enough under a pipe."""
     terminal = Console()

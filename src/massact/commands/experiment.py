@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import JsonOpt, emit_result
+from massact.commands.common import Opt, emit_result
 from massact.commands.train import CorpusOpt, DeviceOpt, PresetOpt, SeedOpt, StepsOpt, check_train_device
 from massact.outputs import check_output_dir
 from massact.train.experiment import run_attention_bias
@@ -24,7 +24,7 @@ def attention_bias_command(
     seed: SeedOpt = 0,
     max_steps: StepsOpt = None,
     device: DeviceOpt = None,
-    as_json: JsonOpt = False,
+    as_json: Opt.Json = False,
 ) -> None:
     """Train default, sink and bias GPT-2 (same data, seed, steps) and compare their activations."""
     get_preset(preset)  # unknown preset: fail before any work

@@ -6,16 +6,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    emit_result,
-    model_command,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command
 from massact.data.corpus import load_texts, prefix_tokens, token_windows
 from massact.detect import Thresholds
 from massact.errors import MassactError
@@ -24,7 +15,7 @@ from massact.quant.export import ExportFiles, measure_exports, parse_formats
 
 @model_command
 def export_command(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     formats: Annotated[
         list[str],
         typer.Option("--format", help="sites, act-scales, outlier-tokens or all (default); repeat or comma-separate."),
@@ -36,13 +27,13 @@ def export_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed that picks the windows.")] = 0,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
     no_special_tokens: Annotated[
         bool, typer.Option("--no-special-tokens", help="Windows without the tokenizer's BOS (or other prefix).")
     ] = False,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     *,
     opts: ModelOptions,
 ) -> None:

@@ -9,18 +9,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    TasksLimitOpt,
-    TasksOpt,
-    emit_result,
-    model_command,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command
 from massact.data.corpus import load_texts
 from massact.detect import Thresholds
 from massact.interventions import InterventionConfig, SiteSpec, parse_ints, parse_modes, read_means, run
@@ -30,7 +19,7 @@ from massact.tasks import task_config
 
 @model_command
 def intervene_command(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     corpus: Annotated[
         str, typer.Option("--corpus", help="Comma-separated corpora (names, .txt, folders, .jsonl).")
     ] = "shakespeare",
@@ -57,14 +46,14 @@ def intervene_command(
         str | None,
         typer.Option("--tokens", help="Only these token positions (comma-separated; 0 is the BOS when there is one)."),
     ] = None,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the random control.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
-    tasks: TasksOpt = None,
-    tasks_limit: TasksLimitOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    tasks: Opt.Tasks = None,
+    tasks_limit: Opt.TasksLimit = None,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     *,
     opts: ModelOptions,
 ) -> None:

@@ -9,15 +9,15 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import JsonOpt, OutOpt, emit_result
+from massact.commands.common import Opt, emit_result
 from massact.corpus import merge
 from massact.outputs import check_output_dir
 
 
 def merge_command(
     runs: Annotated[list[Path], typer.Argument(help="Output folders of `massact scan --corpus` runs.")],
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
 ) -> None:
     """Merge corpus scans exactly: counts, sums, top-k and per-sequence statistics of all runs."""
     if out is not None:

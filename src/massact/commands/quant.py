@@ -6,18 +6,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    TasksLimitOpt,
-    TasksOpt,
-    emit_result,
-    model_command,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.quant import QuantConfig, calibration_text, load_inputs, run, super_weights_from_trace
@@ -33,7 +22,7 @@ def _names(value: str) -> tuple[str, ...]:
 
 @model_command
 def quant_command(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     corpus: Annotated[
         str, typer.Option("--corpus", help="Corpus name or path (.txt, folder, .jsonl).")
     ] = "shakespeare",
@@ -73,12 +62,12 @@ def quant_command(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Windows per forward pass (one per-tensor activation scale spans them).")
     ] = 4,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
-    tasks: TasksOpt = None,
-    tasks_limit: TasksLimitOpt = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    tasks: Opt.Tasks = None,
+    tasks_limit: Opt.TasksLimit = None,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     *,
     opts: ModelOptions,
 ) -> None:

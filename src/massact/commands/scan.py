@@ -10,17 +10,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    emit_result,
-    model_command,
-    read_prompt,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.corpus import CorpusConfig, parse_shard
 from massact.corpus import run as run_corpus
 from massact.corpus.distributed import prepare_launch
@@ -35,20 +25,20 @@ from massact.vision.pipeline import refuse_prompt_for_vision
 
 @model_command
 def scan_command(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     prompt: Annotated[str | None, typer.Option("--prompt", help="Text to scan.")] = None,
     text_file: Annotated[Path | None, typer.Option("--text-file", help="Read the prompt from a UTF-8 file.")] = None,
     no_special_tokens: Annotated[
         bool, typer.Option("--no-special-tokens", help="Tokenize without BOS/EOS and other special tokens.")
     ] = False,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Largest activations kept per block.")] = 16,
     keep: Annotated[
         int | None, typer.Option("--keep", help="Keep this block's output for the 3D figure (default: first massive).")
     ] = None,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     corpus: Annotated[
         str | None,
         typer.Option(

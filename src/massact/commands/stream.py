@@ -7,17 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    emit_result,
-    model_command,
-    read_prompt,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.data.corpus import load_texts
 from massact.detect import Thresholds
 from massact.errors import MassactError
@@ -26,7 +16,7 @@ from massact.stream import DEFAULT_POLICIES, StreamConfig, cut_stream, run
 
 @model_command
 def stream(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     corpus: Annotated[
         str | None, typer.Option("--corpus", help="Corpus name (shakespeare, wikitext, ...) or path; see --document.")
     ] = None,
@@ -51,10 +41,10 @@ def stream(
     ] = "original",
     stride: Annotated[int, typer.Option("--stride", help="recompute: predictions scored per fresh forward.")] = 1,
     max_detected: Annotated[int, typer.Option("--max-detected", help="detected: most tokens kept as sinks.")] = 8,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
-    out: OutOpt = None,
-    json: JsonOpt = False,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    out: Opt.Out = None,
+    json: Opt.Json = False,
     opts: ModelOptions = ModelOptions(),
 ) -> None:
     """Which tokens must stay in a bounded KV cache: perplexity per policy, decoding one token at a time."""

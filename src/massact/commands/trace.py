@@ -7,17 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import (
-    AbsThresholdOpt,
-    JsonOpt,
-    ModelArg,
-    ModelOptions,
-    OutOpt,
-    RatioThresholdOpt,
-    emit_result,
-    model_command,
-    read_prompt,
-)
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.data.corpus import DEFAULT_CORPUS, load_texts
 from massact.detect import Thresholds
 from massact.errors import MassactError
@@ -27,7 +17,7 @@ from massact.trace import TraceConfig, run
 
 @model_command
 def trace_command(
-    model: ModelArg = "default",
+    model: Opt.Model = "default",
     prompt: Annotated[str | None, typer.Option("--prompt", help="Text whose massive sites are traced.")] = None,
     text_file: Annotated[Path | None, typer.Option("--text-file", help="Read the prompt from a UTF-8 file.")] = None,
     no_special_tokens: Annotated[
@@ -56,10 +46,10 @@ def trace_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window, the tokenizer's BOS included.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the control entries.")] = 0,
-    abs_threshold: AbsThresholdOpt = 100.0,
-    ratio_threshold: RatioThresholdOpt = 1000.0,
-    out: OutOpt = None,
-    as_json: JsonOpt = False,
+    abs_threshold: Opt.AbsThreshold = 100.0,
+    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    out: Opt.Out = None,
+    as_json: Opt.Json = False,
     opts: ModelOptions = ModelOptions(),
 ) -> None:
     """Trace each massive activation of MODEL to the sub-layer, expert and weight entries that write it, and verify."""

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import massact.train  # noqa: F401  (registers trained checkpoints as models every command loads)
-from massact.commands.common import JsonOpt, emit_result
+from massact.commands.common import Opt, emit_result
 from massact.errors import MassactError
 from massact.models.loading import check_device
 from massact.outputs import check_output_dir
@@ -51,7 +51,7 @@ def gpt2_command(
     max_steps: StepsOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
     device: DeviceOpt = None,
-    as_json: JsonOpt = False,
+    as_json: Opt.Json = False,
 ) -> None:
     """Train GPT-2 (--attention default|sink|bias) with the activation monitor on."""
     config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import JsonOpt, ModelOptions, emit_result, model_command
+from massact.commands.common import ModelOptions, Opt, emit_result, model_command
 from massact.errors import MassactError
 from massact.outputs import check_output_dir, staged_output
 from massact.progress import say
@@ -42,7 +42,7 @@ def fix_reg_mean_command(
         Path | None,
         typer.Option("--out", help="Directory for fix_reg_mean.json, register_means.safetensors and report.md."),
     ] = None,
-    as_json: JsonOpt = False,
+    as_json: Opt.Json = False,
     *,
     opts: ModelOptions,
 ) -> None:
@@ -58,7 +58,7 @@ def fix_reg_mean_command(
 def samples_command(
     out: Annotated[Path, typer.Argument(help="Folder to write: one sub-folder (class) per bundled photo.")],
     crops: Annotated[int, typer.Option("--crops", min=2, help="Random crops per photo (seeded).")] = 6,
-    as_json: JsonOpt = False,
+    as_json: Opt.Json = False,
 ) -> None:
     """Write a labelled folder of crops of the photos bundled with scikit-image (no download)."""
     from massact.outputs import to_json_text

@@ -14,6 +14,7 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
+from massact.format import fmt_activation as _fmt
 from massact.format import md_code, md_escape  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.report.figures import plot_layerwise  # noqa: E402
@@ -24,10 +25,6 @@ LAYERWISE_PNG = "layerwise.png"
 CONSTANCY_PNG = "constancy.png"
 REPORT_MD = "report.md"
 MAX_CONSTANCY_PANELS = 4
-
-
-def _fmt(value: float) -> str:
-    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def _show(text: str) -> str:

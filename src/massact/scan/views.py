@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from massact.format import fmt_activation as fmt
 from massact.format import md_code, md_escape, show_token
 from massact.outputs import write_json
 from massact.report.figures import plot_activations_3d, plot_layerwise
@@ -21,13 +22,6 @@ if TYPE_CHECKING:
 
 LAYERWISE_PNG = "layerwise.png"
 ACTIVATIONS_PNG = "activations_3d.png"
-
-
-def fmt(value: float) -> str:
-    """A magnitude: thousands separators from 10 up, three significant digits below; `-` for none."""
-    if value != value:
-        return "-"
-    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def model_line(result: ScanResult) -> str:

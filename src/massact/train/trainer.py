@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from tqdm.auto import tqdm
 
 from massact.errors import MassactError
 from massact.outputs import staged_output, write_json
+from massact.progress import bar as progress_bar
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from massact.train.data import TokenData, batch_seed, fixed_windows, random_batch
 from massact.train.files import atomic_write_text
@@ -178,12 +178,8 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if step == 0:
             monitor.record(raw, 0)
-    bar = tqdm(
-        total=config.max_steps,
-        initial=step,
-        desc=f"gpt2 {config.model.attention}",
-        disable=not (progress and accelerator.is_main_process),
-        mininterval=2.0,
+    bar = progress_bar(
+        config.max_steps, f"gpt2 {config.model.attention}", "step", progress and accelerator.is_main_process, step
     )
     tokens_per_step = config.tokens_per_step * accelerator.num_processes
     model.train()

@@ -21,10 +21,11 @@ from massact.capture.hooks import forward_hooks, output_tensor, replace_output_t
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.progress import bar
 from massact.vision import fix_reg_mean_report
 from massact.vision.images import ImageSet
 from massact.vision.pipeline import TokenLayout, VisionPipeline
-from massact.vision.scan import batches, progress_bar
+from massact.vision.scan import batches
 
 SETTINGS = ("original", "fix-reg-mean", "zero-registers")
 
@@ -64,12 +65,14 @@ def collect_register_means(
 
         return hook
 
-    with forward_hooks([(block, hook_for(i)) for i, block in enumerate(structure.blocks)]), progress_bar() as bar:
-        task = bar.add_task("register means", total=len(images))
+    with (
+        forward_hooks([(block, hook_for(i)) for i, block in enumerate(structure.blocks)]),
+        bar(len(images), "register means", unit="image") as shown,
+    ):
         for _, batch in batches(images, batch_size):
             pipeline.forward(pipeline.pixels(batch))
             count += len(batch)
-            bar.advance(task, len(batch))
+            shown.update(len(batch))
     return RegisterMeans(torch.stack(sums).float() / count, positions, count)  # type: ignore[arg-type]
 
 
@@ -98,14 +101,13 @@ class EvalOutputs:
 
 def _run(pipeline: VisionPipeline, images: ImageSet, batch_size: int, desc: str) -> EvalOutputs:
     logits, features = [], []
-    with progress_bar() as bar:
-        task = bar.add_task(desc, total=len(images))
+    with bar(len(images), desc, unit="image") as shown:
         for _, batch in batches(images, batch_size):
             lg, feat = pipeline.features(pipeline.forward(pipeline.pixels(batch)))
             if lg is not None:
                 logits.append(lg.cpu())
             features.append(feat.cpu())
-            bar.advance(task, len(batch))
+            shown.update(len(batch))
     return EvalOutputs(torch.cat(logits) if logits else None, torch.cat(features))
 
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from massact.format import fmt_activation as _fmt
 from massact.format import md_escape  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.report.figures import plot_activations_3d, plot_layerwise, wrap_title  # noqa: E402
@@ -67,12 +68,6 @@ def _tokens_for_3d(scan: ImageScan, limit: int = 24) -> list[int]:
     flagged = [s["token"] for s in scan.result.summary["sites"]]
     order = [*range(scan.layout.num_prefix), *flagged, *range(scan.layout.num_prefix, len(scan.result.tokens))]
     return sorted(list(dict.fromkeys(order))[:limit])
-
-
-def _fmt(value: float) -> str:
-    if value != value:
-        return "-"
-    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def show_image_scan(scan: ImageScan, console: Console) -> None:

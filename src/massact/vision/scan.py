@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from massact.capture.hooks import forward_hooks, output_tensor
 from massact.capture.stats import BlockRecord, SequenceRecord, capture_block_stats
@@ -17,18 +16,13 @@ from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.progress import bar
 from massact.scan import ScanResult, find_massive, summarize_massive
 from massact.vision import report
 from massact.vision.images import ImageSet, open_image
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 
 HIGH_NORM = 150.0  # the registers paper's "high-norm token" cut-off (it varies by model)
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    """A transient progress bar on stderr (stdout stays clean for --json)."""
-    console = Console(stderr=True)
-    return Progress(transient=True, console=console, disable=not (enabled and console.is_terminal))
 
 
 def batches(images: ImageSet, size: int) -> Iterator[tuple[int, list]]:
@@ -207,8 +201,7 @@ def scan_images(
     records: list[SequenceRecord] = []
     norms: list[torch.Tensor] = []
     pixel_shape: tuple[int, ...] = ()
-    with progress_bar(progress) as bar:
-        task = bar.add_task("scanning images", total=len(images))
+    with bar(len(images), "scanning images", unit="image", enabled=progress) as shown:
         for start, batch in batches(images, batch_size):
             pixels = pipeline.pixels(batch)
             pixel_shape = tuple(pixels.shape)
@@ -221,7 +214,7 @@ def scan_images(
                     pipeline.forward(pixels)
                 records += c.pop()
             norms.append(torch.stack([store[i] for i in range(len(structure))], dim=1))
-            bar.advance(task, len(batch))
+            shown.update(len(batch))
     first = records[0]
     layout = pipeline.layout(pixel_shape, int(first.positions.numel()))
     labels, kinds = layout.labels(), layout.kinds()

@@ -19,7 +19,7 @@ def test_scan_default_writes_json_report_and_figures(tmp_path, capsys, smollm2):
     assert data == json.loads((out / "scan.json").read_text())
     assert data["num_blocks"] == 30 and data["hidden_size"] == 576
     assert data["summary"]["dims"][0] == 507 and data["summary"]["first_block"] == 11
-    files = ["activations_3d.png", "layerwise.png", "report.md", "scan.json"]
+    files = ["activations_3d.png", "layerwise.png", "report.html", "report.md", "scan.json"]
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, *files])
     assert read_marker(out) == {"command": "massact scan", "files": files}
     report = (out / "report.md").read_text()

@@ -9,10 +9,13 @@ value into dim `d` of that token alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
+from transformers import PreTrainedTokenizerFast
 from transformers.pytorch_utils import Conv1D
 
 from massact.models.structure import find_structure
@@ -145,3 +148,20 @@ def marked_input(length: int, token: int, seed: int = 1) -> torch.Tensor:
     ids = torch.randint(10, VOCAB, (1, length), generator=generator)
     ids[0, token] = MARK
     return ids
+
+
+def word_tokenizer(word: Callable[[int], str], bos: bool, unk: int = 1, eos: int = 2) -> PreTrainedTokenizerFast:
+    """A real fast tokenizer with one token per space-separated word, id i being `word(i)` for i < VOCAB.
+
+    With `bos`, every plain text starts with MARK's word (the planted token), the way LLaMA's and Gemma's
+    tokenizers start it with their BOS; without, the tokenizer adds nothing (as GPT-2's).
+    """
+    backend = Tokenizer(models.WordLevel({word(i): i for i in range(VOCAB)}, unk_token=word(unk)))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    special = {"unk_token": word(unk), "eos_token": word(eos)}
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{word(MARK)} $A", special_tokens=[(word(MARK), MARK)]
+        )
+        special["bos_token"] = word(MARK)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import transformers as tf
-from planting import MARK, marked_input, plant_massive
+from planting import MARK, marked_input, plant_massive, word_tokenizer
 from torch import nn
 
 from massact.attention import AttentionOptions, analyze, capture_attention
@@ -277,22 +277,6 @@ def word(i: int) -> str:
     return f"w{i}"
 
 
-def word_tokenizer(bos: bool):
-    """One token per space-separated word; with `bos`, every text starts with the word of MARK (the planted id)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({word(i): i for i in range(VOCAB)}, unk_token=word(1)))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    special = {"unk_token": word(1), "eos_token": word(2)}
-    if bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{word(MARK)} $A", special_tokens=[(word(MARK), MARK)]
-        )
-        special["bos_token"] = word(MARK)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
-
-
 def planted_loaded(family: str, bos: bool):
     """A tiny planted model whose massive activation sits on MARK, with a word tokenizer (BOS = MARK or none)."""
     from planting import tiny_model
@@ -301,7 +285,7 @@ def planted_loaded(family: str, bos: bool):
 
     model = tiny_model(family)
     plant_massive(model, block=PLANT_BLOCK, token=0, dim=PLANT_DIM)
-    return LoadedModel(model=model, tokenizer=word_tokenizer(bos), name=f"tiny-{family}")
+    return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos), name=f"tiny-{family}")
 
 
 @pytest.fixture

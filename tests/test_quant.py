@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 from cli_runner import run as run_cli
-from planting import MARK, VOCAB, plant_massive, tiny_model
+from planting import MARK, VOCAB, plant_massive, tiny_model, word_tokenizer
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -314,22 +314,6 @@ def test_static_scales_need_calibration_and_the_best_is_not_a_context():
         pass
 
 
-def word_tokenizer(bos: bool):
-    """One token per word `w<i>`; with `bos`, every text starts with MARK's word (the planted token) as BOS."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel({f"w{i}": i for i in range(VOCAB)}, unk_token="w1"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    special = {"unk_token": "w1", "eos_token": "w2"}
-    if bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"w{MARK} $A", special_tokens=[(f"w{MARK}", MARK)]
-        )
-        special["bos_token"] = f"w{MARK}"
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
-
-
 @pytest.mark.parametrize(("family", "bos"), [("llama", True), ("gpt2", False), ("qwen2", True)])
 def test_inputs_are_the_corpus_windows_plus_held_out_calibration(family, bos, tmp_path):
     from massact.data.corpus import load_windows
@@ -339,7 +323,7 @@ def test_inputs_are_the_corpus_windows_plus_held_out_calibration(family, bos, tm
     corpus.write_text(" ".join(f"w{int(i)}" for i in words), encoding="utf-8")
     model = tiny_model(family)
     plant_massive(model, block=1, token=0, dim=4)
-    loaded = LoadedModel(model=model, tokenizer=word_tokenizer(bos), name=family)
+    loaded = LoadedModel(model=model, tokenizer=word_tokenizer(lambda i: f"w{i}", bos), name=family)
     inputs = load_inputs(loaded, str(corpus), samples=3, seq_len=16, calib_samples=2, seed=4)
     assert torch.equal(inputs.windows, load_windows(loaded.tokenizer, str(corpus), 3, 16, seed=4))
     assert inputs.calibration.shape == (2, 16)

@@ -12,9 +12,8 @@ import json
 import pytest
 import torch
 from cli_runner import run as cli
-from planting import MARK, VOCAB, marked_input, plant_massive, tiny_model
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import DynamicCache, PreTrainedTokenizerFast
+from planting import MARK, VOCAB, marked_input, plant_massive, tiny_model, word_tokenizer
+from transformers import DynamicCache
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -33,23 +32,10 @@ def word(i: int) -> str:
     return {0: "<eos>", 1: "<unk>", MARK: MARK_WORD}.get(i, f"t{i:02d}")
 
 
-def word_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
-    """One token per space-separated word; with `bos`, every text starts with MARK (the planted token)."""
-    backend = Tokenizer(models.WordLevel({word(i): i for i in range(VOCAB)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    special = {"eos_token": "<eos>", "unk_token": "<unk>"}
-    if bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{MARK_WORD} $A", special_tokens=[(MARK_WORD, MARK)]
-        )
-        special["bos_token"] = MARK_WORD
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
-
-
 def planted(family: str, token: int = 0) -> LoadedModel:
     model = tiny_model(family)
     plant_massive(model, block=PLANT_BLOCK, token=token, dim=PLANT_DIM)
-    return LoadedModel(model=model, tokenizer=word_tokenizer(bos=family == "llama"), name=f"tiny-{family}")
+    return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos=family == "llama", eos=0), name=f"tiny-{family}")
 
 
 def stream_ids(length: int = 40, mark: int = 0) -> torch.Tensor:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from planting import MARK, VOCAB, plant_massive, tiny_model
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from planting import MARK, VOCAB, plant_massive, tiny_model, word_tokenizer
 
 from massact.errors import MassactError
 from massact.format import md_escape
@@ -38,23 +36,10 @@ def word(i: int) -> str:
     return {0: "<eos>", 1: "<unk>", MARK: MARK_WORD}.get(i, "w" * (1 + i % 3) + str(i))
 
 
-def word_tokenizer(bos: bool) -> PreTrainedTokenizerFast:
-    """One token per space-separated word of the tiny vocabulary; with `bos`, every text starts with MARK."""
-    backend = Tokenizer(models.WordLevel({word(i): i for i in range(VOCAB)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    special = {"eos_token": "<eos>", "unk_token": "<unk>"}
-    if bos:
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{MARK_WORD} $A", special_tokens=[(MARK_WORD, MARK)]
-        )
-        special["bos_token"] = MARK_WORD
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
-
-
 def planted(family: str) -> LoadedModel:
     model = tiny_model(family)
     plant_massive(model, block=PLANT_BLOCK, token=0, dim=PLANT_DIM)
-    return LoadedModel(model=model, tokenizer=word_tokenizer(bos=family == "llama"), name=f"tiny-{family}")
+    return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos=family == "llama", eos=0), name=f"tiny-{family}")
 
 
 def random_items(family: str, count: int = 16, seed: int = 3) -> list[dict]:

@@ -254,3 +254,11 @@ def test_thresholds_select_what_the_detector_selects():
     assert SiteSpec().detect(hidden).nonzero().tolist() == [[0, 2, 5]]
     assert SiteSpec(thresholds=Thresholds(abs=50, ratio=50)).detect(hidden).sum() == 2
     assert SiteSpec(tokens=(1,)).detect(hidden).sum() == 0
+
+
+def test_block_ranges_read_as_words():
+    from massact.interventions.hooks import blocks_phrase
+
+    assert blocks_phrase([28]) == "block 28"
+    assert blocks_phrase([13, 11, 12]) == "blocks 11-13"
+    assert blocks_phrase([3, 5, 6, 7]) == "blocks 3,5-7"

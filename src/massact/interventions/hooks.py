@@ -250,6 +250,11 @@ def blocks_span(blocks: Sequence[int]) -> str:
     return ",".join(runs)
 
 
+def blocks_phrase(blocks: Sequence[int]) -> str:
+    """'block 28' for one block, 'blocks 11-27' (or '3,5-7') for several."""
+    return f"{'block' if len(set(blocks)) == 1 else 'blocks'} {blocks_span(blocks)}"
+
+
 @dataclass
 class InterventionCounts:
     """How many sites each hooked block rewrote, over how many sequences."""

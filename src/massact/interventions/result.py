@@ -11,7 +11,7 @@ from rich.table import Table
 
 from massact.format import fmt_ppl, md_code, md_escape
 from massact.interventions.config import InterventionConfig
-from massact.interventions.hooks import SiteMeans, blocks_span
+from massact.interventions.hooks import SiteMeans, blocks_phrase, blocks_span
 from massact.interventions.means import MEANS_JSON
 from massact.interventions.survey import Survey
 from massact.outputs import write_json
@@ -112,10 +112,10 @@ class InterventionResult:
         survey = self.survey
         lines = [f"massive dims on the {survey.sequences} surveyed windows (on at least half of them):"]
         for row in survey.dim_spans():
-            line = f"  dim {row['dim']}: blocks {blocks_span(row['blocks'])}"
+            line = f"  dim {row['dim']}: {blocks_phrase(row['blocks'])}"
             if row["below_criterion_blocks"]:
                 line += (
-                    f"; below the criterion at blocks {blocks_span(row['below_criterion_blocks'])}"
+                    f"; below the criterion at {blocks_phrase(row['below_criterion_blocks'])}"
                     f" (top value up to {row['below_criterion_max_ratio']:,.0f}x the median)"
                 )
             lines.append(line)
@@ -129,7 +129,7 @@ class InterventionResult:
             start = min(self.blocks)  # blocks before the hooked ones are not changed by it
             spans = [(row["dim"], [b for b in row["blocks"] if b >= start]) for row in after.dim_spans()]
             spans = [(dim, blocks) for dim, blocks in spans if blocks]
-            lines += [f"  dim {dim}: massive at blocks {blocks_span(blocks)}" for dim, blocks in spans]
+            lines += [f"  dim {dim}: massive at {blocks_phrase(blocks)}" for dim, blocks in spans]
             if not spans:
                 lines.append(f"  no massive activation at blocks {start} and after")
         return lines

@@ -234,7 +234,8 @@ class ExportFiles:
         sites = r.sites()
         tokens = r.outlier_tokens()["tokens"]
         console.print(
-            f"{len(sites['sites'])} massive sites in dims {sites['dims']}, "
+            f"{len(sites['sites'])} massive sites in {'dim' if len(sites['dims']) == 1 else 'dims'} "
+            f"{', '.join(map(str, sites['dims']))}, "
             f"blocks {sites['blocks'][0]}..{sites['blocks'][-1]}; {len(tokens)} token ids carry them",
             highlight=False,
         )

@@ -148,3 +148,75 @@ def test_collector_sees_the_forward_inputs_and_leaves_no_hook(family):
         assert torch.equal(collector.input_ids, ids)
         collector.pop()
     assert _hook_count(model) == 0 and collector.input_ids is None
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape and values, NaN equal to NaN (later blocks of the NaN-planted model are all NaN)."""
+    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
+def _same_records(deferred, direct) -> None:
+    assert len(deferred) == len(direct)
+    for seq_a, seq_b in zip(deferred, direct):
+        assert seq_a.kept.keys() == seq_b.kept.keys()
+        assert all(_equal(seq_a.kept[i], seq_b.kept[i]) for i in seq_b.kept)
+        for a, b in zip(seq_a.blocks, seq_b.blocks):
+            assert a.median == b.median or (a.median != a.median and b.median != b.median)
+            assert a.all_nonfinite == b.all_nonfinite
+            ranked = ("dim_max", "token_max", "positions")
+            if not b.all_nonfinite:  # an all-NaN block ranks nothing (its "top" are ties of zeros; never shown)
+                ranked += ("top_values", "top_tokens", "top_dims")
+            for name in ranked:
+                assert _equal(getattr(a, name), getattr(b, name)), name
+            if not b.massive_truncated:  # truncated lists are the largest, in magnitude order (ties aside)
+                for name in ("massive_tokens", "massive_dims", "massive_values"):
+                    assert _equal(getattr(a, name), getattr(b, name)), name
+            else:
+                assert _equal(a.massive_values.abs(), b.massive_values.abs())
+            assert (a.massive_truncated, a.nonfinite) == (b.massive_truncated, b.nonfinite)
+            assert repr(a.nonfinite_sites) == repr(b.nonfinite_sites)  # nan == nan here
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    ("top_k", "thresholds"), [(16, Thresholds()), (1, Thresholds()), (4, Thresholds(abs=1e-6, ratio=1e-6))]
+)
+def test_deferred_summaries_equal_the_direct_ones(family, top_k, thresholds, monkeypatch):
+    """The accelerator path (device tensors only in the hooks, read back in pop) gives the same records.
+
+    Forced on the CPU here: padding, a planted massive activation, a NaN block output, `--top-k 1`, and
+    thresholds so low that the listed entries are truncated.
+    """
+    monkeypatch.setattr("massact.capture.stats.MAX_MASSIVE_PER_BLOCK", 100)  # so that the low thresholds truncate
+    model = tiny_model(family)
+    plant_massive(model, block=1, token=MARK, dim=5)
+    structure = find_structure(model)
+    ids = torch.cat([marked_input(120, 3, seed=1), marked_input(120, 0, seed=2)])
+    mask = torch.ones_like(ids)
+    mask[1, 110:] = 0  # right padding on the second sequence
+    nan_block = structure.blocks[2]
+    handle = nan_block.register_forward_hook(lambda m, a, out: _with_nan(out))
+    try:
+        results = []
+        for deferred in (True, False):
+            with capture_block_stats(
+                model, structure, top_k=top_k, thresholds=thresholds, keep=(1,), deferred=deferred
+            ) as c:
+                with torch.no_grad():
+                    model(input_ids=ids, attention_mask=mask)
+                results.append(c.pop())
+    finally:
+        handle.remove()
+    deferred, direct = results
+    _same_records(deferred, direct)
+    assert direct[0].blocks[2].nonfinite > 0 and direct[1].blocks[1].positions.numel() == 110
+    assert any(b.massive_truncated for b in direct[0].blocks) == (thresholds.abs < 1)
+    assert direct[0].blocks[1].massive_dims.tolist().count(5) >= 1
+
+
+def _with_nan(output):
+    hidden = output[0] if isinstance(output, tuple) else output
+    hidden = hidden.clone()
+    hidden[:, 4, 7] = float("nan")
+    hidden[:, 9, 1] = float("inf")
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden

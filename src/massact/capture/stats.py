@@ -154,6 +154,109 @@ def summarize_hidden(
     )
 
 
+@dataclass
+class PendingBlock:
+    """One block's summary as fixed-size tensors on the model's device, read back after the forward.
+
+    Built inside the hook without a host synchronisation (no `.item()`, `.cpu()`, boolean indexing or
+    `nonzero()`); `finish()` turns it into the same `BlockRecord` `summarize_hidden` gives.
+    """
+
+    median: torch.Tensor  # 0-d, NaN when nothing is finite
+    top_values: torch.Tensor
+    top_tokens: torch.Tensor
+    top_dims: torch.Tensor
+    dim_max: torch.Tensor
+    token_max: torch.Tensor  # every token, padding included (dropped in finish)
+    valid: torch.Tensor | None  # [tokens] bool, None when every token is real
+    massive_index: torch.Tensor  # flat indices of the largest criterion hits, by magnitude
+    massive_values: torch.Tensor
+    massive_hit: torch.Tensor  # whether each listed index passed the criterion
+    hits: torch.Tensor  # 0-d count of entries that pass the criterion
+    nonfinite: torch.Tensor  # 0-d count
+    nonfinite_sites: torch.Tensor  # [MAX_NONFINITE_LISTED, 2] (token, dim), -1 past the last
+    nonfinite_values: torch.Tensor
+
+    def finish(self) -> BlockRecord:
+        """Read the tensors back (the one synchronisation) and select what the hook could not."""
+        p = PendingBlock(*(t if t is None else t.cpu() for t in self.__dict__.values()))
+        tokens, dims = p.token_max.numel(), p.dim_max.numel()
+        valid = torch.ones(tokens, dtype=torch.bool) if p.valid is None else p.valid
+        positions = torch.arange(tokens)[valid]
+        top = valid[p.top_tokens]
+        index, values = p.massive_index[p.massive_hit], p.massive_values[p.massive_hit]
+        truncated = int(p.hits) > MAX_MASSIVE_PER_BLOCK
+        if not truncated:  # as `nonzero()` lists them: token by token
+            order = index.argsort()
+            index, values = index[order], values[order]
+        listed = p.nonfinite_sites[:, 0] >= 0
+        sites = [
+            (int(t), int(d), float(v))
+            for (t, d), v in zip(p.nonfinite_sites[listed].tolist(), p.nonfinite_values[listed].tolist())
+        ]
+        return BlockRecord(
+            median=float(p.median),
+            top_values=p.top_values[top],
+            top_tokens=p.top_tokens[top],
+            top_dims=p.top_dims[top],
+            dim_max=p.dim_max,
+            token_max=p.token_max[valid],
+            positions=positions,
+            massive_tokens=index // dims,
+            massive_dims=index % dims,
+            massive_values=values,
+            massive_truncated=truncated,
+            nonfinite=int(p.nonfinite),
+            nonfinite_sites=sites,
+        )
+
+
+def summarize_deferred(
+    hidden: torch.Tensor, valid: torch.Tensor | None, top_k: int = 16, thresholds: Thresholds | None = None
+) -> PendingBlock:
+    """`summarize_hidden` for an accelerator: every result stays a fixed-size tensor on the device.
+
+    `hidden` [tokens, dims] holds padding too; `valid` [tokens] marks the real tokens (None: all).
+    Padding and inf/NaN are set to NaN for the median (`nanmedian`, the same lower median) and to 0
+    for every maximum and ranking.
+    """
+    thresholds = thresholds or Thresholds()
+    tokens, dims = hidden.shape
+    x = hidden.detach()
+    mags = x.float().abs()
+    finite = torch.isfinite(mags)
+    bad = ~finite if valid is None else ~finite & valid[:, None]
+    counted = finite if valid is None else finite & valid[:, None]
+    sites = torch.nonzero_static(bad, size=MAX_NONFINITE_LISTED, fill_value=-1)
+    mags.masked_fill_(~counted, float("nan"))
+    median = torch.nanmedian(mags.view(-1))
+    mags.nan_to_num_(nan=0.0)
+    token_max, dim_max = mags.amax(1), mags.amax(0)
+    k = min(top_k, mags.numel())
+    rows = token_max.topk(min(k, tokens)).indices
+    _, flat_idx = mags[rows].reshape(-1).topk(k)
+    top_rows, top_dims = rows[flat_idx // dims], flat_idx % dims
+    hit = thresholds.massive(mags, median)
+    ranked, index = torch.where(hit, mags, -1.0).view(-1).topk(min(MAX_MASSIVE_PER_BLOCK, mags.numel()))
+    clamped = sites.clamp(min=0)
+    return PendingBlock(
+        median=median,
+        top_values=x[top_rows, top_dims].float(),
+        top_tokens=top_rows,
+        top_dims=top_dims,
+        dim_max=dim_max,
+        token_max=token_max,
+        valid=valid,
+        massive_index=index,
+        massive_values=x.view(-1)[index].float(),
+        massive_hit=ranked >= 0,
+        hits=hit.sum(),
+        nonfinite=bad.sum(),
+        nonfinite_sites=sites,
+        nonfinite_values=x[clamped[:, 0], clamped[:, 1]].float(),
+    )
+
+
 class BlockStatsCollector(HookSet):
     """Hooks every block's output and turns it into `SequenceRecord`s (padding left out via the grabbed mask)."""
 
@@ -164,13 +267,15 @@ class BlockStatsCollector(HookSet):
         top_k: int = 16,
         thresholds: Thresholds | None = None,
         keep: Iterable[int] = (),
+        deferred: bool | None = None,
     ) -> None:
         super().__init__(model)
         self.structure = structure
         self.top_k = top_k
         self.thresholds = thresholds or Thresholds()
         self.keep = set(keep)
-        self._pending: dict[int, list[BlockRecord | None]] = {}
+        self.deferred = deferred  # None: on accelerators only (no host synchronisation inside the forward)
+        self._pending: dict[int, list[BlockRecord | PendingBlock | None]] = {}
         self._kept: dict[int, dict[int, torch.Tensor]] = {}
 
     def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
@@ -183,6 +288,14 @@ class BlockStatsCollector(HookSet):
                 hidden = hidden.unsqueeze(0)
             batch, tokens, _ = hidden.shape
             mask = self.valid_mask(batch, tokens, hidden.device)
+            if self.deferred or (self.deferred is None and hidden.device.type != "cpu"):
+                for b in range(batch):
+                    valid = None if mask is None else mask[b]
+                    pending = summarize_deferred(hidden[b], valid, self.top_k, self.thresholds)
+                    self._pending.setdefault(b, [None] * len(self.structure))[index] = pending
+                    if index in self.keep:  # the whole output, padding too: trimmed in pop()
+                        self._kept.setdefault(b, {})[index] = hidden[b].detach().clone()
+                return
             all_positions = torch.arange(tokens, device=hidden.device)
             for b in range(batch):
                 if mask is None:
@@ -204,7 +317,12 @@ class BlockStatsCollector(HookSet):
             missing = [i for i, r in enumerate(blocks) if r is None]
             if missing:
                 raise RuntimeError(f"blocks {missing} did not run in the forward pass")
-            records.append(SequenceRecord(blocks=blocks, kept=self._kept.get(b, {})))  # type: ignore[arg-type]
+            kept = self._kept.get(b, {})
+            if isinstance(blocks[0], PendingBlock):
+                valid = blocks[0].valid
+                kept = {i: (x if valid is None else x[valid]).cpu() for i, x in kept.items()}
+                blocks = [r.finish() for r in blocks]  # type: ignore[union-attr]
+            records.append(SequenceRecord(blocks=blocks, kept=kept))  # type: ignore[arg-type]
         self._pending, self._kept = {}, {}
         return records
 
@@ -217,7 +335,14 @@ def capture_block_stats(
     top_k: int = 16,
     thresholds: Thresholds | None = None,
     keep: Iterable[int] = (),
+    deferred: bool | None = None,
 ) -> Iterator[BlockStatsCollector]:
-    """Hook every block of `model`; yields a collector whose `pop()` gives per-sequence records."""
-    with BlockStatsCollector(model, structure, top_k=top_k, thresholds=thresholds, keep=keep) as collector:
+    """Hook every block of `model`; yields a collector whose `pop()` gives per-sequence records.
+
+    On an accelerator (or with `deferred=True`) the hooks keep device tensors only and make no host
+    synchronisation; everything is read back in `pop()`, after the forward.
+    """
+    with BlockStatsCollector(
+        model, structure, top_k=top_k, thresholds=thresholds, keep=keep, deferred=deferred
+    ) as collector:
         yield collector

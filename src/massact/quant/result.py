@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 FORMAT = "massact-quant/1"
 
 
-def _ppl(value: float) -> str:
-    return fmt_ppl(value) if not math.isfinite(value) or value < 1e6 else f"{value:.3g}"
-
-
 def _change(ratio: float) -> str:
     return f"{ratio - 1:+.1%}" if math.isfinite(ratio) else "n/a"
 
@@ -90,10 +86,10 @@ class QuantResult:
         tasks = "tasks" in self.baseline
         for name in ("perplexity", "vs fp", *(["mean acc %"] if tasks else [])):
             table.add_column(name, justify="right", no_wrap=True)  # print_table makes room: never cut
-        table.add_row("unquantized", "", _ppl(self.baseline["perplexity"]), "", *self._acc(self.baseline))
+        table.add_row("unquantized", "", fmt_ppl(self.baseline["perplexity"]), "", *self._acc(self.baseline))
         for row in self.rows:
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
-            table.add_row(row["scheme"], strategy, _ppl(row["perplexity"]), _change(row["ratio"]), *self._acc(row))
+            table.add_row(row["scheme"], strategy, fmt_ppl(row["perplexity"]), _change(row["ratio"]), *self._acc(row))
         return table
 
     def _acc(self, row: dict) -> list[str]:
@@ -137,12 +133,12 @@ class QuantResult:
             "",
             "| scheme | strategy | perplexity | vs fp |" + (" mean acc % |" if "tasks" in self.baseline else ""),
             "|---|---|---:|---:|" + ("---:|" if "tasks" in self.baseline else ""),
-            f"| unquantized | | {_ppl(self.baseline['perplexity'])} | |"
+            f"| unquantized | | {fmt_ppl(self.baseline['perplexity'])} | |"
             + "".join(f" {a} |" for a in self._acc(self.baseline)),
         ]
         for row in self.rows:
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
-            cells = f"{row['scheme']} | {md_escape(strategy)} | {_ppl(row['perplexity'])} | {_change(row['ratio'])}"
+            cells = f"{row['scheme']} | {md_escape(strategy)} | {fmt_ppl(row['perplexity'])} | {_change(row['ratio'])}"
             lines.append(f"| {cells} |" + "".join(f" {a} |" for a in self._acc(row)))
         lines += ["", f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         if self.sensitivity is not None:
@@ -157,7 +153,7 @@ class QuantResult:
                 "| block | perplexity | vs fp |",
                 "|---:|---:|---:|",
             ]
-            lines += [f"| {r['block']} | {_ppl(r['perplexity'])} | {_change(r['ratio'])} |" for r in s["blocks"]]
+            lines += [f"| {r['block']} | {fmt_ppl(r['perplexity'])} | {_change(r['ratio'])} |" for r in s["blocks"]]
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> None:

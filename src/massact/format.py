@@ -78,10 +78,14 @@ def md_escape(text: str) -> str:
     return text
 
 
-def md_code(text: str) -> str:
-    """User text as Markdown inline code that survives backticks, `|` (in tables) and line breaks."""
+def md_code(text: str, table: bool = True) -> str:
+    """User text as Markdown inline code that survives backticks and line breaks.
+
+    In a table cell (`table`) `|` is escaped too; outside a table a code span would show that backslash.
+    """
     text = show_token(str(text)) if str(text).strip() == "" else str(text).replace("\r", "\\r").replace("\n", "\\n")
-    text = text.replace("|", "\\|")
+    if table:
+        text = text.replace("|", "\\|")
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.atlas.config import AtlasConfig
+from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
 
@@ -128,10 +129,6 @@ def cells(row: dict) -> list[str]:
     ]
 
 
-def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("\n", " ")
-
-
 @dataclass
 class AtlasResult:
     """One row per model, in the order given."""
@@ -177,17 +174,20 @@ class AtlasResult:
         lines = [
             "# massact atlas",
             "",
-            f"{len(self.analysed)} of {len(self.rows)} models analysed. Prompt `{_md(cfg.prompt)}`; constancy over "
-            f"{cfg.samples} windows of {cfg.seq_len} tokens of `{_md(cfg.corpus)}`; criterion |x| > "
+            f"{len(self.analysed)} of {len(self.rows)} models analysed. "
+            f"Prompt {md_code(cfg.prompt, table=False)}; constancy over {cfg.samples} windows of {cfg.seq_len} "
+            f"tokens of {md_code(cfg.corpus, table=False)}; criterion |x| > "
             f"{cfg.thresholds.abs:g} and >= {cfg.thresholds.ratio:g} x block median.",
             "",
             "| " + " | ".join(COLUMNS) + " |",
             "|" + "|".join("---" for _ in COLUMNS) + "|",
         ]
-        lines += ["| " + " | ".join(_md(c) for c in cells(row)) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(md_escape(c) for c in cells(row)) + " |" for row in self.rows]
         reasons = [(r["model"], n, why) for r in self.rows for n, why in (r.get("reasons") or {}).items()]
         if reasons:
-            lines += ["", "Fields left null:", ""] + [f"- {_md(m)}: `{n}` ({_md(why)})" for m, n, why in reasons]
+            lines += ["", "Fields left null:", ""] + [
+                f"- {md_escape(m)}: `{n}` ({md_escape(why)})" for m, n, why in reasons
+            ]
         lines += [
             "",
             "Headroom: peak |x| of any block output / the format's largest finite value (fp16 65,504; bf16 3.39e38; "

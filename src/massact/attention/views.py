@@ -10,9 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from massact.attention.figures import plot_attention_map, plot_constancy, plot_sinks
-from massact.format import md_escape
+from massact.format import md_code, md_escape
 from massact.outputs import write_json
-from massact.report.markdown import inline_code
 from massact.report.tables import numeric_column, print_table
 
 if TYPE_CHECKING:
@@ -85,18 +84,19 @@ def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
     source = result.source
     lines = [f"# massact attention: {md_escape(result.model)}", ""]
     if result.model_source and result.model_source != result.model:
-        lines.append(f"- model file: {inline_code(result.model_source)}")
+        lines.append(f"- model file: {md_code(result.model_source, table=False)}")
     if result.quantization:
         lines.append(f"- weights: {md_escape(result.quantization)}")
     if "corpus" in source:
         prefix = result.prefix_tokens or []
-        start = ", each starting with " + ", ".join(inline_code(t) for t in prefix) if prefix else ""
+        start = ", each starting with " + ", ".join(md_code(t, table=False) for t in prefix) if prefix else ""
         lines.append(
-            f"- input: {source['samples']} windows of {source['seq_len']} tokens from {inline_code(source['corpus'])} "
+            f"- input: {source['samples']} windows of {source['seq_len']} tokens "
+            f"from {md_code(source['corpus'], table=False)} "
             f"(seed {source['seed']}){start}"
         )
     elif "prompt" in source:
-        lines.append(f"- prompt: {inline_code(source['prompt'])} ({len(result.tokens)} tokens)")
+        lines.append(f"- prompt: {md_code(source['prompt'], table=False)} ({len(result.tokens)} tokens)")
     lines += [
         f"- {result.num_blocks} blocks, {result.num_heads} heads; sink head: first-token importance > "
         f"{result.options.threshold}",

@@ -15,7 +15,7 @@ from rich.text import Text  # noqa: E402
 
 from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
 from massact.format import fmt_activation as _fmt
-from massact.format import md_code, md_escape  # noqa: E402
+from massact.format import md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.report.figures import plot_layerwise  # noqa: E402
 from massact.report.tables import numeric_column, print_table  # noqa: E402
@@ -25,10 +25,6 @@ LAYERWISE_PNG = "layerwise.png"
 CONSTANCY_PNG = "constancy.png"
 REPORT_MD = "report.md"
 MAX_CONSTANCY_PANELS = 4
-
-
-def _show(text: str) -> str:
-    return repr(text)[1:-1]
 
 
 def derived(summary: CorpusSummary) -> dict:
@@ -83,7 +79,7 @@ def terminal_summary(summary: CorpusSummary, console: Console) -> None:
             _fmt(g["peak_mean"]),
             f"{g['peak_cv']:.3f}",
             f"{g['frequency']:.0%}",
-            Text(" ".join(_show(t) for t in g["tokens"][:3])),  # token text, never markup
+            Text(" ".join(show_token(t) for t in g["tokens"][:3])),  # token text, never markup
         )
     print_table(console, table)
     if not groups:
@@ -141,7 +137,7 @@ def markdown(summary: CorpusSummary, command: str | None = None) -> str:
             f"| {g['dim']} | {g['token_kind']} | {g['emerge_block']}..{g['last_block']} | "
             f"{'-' if g['fade_block'] is None else g['fade_block']} | {g['peak_block']} | {_fmt(g['peak_mean'])} | "
             f"{g['peak_cv']:.4f} | {_fmt(g['emerge_mean'])} | {g['emerge_cv']:.4f} | {g['frequency']:.0%} | "
-            + ", ".join(md_code(_show(t)) for t in g["tokens"][:5])
+            + ", ".join(md_code(t) for t in g["tokens"][:5])
             + " |"
         )
     if summary.nonfinite:

@@ -14,7 +14,7 @@ from massact.format import fmt_activation as fmt
 from massact.format import md_code, md_escape, show_token
 from massact.outputs import write_json
 from massact.report.figures import plot_activations_3d, plot_layerwise
-from massact.report.markdown import inline_code, plural
+from massact.report.markdown import plural
 from massact.report.tables import numeric_column, print_table
 
 if TYPE_CHECKING:
@@ -90,13 +90,13 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
         "",
     ]
     if result.source and result.source != result.model:
-        lines.append(f"- model file: {inline_code(result.source)}")
+        lines.append(f"- model file: {md_code(result.source, table=False)}")
     if result.quantization:
         lines.append(f"- weights: {md_escape(result.quantization)}")
     lines += [
-        f"- blocks: {result.num_blocks} ({inline_code(result.structure.blocks_path)}), "
+        f"- blocks: {result.num_blocks} ({md_code(result.structure.blocks_path, table=False)}), "
         f"hidden size {result.hidden_size}, dtype {result.dtype}",
-        f"- prompt: {inline_code(result.prompt or '')} ({len(result.tokens)} tokens)",
+        f"- prompt: {md_code(result.prompt or '', table=False)} ({len(result.tokens)} tokens)",
         f"- criterion: \\|x\\| > {result.thresholds.abs:g} and \\|x\\| >= {result.thresholds.ratio:g} x block median",
         "",
     ]

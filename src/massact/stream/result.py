@@ -10,6 +10,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.stream.decode import PolicyRun
 from massact.stream.figures import plot_running_perplexity
@@ -44,10 +45,6 @@ def _perplexity(nll: torch.Tensor) -> float:
         return math.nan
     mean = float(nll.mean())
     return math.exp(mean) if mean < 709.0 else (math.inf if mean == mean else math.nan)
-
-
-def _md(text: object) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("\n", "\\n")
 
 
 @dataclass
@@ -174,9 +171,9 @@ class StreamResult:
 
     def report(self, figure: str) -> str:
         lines = [
-            f"# Streaming with a bounded KV cache: {_md(self.model)}",
+            f"# Streaming with a bounded KV cache: {md_escape(self.model)}",
             "",
-            _md(self._caption()) + ".",
+            md_escape(self._caption()) + ".",
             "",
             "| policy | cache | sink tokens (kept for the whole stream) | perplexity | scored | tok/s |",
             "|---|---:|---|---:|---:|---:|",
@@ -184,15 +181,17 @@ class StreamResult:
         for run, row in zip(self.runs, self.rows()):
             speed = "-" if row["tokens_per_second"] is None else f"{row['tokens_per_second']:.1f}"
             lines.append(
-                f"| {_md(row['policy'])} | {row['cache']} | {_md(self._kept_text(run))} | {row['perplexity']:.2f} "
+                f"| {md_escape(row['policy'])} | {row['cache']} | {md_escape(self._kept_text(run))} "
+                f"| {row['perplexity']:.2f} "
                 f"| {row['tokens_scored']} | {speed} |"
             )
         detection = self.detection()
         if detection is not None:
-            lines += ["", "## Detected sink tokens", "", _md(DETECTION_NOTE) + ".", ""]
+            lines += ["", "## Detected sink tokens", "", md_escape(DETECTION_NOTE) + ".", ""]
             for t in detection["tokens"]:
                 lines.append(
-                    f"- token {t['position']} `{_md(t['text'])}`: |x| = {t['value']:.1f} in dim {t['dim']} at block "
+                    f"- token {t['position']} {md_code(t['text'], table=False)}: |x| = {t['value']:.1f} "
+                    f"in dim {t['dim']} at block "
                     f"{t['block']} (running median {t['median']:.3g}; massive in blocks {t['massive_blocks']})"
                 )
             if not detection["tokens"]:

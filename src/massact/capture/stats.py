@@ -92,6 +92,14 @@ def median_magnitude(magnitudes: torch.Tensor, in_place: bool = False) -> float:
     return float(np.partition(magnitudes.reshape(-1).numpy(), k)[k])
 
 
+def nan_medians(values: torch.Tensor) -> torch.Tensor:
+    """Lower median of each row of `values` [rows, ...], NaN left out (NaN for a row without any).
+
+    The same value `median_magnitude` gives on the kept entries, computed without leaving the device.
+    """
+    return torch.nanmedian(values.reshape(values.shape[0], -1), dim=1).values
+
+
 def summarize_hidden(
     hidden: torch.Tensor,
     positions: torch.Tensor | None = None,
@@ -229,7 +237,7 @@ def summarize_deferred(
     counted = finite if valid is None else finite & valid[:, None]
     sites = torch.nonzero_static(bad, size=MAX_NONFINITE_LISTED, fill_value=-1)
     mags.masked_fill_(~counted, float("nan"))
-    median = torch.nanmedian(mags.view(-1))
+    median = nan_medians(mags.unsqueeze(0))[0]
     mags.nan_to_num_(nan=0.0)
     token_max, dim_max = mags.amax(1), mags.amax(0)
     k = min(top_k, mags.numel())

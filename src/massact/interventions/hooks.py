@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from massact.capture.hooks import HookSet, output_tensor, replace_output_tensor
-from massact.capture.stats import median_magnitude
+from massact.capture.stats import median_magnitude, nan_medians
 from massact.detect import Thresholds, token_kind
 from massact.errors import MassactError
 from massact.models.structure import Structure
@@ -108,8 +108,8 @@ def _positions(values: tuple[int, ...], size: int, device: str) -> torch.Tensor:
 def sequence_medians(mags: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Lower median of each sequence's finite magnitudes [batch, tokens, dims] -> [batch] (NaN when none).
 
-    On the CPU each row is partitioned on its own; on an accelerator the rows are sorted at once, so no
-    value leaves the device.
+    On the CPU each row is partitioned on its own; on an accelerator all rows at once, so no value leaves
+    the device.
     """
     ok = torch.isfinite(mags)
     if valid is not None:
@@ -117,18 +117,12 @@ def sequence_medians(mags: torch.Tensor, valid: torch.Tensor | None = None) -> t
     if mags.device.type == "cpu":
         medians = [median_magnitude(row if bool(keep.all()) else row[keep]) for row, keep in zip(mags, ok, strict=True)]
         return torch.tensor(medians, dtype=torch.float32)
-    return sorted_medians(mags, ok)
+    return device_medians(mags, ok)
 
 
-def sorted_medians(mags: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-    """`sequence_medians` by one sort of every row, on any device (entries where `ok` is False left out)."""
-    batch = mags.shape[0]
-    flat = torch.where(ok, mags, torch.full_like(mags, math.inf)).reshape(batch, -1)
-    count = ok.reshape(batch, -1).sum(1)
-    ordered = flat.sort(dim=1).values
-    index = ((count - 1).clamp(min=0) // 2).unsqueeze(1)
-    picked = ordered.gather(1, index).squeeze(1)
-    return torch.where(count > 0, picked, torch.full_like(picked, math.nan))
+def device_medians(mags: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """`sequence_medians` on any device, without a host synchronisation (entries where `ok` is False left out)."""
+    return nan_medians(torch.where(ok, mags, torch.full_like(mags, math.nan)))
 
 
 class TokenKinds:

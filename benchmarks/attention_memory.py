@@ -21,7 +21,7 @@ from collections.abc import Callable
 import psutil
 import torch
 
-from massact.attention import AttentionOptions, analyze
+from massact.attention import AttentionConfig, analyze
 from massact.data.corpus import load_windows
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
@@ -86,7 +86,7 @@ def main() -> None:
     kept: list = []
 
     def capture() -> None:
-        kept.append(analyze(model, structure, ids, AttentionOptions()))
+        kept.append(analyze(model, structure, ids, AttentionConfig()))
 
     def all_maps() -> None:
         model.set_attn_implementation("eager")

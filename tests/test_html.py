@@ -251,14 +251,14 @@ def _choose(driver, chart_id: str, label: str) -> list[str]:
 def test_attention_page_picks_block_and_head_and_hovers_a_probability(browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
 
-    from massact.attention import AttentionOptions, analyze
+    from massact.attention import AttentionConfig, analyze
     from massact.models.structure import find_structure
 
     model = tiny_model("llama")
     plant_massive(model, block=1, token=0, dim=11)
     ids = marked_input(10, token=0)
     tokens = [f"<{i}>" for i in ids[0].tolist()]
-    result = analyze(model, find_structure(model), ids, AttentionOptions(keep_maps=(2,)), tokens=tokens)
+    result = analyze(model, find_structure(model), ids, AttentionConfig(keep_maps=(2,)), tokens=tokens)
     write_report_html(tmp_path, result)
     logs = _open(browser, tmp_path / "report.html")
     assert [e for e in logs if e["level"] == "SEVERE"] == []

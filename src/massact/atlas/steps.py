@@ -170,7 +170,7 @@ def attention_step(ctx: Context) -> dict:
     scan = _analysis("scan")
     text = scan.tokenize_prompt(ctx.loaded, ctx.config.prompt)
     structure = find_structure(ctx.loaded.model)
-    options = attention.AttentionOptions(thresholds=ctx.config.thresholds)
+    options = attention.AttentionConfig(thresholds=ctx.config.thresholds)
     result = attention.analyze(
         ctx.loaded.model, structure, text.input_ids, options, name=ctx.loaded.name, tokens=text.tokens
     )

@@ -5,7 +5,6 @@
 
 from massact.attention.analyze import (
     AttentionConfig,
-    AttentionOptions,
     AttentionResult,
     SequenceAttention,
     analyze,
@@ -21,7 +20,6 @@ __all__ = [
     "AttentionCall",
     "AttentionConfig",
     "AttentionInput",
-    "AttentionOptions",
     "AttentionResult",
     "BlockAttention",
     "SequenceAttention",

@@ -73,9 +73,6 @@ class AttentionConfig:
             raise MassactError("thresholds must be a massact.detect.Thresholds")
 
 
-AttentionOptions = AttentionConfig  # the earlier name
-
-
 @dataclass
 class SequenceAttention:
     """All blocks of one sequence."""

@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.interventions import InterventionConfig, parse_modes, resolve_blocks, run_interventions
+from massact.interventions import InterventionConfig, parse_modes, resolve_blocks, run
 from massact.interventions.hooks import KINDS, SiteMeans, SiteSpec, TokenKinds, intervene
 from massact.interventions.means import read_means
 from massact.interventions.perplexity import evaluate_perplexity
@@ -227,13 +227,13 @@ def test_bad_inputs_are_clear_errors(model, structure, tmp_path):
         read_means(path)
 
 
-def test_run_interventions_table_and_block_map(model):
+def test_run_table_and_block_map(model):
     loaded = load_model(model)
     data = windows(10, seed=4)
     config = InterventionConfig(
         corpora=["a", "b"], samples=6, seq_len=32, means_samples=4, progress=False, batch_size=4
     )
-    result = run_interventions(loaded, config, windows_fn=lambda loaded, corpus, count, cfg: data[:count])
+    result = run(loaded, {"a": data, "b": data}, config)  # "a" also gives the held-out windows of the means
     assert result.blocks == [0]
     assert [(r["corpus"], r["mode"]) for r in result.rows] == [
         (c, m) for c in ("a", "b") for m in ("original", "zero", "mean", "random")
@@ -244,7 +244,7 @@ def test_run_interventions_table_and_block_map(model):
     assert result.survey.dim_spans()[0]["dim"] == DIM and result.survey.dim_spans()[0]["blocks"][0] == 0
     assert all(r["tokens"] == 6 * 31 for r in result.rows)
     with pytest.raises(MassactError, match="out of range"):
-        run_interventions(loaded, InterventionConfig(block="7", progress=False), windows_fn=lambda *a: data)
+        run(loaded, {"a": data}, InterventionConfig(corpora=["a"], seq_len=32, block="7", progress=False))
 
 
 def test_thresholds_select_what_the_detector_selects():

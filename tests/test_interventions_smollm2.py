@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massact.interventions import InterventionConfig, run_interventions
+from massact.interventions import InterventionConfig, run
 
 
 @pytest.mark.slow
 def test_zero_explodes_mean_and_random_do_not(smollm2):
     before = {k: v.clone() for k, v in smollm2.model.state_dict().items()}
     config = InterventionConfig(samples=2, seq_len=128, means_samples=4, batch_size=2, progress=False)
-    result = run_interventions(smollm2, config)
+    result = run(smollm2, None, config)
     assert result.blocks == [11]  # the main massive activation; the wave at blocks 1-9 is below 1000x the median
     spans = {row["dim"]: row["blocks"] for row in result.survey.dim_spans()}
     assert spans[507][0] == 11 and 27 in spans[507]

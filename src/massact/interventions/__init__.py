@@ -18,7 +18,7 @@ from massact.interventions.hooks import MODES, SiteMeans, SiteSpec, TokenKinds, 
 from massact.interventions.means import read_means
 from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
 from massact.interventions.result import InterventionResult
-from massact.interventions.run import mode_context, run, run_interventions
+from massact.interventions.run import mode_context, run
 
 __all__ = [
     "MODES",
@@ -36,5 +36,4 @@ __all__ = [
     "read_means",
     "resolve_blocks",
     "run",
-    "run_interventions",
 ]

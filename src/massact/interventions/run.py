@@ -9,7 +9,7 @@ scores only the text tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -244,27 +244,6 @@ def run(
         prefix_tokens=prefix,
         means_computed=config.means is None,
     )
-
-
-def run_interventions(
-    loaded: LoadedModel,
-    config: InterventionConfig,
-    *,
-    structure: Structure | None = None,
-    windows_fn: Callable[[LoadedModel, str, int, InterventionConfig], torch.Tensor] | None = None,
-    log: Callable[[str], None] | None = None,
-) -> InterventionResult:
-    """`run(loaded, None, config, structure=structure)`; `windows_fn(loaded, corpus, count, config)` may cut
-    the windows instead (`count` = evaluated + held-out for the first corpus)."""
-    if windows_fn is None:
-        return run(loaded, None, config, structure=structure)
-    structure = structure or find_structure(loaded.model)
-    held_out = config.means_samples if "mean" in config.modes and config.means is None else SURVEY_SAMPLES
-    inputs = {
-        corpus: windows_fn(loaded, corpus, config.samples + (held_out if i == 0 else 0), config)
-        for i, corpus in enumerate(config.corpora)
-    }
-    return run(loaded, inputs, config, structure=structure)
 
 
 def _notes(found: Survey, blocks: Sequence[int]) -> list[str]:

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from massact.cli import main
-from massact.corpus import CorpusSummary, corpus_scan, read_means, scan_corpus
+from massact.corpus import CorpusConfig, CorpusSummary, corpus_scan, read_means, run
 from massact.corpus.summary import MEANS_JSON
 from massact.data import corpus_windows, load_texts, load_windows, shakespeare, token_windows
 from massact.errors import MassactError
@@ -152,7 +152,9 @@ def test_token_windows_are_disjoint_slices_chosen_by_seed(tiny):
 # -- scan and merge ----------------------------------------------------------------------------------
 def test_planted_site_counts_and_model_unchanged(tiny, tiny_dir):
     before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
-    summary = scan_corpus(tiny, str(tiny_dir / "corpus.txt"), samples=6, seq_len=24, batch_size=4, progress=False)
+    summary = run(
+        tiny, str(tiny_dir / "corpus.txt"), CorpusConfig(samples=6, seq_len=24, batch_size=4, progress=False)
+    ).summary
     assert all(torch.equal(before[k], v) for k, v in tiny.model.state_dict().items())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in tiny.model.modules())
     windows, _ = corpus_windows(tiny.tokenizer, load_texts(str(tiny_dir / "corpus.txt")), 6, 24)
@@ -281,7 +283,7 @@ def test_load_windows_default_corpus(tiny):
 
 @pytest.mark.slow
 def test_smollm2_first_token_site(smollm2):
-    summary = scan_corpus(smollm2, "shakespeare", samples=3, seq_len=48, batch_size=3, progress=False)
+    summary = run(smollm2, "shakespeare", CorpusConfig(samples=3, seq_len=48, batch_size=3, progress=False)).summary
     group = next(g for g in summary.groups() if g["dim"] == 507 and g["token_kind"] == "first")
     assert group["emerge_block"] == 11 and group["frequency"] == 1.0
     site = summary.sites[(11, 507, "first")]

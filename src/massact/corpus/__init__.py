@@ -11,7 +11,7 @@ text tokens only, and `CorpusConfig(shard=(i, n))` scans part i of n so the part
 from massact.corpus.config import CorpusConfig, parse_shard
 from massact.corpus.merge import merge
 from massact.corpus.result import CorpusResult
-from massact.corpus.run import corpus_scan, run, scan_corpus
+from massact.corpus.run import corpus_scan, run
 from massact.corpus.summary import CorpusSummary, SiteStats
 from massact.interventions.means import read_means
 
@@ -25,5 +25,4 @@ __all__ = [
     "parse_shard",
     "read_means",
     "run",
-    "scan_corpus",
 ]

@@ -106,65 +106,9 @@ def corpus_scan(
     return summary.canonical()
 
 
-def check_counts(samples: int, seq_len: int, batch_size: int) -> None:
-    """Refuse impossible sizes before any work."""
-    for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
-        if value < 1:
-            raise MassactError(f"{flag} {value}: must be at least 1")
-
-
 def source_name(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] = ()) -> str:
     """Names the windows' origin; runs with the same name draw window ids from the same token stream."""
     return window_source(corpus, seq_len, prefix)
-
-
-def scan_corpus(
-    loaded: LoadedModel,
-    corpus: str = "shakespeare",
-    *,
-    samples: int = 64,
-    seq_len: int = 512,
-    batch_size: int = 8,
-    seed: int = 0,
-    thresholds: Thresholds | None = None,
-    top_k: int = 16,
-    blocks_path: str | None = None,
-    texts: list[str] | None = None,
-    state=None,
-    progress: bool = True,
-    add_special_tokens: bool = True,
-    shard_of: tuple[int, int] | None = None,
-    structure: Structure | None = None,
-) -> CorpusSummary | None:
-    """Scan `samples` windows of `corpus`; with a distributed `state`, this process's share, merged on main.
-
-    With `shard_of` = (i, n), only part i of n of the drawn windows (the split a launch of n processes
-    makes), so the parts merge into the whole. Returns None on non-main processes of a distributed run.
-    """
-    check_counts(samples, seq_len, batch_size)
-    check_seq_len(loaded, seq_len)
-    texts = load_texts(corpus) if texts is None else texts
-    windows, window_ids = corpus_windows(loaded.tokenizer, texts, samples, seq_len, seed, add_special_tokens)
-    prefix = prefix_tokens(loaded.tokenizer, add_special_tokens)
-    kwargs = dict(
-        source=source_name(corpus, seq_len, prefix), batch_size=batch_size, thresholds=thresholds, top_k=top_k,
-        blocks_path=blocks_path, structure=structure, prefix_tokens=prefix,
-    )  # fmt: skip
-    if shard_of is not None:
-        part = shard(samples, *shard_of)
-        windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
-    if state is None or state.num_processes == 1:
-        return corpus_scan(loaded, windows, window_ids, progress=progress, **kwargs)
-    if shard_of is not None:
-        raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
-    share = shard(samples, state.process_index, state.num_processes)
-    part = None
-    if len(share):
-        part = corpus_scan(
-            loaded, windows[share.start : share.stop], window_ids[share.start : share.stop],
-            progress=progress and state.is_main_process, **kwargs,
-        )  # fmt: skip
-    return gather_summaries(state, part)
 
 
 def distributed_state(device: str | None):
@@ -186,11 +130,30 @@ def run(
     Under a data-parallel launch (`state`), every process scans its share and the main process gets
     the merged result (None elsewhere); `config.shard` scans one part by hand instead.
     """
-    config = config or CorpusConfig()
-    summary = scan_corpus(
-        loaded, corpus, samples=config.samples, seq_len=config.seq_len, batch_size=config.batch_size,
-        seed=config.seed, thresholds=config.thresholds, top_k=config.top_k, texts=texts, state=state,
-        progress=config.progress, add_special_tokens=config.add_special_tokens, shard_of=config.shard,
-        structure=structure,
+    config = config or CorpusConfig()  # sizes checked when it was built
+    check_seq_len(loaded, config.seq_len)
+    texts = load_texts(corpus) if texts is None else texts
+    windows, window_ids = corpus_windows(
+        loaded.tokenizer, texts, config.samples, config.seq_len, config.seed, config.add_special_tokens
+    )
+    prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
+    kwargs = dict(
+        source=source_name(corpus, config.seq_len, prefix), batch_size=config.batch_size,
+        thresholds=config.thresholds, top_k=config.top_k, structure=structure, prefix_tokens=prefix,
     )  # fmt: skip
+    if config.shard is not None:
+        part = shard(config.samples, *config.shard)
+        windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
+    if state is None or state.num_processes == 1:
+        return CorpusResult(corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs))
+    if config.shard is not None:
+        raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
+    share = shard(config.samples, state.process_index, state.num_processes)
+    part = None
+    if len(share):
+        part = corpus_scan(
+            loaded, windows[share.start : share.stop], window_ids[share.start : share.stop],
+            progress=config.progress and state.is_main_process, **kwargs,
+        )  # fmt: skip
+    summary = gather_summaries(state, part)
     return None if summary is None else CorpusResult(summary)

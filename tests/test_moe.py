@@ -322,3 +322,27 @@ def test_experts_kept_as_a_list_are_found_too():
     assert structure.blocks_path == "layers" and structure.mlp_names == ["mlp", "mlp"]
     moe = structure.moe(1)
     assert moe == MoeParts(experts="experts", num_experts=3, fused=False, router="router", shared=("shared_experts",))
+
+
+@pytest.mark.parametrize(("build", "mark"), [(mixtral, BOS), (qwen2_moe, WORD)])
+def test_accelerator_capture_equals_the_direct_one_on_moe(build, mark):
+    """The deferred (accelerator) capture path, forced on the CPU, gives the direct path's records on MoE blocks."""
+    from test_capture import _same_records
+
+    from massact.capture.stats import capture_block_stats
+
+    model = build()
+    plant_moe(model, mark)
+    structure = find_structure(model)
+    ids = torch.randint(8, VOCAB - 1, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = mark
+    mask = torch.ones_like(ids)
+    mask[1, 20:] = 0
+    results = []
+    for deferred in (True, False):
+        with capture_block_stats(model, structure, keep=(BLOCK,), deferred=deferred) as collector, torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+            results.append(collector.pop())
+    _same_records(*results)
+    direct = results[1][0].blocks[BLOCK]
+    assert (int(direct.massive_tokens[0]), int(direct.massive_dims[0])) == (0, DIM)

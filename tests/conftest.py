@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled SmolLM2 (loaded once per session)."""
+"""Shared fixtures: the bundled SmolLM2 (loaded once per session), its tokenizer alone, a tiny saved LLaMA."""
 
 from __future__ import annotations
 
@@ -14,14 +14,22 @@ def smollm2() -> LoadedModel:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, smollm2: LoadedModel):
+def smollm2_tokenizer():
+    """The bundled model's tokenizer alone (the model is not loaded: tests using it are not slow)."""
+    from massact.train.data import smollm2_tokenizer
+
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
     """A saved 2-block random LLaMA with the SmolLM2 tokenizer and a 64-token context."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(smollm2.tokenizer),
+        vocab_size=len(smollm2_tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -31,5 +39,5 @@ def tiny_model_dir(tmp_path_factory, smollm2: LoadedModel):
     )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
-    smollm2.tokenizer.save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
     return path

@@ -104,13 +104,15 @@ def _weight_rows(linear: nn.Module) -> torch.Tensor:
 @dataclass
 class Plant:
     block: int
-    token: int
     dim: int
 
 
 @torch.no_grad()
-def plant_massive(model: nn.Module, block: int, token: int, dim: int, carrier: int = 3, gain: float = 400.0) -> Plant:
-    """Make block `block` write a massive value into `dim` of the input token at position `token` (id MARK)."""
+def plant_massive(model: nn.Module, block: int, dim: int, carrier: int = 3, gain: float = 400.0) -> Plant:
+    """Make block `block` write a massive value into `dim` of every input token whose id is MARK.
+
+    Where it lands is where the input holds MARK (`marked_input` puts it at a chosen position).
+    """
     structure = find_structure(model)
     embed = model.get_input_embeddings()
     embed.weight[:, carrier] = 0.0
@@ -139,7 +141,7 @@ def plant_massive(model: nn.Module, block: int, token: int, dim: int, carrier: i
     down_rows = _weight_rows(down)
     down_rows[:, unit] = 0.0
     down_rows[dim, unit] = gain
-    return Plant(block=block, token=token, dim=dim)
+    return Plant(block=block, dim=dim)
 
 
 def marked_input(length: int, token: int, seed: int = 1) -> torch.Tensor:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from cli_runner import run
 from planting import MARK, VOCAB, plant_massive, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from massact.atlas.headroom import FORMATS, headroom
+from massact.data import load_windows
 
 PROMPT = "Summer is warm. Winter is cold."
 WORDS = ["is", "warm", ".", "Winter", "cold", "and", "the", "sun", "snow", "falls", "rises", ","]
@@ -37,7 +41,7 @@ def planted_dirs(tmp_path_factory) -> dict[str, Path]:
     for family, (block, dim) in PLANT.items():
         folder = tmp_path_factory.mktemp(f"planted-{family}")
         model = tiny_model(family)
-        plant_massive(model, block=block, token=0, dim=dim)
+        plant_massive(model, block=block, dim=dim)
         model.save_pretrained(folder)
         word_tokenizer(bos=family == "llama").save_pretrained(folder)
         dirs[family] = folder
@@ -65,8 +69,38 @@ def _row(data: dict, model: Path | str) -> dict:
     return next(r for r in data["models"] if r["model"] == str(model))
 
 
-def _scan_json(out: Path, row: dict) -> dict:
-    return json.loads((out / row["folder"] / "scan" / "scan.json").read_text())
+@torch.no_grad()
+def reference(folder: Path) -> dict:
+    """The saved model run by transformers itself on PROMPT (eager attention), its block outputs kept by plain
+    hooks: per block the largest |x|, the lower median |x|, and the share of heads whose first-token importance
+    (mean probability the queries give the first token) passes the sink threshold 0.3."""
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = AutoTokenizer.from_pretrained(folder)(PROMPT, return_tensors="pt")["input_ids"]
+    blocks = model.model.layers if hasattr(model, "model") else model.transformer.h
+    outputs: list[torch.Tensor] = []
+
+    def keep(module, args, out):
+        outputs.append((out[0] if isinstance(out, tuple) else out)[0].abs())
+
+    handles = [block.register_forward_hook(keep) for block in blocks]
+    try:
+        attentions = model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {
+        "peaks": [float(m.max()) for m in outputs],
+        "medians": [float(m.flatten().median()) for m in outputs],
+        "importance": [float(a[0, :, :, 0].double().mean()) for a in attentions],
+        "sink_fraction": [float((a[0, :, :, 0].double().mean(-1) > 0.3).double().mean()) for a in attentions],
+    }
+
+
+@torch.no_grad()
+def reference_perplexity(folder: Path, windows: torch.Tensor) -> float:
+    """exp of the mean next-token cross-entropy over the windows, from transformers' logits."""
+    logits = AutoModelForCausalLM.from_pretrained(folder).eval()(input_ids=windows).logits
+    return math.exp(float(F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), windows[:, 1:].flatten())))
 
 
 def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs, capsys):
@@ -85,21 +119,37 @@ def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs, capsys)
         massive = row["massive"]
         assert massive["dims"] == [dim] and massive["token_kinds"] == [kind] and massive["tokens"] == ["Summer"]
         assert (massive["first_block"], massive["last_block"]) == (block, 3)
-        scan = _scan_json(out, row)
-        assert massive["peak_value"] == scan["summary"]["sites"][0]["peak_value"]
-        peaks = [b["top"][0]["magnitude"] for b in scan["blocks"]]
-        assert row["block_peak_ratio"] == [b["top1_ratio"] for b in scan["blocks"]]
+        expected = reference(planted_dirs[family])
+        peaks = expected["peaks"]
+        assert abs(massive["peak_value"]) == pytest.approx(max(peaks[block:]), rel=1e-5)
+        assert max(peaks[:block]) < 100 < min(peaks[block:])  # the plant, from its block on
+        ratios = [p / m for p, m in zip(peaks, expected["medians"])]
+        assert row["block_peak_ratio"] == pytest.approx(ratios, rel=1e-4)
         for name, limit in FORMATS.items():
             room = row["headroom"][name]
-            assert room["peak_over_max"] == max(peaks) / limit
+            assert room["peak_over_max"] == pytest.approx(max(peaks) / limit, rel=1e-5)
             assert room["first_overflow_block"] == next((i for i, p in enumerate(peaks) if p > limit), None)
         (weight,) = row["super_weights"]  # the planted unit 5 of the block's down-projection writes the jump
         assert weight["block"] == block and weight["coordinates"] == [dim, 5]
         assert weight["share_of_jump"] > 0.99
         sites = row["constancy"]["sites"]
         assert sites[0]["dim"] == dim and sites[0]["cv"] < 0.01 and sites[0]["frequency"] == 1.0
-        assert 0.0 <= row["sink_heads"]["before"] <= 1.0
-        assert row["w8a8"]["ratio"] > 0 and row["w8a8"]["ratio_outlier_tokens_kept"] > 0
+        sinks = expected["sink_fraction"]
+        assert row["sink_heads"] == {
+            "first_massive_block": block,
+            "before": pytest.approx(sum(sinks[: block + 1]) / (block + 1), abs=1e-12),
+            "after": pytest.approx(sum(sinks[block + 1 :]) / (len(sinks) - block - 1), abs=1e-12),
+        }
+        attention = json.loads((out / row["folder"] / "attention" / "attention.json").read_text())
+        importance = [b["first_token_importance"] for b in attention["blocks"]]
+        assert importance == pytest.approx(expected["importance"], abs=1e-5)
+        tokenizer = AutoTokenizer.from_pretrained(planted_dirs[family])
+        windows = load_windows(tokenizer, str(planted_dirs["corpus"]), 4, 16, seed=0)[:2]  # the draw quant scores
+        quant = row["w8a8"]
+        perplexity = reference_perplexity(planted_dirs[family], windows)
+        assert quant["baseline_perplexity"] == pytest.approx(perplexity, rel=1e-5)
+        # a random model predicts nearly uniformly over its 64 tokens, so 8-bit rounding barely moves it
+        assert abs(quant["ratio"] - 1) < 0.02 and abs(quant["ratio_outlier_tokens_kept"] - 1) < 0.02
         for step in ("scan", "corpus", "trace", "attention", "quant"):
             assert (out / row["folder"] / step / "report.html").is_file()
     failed = data["models"][2]

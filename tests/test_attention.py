@@ -109,7 +109,7 @@ def first_token_importance(attentions: torch.Tensor) -> torch.Tensor:
 def planted_sink(heads: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
     """A massive activation in dim 11 of token 0 from block 1 on; in block 2 `heads` attend to token 0 only."""
     model = tiny("llama")
-    plant_massive(model, block=1, token=0, dim=11)
+    plant_massive(model, block=1, dim=11)
     attn = find_structure(model).attn(2)
     head_dim = attn.head_dim
     component = head_dim // 2 - 1  # the slowest rotary frequency: hardly rotates over 32 positions
@@ -247,9 +247,11 @@ def test_cli_on_smollm2(smollm2, tmp_path, monkeypatch):
     data = json.loads((out / "attention.json").read_text())
     assert data["first_massive_block"] is not None and data["sequences"][0]["massive_tokens"][0] == 0
     assert data["logits_error"] < 1e-5
-    assert len(data["blocks"]) == 30
+    ids = smollm2.tokenizer("Summer is warm. Winter is cold.", return_tensors="pt")["input_ids"]
+    assert len(data["tokens"]) == ids.shape[1]
+    assert_sink_measures(data["blocks"], eager_sink_measures(smollm2.model, ids))
     for name in ("attention_block13.png", "attention_logits_block13.png", "attention_sinks.png", "attention_bias.png"):
-        assert (out / name).stat().st_size > 0
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit) as exit_info:
         main(["attention", "--block", "30", "--prompt", "Hello there"])
     assert exit_info.value.code == 2
@@ -262,9 +264,40 @@ def test_corpus_windows_on_smollm2(smollm2):
     ids = load_windows(smollm2.tokenizer, corpus="shakespeare", samples=2, seq_len=48, seed=0)
     result = analyze(smollm2.model, find_structure(smollm2.model), ids, AttentionConfig(intervene=False))
     assert len(result.sequences) == 2
-    rows = result.block_summary()
-    assert all(0 <= r["sink_fraction"] <= 1 for r in rows)
+    assert_sink_measures(result.block_summary(), eager_sink_measures(smollm2.model, ids))
     assert all(0 in s.sinks for s in result.sequences)
+
+
+def eager_sink_measures(model: nn.Module, ids: torch.Tensor, threshold: float = 0.3) -> list[dict]:
+    """Per block, from transformers' own eager probabilities: the first token's importance (mean attention it
+    gets from the queries, all of which see it), the share of (sequence, head) pairs above `threshold`, and the
+    heads above it in at least half the sequences."""
+    rows = []
+    for probs in eager_attentions(model, ids):  # [sequences, heads, queries, keys]
+        importance = probs[..., 0].double().mean(-1)  # [sequences, heads]
+        sink = (importance > threshold).double()
+        rows.append(
+            {
+                "importance": importance,
+                "sink_fraction": float(sink.mean()),
+                "first_token_importance": float(importance.mean()),
+                "sink_heads": [h for h in range(sink.shape[1]) if float(sink[:, h].mean()) >= 0.5],
+            }
+        )
+    return rows
+
+
+def assert_sink_measures(rows: list[dict], expected: list[dict], threshold: float = 0.3) -> None:
+    assert len(rows) == len(expected)
+    checked = 0
+    for row, want in zip(rows, expected, strict=True):
+        assert row["first_token_importance"] == pytest.approx(want["first_token_importance"], abs=1e-5)
+        if bool(((want["importance"] - threshold).abs() > 1e-4).all()):  # no head on the threshold
+            assert row["sink_fraction"] == pytest.approx(want["sink_fraction"], abs=1e-6)
+            assert row["sink_heads"] == want["sink_heads"]
+            checked += 1
+    assert checked >= len(rows) - 2
+    assert len({row["sink_fraction"] for row in rows}) > 1  # blocks differ: not a constant
 
 
 # --- windows, config and wording -------------------------------------------------------------------
@@ -284,7 +317,7 @@ def planted_loaded(family: str, bos: bool):
     from massact.models.loading import LoadedModel
 
     model = tiny_model(family)
-    plant_massive(model, block=PLANT_BLOCK, token=0, dim=PLANT_DIM)
+    plant_massive(model, block=PLANT_BLOCK, dim=PLANT_DIM)
     return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos), name=f"tiny-{family}")
 
 

@@ -51,7 +51,7 @@ def test_thresholds_must_be_positive():
 
 def test_padding_never_enters_the_statistics():
     model = tiny_model("llama")
-    plant_massive(model, block=1, token=2, dim=11)
+    plant_massive(model, block=1, dim=11)
     structure = find_structure(model)
     alone = marked_input(6, token=2, seed=3)
     other = torch.full((1, 9), 20)
@@ -75,7 +75,7 @@ def test_padding_never_enters_the_statistics():
 
 def test_fp16_overflow_is_reported_not_ranked():
     model = tiny_model("llama")
-    plant_massive(model, block=1, token=3, dim=11, gain=4000.0)  # far beyond 65,504 in fp16
+    plant_massive(model, block=1, dim=11, gain=4000.0)  # far beyond 65,504 in fp16
     model = model.half()
     structure = find_structure(model)
     with capture_block_stats(model, structure) as collector:
@@ -95,7 +95,7 @@ def _hook_count(model: torch.nn.Module) -> int:
 
 def test_model_is_bit_identical_after_capture_and_after_an_error():
     model = tiny_model("gpt2")
-    plant_massive(model, block=2, token=1, dim=4)
+    plant_massive(model, block=2, dim=4)
     ids = marked_input(7, token=1)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -189,7 +189,7 @@ def test_deferred_summaries_equal_the_direct_ones(family, top_k, thresholds, mon
     """
     monkeypatch.setattr("massact.capture.stats.MAX_MASSIVE_PER_BLOCK", 100)  # so that the low thresholds truncate
     model = tiny_model(family)
-    plant_massive(model, block=1, token=MARK, dim=5)
+    plant_massive(model, block=1, dim=5)
     structure = find_structure(model)
     ids = torch.cat([marked_input(120, 3, seed=1), marked_input(120, 0, seed=2)])
     mask = torch.ones_like(ids)

@@ -99,7 +99,9 @@ def test_staged_output_leaves_nothing_on_error(tmp_path):
 def test_a_scan_over_a_corpus_run_folder_replaces_that_run_whole(tmp_path, capsys, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("MASSACT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    corpus = ["scan", str(tiny_model_dir), "--corpus", "shakespeare", "--samples", "2", "--seq-len", "16"]
+    text = tmp_path / "text.txt"
+    text.write_text("Summer is warm. Winter is cold. " * 40, encoding="utf-8")
+    corpus = ["scan", str(tiny_model_dir), "--corpus", str(text), "--samples", "2", "--seq-len", "16"]
     code, _, _ = run([*corpus, "--out", str(out)], capsys)
     assert code in (0, None)
     corpus_files = set(read_marker(out)["files"])

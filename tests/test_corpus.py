@@ -276,9 +276,15 @@ def test_cli_bad_input(tiny_dir, tmp_path, capsys, extra, message):
     assert not out.exists() and not list(tmp_path.glob(".out*"))
 
 
+@pytest.mark.slow  # tokenizes the whole corpus (5 MB of text)
 def test_load_windows_default_corpus(tiny):
-    windows = load_windows(tiny.tokenizer, samples=2, seq_len=32, seed=0)
-    assert windows.shape == (2, 32)
+    """Windows of the default corpus are stretches of Shakespeare's text, each a different one."""
+    windows = load_windows(tiny.tokenizer, samples=3, seq_len=32, seed=0)
+    assert windows.shape == (3, 32)
+    text = "\n\n".join(load_texts("shakespeare"))  # the documents, read as files, one blank line apart
+    pieces = [tiny.tokenizer.decode(window) for window in windows]  # byte-level BPE: decoding gives the text back
+    assert all(len(piece) >= 32 and piece in text for piece in pieces)
+    assert len(set(pieces)) == 3
 
 
 @pytest.mark.slow

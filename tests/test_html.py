@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -44,7 +45,7 @@ def scan_page(request, tmp_path_factory):
     family = request.param
     block, position, dim = PLANT[family]
     model = tiny_model(family)
-    plant_massive(model, block=block, token=position, dim=dim)
+    plant_massive(model, block=block, dim=dim)
     bos = family == "gpt2"
     ids = marked_input(10, token=position)
     result = scan(load_model(model, tokenizer=IdsTokenizer(bos)), " ".join(map(str, ids[0].tolist())), keep=block)
@@ -55,18 +56,44 @@ def scan_page(request, tmp_path_factory):
     return {"folder": folder, "block": block, "token": token, "dim": dim, "family": family}
 
 
+def browser_required() -> bool:
+    """In CI (`CI` set, or `MASSACT_REQUIRE_BROWSER=1`) a missing browser fails the run instead of skipping."""
+    flags = (os.environ.get("MASSACT_REQUIRE_BROWSER", ""), os.environ.get("CI", ""))
+    return any(flag.strip().lower() not in ("", "0", "false", "no") for flag in flags)
+
+
+def no_browser(reason: str) -> None:
+    """Skip the browser tests, or fail them where a browser is required."""
+    (pytest.fail if browser_required() else pytest.skip)(reason)
+
+
+@pytest.mark.parametrize(
+    ("ci", "required", "expected"),
+    [(None, None, False), ("true", None, True), ("false", None, False), (None, "1", True), ("0", "0", False)],
+)
+def test_a_missing_browser_fails_in_ci(monkeypatch, ci, required, expected):
+    for name, value in (("CI", ci), ("MASSACT_REQUIRE_BROWSER", required)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert browser_required() is expected
+    with pytest.raises(pytest.fail.Exception if expected else pytest.skip.Exception, match="no browser here"):
+        no_browser("no browser here")
+
+
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium driven by Selenium, with the console log kept; skipped when not installed."""
+    """Headless Chromium driven by Selenium, with the console log kept; skipped when not installed (not in CI)."""
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
     except ImportError:
-        pytest.skip("browser tests need Selenium: pip install selenium")
+        no_browser("browser tests need Selenium: pip install selenium")
     chromium = shutil.which("chromium") or (CHROMIUM if Path(CHROMIUM).exists() else None)
     driver_path = shutil.which("chromedriver") or (CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None)
     if chromium is None or driver_path is None:
-        pytest.skip("browser tests need Chromium and its driver: apt-get install -y chromium chromium-driver")
+        no_browser("browser tests need Chromium and its driver: apt-get install -y chromium chromium-driver")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
@@ -255,7 +282,7 @@ def test_attention_page_picks_block_and_head_and_hovers_a_probability(browser, t
     from massact.models.structure import find_structure
 
     model = tiny_model("llama")
-    plant_massive(model, block=1, token=0, dim=11)
+    plant_massive(model, block=1, dim=11)
     ids = marked_input(10, token=0)
     tokens = [f"<{i}>" for i in ids[0].tolist()]
     result = analyze(model, find_structure(model), ids, AttentionConfig(keep_maps=(2,)), tokens=tokens)

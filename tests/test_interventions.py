@@ -192,9 +192,9 @@ def test_mean_uses_the_token_kind_and_falls_back_to_the_pooled_mean(model, struc
     assert captured["x"][0, 0, DIM] == pytest.approx(32.5)  # (10 * 1 + 40 * 3) / 4
 
 
-def test_token_kinds_from_a_tokenizer(smollm2):
-    kinds = TokenKinds.from_tokenizer(smollm2.tokenizer)
-    ids = smollm2.tokenizer("Hello. World and\n", return_tensors="pt", add_special_tokens=False)["input_ids"]
+def test_token_kinds_from_a_tokenizer(smollm2_tokenizer):
+    kinds = TokenKinds.from_tokenizer(smollm2_tokenizer)
+    ids = smollm2_tokenizer("Hello. World and\n", return_tensors="pt", add_special_tokens=False)["input_ids"]
     codes = kinds.codes(ids, *ids.shape)[0].tolist()
     assert [KINDS[c] for c in codes][:2] == ["first", "delimiter"]
     assert KINDS[codes[-1]] == "delimiter" and KINDS[codes[2]] == "other"

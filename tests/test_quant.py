@@ -52,7 +52,7 @@ class IdTokenizer:
 def planted(family: str) -> LoadedModel:
     """A 4-block tiny model whose block 1 writes a massive value into dim 4 of every MARK token."""
     model = tiny_model(family)
-    plant_massive(model, block=1, token=0, dim=4)
+    plant_massive(model, block=1, dim=4)
     return LoadedModel(model=model, tokenizer=IdTokenizer(), name=f"planted-{family}")
 
 
@@ -322,7 +322,7 @@ def test_inputs_are_the_corpus_windows_plus_held_out_calibration(family, bos, tm
     words = torch.randint(10, VOCAB, (800,), generator=torch.Generator().manual_seed(3))
     corpus.write_text(" ".join(f"w{int(i)}" for i in words), encoding="utf-8")
     model = tiny_model(family)
-    plant_massive(model, block=1, token=0, dim=4)
+    plant_massive(model, block=1, dim=4)
     loaded = LoadedModel(model=model, tokenizer=word_tokenizer(lambda i: f"w{i}", bos), name=family)
     inputs = load_inputs(loaded, str(corpus), samples=3, seq_len=16, calib_samples=2, seed=4)
     assert torch.equal(inputs.windows, load_windows(loaded.tokenizer, str(corpus), 3, 16, seed=4))

@@ -32,14 +32,14 @@ def _prompt(ids: torch.Tensor) -> str:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_scan_finds_exactly_the_planted_activation(family):
     model = tiny_model(family)
-    plant = plant_massive(model, block=1, token=3, dim=11)
+    plant = plant_massive(model, block=1, dim=11)
     ids = marked_input(10, token=3)
     with torch.no_grad():
         reference = model(input_ids=ids, output_hidden_states=True).hidden_states
     result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(ids))
     assert result.summary["first_block"] == plant.block
     assert result.summary["dims"] == [plant.dim]
-    assert [t["token"] for t in result.summary["tokens"]] == [plant.token]
+    assert [t["token"] for t in result.summary["tokens"]] == [3]
     assert result.summary["tokens"][0]["token_text"] == f"<{MARK}>"
     assert {(m.block, m.token, m.dim) for m in result.massive} == {(b, 3, 11) for b in range(1, 4)}
     for m in result.massive:
@@ -60,7 +60,7 @@ def test_unplanted_twin_has_none(family):
 
 def test_json_contract():
     model = tiny_model("llama")
-    plant_massive(model, block=2, token=0, dim=7)
+    plant_massive(model, block=2, dim=7)
     result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(5, token=0)), top_k=4)
     data = result.to_json()
     assert data["num_blocks"] == 4 and data["hidden_size"] == 32
@@ -86,7 +86,7 @@ def test_run_on_ids_equals_scan_on_the_prompt(family):
     from massact.scan import ScanConfig, run
 
     model = tiny_model(family)
-    plant_massive(model, block=1, token=3, dim=11)
+    plant_massive(model, block=1, dim=11)
     loaded = load_model(model, tokenizer=IdsTokenizer())
     ids = marked_input(10, token=3)
     by_prompt = scan(loaded, _prompt(ids), top_k=4).to_json()
@@ -117,7 +117,7 @@ def _view_texts(result, tmp_path) -> tuple[str, str]:
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_block_of_nan_shows_all_nan_not_a_ranked_top(family, tmp_path):
     model = tiny_model(family)
-    plant_massive(model, block=1, token=3, dim=11)
+    plant_massive(model, block=1, dim=11)
     structure = find_structure(model)
     with torch.no_grad():
         for param in structure.mlp(2).parameters():
@@ -140,7 +140,7 @@ def test_block_of_nan_shows_all_nan_not_a_ranked_top(family, tmp_path):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_top_k_1_report_shows_a_dash_for_top_2_and_3(family, tmp_path):
     model = tiny_model(family)
-    plant_massive(model, block=1, token=3, dim=11)
+    plant_massive(model, block=1, dim=11)
     result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), top_k=1)
     _, report = _view_texts(result, tmp_path)
     rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
@@ -164,7 +164,7 @@ class OddTokenizer(IdsTokenizer):
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_report_escapes_pipes_backticks_and_whitespace(family, tmp_path):
     model = tiny_model(family)
-    plant_massive(model, block=1, token=3, dim=11)
+    plant_massive(model, block=1, dim=11)
     ids = marked_input(10, token=3)
     ids[0, 5], ids[0, 6] = 10, 11
     result = scan(load_model(model, tokenizer=OddTokenizer()), _prompt(ids), top_k=2)

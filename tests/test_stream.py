@@ -32,9 +32,9 @@ def word(i: int) -> str:
     return {0: "<eos>", 1: "<unk>", MARK: MARK_WORD}.get(i, f"t{i:02d}")
 
 
-def planted(family: str, token: int = 0) -> LoadedModel:
+def planted(family: str) -> LoadedModel:
     model = tiny_model(family)
-    plant_massive(model, block=PLANT_BLOCK, token=token, dim=PLANT_DIM)
+    plant_massive(model, block=PLANT_BLOCK, dim=PLANT_DIM)
     return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos=family == "llama", eos=0), name=f"tiny-{family}")
 
 
@@ -173,7 +173,7 @@ def test_recompute_equals_a_fresh_forward_over_its_window(family, stride):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_detected_keeps_the_planted_token_wherever_it_arrives(family):
-    loaded = planted(family, token=5)
+    loaded = planted(family)
     ids = stream_ids(40, mark=5)
     config = StreamConfig(policies="window,detected", cache=10, score_from=21, progress=False)
     result = run(loaded, ids, config)

@@ -38,7 +38,7 @@ def word(i: int) -> str:
 
 def planted(family: str) -> LoadedModel:
     model = tiny_model(family)
-    plant_massive(model, block=PLANT_BLOCK, token=0, dim=PLANT_DIM)
+    plant_massive(model, block=PLANT_BLOCK, dim=PLANT_DIM)
     return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos=family == "llama", eos=0), name=f"tiny-{family}")
 
 
@@ -321,7 +321,7 @@ def test_tasks_option_refuses_unknown_tasks_before_loading(command, capsys, tmp_
 
 @pytest.mark.slow
 def test_intervene_tasks_option_runs_each_mode_under_its_hooks(smollm2, offline, capsys, tmp_path):
-    """`massact intervene --tasks`: each mode's accuracy equals the harness run directly under that mode."""
+    """`massact intervene --tasks`: each mode's accuracy equals direct scoring under that mode's hooks."""
     from cli_runner import run
 
     from massact.interventions import mode_context
@@ -329,12 +329,15 @@ def test_intervene_tasks_option_runs_each_mode_under_its_hooks(smollm2, offline,
     argv = ["intervene", "default", "--tasks", str(DOCS_TASK), "--tasks-limit", "6", "--modes", "original,zero"]
     code, out, _ = run([*argv, "--block", "11", "--samples", "1", "--seq-len", "32", "--json"], capsys)
     assert code == 0
-    rows = {row["mode"]: row["tasks"] for row in json.loads(out)["rows"]}
-    config = TaskConfig(parse_tasks(str(DOCS_TASK)), limit=6)
-    direct = evaluate(smollm2, config).to_json()
-    zeroed = evaluate(smollm2, config, lambda: mode_context(smollm2, None, SiteSpec(), "zero", None, "11")).to_json()
-    assert rows["original"] == direct and rows["zero"] == zeroed
-    assert rows["original"] != rows["zero"]
+    rows = {row["mode"]: row["tasks"]["tasks"]["massact_basics"] for row in json.loads(out)["rows"]}
+    items = [json.loads(line) for line in (DOCS_TASK / "items.jsonl").read_text().splitlines()][:6]
+    original = accuracy(harness_style_picks(smollm2, items), items)
+    with mode_context(smollm2, None, SiteSpec(), "zero", None, "11"):
+        zeroed = accuracy(harness_style_picks(smollm2, items), items)
+    assert rows["original"]["samples"] == rows["zero"]["samples"] == 6
+    assert rows["original"]["acc"] == pytest.approx(original, abs=1e-12)
+    assert rows["zero"]["acc"] == pytest.approx(zeroed, abs=1e-12)
+    assert original != zeroed
 
 
 @pytest.mark.parametrize("family", FAMILIES)

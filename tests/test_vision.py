@@ -193,7 +193,69 @@ def test_cli_scan_images_writes_outputs(saved_reg, tmp_path, capsys):
     assert "reg2" in (out / "report.md").read_text()
 
 
-def test_cli_fix_reg_mean_writes_table(saved_reg, tmp_path, capsys):
+@torch.no_grad()
+def reference_fix_reg_mean(folder, mean_paths, eval_set) -> tuple[torch.Tensor, dict[str, float]]:
+    """Register means and the 1-NN accuracy of each setting, in plain transformers and torch.
+
+    The model and its image processor are loaded by transformers itself; plain forward hooks read (and,
+    per setting, overwrite) the register outputs of every layer; the features are the pooled output; the
+    1-NN label is the most cosine-similar other image's.
+    """
+    import torch.nn.functional as F
+    import transformers as tf
+    from PIL import Image
+
+    model = tf.Dinov2WithRegistersModel.from_pretrained(folder).eval()
+    processor = tf.AutoImageProcessor.from_pretrained(folder)
+    registers = slice(1, 1 + model.config.num_register_tokens)
+
+    def forward(paths, hook_for) -> torch.Tensor:
+        handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(model.encoder.layer)]
+        try:
+            images = [Image.open(p).convert("RGB") for p in paths]
+            return model(pixel_values=processor(images=images, return_tensors="pt")["pixel_values"]).pooler_output
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    sums: dict[int, torch.Tensor] = {}
+
+    def summing(i):
+        def hook(module, args, out):
+            hidden = out[0] if isinstance(out, tuple) else out
+            sums[i] = hidden[:, registers].double().sum(0)
+
+        return hook
+
+    forward(mean_paths, summing)
+    means = torch.stack([sums[i] for i in range(len(sums))]).float() / len(mean_paths)
+
+    def replacing(values):
+        def hook_for(i):
+            def hook(module, args, out):
+                hidden = (out[0] if isinstance(out, tuple) else out).clone()
+                hidden[:, registers] = values[i]
+                return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+            return hook
+
+        return hook_for
+
+    labels = torch.tensor(eval_set.labels)
+    accuracy = {}
+    for setting, hook_for in (
+        ("original", lambda i: lambda module, args, out: None),
+        ("fix-reg-mean", replacing(means)),
+        ("zero-registers", replacing(torch.zeros_like(means))),
+    ):
+        x = F.normalize(forward(eval_set.paths, hook_for).double(), dim=-1)
+        similarity = x @ x.T
+        similarity.fill_diagonal_(-float("inf"))
+        accuracy[setting] = float((labels[similarity.argmax(1)] == labels).double().mean())
+    return means, accuracy
+
+
+def test_cli_fix_reg_mean_knn_accuracy_equals_plain_torch(saved_reg, tmp_path, capsys):
     labelled = write_sample_folder(tmp_path / "set", crops=2, size=40)
     out = tmp_path / "frm"
     argv = ["vit", "fix-reg-mean", str(saved_reg), "--images", "samples", "--samples", "4", "--eval",
@@ -203,7 +265,13 @@ def test_cli_fix_reg_mean_writes_table(saved_reg, tmp_path, capsys):
     data = json.loads((out / "fix_reg_mean.json").read_text())
     assert [row["setting"] for row in data["settings"]] == ["original", "fix-reg-mean", "zero-registers"]
     assert data["mean_images"] == 4 and data["eval_images"] == len(labelled)
-    assert "knn_accuracy" in data["settings"][0] and (out / "register_means.safetensors").exists()
+    mean_paths = find_images("samples").paths[:4]  # unlabelled: --samples 4 takes the first four
+    means, accuracy = reference_fix_reg_mean(saved_reg, mean_paths, find_images(tmp_path / "set", "--eval"))
+    assert {row["setting"]: row["knn_accuracy"] for row in data["settings"]} == pytest.approx(accuracy, abs=1e-12)
+    assert accuracy["zero-registers"] != accuracy["original"]  # the registers matter to the features
+    from safetensors.torch import load_file
+
+    torch.testing.assert_close(load_file(out / "register_means.safetensors")["means"], means, rtol=1e-5, atol=1e-3)
     assert "| fix-reg-mean |" in (out / "report.md").read_text()
 
 

@@ -62,7 +62,7 @@ TEXTS = make_texts()
 
 def loaded_model(family: str, bos: bool) -> LoadedModel:
     model = tiny_model(family)
-    plant_massive(model, block=PLANT_BLOCK, token=0, dim=PLANT_DIM)
+    plant_massive(model, block=PLANT_BLOCK, dim=PLANT_DIM)
     return LoadedModel(model=model, tokenizer=make_tokenizer(bos), name=f"tiny-{family}")
 
 

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 import transformers as tf
-from PIL import Image
 from torch import nn
 
 from massact.models.loading import LoadedModel
@@ -128,10 +127,3 @@ def plant_vit(model: nn.Module, plants: list[Plant], gain: float = 400.0) -> lis
         down.weight[:, unit] = 0.0
         down.weight[plant.dim, unit] = gain
     return plants
-
-
-def photo(seed: int) -> Image.Image:
-    """A small random RGB picture (tests that need no real photo)."""
-    generator = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (48, 40, 3), generator=generator, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy())

@@ -49,16 +49,6 @@ def fmt_activation(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def fmt_ratio(value: float | None) -> str:
-    """A ratio or factor such as `x / median`: whole above 1,000 (`23,040x` reads better than decimals)."""
-    if value is None:
-        return "-"
-    value = float(value)
-    if math.isfinite(value) and abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return fmt_number(value, decimals=1)
-
-
 def show_token(text: str) -> str:
     """A token as a label: whitespace made visible (`\\n`, `\\t`, `␣` for a space-only token), never blank."""
     if text == "":

@@ -12,7 +12,7 @@ import torch
 from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
 from massact.corpus.config import CorpusConfig
-from massact.corpus.distributed import gather_summaries, launched_distributed, process_state, shard
+from massact.corpus.distributed import gather_summaries, shard
 from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
@@ -109,11 +109,6 @@ def corpus_scan(
 def source_name(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] = ()) -> str:
     """Names the windows' origin; runs with the same name draw window ids from the same token stream."""
     return window_source(corpus, seq_len, prefix)
-
-
-def distributed_state(device: str | None):
-    """The process state when launched with several processes, else None."""
-    return process_state(device) if launched_distributed() else None
 
 
 def run(

@@ -147,9 +147,9 @@ def _report_markdown(folder: Path) -> str | None:
 def write_report_html(folder: Path, result=None) -> Path:
     """Write `folder`/report.html from `folder`/report.md and the result's JSON (any result).
 
-    The charts come from `result.html_charts()` when the result defines it, else they are chosen from
-    what the JSON holds (scan, attention, strategies, model comparison, any per-block table). Images of
-    report.md with no chart are embedded, so the page is one self-contained file that works offline.
+    The charts are chosen from what the JSON holds (scan, attention, strategies, model comparison, any
+    per-block table). Images of report.md with no chart are embedded, so the page is one self-contained
+    file that works offline.
     """
     folder = Path(folder)
     data = _result_json(folder, result)

@@ -70,9 +70,6 @@ class StreamResult:
             picks.append(run.nll.numel() - 1)
         return [self.score_from + i for i in picks], [math.exp(min(float(cumulative[i]), 709.0)) for i in picks]
 
-    def _kept_json(self, run: PolicyRun) -> list[dict]:
-        return [{"position": p, "text": self.stream.text(p)} for p in run.kept]
-
     def rows(self) -> list[dict]:
         tokens = self.stream.ids.numel()
         out = []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from massact.html.charts import Chart
 from massact.html.views.atlas import atlas_charts, is_atlas
 from massact.html.views.attention import attention_charts, is_attention
@@ -13,10 +11,7 @@ from massact.html.views.tables import block_tables, series_groups, site_trajecto
 
 
 def charts_for(data: dict, result=None) -> list[Chart]:
-    """The charts that fit this result: its own (`html_charts()`), else ones chosen from what its JSON holds."""
-    own: Callable[[], list[Chart]] | None = getattr(result, "html_charts", None)
-    if callable(own):
-        return list(own())
+    """The charts that fit this result, chosen from what its JSON holds."""
     if is_scan(data):
         return scan_charts(data, result)
     if is_attention(data):

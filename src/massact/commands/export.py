@@ -7,10 +7,7 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
-from massact.data.corpus import load_texts, prefix_tokens, token_windows
-from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.quant.export import ExportFiles, measure_exports, parse_formats
 
 
 @model_command
@@ -38,6 +35,10 @@ def export_command(
     opts: ModelOptions,
 ) -> None:
     """Write MODEL's massive sites, per-channel Linear input maxima and outlier tokens for other tools."""
+    from massact.data.corpus import load_texts, prefix_tokens, token_windows
+    from massact.detect import Thresholds
+    from massact.quant.export import ExportFiles, measure_exports, parse_formats
+
     chosen = parse_formats(formats)
     thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
     for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):

@@ -18,14 +18,19 @@ for argv in json.loads(sys.argv[1]):
         main(argv)
     except SystemExit as exc:
         codes.append(exc.code)
-print(json.dumps({"codes": codes, "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+heavy = [m for m in json.loads(sys.argv[2]) if m in sys.modules]
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
 
 
 def _probe(argvs: list[list[str]]) -> dict:
     """Run `massact ARGV` for each ARGV in one fresh interpreter; exit codes and heavy modules loaded."""
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, json.dumps(argvs)], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-c", _PROBE, json.dumps(argvs), json.dumps(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -180,6 +180,8 @@ def read_prompt(prompt: str | None, text_file: Path | None, default: str) -> str
     if prompt is not None and text_file is not None:
         raise MassactError("give --prompt or --text-file, not both")
     if text_file is not None:
+        if text_file.is_dir():
+            raise MassactError(f"--text-file {text_file}: a directory, not a file; give a UTF-8 text file")
         if not text_file.is_file():
             raise MassactError(f"--text-file {text_file}: no such file")
         try:

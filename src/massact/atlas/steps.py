@@ -126,7 +126,11 @@ def corpus_step(ctx: Context) -> dict:
             "windows": int(windows.shape[0]),
             "seq_len": int(windows.shape[1]),
             "sites": [
-                {k: r[k] for k in ("dim", "token_kind", "block", "frequency", "mean", "std", "cv")} for r in rows
+                {
+                    **{k: r[k] for k in ("dim", "token_kind", "block", "sequences", "frequency", "mean", "std")},
+                    "cv": r["cv"] if r["sequences"] >= 2 else None,  # one window says nothing of constancy
+                }
+                for r in rows
             ],
         }
     }

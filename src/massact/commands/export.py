@@ -15,7 +15,9 @@ def export_command(
     model: Opt.Model = "default",
     formats: Annotated[
         list[str],
-        typer.Option("--format", help="sites, act-scales, outlier-tokens or all (default); repeat or comma-separate."),
+        typer.Option(
+            "--format", help="sites, act-scales, outlier-tokens, recipe or all (default); repeat or comma-separate."
+        ),
     ] = ("all",),  # type: ignore[assignment]
     corpus: Annotated[
         str, typer.Option("--corpus", help="Corpus name or path (.txt, folder, .jsonl).")
@@ -61,6 +63,7 @@ def export_command(
         batch_size=batch_size,
         thresholds=thresholds,
         act_scales="act-scales" in chosen,
+        recipe="recipe" in chosen,
         blocks_path=opts.blocks,
         progress=not as_json,
         prefix_tokens=prefix_tokens(loaded.tokenizer, add_special_tokens),

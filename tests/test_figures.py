@@ -58,7 +58,7 @@ def test_constancy_figure_plots_its_own_mean_with_integer_sequences_and_no_offse
     assert all(float(t).is_integer() for t in points_ax.get_xticks())
     assert hist_ax.xaxis.get_offset_text().get_text() == ""
     assert [t.get_text() for t in points_ax.get_legend().get_texts()] == [
-        "largest |x| of the sequence",
+        "each sequence's largest-|x| value",
         "mean of these points",
     ]
 

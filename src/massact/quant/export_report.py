@@ -14,7 +14,7 @@ TOOLS = {
     "act-scales": ("SmoothQuant", "per-channel input maxima of every Linear, the input of smoothing"),
     "recipe": ("llm-compressor", "SmoothQuant + GPTQ W8A8 with the Linears that see massive inputs kept"),
     "sites": ("massact intervene --means", "massive sites with their mean over the windows"),
-    "outlier-tokens": ("KV-cache tools (StreamingLLM start_size)", "token ids that carry massive activations"),
+    "outlier-tokens": ("KV-cache tools, e.g. StreamingLLM's start_size", "token ids that carry massive activations"),
 }
 
 

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from massact.atlas.headroom import FORMATS, headroom
+from massact.atlas.result import COLUMNS, cells
 from massact.data import load_windows
 
 PROMPT = "Summer is warm. Winter is cold."
@@ -134,6 +135,9 @@ def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs, capsys)
         assert weight["share_of_jump"] > 0.99
         sites = row["constancy"]["sites"]
         assert sites[0]["dim"] == dim and sites[0]["cv"] < 0.01 and sites[0]["frequency"] == 1.0
+        assert sites[0]["sequences"] == 2
+        over = next((f", overflows at block {i}" for i, p in enumerate(peaks) if p > 65504), "")
+        assert f"peak is {max(peaks) / 65504:.3g}x the fp16 max{over} |" in (out / "atlas.md").read_text()
         sinks = expected["sink_fraction"]
         assert row["sink_heads"] == {
             "first_massive_block": block,
@@ -207,3 +211,26 @@ def test_planted_tokenizers_put_the_plant_where_the_test_expects():
     assert word_tokenizer(bos=True)(PROMPT)["input_ids"][:2] == [0, MARK]
     assert word_tokenizer(bos=False)(PROMPT)["input_ids"][0] == MARK
     assert 1 not in word_tokenizer(bos=False)(TEXT)["input_ids"]  # every corpus word is known
+
+
+def test_peak_over_max_reads_as_a_multiple_of_the_format_max():
+    row = {"model": "m", "status": "ok", "headroom": headroom([1.0, 103794.9, 500.0], nonfinite_blocks=[])}
+    shown = dict(zip(COLUMNS, cells(row)))
+    assert shown["fp16 peak / max"] == "peak is 1.58x the fp16 max, overflows at block 1"  # 103,794.9 / 65,504
+    assert shown["fp8 E4M3 peak / max"] == "peak is 232x the fp8 e4m3 max, overflows at block 1"  # 103,794.9 / 448
+    assert (
+        shown["bf16 peak / max"].startswith("peak is 3.06e-34x the bf16 max")
+        and "overflows" not in shown["bf16 peak / max"]
+    )
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_corpus_cv_of_a_site_seen_in_one_window_is_not_applicable(family, planted_dirs, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _atlas(planted_dirs, out, str(planted_dirs[family]), extra=("--steps", "scan,corpus", "--json"))
+    argv[argv.index("--samples") + 1] = "1"
+    code, stdout, stderr = run(argv, capsys)
+    assert code in (0, None), stderr
+    (site, *_) = json.loads(stdout)["models"][0]["constancy"]["sites"]
+    assert site["dim"] == PLANT[family][1] and site["sequences"] == 1 and site["cv"] is None
+    assert "| n/a (1 of 1 windows) |" in (out / "atlas.md").read_text()

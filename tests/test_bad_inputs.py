@@ -194,6 +194,9 @@ def _corpus_rows(command: str, extra: tuple[str, ...] = ()) -> None:
 def _prompt_rows(command: str) -> None:
     row(command, "empty text file", "empty")(lambda p: [p.model, "--text-file", p.empty_file])
     row(command, "binary text file", "--text-file")(lambda p: [p.model, "--text-file", p.binary_file])
+    row(command, "text file is a directory", "a directory, not a file")(
+        lambda p: [p.model, "--text-file", p.folder("a_folder")]
+    )
 
 
 # scan
@@ -225,6 +228,9 @@ row("intervene", "block past the last", "--block", True)(lambda p: [p.model, "--
 row("intervene", "bad block range", "--block")(lambda p: [p.model, "--block", "3-1-"])
 row("intervene", "unknown mode", "--modes")(lambda p: [p.model, "--modes", "nosuch"])
 row("intervene", "means of another model", "means", True)(lambda p: [p.model, "--means", p.foreign_means()])
+row("intervene", "means folder without means.json", "without means.json")(
+    lambda p: [p.model, "--means", p.folder("not_a_scan")]
+)
 
 # attention
 _common_model_rows("attention")

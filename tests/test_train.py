@@ -208,7 +208,7 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(tokenizer, tmp_path, m
         return real_batch(*args)
 
     monkeypatch.setattr(trainer_module, "random_batch", interrupting_batch)
-    with pytest.raises(MassactError, match="--resume"):
+    with pytest.raises(KeyboardInterrupt, match="--resume"):
         train(config, data, tmp_path / "run", progress=False)
     monkeypatch.setattr(trainer_module, "random_batch", real_batch)
     checkpoint = find_checkpoint(tmp_path / "run")

@@ -2,11 +2,14 @@
 
 Every failure a user can cause ends the same way: one line `massact: error: ...` on stderr and exit
 status 2, whether it is a bad value for an option (click's usage errors), a `MassactError` from the
-checks, or an `OSError` from the file system.
+checks, or an `OSError` from the file system. Ctrl-C ends with one line, `massact: interrupted; nothing
+was written` (or what an interrupted command keeps, carried as the `KeyboardInterrupt`'s message), and
+exit status 130.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
@@ -63,9 +66,37 @@ def _without_flag_metavars(group):
     return group
 
 
+class Interrupted(Exception):
+    """Ctrl-C inside a command, carried past typer (which would turn it into a silent exit 130)."""
+
+
+def _carry_interrupts(group):
+    """Wrap every command so that Ctrl-C reaches `main` with what the command says it keeps."""
+    for command in _commands(group):
+        callback = command.callback
+        if callback is None or getattr(callback, "_carries_interrupts", False):
+            continue
+
+        @functools.wraps(callback)
+        def carried(*args, _callback=callback, **kwargs):
+            try:
+                return _callback(*args, **kwargs)
+            except KeyboardInterrupt as exc:
+                raise Interrupted(str(exc)) from None
+
+        carried._carries_interrupts = True
+        command.callback = carried
+    return group
+
+
 def build_command():
-    """The click command behind `app`, with the help tidied."""
-    return _without_flag_metavars(typer.main.get_command(app))
+    """The click command behind `app`, with the help tidied and Ctrl-C carried to `main`."""
+    return _carry_interrupts(_without_flag_metavars(typer.main.get_command(app)))
+
+
+def _interrupted(kept: str = "") -> None:
+    print(f"{PROG}: interrupted; {kept or 'nothing was written'}", file=sys.stderr)
+    sys.exit(130)
 
 
 def _usage_message(exc: ClickException) -> str:
@@ -93,10 +124,10 @@ def main(argv: list[str] | None = None) -> None:
             print(exc.format_message(), file=sys.stderr)
             sys.exit(2)
         _fail(_usage_message(exc))
-    except typer.Abort:
-        _fail("interrupted", 130)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except Interrupted as exc:
+        _interrupted(str(exc))
+    except (typer.Abort, KeyboardInterrupt):
+        _interrupted()
     except MassactError as exc:
         _fail(" ".join(str(exc).split("\n")))
     except BrokenPipeError:
@@ -104,4 +135,6 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         _fail(f"could not read or write{where} ({exc.strerror or exc}); check the path and free space")
+    if code == 130:  # typer's exit for a Ctrl-C outside any command (while parsing)
+        _interrupted()
     sys.exit(code if isinstance(code, int) else 0)

@@ -135,7 +135,7 @@ def _commit(staging: Path, out: Path, command: str, replace: bool) -> list[str]:
         for name in [*new, MARKER]:
             os.replace(staging / name, out / name)
             moved_new.append(name)
-    except OSError:
+    except BaseException:  # an OSError, or Ctrl-C half-way: put everything back
         restored = True
         for source, target, names in ((out, staging, moved_new), (aside, out, moved_old)):
             for name in names:

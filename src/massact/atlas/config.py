@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from massact.data.corpus import DEFAULT_CORPUS
+from massact.defaults import ATLAS_STEPS, DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.scan import DEFAULT_PROMPT
 
-STEPS = ("scan", "corpus", "trace", "attention", "quant")
+STEPS = ATLAS_STEPS
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ COLUMNS = (
     "corpus cv",
     "super weights",
     "sink heads before / after",
-    "fp16 headroom",
-    "bf16",
-    "fp8 E4M3",
+    "fp16 peak / max",
+    "bf16 peak / max",
+    "fp8 E4M3 peak / max",
     "W8A8 ppl ratio (outlier tokens kept)",
 )
 
@@ -47,7 +47,7 @@ TERMINAL_COLUMNS = (
     "peak ratio",
     "corpus cv",
     "sink heads before / after",
-    "fp16 headroom",
+    "fp16 peak / max",
     "W8A8 ppl ratio (outlier tokens kept)",
 )
 
@@ -57,7 +57,7 @@ SHORT = {
     "massive blocks": "massive",
     "peak ratio": "ratio",
     "sink heads before / after": "sinks b/a",
-    "fp16 headroom": "fp16 room",
+    "fp16 peak / max": "fp16",
     "W8A8 ppl ratio (outlier tokens kept)": "W8A8 (kept)",
 }
 
@@ -88,8 +88,22 @@ def _headroom(row: dict, name: str) -> str:
     room = (row.get("headroom") or {}).get(name)
     if not room:
         return "-"
-    over = room["first_overflow_block"]
-    return _num(room["peak_over_max"]) + ("" if over is None else f" (overflows at block {over})")
+    over, ratio = room["first_overflow_block"], room["peak_over_max"]
+    if ratio is None:
+        return "-"
+    return f"peak is {_num(ratio)}x the {name.replace('_', ' ')} max" + (
+        "" if over is None else f", overflows at block {over}"
+    )
+
+
+def _cv(constancy: dict) -> str:
+    """The coefficient of variation of the largest site over windows; n/a when it was seen in fewer than 2."""
+    sites = constancy.get("sites") or []
+    if not sites:
+        return "-"
+    if sites[0].get("cv") is None:
+        return f"n/a ({sites[0].get('sequences', '?')} of {constancy.get('windows', '?')} windows)"
+    return _num(sites[0]["cv"])
 
 
 def cells(row: dict) -> list[str]:
@@ -100,7 +114,6 @@ def cells(row: dict) -> list[str]:
     constancy = row.get("constancy") or {}
     sinks = row.get("sink_heads") or {}
     quant = row.get("w8a8") or {}
-    sites = constancy.get("sites") or []
     weights = row.get("super_weights") or []
     first, last = massive.get("first_block"), massive.get("last_block")
     return [
@@ -114,7 +127,7 @@ def cells(row: dict) -> list[str]:
         "-" if first is None else f"{first}-{last}",
         _num(massive.get("peak_value")),
         _num(massive.get("peak_ratio")),
-        _num(sites[0]["cv"]) if sites else "-",
+        _cv(constancy),
         "; ".join(
             f"{w['module']} {w['coordinates']} ({_num(w['share_of_jump'], 2)} of jump)"
             for w in weights
@@ -190,8 +203,10 @@ class AtlasResult:
             ]
         lines += [
             "",
-            "Headroom: peak |x| of any block output / the format's largest finite value (fp16 65,504; bf16 3.39e38; "
-            "fp8 E4M3 448). Super weights: the weight entry that writes the largest share of each site's jump. "
+            "Peak / max: the largest |x| of any block output as a multiple of the format's largest finite value "
+            "(fp16 65,504; bf16 3.39e38; fp8 E4M3 448); above 1x the format overflows, first at the block named. "
+            "Corpus cv: std / mean of the largest site over the windows it appears in (n/a when in fewer than 2). "
+            "Super weights: the weight entry that writes the largest share of each site's jump. "
             "Each model's own runs (scan, corpus, trace, attention, quant) are in its folder.",
             "",
             f"![peak ratio per block, all models]({COMPARISON_PNG})",

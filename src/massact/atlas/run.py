@@ -105,16 +105,24 @@ def run(models: list[str], config: AtlasConfig, out: Path | None = None) -> Atla
         root = Path(out) if out is not None else Path(scratch)
         taken: set[str] = set()
         rows = []
-        for index, model in enumerate(models, 1):
-            folder = root / slug(model, taken)
-            label = f"[{index}/{len(models)}]"
-            saved = _finished(folder, model, config) if out is not None else None
-            if saved is not None:
-                say(f"{label} {model}: finished earlier, reusing {folder}/")
-                rows.append(saved)
-                continue
-            row = analyse(model, folder, config, label)
-            if row["status"] == "ok" and out is not None:
-                _save_row(folder, model, config, row)
-            rows.append(row)
+        try:
+            for index, model in enumerate(models, 1):
+                folder = root / slug(model, taken)
+                label = f"[{index}/{len(models)}]"
+                saved = _finished(folder, model, config) if out is not None else None
+                if saved is not None:
+                    say(f"{label} {model}: finished earlier, reusing {folder}/")
+                    rows.append(saved)
+                    continue
+                row = analyse(model, folder, config, label)
+                if row["status"] == "ok" and out is not None:
+                    _save_row(folder, model, config, row)
+                rows.append(row)
+        except KeyboardInterrupt:
+            if out is None:
+                raise
+            finished = sum(row["status"] == "ok" for row in rows)
+            raise KeyboardInterrupt(
+                f"{finished} of {len(models)} model(s) finished; {out}/ keeps them and the same command reuses them"
+            ) from None
     return AtlasResult(rows=rows, config=config)

@@ -71,7 +71,7 @@ def describe(ctx: Context) -> dict:
 def scan_step(ctx: Context) -> dict:
     """Massive sites on the default prompt; peak ratio per block; fp16 / bf16 / fp8 headroom."""
     scan = _analysis("scan")
-    config = scan.ScanConfig(thresholds=ctx.config.thresholds, keep_first_massive=True)
+    config = scan.ScanConfig(thresholds=ctx.config.thresholds, keep_peak=True)
     result = scan.run(ctx.loaded, ctx.config.prompt, config)
     _save(result, ctx.folder / "scan", "scan.json")
     data = result.to_json()
@@ -126,7 +126,11 @@ def corpus_step(ctx: Context) -> dict:
             "windows": int(windows.shape[0]),
             "seq_len": int(windows.shape[1]),
             "sites": [
-                {k: r[k] for k in ("dim", "token_kind", "block", "frequency", "mean", "std", "cv")} for r in rows
+                {
+                    **{k: r[k] for k in ("dim", "token_kind", "block", "sequences", "frequency", "mean", "std")},
+                    "cv": r["cv"] if r["sequences"] >= 2 else None,  # one window says nothing of constancy
+                }
+                for r in rows
             ],
         }
     }

@@ -7,14 +7,10 @@ from dataclasses import dataclass, field
 import torch
 
 from massact.data.corpus import load_texts, prefix_tokens, token_windows
+from massact.defaults import PAPER_PROMPT as PAPER_PROMPT
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.scan import tokenize_prompt
-
-PAPER_PROMPT = (
-    "The following are multiple choice questions (with answers) about machine learning.\n\n"
-    " A 6-sided die is rolled 15 times and the results are: side 1 comes up 0 times;"
-)
 
 
 @dataclass

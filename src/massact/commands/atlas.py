@@ -6,14 +6,11 @@ from typing import Annotated
 
 import typer
 
-import massact.atlas
-from massact.atlas import STEPS, AtlasConfig
 from massact.commands.common import DeviceOpt, DtypeOpt, Opt, TrustOpt, emit_result
-from massact.data.corpus import DEFAULT_CORPUS
-from massact.detect import Thresholds
+from massact.defaults import ATLAS_STEPS as STEPS
+from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.errors import MassactError
 from massact.outputs import check_output_dir
-from massact.scan import DEFAULT_PROMPT
 
 
 def atlas_command(
@@ -42,6 +39,12 @@ def atlas_command(
     A model that fails to load is a row with the reason. With --out, each model's runs are kept in its
     own folder and a rerun skips the models already finished.
     """
+    if out is not None:
+        check_output_dir(out)
+    import massact.atlas
+    from massact.atlas import AtlasConfig
+    from massact.detect import Thresholds
+
     config = AtlasConfig(
         prompt=prompt,
         corpus=corpus,
@@ -53,8 +56,6 @@ def atlas_command(
         device=device,
         trust_remote_code=trust_remote_code,
     )
-    if out is not None:
-        check_output_dir(out)
     result = massact.atlas.run(models, config, out)
     if not result.analysed:
         reasons = "; ".join(f"{r['model']}: {r.get('reason', '?')}" for r in result.rows)

@@ -8,11 +8,8 @@ from typing import Annotated
 
 import typer
 
-from massact.attention import AttentionConfig, corpus_input, prompt_input, run
-from massact.attention.inputs import PAPER_PROMPT
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
-from massact.data.corpus import load_texts
-from massact.detect import Thresholds
+from massact.defaults import PAPER_PROMPT
 from massact.errors import MassactError
 from massact.progress import status
 
@@ -70,6 +67,10 @@ def attention_command(
     """Per block and head: attention sinks on the massive-activation tokens and how constant their contribution is."""
     if corpus is not None and (prompt is not None or text_file is not None):
         raise MassactError("give --prompt/--text-file or --corpus, not both")
+    from massact.attention import AttentionConfig, corpus_input, prompt_input, run
+    from massact.data.corpus import load_texts
+    from massact.detect import Thresholds
+
     config = AttentionConfig(
         threshold=threshold,
         block=block,

@@ -7,17 +7,18 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.console import Console
 
 from massact.errors import MassactError
-from massact.html import write_report_html
-from massact.models.loading import LoadedModel, check_device, check_dtype, load_model
-from massact.models.structure import Structure, find_structure
 from massact.outputs import check_output_dir, staged_output, to_json_text
 from massact.progress import console, status
+
+if TYPE_CHECKING:  # imported where used, so that help and usage errors never wait for torch
+    from massact.models.loading import LoadedModel
+    from massact.models.structure import Structure
 
 ModelArg = Annotated[
     str,
@@ -88,6 +89,10 @@ class ModelOptions:
     blocks: BlocksOpt = None
 
     def __post_init__(self) -> None:
+        if self.dtype == "auto" and self.device is None:
+            return  # nothing to check, and no reason to import torch
+        from massact.models.loading import check_device, check_dtype
+
         check_dtype(self.dtype)
         if self.device is not None:
             check_device(self.device)
@@ -98,6 +103,8 @@ class ModelOptions:
 
     def structure(self, loaded: LoadedModel) -> Structure:
         """The model's blocks, at `--blocks` when given."""
+        from massact.models.structure import find_structure
+
         return find_structure(loaded.model, self.blocks)
 
 
@@ -120,9 +127,9 @@ def model_command(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def command(**kwargs):
-        opts = ModelOptions(**{name: kwargs.pop(name) for name in option_names})
         if kwargs.get("out") is not None:
             check_output_dir(kwargs["out"])
+        opts = ModelOptions(**{name: kwargs.pop(name) for name in option_names})
         return fn(**kwargs, opts=opts)
 
     command.__signature__ = signature.replace(parameters=keyword_only + extra)
@@ -148,6 +155,8 @@ def emit_result(result: Result, out: Path | None, as_json: bool) -> None:
     else:
         result.show(stdout_console())
     if out is not None:
+        from massact.html import write_report_html
+
         with staged_output(out) as staging:
             result.write(staging)
             write_report_html(staging, result)
@@ -160,6 +169,8 @@ def load_for_cli(
     model: str, dtype: str, device: str | None, device_map: str | None, trust_remote_code: bool
 ) -> LoadedModel:
     """Load a model for a command, with a status line while it loads."""
+    from massact.models.loading import load_model
+
     with status(f"loading {model} ..."):
         return load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
 
@@ -169,6 +180,8 @@ def read_prompt(prompt: str | None, text_file: Path | None, default: str) -> str
     if prompt is not None and text_file is not None:
         raise MassactError("give --prompt or --text-file, not both")
     if text_file is not None:
+        if text_file.is_dir():
+            raise MassactError(f"--text-file {text_file}: a directory, not a file; give a UTF-8 text file")
         if not text_file.is_file():
             raise MassactError(f"--text-file {text_file}: no such file")
         try:

@@ -10,8 +10,6 @@ import typer
 from massact.commands.common import Opt, emit_result
 from massact.commands.train import CorpusOpt, DeviceOpt, PresetOpt, SeedOpt, StepsOpt, check_train_device
 from massact.outputs import check_output_dir
-from massact.train.experiment import run_attention_bias
-from massact.train.presets import get_preset
 
 app = typer.Typer(help="Experiments that reproduce the paper's findings.", no_args_is_help=True)
 
@@ -27,8 +25,11 @@ def attention_bias_command(
     as_json: Opt.Json = False,
 ) -> None:
     """Train default, sink and bias GPT-2 (same data, seed, steps) and compare their activations."""
-    get_preset(preset)  # unknown preset: fail before any work
     out = check_output_dir(out)
+    from massact.train.experiment import run_attention_bias
+    from massact.train.presets import get_preset
+
+    get_preset(preset)  # unknown preset: fail before any work
     device = check_train_device(device)
     result = run_attention_bias(out, preset=preset, corpus=corpus, seed=seed, max_steps=max_steps, device=device)
     if all(run.main_process for run in result.results.values()):  # one writer when launched on several GPUs

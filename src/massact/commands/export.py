@@ -7,10 +7,7 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
-from massact.data.corpus import load_texts, prefix_tokens, token_windows
-from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.quant.export import ExportFiles, measure_exports, parse_formats
 
 
 @model_command
@@ -18,7 +15,9 @@ def export_command(
     model: Opt.Model = "default",
     formats: Annotated[
         list[str],
-        typer.Option("--format", help="sites, act-scales, outlier-tokens or all (default); repeat or comma-separate."),
+        typer.Option(
+            "--format", help="sites, act-scales, outlier-tokens, recipe or all (default); repeat or comma-separate."
+        ),
     ] = ("all",),  # type: ignore[assignment]
     corpus: Annotated[
         str, typer.Option("--corpus", help="Corpus name or path (.txt, folder, .jsonl).")
@@ -38,6 +37,10 @@ def export_command(
     opts: ModelOptions,
 ) -> None:
     """Write MODEL's massive sites, per-channel Linear input maxima and outlier tokens for other tools."""
+    from massact.data.corpus import load_texts, prefix_tokens, token_windows
+    from massact.detect import Thresholds
+    from massact.quant.export import ExportFiles, measure_exports, parse_formats
+
     chosen = parse_formats(formats)
     thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
     for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
@@ -60,6 +63,7 @@ def export_command(
         batch_size=batch_size,
         thresholds=thresholds,
         act_scales="act-scales" in chosen,
+        recipe="recipe" in chosen,
         blocks_path=opts.blocks,
         progress=not as_json,
         prefix_tokens=prefix_tokens(loaded.tokenizer, add_special_tokens),

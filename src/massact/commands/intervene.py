@@ -10,11 +10,7 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
-from massact.data.corpus import load_texts
-from massact.detect import Thresholds
-from massact.interventions import InterventionConfig, SiteSpec, parse_ints, parse_modes, read_means, run
-from massact.interventions.hooks import MODES
-from massact.tasks import task_config
+from massact.defaults import MODES
 
 
 @model_command
@@ -58,6 +54,11 @@ def intervene_command(
     opts: ModelOptions,
 ) -> None:
     """Perplexity of MODEL with its massive activations zeroed, set to their mean, or a random control zeroed."""
+    from massact.data.corpus import load_texts
+    from massact.detect import Thresholds
+    from massact.interventions import InterventionConfig, SiteSpec, parse_ints, parse_modes, read_means, run
+    from massact.tasks import task_config
+
     tasks_config = task_config(tasks, tasks_limit, batch_size)  # bad tasks fail before the model loads
     config = InterventionConfig(
         tasks=tasks_config,

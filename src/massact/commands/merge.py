@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import Opt, emit_result
-from massact.corpus import merge
 from massact.outputs import check_output_dir
 
 
@@ -22,6 +21,8 @@ def merge_command(
     """Merge corpus scans exactly: counts, sums, top-k and per-sequence statistics of all runs."""
     if out is not None:
         check_output_dir(out)
+    from massact.corpus import merge
+
     result = merge(runs)
     result.command = shlex.join(["massact", *sys.argv[1:]])
     emit_result(result, out, as_json)

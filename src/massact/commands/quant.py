@@ -7,13 +7,8 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
-from massact.detect import Thresholds
+from massact.defaults import DEFAULT_SCHEMES, DEFAULT_STRATEGIES
 from massact.errors import MassactError
-from massact.quant import QuantConfig, calibration_text, load_inputs, run, super_weights_from_trace
-from massact.quant.run import DEFAULT_SCHEMES, DEFAULT_STRATEGIES
-from massact.tasks import task_config
-from massact.trace import TraceConfig
-from massact.trace import run as trace
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -72,6 +67,12 @@ def quant_command(
     opts: ModelOptions,
 ) -> None:
     """What quantization costs MODEL's perplexity, and which strategy recovers it."""
+    from massact.detect import Thresholds
+    from massact.quant import QuantConfig, calibration_text, load_inputs, run, super_weights_from_trace
+    from massact.tasks import task_config
+    from massact.trace import TraceConfig
+    from massact.trace import run as trace
+
     config = QuantConfig(
         schemes=_names(schemes),
         strategies=_names(strategies),

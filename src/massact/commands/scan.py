@@ -11,16 +11,8 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
-from massact.corpus import CorpusConfig, parse_shard
-from massact.corpus import run as run_corpus
-from massact.corpus.distributed import prepare_launch
-from massact.data.corpus import load_texts
-from massact.detect import Thresholds
+from massact.defaults import DEFAULT_PROMPT
 from massact.errors import MassactError
-from massact.scan import DEFAULT_PROMPT, ScanConfig, run
-from massact.vision import ImageScanConfig, find_images
-from massact.vision import run as run_images
-from massact.vision.pipeline import refuse_prompt_for_vision
 
 
 @model_command
@@ -35,7 +27,8 @@ def scan_command(
     ratio_threshold: Opt.RatioThreshold = 1000.0,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Largest activations kept per block.")] = 16,
     keep: Annotated[
-        int | None, typer.Option("--keep", help="Keep this block's output for the 3D figure (default: first massive).")
+        int | None,
+        typer.Option("--keep", help="Keep this block's output for the 3D figure (default: the largest massive one's)."),
     ] = None,
     out: Opt.Out = None,
     as_json: Opt.Json = False,
@@ -66,12 +59,19 @@ def scan_command(
     opts: ModelOptions,
 ) -> None:
     """Find the massive activations of MODEL: blocks, dims, tokens, values, ratio to the median."""
+    from massact.detect import Thresholds
+
     thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
     if corpus is not None and images is not None:
         raise MassactError("give --corpus (text) or --images (vision), not both")
     if corpus is not None:
         if prompt is not None or text_file is not None or keep is not None:
             raise MassactError("--corpus scans many sequences; drop --prompt/--text-file/--keep, or drop --corpus")
+        from massact.corpus import CorpusConfig, parse_shard
+        from massact.corpus import run as run_corpus
+        from massact.corpus.distributed import prepare_launch
+        from massact.data.corpus import load_texts
+
         config = CorpusConfig(
             samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, thresholds=thresholds, top_k=top_k,
             add_special_tokens=not no_special_tokens, shard=parse_shard(shard),
@@ -91,6 +91,9 @@ def scan_command(
             raise MassactError("give --images or --prompt/--text-file, not both")
         if batch_size < 1:
             raise MassactError(f"--batch-size {batch_size}: must be at least 1")
+        from massact.vision import ImageScanConfig, find_images
+        from massact.vision import run as run_images
+
         image_set = find_images(images)
         image_config = ImageScanConfig(
             thresholds=thresholds, top_k=top_k, keep=keep, keep_first_massive=out is not None, batch_size=batch_size,
@@ -101,11 +104,14 @@ def scan_command(
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
     if not text.strip():
         raise MassactError("the prompt is empty; give --prompt TEXT (or --text-file PATH) with some text")
+    from massact.scan import ScanConfig, run
+    from massact.vision.pipeline import refuse_prompt_for_vision
+
     config = ScanConfig(
         thresholds=thresholds,
         top_k=top_k,
         keep=keep,
-        keep_first_massive=out is not None,
+        keep_peak=out is not None,
         add_special_tokens=not no_special_tokens,
         blocks_path=opts.blocks,
     )

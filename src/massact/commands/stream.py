@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
-from massact.data.corpus import load_texts
-from massact.detect import Thresholds
+from massact.defaults import DEFAULT_POLICIES
 from massact.errors import MassactError
-from massact.stream import DEFAULT_POLICIES, StreamConfig, cut_stream, run
 
 
 @model_command
@@ -50,6 +48,10 @@ def stream(
     """Which tokens must stay in a bounded KV cache: perplexity per policy, decoding one token at a time."""
     if corpus is not None and text_file is not None:
         raise MassactError("give --corpus or --text-file, not both")
+    from massact.data.corpus import load_texts
+    from massact.detect import Thresholds
+    from massact.stream import StreamConfig, cut_stream, run
+
     config = StreamConfig(
         policies=policies,
         cache=cache,

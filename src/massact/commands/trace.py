@@ -8,11 +8,8 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
-from massact.data.corpus import DEFAULT_CORPUS, load_texts
-from massact.detect import Thresholds
+from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.errors import MassactError
-from massact.scan import DEFAULT_PROMPT
-from massact.trace import TraceConfig, run
 
 
 @model_command
@@ -53,6 +50,10 @@ def trace_command(
     opts: ModelOptions = ModelOptions(),
 ) -> None:
     """Trace each massive activation of MODEL to the sub-layer, expert and weight entries that write it, and verify."""
+    from massact.data.corpus import load_texts
+    from massact.detect import Thresholds
+    from massact.trace import TraceConfig, run
+
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
     if not text.strip():
         raise MassactError("the prompt is empty; give --prompt TEXT (or --text-file PATH) with some text")

@@ -7,16 +7,10 @@ from typing import Annotated
 
 import typer
 
-import massact.train  # noqa: F401  (registers trained checkpoints as models every command loads)
 from massact.commands.common import Opt, emit_result
 from massact.errors import MassactError
-from massact.models.loading import check_device
 from massact.outputs import check_output_dir
 from massact.progress import say, status
-from massact.train.checkpoint import find_checkpoint
-from massact.train.experiment import prepare_data
-from massact.train.presets import get_preset
-from massact.train.trainer import train
 
 app = typer.Typer(help="Train models (GPT-2 with default / sink / bias attention).", no_args_is_help=True)
 
@@ -36,6 +30,8 @@ def check_train_device(device: str | None) -> str | None:
     """Refuse a device this machine lacks (e.g. --device cuda without CUDA) or one training does not use."""
     if device is not None and device != "cpu" and not device.startswith("cuda"):
         raise MassactError(f"--device {device}: use cpu or cuda")
+    from massact.models.loading import check_device
+
     return None if device is None else check_device(device)
 
 
@@ -54,8 +50,13 @@ def gpt2_command(
     as_json: Opt.Json = False,
 ) -> None:
     """Train GPT-2 (--attention default|sink|bias) with the activation monitor on."""
-    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
     out = check_output_dir(out)
+    from massact.train.checkpoint import find_checkpoint
+    from massact.train.experiment import prepare_data
+    from massact.train.presets import get_preset
+    from massact.train.trainer import train
+
+    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
     device = check_train_device(device)
     if resume and find_checkpoint(out) is None:
         raise MassactError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start a new run there")

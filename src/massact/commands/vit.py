@@ -11,7 +11,6 @@ from massact.commands.common import ModelOptions, Opt, emit_result, model_comman
 from massact.errors import MassactError
 from massact.outputs import check_output_dir, staged_output
 from massact.progress import say
-from massact.vision import FixRegMeanConfig, find_images, run_fix_reg_mean
 
 vit_app = typer.Typer(help="Vision transformers: register tokens, Fix-Reg-Mean, sample photos.", no_args_is_help=True)
 
@@ -47,6 +46,8 @@ def fix_reg_mean_command(
     opts: ModelOptions,
 ) -> None:
     """Replace every block's register features by their mean over --images; compare on --eval."""
+    from massact.vision import FixRegMeanConfig, find_images, run_fix_reg_mean
+
     config = FixRegMeanConfig(k=k, batch_size=batch_size, samples=samples, blocks_path=opts.blocks)
     mean_set = find_images(images)
     eval_set = find_images(eval_images, "--eval") if eval_images is not None else mean_set

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
@@ -98,14 +99,21 @@ def plot_constancy(summary: CorpusSummary, path: Path) -> Path:
         rows = np.asarray(list(site.per_sequence.keys()))
         values = np.asarray(list(site.per_sequence.values()))
         label = f"dim {g['dim']}, {g['token_kind']} token, block {g['peak_block']}"
-        axes[row, 0].plot(rows, values, "o", markersize=3, color="C3")
-        axes[row, 0].axhline(site.mean, color="k", linewidth=0.8)
-        axes[row, 0].set_title(f"{label}: mean {_fmt(site.mean)}, cv {site.cv:.3f}", fontsize=8)
+        axes[row, 0].plot(rows, values, "o", markersize=3, color="C3", label="each sequence's largest-|x| value")
+        axes[row, 0].axhline(values.mean(), color="k", linewidth=0.8, label="mean of these points")
+        axes[row, 0].set_title(
+            f"{label}: over all {site.count:,} occurrences mean {_fmt(site.mean)}, cv {site.cv:.3f}", fontsize=8
+        )
         axes[row, 0].set_xlabel("sequence")
         axes[row, 0].set_ylabel("value")
+        axes[row, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[row, 0].legend(fontsize=6)
         axes[row, 1].hist(values, bins=30, color="C3")
-        axes[row, 1].set_xlabel("value")
+        axes[row, 1].set_xlabel("each sequence's largest-|x| value")
         axes[row, 1].set_ylabel("sequences")
+        axes[row, 1].ticklabel_format(axis="x", useOffset=False, style="plain")  # no "+1.02e5" offset label
+        axes[row, 1].xaxis.set_major_locator(MaxNLocator(nbins=4))
+        axes[row, 1].yaxis.set_major_locator(MaxNLocator(integer=True))
     if not groups:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no massive site in half of the sequences", ha="center", va="center")

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from massact.defaults import DEFAULT_CORPUS as DEFAULT_CORPUS
 from massact.errors import MassactError
 
 JOIN = "\n\n"
-DEFAULT_CORPUS = "shakespeare"
 
 
 def _datasets():

@@ -28,11 +28,11 @@ from torch import nn
 
 from massact.capture.hooks import HookSet, output_tensor, replace_output_tensor
 from massact.capture.stats import median_magnitude, nan_medians
+from massact.defaults import MODES as MODES
 from massact.detect import Thresholds, token_kind
 from massact.errors import MassactError
 from massact.models.structure import Structure
 
-MODES = ("original", "zero", "mean", "random")
 KINDS = ("first", "delimiter", "special", "other")
 
 

@@ -21,6 +21,8 @@ def read_means(path: str | Path) -> SiteMeans:
     """
     path = Path(path).expanduser()
     if path.is_dir():
+        if not (path / MEANS_JSON).is_file():
+            raise MassactError(f"--means {path}: a directory without {MEANS_JSON}; give a corpus scan's --out folder")
         path = path / MEANS_JSON
     where = f"--means {path}"
     if not path.is_file():

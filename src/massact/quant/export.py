@@ -5,11 +5,16 @@ Formats (each one file another tool can read):
 - `sites` -> `sites.json`: the massive sites (block, dim, token kind) with their mean, std and count over
   the windows, in the `means.json` layout the intervention command loads (`--means`), plus the dims,
   blocks and token strings that carry them;
-- `act-scales` -> `act_scales.safetensors`: for every Linear (and Conv1D) of the model, the maximum |x|
-  of each input channel over all tokens, keyed by module name (what SmoothQuant-style smoothing needs);
+- `act-scales` -> `act_scales.pt`: for every Linear (and Conv1D) of the model, the maximum |x| of each
+  input channel over all tokens, keyed by module name: SmoothQuant's own act-scales file (a
+  `torch.save` dict, as its `act_scales/*.pt`), which its `smooth_lm(model, torch.load(path), alpha)` reads;
 - `outlier-tokens` -> `outlier_tokens.json`: the token ids and strings that carry massive activations,
   ranked by how often they do over the windows (for tools that keep such tokens as a fixed KV-cache
-  prefix or never evict them).
+  prefix or never evict them);
+- `recipe` -> `recipe.yaml`: an llm-compressor recipe, SmoothQuant with the measured norm -> Linear
+  mappings, then W8A8 with the Linears that see massive inputs kept in higher precision (`ignore`).
+
+Every export folder also gets `report.md`, which says what each file holds and how to use it.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from rich.console import Console
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from massact.capture.forward import run_forward
@@ -36,12 +41,19 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
 from massact.outputs import write_json
 from massact.progress import track
+from massact.quant.export_report import export_markdown, tool_line
+from massact.quant.recipe import kept_linears, recipe, smoothing_mappings
 
-FILES = {"sites": "sites.json", "act-scales": "act_scales.safetensors", "outlier-tokens": "outlier_tokens.json"}
+FILES = {
+    "sites": "sites.json",
+    "act-scales": "act_scales.pt",
+    "outlier-tokens": "outlier_tokens.json",
+    "recipe": "recipe.yaml",
+}
 FORMATS = tuple(FILES)
 SITES_FORMAT = "massact-sites/1"
-SCALES_FORMAT = "massact-act-scales/1"
 TOKENS_FORMAT = "massact-outlier-tokens/1"
+MAPPING_TOKENS = 16  # tokens of the pass that finds which norm feeds which Linears
 
 
 def parse_formats(values: Iterable[str]) -> list[str]:
@@ -121,6 +133,9 @@ class ExportResult:
     token_counts: dict[int, TokenCount]
     occurrences: dict[int, int]
     texts: dict[int, str]
+    mappings: list[list] = field(default_factory=list)  # SmoothQuant [[balance Linears], norm] pairs
+    kept: list[str] = field(default_factory=list)  # Linears the recipe leaves unquantized
+    alpha: float = 0.5
 
     @property
     def has_massive(self) -> bool:
@@ -137,7 +152,7 @@ class ExportResult:
             "format": SITES_FORMAT,
             **base,
             "corpus": self.corpus,
-            "windows": self.windows,
+            "window_shape": self.windows,  # `windows` stays the means layout's {source: [window indices]}
             "seed": self.seed,
             "thresholds": self.thresholds.to_json(),
             "dims": sorted({s["dim"] for s in sites}),
@@ -174,6 +189,10 @@ class ExportResult:
             ],
         }
 
+    def recipe(self) -> dict:
+        """The llm-compressor recipe (see `massact.quant.recipe`)."""
+        return recipe(self.mappings, self.kept, self.alpha)
+
     def write(self, directory: Path, formats: Iterable[str]) -> list[Path]:
         written = []
         for name in formats:
@@ -182,16 +201,12 @@ class ExportResult:
                 write_json(path, self.sites())
             elif name == "outlier-tokens":
                 write_json(path, self.outlier_tokens())
+            elif name == "recipe":
+                header = f"# llm-compressor recipe for {self.model}, written by massact export (see report.md)\n"
+                body = yaml.safe_dump(self.recipe(), sort_keys=False, default_flow_style=None)
+                path.write_text(header + body, encoding="utf-8")
             else:
-                metadata = {
-                    "format": SCALES_FORMAT,
-                    "model": self.model,
-                    "corpus": self.corpus,
-                    "windows": json.dumps(self.windows),
-                    "statistic": "max |x| per input channel over all tokens",
-                }
-                tensors = {k: v.contiguous() for k, v in self.act_scales.items()}
-                save_file(tensors, path, metadata=metadata)
+                torch.save({k: v.contiguous() for k, v in self.act_scales.items()}, path)
             written.append(path)
         return written
 
@@ -219,6 +234,8 @@ class ExportFiles:
             data["outlier_tokens"] = r.outlier_tokens()
         if "act-scales" in self.formats:
             data["act_scales"] = {name: float(m.max()) if m.numel() else 0.0 for name, m in r.act_scales.items()}
+        if "recipe" in self.formats:
+            data["recipe"] = r.recipe()
         return data
 
     def show(self, console: Console) -> None:
@@ -230,6 +247,7 @@ class ExportFiles:
                 f">= {t.ratio:g} x median): the site and token lists are empty.",
                 highlight=False,
             )
+            self.show_files(console)
             return
         sites = r.sites()
         tokens = r.outlier_tokens()["tokens"]
@@ -239,9 +257,17 @@ class ExportFiles:
             f"blocks {sites['blocks'][0]}..{sites['blocks'][-1]}; {len(tokens)} token ids carry them",
             highlight=False,
         )
+        self.show_files(console)
+
+    def show_files(self, console: Console) -> None:
+        """One line per file: which tool reads it."""
+        for name in self.formats:
+            console.print(tool_line(name, FILES[name]), highlight=False, markup=False)
 
     def write(self, out: Path) -> None:
         self.result.write(out, self.formats)
+        report = export_markdown(self.result, self.formats, FILES)
+        (Path(out) / "report.md").write_text(report + "\n", encoding="utf-8")
 
 
 def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount]) -> None:
@@ -272,11 +298,14 @@ def measure_exports(
     batch_size: int = 8,
     thresholds: Thresholds | None = None,
     act_scales: bool = True,
+    recipe: bool = False,
+    alpha: float = 0.5,
     blocks_path: str | None = None,
     progress: bool = True,
     prefix_tokens: list[str] | None = None,
 ) -> ExportResult:
-    """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales.
+    """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales
+    and the llm-compressor recipe (its smoothing mappings from one more pass over a few tokens).
 
     `prefix_tokens` names what every window starts with (the tokenizer's BOS; see `text_prefix`).
     """
@@ -286,7 +315,7 @@ def measure_exports(
     model = loaded.model
     structure = find_structure(model, blocks_path)
     texts = TokenText(loaded.tokenizer)
-    scales = ActScales(model) if act_scales else None
+    scales = ActScales(model) if act_scales or recipe else None
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
     with ExitStack() as stack:
@@ -308,6 +337,9 @@ def measure_exports(
                 tokens, kinds = texts.kinds_and_texts(row_ids, 0)
                 summary.add(record, corpus, start + offset, tokens, kinds)
                 _count_tokens(record, row_ids, counts)
+    maxima = scales.maxima if scales is not None else {}
+    mappings = smoothing_mappings(model, structure, windows[:1, :MAPPING_TOKENS]) if recipe else []
+    kept = kept_linears(maxima, model, thresholds.abs) if recipe else []
     all_ids, frequency = torch.unique(windows, return_counts=True)
     occurrences = dict(zip(all_ids.tolist(), frequency.tolist(), strict=True))
     return ExportResult(
@@ -317,16 +349,21 @@ def measure_exports(
         seed=seed,
         thresholds=thresholds,
         summary=summary.canonical() if summary is not None else None,
-        act_scales=scales.maxima if scales is not None else {},
+        act_scales=maxima,
         token_counts=counts,
         occurrences={i: occurrences[i] for i in counts},
         texts={i: texts.text(i) for i in counts},
+        mappings=mappings,
+        kept=kept,
+        alpha=alpha,
     )
 
 
 def read_export(path: str | Path) -> dict | dict[str, torch.Tensor]:
-    """Read back any export file: JSON formats as dicts, act scales as {module name: tensor}."""
+    """Read back any export file: JSON and YAML as dicts, act scales as {module name: tensor}."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_file(path)
+    if path.suffix == ".pt":
+        return torch.load(path, weights_only=True)
+    if path.suffix == ".yaml":
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     return json.loads(path.read_text(encoding="utf-8"))

@@ -12,7 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -180,9 +180,8 @@ class QuantResult:
         ax.axhline(self.baseline["perplexity"], color="black", linestyle="--", linewidth=1, label="unquantized")
         ax.set_xticks(range(len(schemes)), schemes)
         ax.set_yscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))  # no overlap
         ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("perplexity (log)")
         ax.set_title(f"{self.model}: perplexity per scheme and strategy")
@@ -199,6 +198,7 @@ class QuantResult:
         colors = ["tab:red" if b in massive else "tab:blue" for b in blocks]
         fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(blocks) + 2), 3.5))
         ax.bar(blocks, [100 * (r - 1) for r in ratios], color=colors)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("block (red: its output carries massive activations)")
         ax.set_ylabel("perplexity change (%)")
         ax.set_title(f"{s['scheme']} in one block at a time")

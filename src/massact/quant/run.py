@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from massact.data.corpus import load_windows, text_prefix
+from massact.defaults import DEFAULT_SCHEMES as DEFAULT_SCHEMES
+from massact.defaults import DEFAULT_STRATEGIES as DEFAULT_STRATEGIES
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
@@ -20,9 +22,6 @@ from massact.quant.simulate import quant_context
 from massact.quant.strategies import BEST, candidates, parse_strategy, parts
 from massact.tasks import TaskConfig
 from massact.tasks import evaluate as evaluate_tasks
-
-DEFAULT_SCHEMES = ("W8", "W8A8", "W8A8-token", "W4A8", "W4A4", "KV4")
-DEFAULT_STRATEGIES = ("none", "outlier-tokens", "best")
 
 
 @dataclass(frozen=True)

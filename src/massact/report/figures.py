@@ -23,6 +23,7 @@ def wrap_title(title: str, width: int) -> str:
     return "\n".join(textwrap.wrap(title, width, break_long_words=True, break_on_hyphens=False)) or title
 
 
+TITLE_WIDTH = 60  # characters per title line that fit a 7-inch figure at the default font size
 SERIES_STYLE = {"top 1": "C3", "top 2": "C1", "top 3": "C2", "median": "C0"}
 
 
@@ -55,7 +56,7 @@ def plot_curves(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(wrap_title(title, 75))
+    ax.set_title(wrap_title(title, TITLE_WIDTH))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -23,7 +23,7 @@ class ScanConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     top_k: int = 16  # largest activations kept per block
     keep: int | None = None  # keep this block's output (for the 3D figure)
-    keep_first_massive: bool = False  # keep the first massive block's output (a second, hooked pass)
+    keep_peak: bool = False  # keep the output of the block of the largest massive activation (a second pass)
     add_special_tokens: bool = True  # tokenize a text prompt with the tokenizer's special tokens (BOS, ...)
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
@@ -39,8 +39,9 @@ class ScanConfig:
 def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: ScanConfig | None = None) -> ScanResult:
     """Run `inputs` (a prompt, token ids [1, tokens] or a `TextInput`) through the model once; report every block.
 
-    `config.keep` keeps that block's output; `config.keep_first_massive` keeps the first massive
-    block's output (found by a second, hooked pass) for the 3D figure.
+    `config.keep` keeps that block's output; `config.keep_peak` keeps the output of the block where the
+    largest massive activation peaks (found by a second, hooked pass) for the 3D figure; without a
+    massive activation, the block of the largest top-1 / median ratio.
     """
     config = config or ScanConfig()
     structure = find_structure(loaded.model, config.blocks_path)
@@ -64,16 +65,13 @@ def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: Sca
     massive = find_massive(record.blocks, text.tokens, kinds)
     summary = summarize_massive(massive, text.tokens, kinds)
     kept = dict(record.kept)
-    if config.keep_first_massive and config.keep is None:
+    if config.keep_peak and config.keep is None:
         ratios = [
             abs(float(r.top_values[0])) / r.median if r.median > 0 and not r.all_nonfinite else 0.0
             for r in record.blocks
         ]
-        target = (
-            summary["first_block"]
-            if summary["first_block"] is not None
-            else max(range(len(ratios)), key=ratios.__getitem__)
-        )
+        sites = summary["sites"]  # the largest peak first
+        target = sites[0]["peak_block"] if sites else max(range(len(ratios)), key=ratios.__getitem__)
         with capture_block_stats(loaded.model, structure, top_k=1, thresholds=thresholds, keep=(target,)) as c:
             run_forward(loaded.model, text.input_ids)
             kept = c.pop()[0].kept
@@ -102,7 +100,7 @@ def scan(
     thresholds: Thresholds | None = None,
     top_k: int = 16,
     keep: int | None = None,
-    keep_first_massive: bool = False,
+    keep_peak: bool = False,
     add_special_tokens: bool = True,
     blocks_path: str | None = None,
 ) -> ScanResult:
@@ -111,7 +109,7 @@ def scan(
         thresholds=thresholds or Thresholds(),
         top_k=top_k,
         keep=keep,
-        keep_first_massive=keep_first_massive,
+        keep_peak=keep_peak,
         add_special_tokens=add_special_tokens,
         blocks_path=blocks_path,
     )

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from massact.defaults import DEFAULT_PROMPT as DEFAULT_PROMPT
 from massact.detect import token_kind
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-
-DEFAULT_PROMPT = "Summer is warm. Winter is cold."
 
 
 @dataclass

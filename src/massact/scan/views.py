@@ -13,7 +13,6 @@ from rich.table import Table
 from massact.format import fmt_activation as fmt
 from massact.format import md_code, md_escape, show_token
 from massact.outputs import write_json
-from massact.report.figures import plot_activations_3d, plot_layerwise
 from massact.report.markdown import plural
 from massact.report.tables import numeric_column, print_table
 
@@ -142,6 +141,8 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
 
 def write_scan(result: ScanResult, directory: Path) -> None:
     """scan.json, the two figures and report.md into `directory`."""
+    from massact.report.figures import plot_activations_3d, plot_layerwise
+
     write_json(directory / "scan.json", result.to_json())
     figures = {}
     plot_layerwise(

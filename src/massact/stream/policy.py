@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from massact.defaults import DEFAULT_POLICIES as DEFAULT_POLICIES
 from massact.detect import Thresholds
 from massact.errors import MassactError
 
 KINDS = ("full", "window", "sinks", "detected", "recompute")
 POSITIONS = ("original", "cache")
 BITS = (4, 8)
-DEFAULT_POLICIES = ("full", "window", "sinks:1", "sinks:4", "detected")
 _SPEC = re.compile(r"^(full|window|detected|recompute|sinks:(\d+))(?:@int(\d+)(\+sinks)?)?$")
 _HELP = (
     "use full, window, sinks:N, detected or recompute, optionally with @int4 / @int8 (quantized KV cache) "

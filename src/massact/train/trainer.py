@@ -223,8 +223,8 @@ def train(
                 break
     except KeyboardInterrupt:
         bar.close()
-        raise MassactError(
-            f"interrupted at step {step}; the last checkpoint is in {run_dir}/checkpoint: rerun with --resume"
+        raise KeyboardInterrupt(  # the command line prints it after "massact: interrupted;", exit 130
+            f"stopped at step {step}; the last checkpoint is in {run_dir}/checkpoint: rerun with --resume"
         ) from None
     finally:
         bar.close()

@@ -31,7 +31,7 @@ def quant_command(
     calib_samples: Annotated[
         int, typer.Option("--calib-samples", help="Further held-out windows the strategies learn from.")
     ] = 4,
-    seed: Annotated[int, typer.Option("--seed", help="Seed that draws the windows.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed that draws the windows (0, as in every command).")] = 0,
     schemes: Annotated[
         str,
         typer.Option(

@@ -15,6 +15,7 @@ from massact.interventions.hooks import SiteMeans, blocks_phrase, blocks_span
 from massact.interventions.means import MEANS_JSON
 from massact.interventions.survey import Survey
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.report.tables import numeric_column, print_table
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
@@ -39,6 +40,7 @@ class InterventionResult:
     prefix_tokens: list[str] = field(default_factory=list)
     means_computed: bool = True  # the means were computed by this run (so written as means.json)
     command: str | None = None  # the command line, for report.md
+    precision: Precision | None = None  # whether the run's dtype held the unchanged model's block outputs
 
     @property
     def scored_per_window(self) -> int:
@@ -67,6 +69,7 @@ class InterventionResult:
             "survey": self.survey.to_json(),
             "survey_after_zero": self.after_zero.to_json() if self.after_zero is not None else None,
             "notes": self.notes,
+            "precision": self.precision.to_json() if self.precision else None,
         }
 
     # -- views -----------------------------------------------------------------------------------
@@ -151,6 +154,8 @@ class InterventionResult:
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         for note in self.notes:
             console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        if self.precision is not None:
+            self.precision.show(console)
 
     def markdown(self) -> str:
         cfg = self.config
@@ -166,6 +171,8 @@ class InterventionResult:
             "|---|" + "---:|" * len(columns),
         ]
         lines += [f"| {mode} | " + " | ".join(self._cells(mode)) + " |" for mode in cfg.modes]
+        if self.precision is not None and self.precision.warning:
+            lines += ["", *self.precision.markdown()]
         if (scores := self.task_scores(cfg.modes[0])) is not None:
             lines += ["", f"Zero-shot tasks, acc (acc_norm) in %: {md_escape(scores.describe())}."]
         for line in self.block_map_lines():

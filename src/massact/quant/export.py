@@ -27,6 +27,7 @@ from torch import nn
 
 from massact.capture.forward import run_forward
 from massact.capture.hooks import forward_pre_hook
+from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.run import TokenText
 from massact.corpus.summary import CorpusSummary
@@ -35,6 +36,7 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.progress import track
 
 FILES = {"sites": "sites.json", "act-scales": "act_scales.safetensors", "outlier-tokens": "outlier_tokens.json"}
@@ -121,6 +123,7 @@ class ExportResult:
     token_counts: dict[int, TokenCount]
     occurrences: dict[int, int]
     texts: dict[int, str]
+    precision: Precision | None = None  # whether the run's dtype held the block outputs
 
     @property
     def has_massive(self) -> bool:
@@ -219,10 +222,13 @@ class ExportFiles:
             data["outlier_tokens"] = r.outlier_tokens()
         if "act-scales" in self.formats:
             data["act_scales"] = {name: float(m.max()) if m.numel() else 0.0 for name, m in r.act_scales.items()}
+        data["precision"] = r.precision.to_json() if r.precision else None
         return data
 
     def show(self, console: Console) -> None:
         r = self.result
+        if r.precision is not None:
+            r.precision.show(console)
         if not r.has_massive:
             t = r.thresholds
             console.print(
@@ -291,6 +297,7 @@ def measure_exports(
     counts: dict[int, TokenCount] = {}
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
+        peaks = stack.enter_context(BlockPeaks(model, structure))
         if scales is not None:
             stack.enter_context(scales.hooks())
         starts = range(0, windows.shape[0], batch_size)
@@ -321,6 +328,7 @@ def measure_exports(
         token_counts=counts,
         occurrences={i: occurrences[i] for i in counts},
         texts={i: texts.text(i) for i in counts},
+        precision=Precision.from_peaks(peaks),
     )
 
 

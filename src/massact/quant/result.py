@@ -18,7 +18,9 @@ from rich.table import Table  # noqa: E402
 
 from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
+from massact.precision import Precision  # noqa: E402
 from massact.quant.calibrate import Calibration  # noqa: E402
+from massact.report.figures import log_scale_or_note  # noqa: E402
 from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
@@ -50,6 +52,7 @@ class QuantResult:
     best: dict[str, dict]
     sensitivity: dict | None
     calibration: Calibration
+    precision: Precision | None = None  # the unquantized pass: peak |x| per block, inf/NaN blocks
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -77,6 +80,7 @@ class QuantResult:
                 "modules": len(calib.act_maxima),
                 "max": {name: float(m.max()) if m.numel() else 0.0 for name, m in calib.act_maxima.items()},
             },
+            "precision": self.precision.to_json() if self.precision else None,
         }
 
     def table(self) -> Table:
@@ -100,6 +104,8 @@ class QuantResult:
 
     def show(self, console: Console) -> None:
         print_table(console, self.table())
+        if self.precision is not None:
+            self.precision.show(console)
         calib = self.calibration
         console.print(f"outlier tokens kept by outlier-tokens: {self._outlier_line()}", highlight=False)
         if calib.super_weights:
@@ -140,7 +146,8 @@ class QuantResult:
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
             cells = f"{row['scheme']} | {md_escape(strategy)} | {fmt_ppl(row['perplexity'])} | {_change(row['ratio'])}"
             lines.append(f"| {cells} |" + "".join(f" {a} |" for a in self._acc(row)))
-        lines += ["", f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
+        lines += ["", *(self.precision.markdown() if self.precision else [])]
+        lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         if self.sensitivity is not None:
             s = self.sensitivity
             lines += [
@@ -177,16 +184,19 @@ class QuantResult:
                         xs.append(i + (k - (len(strategies) - 1) / 2) * width)
                         ys.append(row["perplexity"])
             ax.bar(xs, ys, width=width, label=strategy)
-        ax.axhline(self.baseline["perplexity"], color="black", linestyle="--", linewidth=1, label="unquantized")
+        if math.isfinite(self.baseline["perplexity"]):
+            ax.axhline(self.baseline["perplexity"], color="black", linestyle="--", linewidth=1, label="unquantized")
         ax.set_xticks(range(len(schemes)), schemes)
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        finite = [r["perplexity"] for r in self.rows] + [self.baseline["perplexity"]]
+        if log_scale_or_note(ax, finite):
+            plain = FuncFormatter(lambda value, _: f"{value:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("perplexity (log)")
         ax.set_title(f"{self.model}: perplexity per scheme and strategy")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -199,6 +209,8 @@ class QuantResult:
         colors = ["tab:red" if b in massive else "tab:blue" for b in blocks]
         fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(blocks) + 2), 3.5))
         ax.bar(blocks, [100 * (r - 1) for r in ratios], color=colors)
+        if not any(math.isfinite(r) for r in ratios):
+            log_scale_or_note(ax, [])  # nothing finite: say so on the plot
         ax.set_xlabel("block (red: its output carries massive activations)")
         ax.set_ylabel("perplexity change (%)")
         ax.set_title(f"{s['scheme']} in one block at a time")

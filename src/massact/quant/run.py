@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import load_windows, text_prefix
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
+from massact.precision import Precision
 from massact.progress import say, track
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate
 from massact.quant.result import QuantResult
@@ -188,7 +191,10 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
             "keep-super-weights needs the super weights: give QuantInputs.super_weights from "
             "massact.quant.super_weights_from_trace(massact.trace.run(...).entries(), limit)"
         )
-    say(f"calibrating on {inputs.calibration.shape[0]} held-out windows ...")
+    tell = say if config.progress else _quiet
+    tell(
+        f"calibrating: one pass over {inputs.calibration.shape[0]} held-out windows (activation maxima, outlier tokens)"
+    )
     calib = calibrate(
         loaded,
         inputs.calibration,
@@ -199,19 +205,24 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         progress=config.progress,
     )
     evaluate = _Evaluator(loaded, inputs, config, calib)
-    baseline = evaluate._perplexity(inputs.windows)
+    tell(f"unquantized perplexity on {inputs.windows.shape[0]} x {inputs.windows.shape[1]} windows")
+    with BlockPeaks(loaded.model, structure) as peaks:
+        baseline = evaluate._perplexity(inputs.windows)
+    precision = Precision.from_peaks(peaks)
     jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
     done: dict[tuple[str, str], PerplexityResult] = {}
     scored: dict[tuple[str, str], dict] = {}  # zero-shot task scores, with --tasks
     rows: list[dict] = []
     choices: dict[str, dict] = {}
-    for scheme, strategy in track(jobs, "quant", unit="setting") if config.progress else jobs:
+    for number, (scheme, strategy) in enumerate(jobs, 1):
         chosen = None
         if strategy == BEST:
-            chosen, tried = _choose(evaluate, scheme, inputs.calibration[: config.best_samples], calib)
+            best_windows = inputs.calibration[: config.best_samples]
+            chosen, tried = _choose(evaluate, scheme, best_windows, calib, tell)
             choices[scheme.name] = {"chosen": chosen, "calibration_perplexity": tried}
         name = chosen or strategy
         if (scheme.name, name) not in done:
+            tell(f"[{number}/{len(jobs)}] {scheme.name} {name}: perplexity on {inputs.windows.shape[0]} windows")
             done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
         rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
         if config.tasks is not None:
@@ -221,6 +232,10 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
             rows[-1]["tasks"] = scored[(scheme.name, name)]
     sensitivity = None
     if config.sensitivity is not None:
+        tell(
+            f"sensitivity: {config.sensitivity} in one block at a time, {len(structure)} blocks x "
+            f"{min(config.sensitivity_samples, inputs.windows.shape[0])} windows"
+        )
         sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
     return QuantResult(
         model=loaded.name,
@@ -236,15 +251,25 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         best=choices,
         sensitivity=sensitivity,
         calibration=calib,
+        precision=precision,
     )
 
 
-def _choose(evaluate: _Evaluator, scheme: Scheme, windows: torch.Tensor, calib: Calibration) -> tuple[str, dict]:
+def _quiet(message: str) -> None:
+    """No progress message (--json, or progress turned off)."""
+
+
+def _choose(
+    evaluate: _Evaluator, scheme: Scheme, windows: torch.Tensor, calib: Calibration, tell: Callable = _quiet
+) -> tuple[str, dict]:
     """The candidate strategy with the lowest perplexity on the calibration windows."""
     tried = {}
-    for strategy in candidates(scheme):
-        if "keep-super-weights" in parts(strategy) and not calib.super_weights:
-            continue
+    usable = [s for s in candidates(scheme) if "keep-super-weights" not in parts(s) or calib.super_weights]
+    for number, strategy in enumerate(usable, 1):
+        tell(
+            f"  best for {scheme.name}: trying {strategy} ({number}/{len(usable)}) "
+            f"on {windows.shape[0]} calibration windows"
+        )
         tried[strategy] = evaluate(scheme, strategy, windows).perplexity
     chosen = min(tried, key=lambda s: (tried[s] != tried[s], tried[s]))  # NaN last
     return chosen, tried

@@ -137,9 +137,7 @@ def _entries(
 ) -> list[WeightEntry]:
     matrix_view = writer.matrix
     matrix = matrix_view.matrix().detach().float().cpu()
-    flat = matrix.abs().reshape(-1)
-    median_w = float(flat.median())
-    mean_w, std_w = float(matrix.mean()), float(matrix.std())
+    stats = _WeightStats(matrix)
     cumulative = 0.0
     entries = []
     for column in columns.tolist():
@@ -165,12 +163,26 @@ def _entries(
                 share_of_update=contribution / update if update else math.nan,
                 share_of_jump=contribution / jump if jump else math.nan,
                 cumulative_share_of_jump=cumulative / jump if jump else math.nan,
-                weight_rank=int((flat > abs(weight)).sum()) + 1,
-                weight_ratio=abs(weight) / median_w if median_w > 0 else math.inf,
-                weight_sigma=abs(weight - mean_w) / std_w if std_w > 0 else math.inf,
+                **stats.of(weight),
             )
         )
     return entries
+
+
+class _WeightStats:
+    """Where one entry stands in its whole parameter: |w| rank, |w| / median |w|, and sigmas from the mean."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.flat = weights.abs().reshape(-1)
+        self.median = float(self.flat.median())
+        self.mean, self.std = float(weights.mean()), float(weights.std())
+
+    def of(self, weight: float) -> dict:
+        return {
+            "weight_rank": int((self.flat > abs(weight)).sum()) + 1,
+            "weight_ratio": abs(weight) / self.median if self.median > 0 else math.inf,
+            "weight_sigma": abs(weight - self.mean) / self.std if self.std > 0 else math.inf,
+        }
 
 
 def jump_block(trajectory_in: list[float], trajectory_out: list[float], sign: float) -> int:
@@ -401,8 +413,6 @@ def _norm_entry(block: int, writer: _Writer, dim: int, contribution: float, jump
     gain: NormGain = writer.matrix
     weights = gain.module.weight.detach().float().cpu()
     weight = float(weights[dim])
-    flat = weights.abs()
-    median_w, mean_w, std_w = float(flat.median()), float(weights.mean()), float(weights.std())
     value = float(writer.x[dim])
     med = float(writer.medians[dim])
     update = writer.output
@@ -422,7 +432,5 @@ def _norm_entry(block: int, writer: _Writer, dim: int, contribution: float, jump
         share_of_update=contribution / update if update else math.nan,
         share_of_jump=contribution / jump if jump else math.nan,
         cumulative_share_of_jump=contribution / jump if jump else math.nan,
-        weight_rank=int((flat > abs(weight)).sum()) + 1,
-        weight_ratio=abs(weight) / median_w if median_w > 0 else math.inf,
-        weight_sigma=abs(weight - mean_w) / std_w if std_w > 0 else math.inf,
+        **_WeightStats(weights).of(weight),
     )

@@ -20,6 +20,7 @@ from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.precision import Precision  # noqa: E402
 from massact.quant.calibrate import Calibration  # noqa: E402
+from massact.quant.seeds import fmt_spread  # noqa: E402
 from massact.report.figures import log_scale_or_note  # noqa: E402
 from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
@@ -53,6 +54,7 @@ class QuantResult:
     sensitivity: dict | None
     calibration: Calibration
     precision: Precision | None = None  # the unquantized pass: peak |x| per block, inf/NaN blocks
+    spread: dict | None = None  # with several seeds: mean and spread of every number (`quant.seeds.summarize`)
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -81,6 +83,7 @@ class QuantResult:
                 "max": {name: float(m.max()) if m.numel() else 0.0 for name, m in calib.act_maxima.items()},
             },
             "precision": self.precision.to_json() if self.precision else None,
+            "seeds": self.spread,
         }
 
     def table(self) -> Table:
@@ -88,13 +91,34 @@ class QuantResult:
         table.add_column("scheme", no_wrap=True)
         table.add_column("strategy", overflow="fold")
         tasks = "tasks" in self.baseline
-        for name in ("perplexity", "vs fp", *(["mean acc %"] if tasks else [])):
+        for name in ("perplexity", "vs fp", *self._spread_columns(), *(["mean acc %"] if tasks else [])):
             table.add_column(name, justify="right", no_wrap=True)  # print_table makes room: never cut
-        table.add_row("unquantized", "", fmt_ppl(self.baseline["perplexity"]), "", *self._acc(self.baseline))
-        for row in self.rows:
+        base = self._spread_cells(None)
+        table.add_row("unquantized", "", fmt_ppl(self.baseline["perplexity"]), "", *base, *self._acc(self.baseline))
+        for index, row in enumerate(self.rows):
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
-            table.add_row(row["scheme"], strategy, fmt_ppl(row["perplexity"]), _change(row["ratio"]), *self._acc(row))
+            cells = (fmt_ppl(row["perplexity"]), _change(row["ratio"]), *self._spread_cells(index), *self._acc(row))
+            table.add_row(row["scheme"], strategy, *cells)
         return table
+
+    def _spread_columns(self) -> list[str]:
+        """With several seeds: the columns of mean ± sd over them."""
+        if not self.spread:
+            return []
+        n = len(self.spread["seeds"])
+        return [f"mean ± sd, {n} seeds", "vs fp, mean ± sd"]
+
+    def _spread_cells(self, index: int | None) -> list[str]:
+        """The mean ± sd cells of row `index` (None: the unquantized baseline)."""
+        if not self.spread:
+            return []
+        if index is None:
+            return [fmt_spread(self.spread["baseline"], fmt_ppl), ""]
+        row = self.spread["rows"][index]
+        change = fmt_spread(row["ratio"], lambda v: f"{v:.1%}")
+        if change != "n/a":  # the mean as a change: +12.3% ± 1.0%
+            change = f"{row['ratio']['mean'] - 1:+.1%} ± {row['ratio']['std']:.1%}"
+        return [fmt_spread(row["perplexity"], fmt_ppl), change]
 
     def _acc(self, row: dict) -> list[str]:
         """The mean zero-shot accuracy cell of a row (no cell without --tasks)."""
@@ -137,15 +161,27 @@ class QuantResult:
             f"(seed {self.seed}); strategies learned on {self.calibration_windows[0]} held-out windows. "
             f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}.",
             "",
-            "| scheme | strategy | perplexity | vs fp |" + (" mean acc % |" if "tasks" in self.baseline else ""),
-            "|---|---|---:|---:|" + ("---:|" if "tasks" in self.baseline else ""),
+            "| scheme | strategy | perplexity | vs fp |"
+            + "".join(f" {c} |" for c in self._spread_columns())
+            + (" mean acc % |" if "tasks" in self.baseline else ""),
+            "|---|---|---:|---:|"
+            + "---:|" * len(self._spread_columns())
+            + ("---:|" if "tasks" in self.baseline else ""),
             f"| unquantized | | {fmt_ppl(self.baseline['perplexity'])} | |"
-            + "".join(f" {a} |" for a in self._acc(self.baseline)),
+            + "".join(f" {a} |" for a in [*self._spread_cells(None), *self._acc(self.baseline)]),
         ]
-        for row in self.rows:
+        for index, row in enumerate(self.rows):
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
             cells = f"{row['scheme']} | {md_escape(strategy)} | {fmt_ppl(row['perplexity'])} | {_change(row['ratio'])}"
-            lines.append(f"| {cells} |" + "".join(f" {a} |" for a in self._acc(row)))
+            extra = [*self._spread_cells(index), *self._acc(row)]
+            lines.append(f"| {cells} |" + "".join(f" {a} |" for a in extra))
+        if self.spread:
+            seeds = ", ".join(map(str, self.spread["seeds"]))
+            lines += [
+                "",
+                f"perplexity and vs fp: the windows drawn with seed {self.seed}; mean ± sd: the same measurement "
+                f"(calibration included) repeated on the windows drawn with seeds {seeds}.",
+            ]
         lines += ["", *(self.precision.markdown() if self.precision else [])]
         lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         if self.sensitivity is not None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from massact.quant.run import QuantConfig
 
 FORMAT = "massact-quant/1"
+WEIGHTS_NOTE = "the schemes quantize these weights again, so results are relative to them"
 
 
 def _change(ratio: float) -> str:
@@ -54,6 +55,7 @@ class QuantResult:
     sensitivity: dict | None
     calibration: Calibration
     precision: Precision | None = None  # the unquantized pass: peak |x| per block, inf/NaN blocks
+    weights: str | None = None  # how the loaded weights were stored, e.g. "Q4_1 GGUF, de-quantized to float32"
     spread: dict | None = None  # with several seeds: mean and spread of every number (`quant.seeds.summarize`)
 
     def to_json(self) -> dict:
@@ -84,6 +86,8 @@ class QuantResult:
             },
             "precision": self.precision.to_json() if self.precision else None,
             "seeds": self.spread,
+            "dtype": self.precision.dtype if self.precision else None,
+            "quantization": self.weights,
         }
 
     def table(self) -> Table:
@@ -128,6 +132,8 @@ class QuantResult:
 
     def show(self, console: Console) -> None:
         print_table(console, self.table())
+        if self.weights:
+            console.print(f"weights: {self.weights}; {WEIGHTS_NOTE}", highlight=False, markup=False, soft_wrap=True)
         if self.precision is not None:
             self.precision.show(console)
         calib = self.calibration
@@ -159,7 +165,8 @@ class QuantResult:
             "",
             f"Perplexity on {self.windows[0]} windows of {self.windows[1]} tokens of {md_code(self.corpus)} "
             f"(seed {self.seed}); strategies learned on {self.calibration_windows[0]} held-out windows. "
-            f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}.",
+            f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}."
+            + (f" Weights: {md_escape(self.weights)}; {WEIGHTS_NOTE}." if self.weights else ""),
             "",
             "| scheme | strategy | perplexity | vs fp |"
             + "".join(f" {c} |" for c in self._spread_columns())

@@ -234,6 +234,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         sensitivity=sensitivity,
         calibration=calib,
         precision=Precision.from_peaks(peaks),
+        weights=loaded.quantization,
         spread=spread,
     )
 

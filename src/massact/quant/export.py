@@ -281,10 +281,12 @@ def measure_exports(
     blocks_path: str | None = None,
     progress: bool = True,
     prefix_tokens: list[str] | None = None,
+    description: str = "export",
 ) -> ExportResult:
     """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales.
 
-    `prefix_tokens` names what every window starts with (the tokenizer's BOS; see `text_prefix`).
+    `prefix_tokens` names what every window starts with (the tokenizer's BOS; see `text_prefix`);
+    `description` labels the progress bar.
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise MassactError("no windows to export from; give --samples of at least 1")
@@ -301,7 +303,7 @@ def measure_exports(
         if scales is not None:
             stack.enter_context(scales.hooks())
         starts = range(0, windows.shape[0], batch_size)
-        for start in track(starts, "export", unit="batch") if progress else starts:
+        for start in track(starts, description, unit="batch") if progress else starts:
             ids = windows[start : start + batch_size]
             run_forward(model, ids)
             for offset, record in enumerate(collector.pop()):

@@ -212,3 +212,23 @@ def plant_sandwich(model: nn.Module, block: int, token: int, dim: int, value: fl
     down[dim, unit] = kept
     layer.post_feedforward_layernorm.weight[dim] = value / H**0.5 - 1.0
     return Plant(block=block, token=token, dim=dim)
+
+
+def letter_word(i: int) -> str:
+    """Token id i as a word of letters only (some tokenizer classes split digits off): 7 -> "wah"."""
+    return "w" + chr(97 + i // 26) + chr(97 + i % 26)
+
+
+def planted_with_words(family: str):
+    """A planted tiny model with a word tokenizer of `letter_word`s: "gemma3" (sandwich plant, with a BOS)
+    or any `tiny_model` family (`plant_massive`, no BOS); block 1 writes dim 4 of MARK."""
+    from massact.models.loading import LoadedModel
+
+    if family == "gemma3":
+        model = tiny_gemma3()
+        plant_sandwich(model, block=1, token=0, dim=4)
+    else:
+        model = tiny_model(family)
+        plant_massive(model, block=1, token=0, dim=4)
+    tokenizer = word_tokenizer(letter_word, bos=family == "gemma3")
+    return LoadedModel(model=model, tokenizer=tokenizer, name=f"planted-{family}")

@@ -15,16 +15,24 @@ import re
 import pytest
 import torch
 from cli_runner import run as run_cli
-from planting import FP16_MAX, MARK, VOCAB, plant_massive, plant_sandwich, tiny_gemma3, tiny_model, word_tokenizer
+from planting import (
+    FP16_MAX,
+    MARK,
+    VOCAB,
+    letter_word,
+    plant_massive,
+    plant_sandwich,
+    tiny_gemma3,
+    tiny_model,
+    word_tokenizer,
+)
 
 from massact.precision import Precision
 
 PLANT_BLOCK = 1
 
 
-def word(i: int) -> str:
-    """Letters only (some tokenizer classes split digits off): 0 -> "waa", 7 -> "wah"."""
-    return "w" + chr(97 + i // 26) + chr(97 + i % 26)
+word = letter_word
 
 
 PROMPT = " ".join(word(i) for i in (12, 30, 40, 11, 50, MARK, 33, 21, 44))

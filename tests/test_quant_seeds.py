@@ -9,24 +9,10 @@ import numpy as np
 import pytest
 import torch
 from cli_runner import run as run_cli
-from planting import MARK, VOCAB, plant_massive, plant_sandwich, tiny_gemma3, tiny_model, word_tokenizer
+from planting import MARK, VOCAB, letter_word, planted_with_words
 
-from massact.models.loading import LoadedModel, gguf_quantization, gguf_weight_types
+from massact.models.loading import gguf_quantization, gguf_weight_types
 from massact.quant import QuantConfig, load_inputs, run
-
-
-def word(i: int) -> str:
-    return "w" + chr(97 + i // 26) + chr(97 + i % 26)
-
-
-def _loaded(family: str) -> LoadedModel:
-    if family == "gemma3":
-        model = tiny_gemma3()
-        plant_sandwich(model, block=1, token=0, dim=4)
-    else:
-        model = tiny_model(family)
-        plant_massive(model, block=1, token=0, dim=4)
-    return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos=family == "gemma3"), name=family)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +20,7 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("seeds") / "words.txt"
     ids = torch.randint(10, VOCAB, (1200,), generator=torch.Generator().manual_seed(3))
     ids[::11] = MARK
-    path.write_text(" ".join(word(int(i)) for i in ids), encoding="utf-8")
+    path.write_text(" ".join(letter_word(int(i)) for i in ids), encoding="utf-8")
     return str(path)
 
 
@@ -43,7 +29,7 @@ CONFIG = QuantConfig(schemes=("W8A8",), strategies=("none", "outlier-tokens", "b
 
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])
 def test_seeds_repeat_the_whole_measurement_on_each_draw(family, corpus):
-    loaded = _loaded(family)
+    loaded = planted_with_words(family)
     result = run(loaded, load_inputs(loaded, corpus, 2, 16, 2, seed=3, seeds=3), CONFIG).to_json()
     spread = result["seeds"]
     assert spread["seeds"] == [3, 4, 5] and result["seed"] == 3
@@ -60,7 +46,7 @@ def test_seeds_repeat_the_whole_measurement_on_each_draw(family, corpus):
 
 
 def test_cli_seeds_and_progress_say_what_each_step_does(corpus, tmp_path, capsys):
-    loaded = _loaded("gemma3")
+    loaded = planted_with_words("gemma3")
     loaded.model.save_pretrained(tmp_path / "model")
     loaded.tokenizer.save_pretrained(tmp_path / "model")
     argv = ["quant", str(tmp_path / "model"), "--corpus", corpus, "--samples", "2", "--seq-len", "16"]

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from planting import plant_sandwich, tiny_gemma3, tiny_model, word_tokenizer
+from planting import letter_word, plant_sandwich, tiny_gemma3, tiny_model, word_tokenizer
 
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
@@ -24,8 +24,7 @@ BLOCK, DIM, VALUE = 1, 4, 1e5
 NORM = f"model.layers.{BLOCK}.post_feedforward_layernorm"
 
 
-def word(i: int) -> str:
-    return "w" + chr(97 + i // 26) + chr(97 + i % 26)
+word = letter_word
 
 
 PROMPT = " ".join(word(i) for i in (12, 30, 40, 11, 50, 33))

@@ -28,6 +28,7 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
 from massact.progress import say
+from massact.report.spread import spread
 from massact.tasks import evaluate as evaluate_tasks
 
 SURVEY_SAMPLES = 8
@@ -150,6 +151,8 @@ def run(
     config = config or InterventionConfig()
     if inputs is not None:
         config = replace(config, corpora=tuple(inputs))  # the corpora given here stand for config.corpora
+    if config.seeds > 1:
+        return _run_seeds(loaded, inputs, config, structure)
     structure = structure or find_structure(loaded.model)
     check(loaded, config, structure)
     log = say if config.progress else lambda _: None
@@ -254,6 +257,35 @@ def run(
         means_computed=config.means is None,
         precision=Precision.from_peaks(peaks),
     )
+
+
+def _run_seeds(
+    loaded: LoadedModel, inputs: Inputs, config: InterventionConfig, structure: Structure | None
+) -> InterventionResult:
+    """The whole run on windows drawn with each seed; the first seed's result, with the spread of every row."""
+    if isinstance(inputs, Mapping) and any(isinstance(v, torch.Tensor) for v in inputs.values()):
+        raise MassactError("--seeds draws new windows: give corpora or their documents, not windows already cut")
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    results = []
+    for number, seed in enumerate(seeds, 1):
+        if config.progress:
+            say(f"seed {seed} ({number}/{len(seeds)}): the whole run on the windows it draws")
+        results.append(run(loaded, inputs, replace(config, seed=seed, seeds=1), structure=structure))
+    first = results[0]
+    first.config = config
+    first.spread = {
+        "seeds": seeds,
+        "rows": [
+            {
+                "corpus": row["corpus"],
+                "mode": row["mode"],
+                "perplexity": spread([r.rows[index]["perplexity"] for r in results]),
+                "blocks": [r.rows[index]["blocks"] for r in results],
+            }
+            for index, row in enumerate(first.rows)
+        ],
+    }
+    return first
 
 
 def _notes(found: Survey, blocks: Sequence[int]) -> list[str]:

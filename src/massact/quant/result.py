@@ -20,8 +20,8 @@ from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.precision import Precision  # noqa: E402
 from massact.quant.calibrate import Calibration  # noqa: E402
-from massact.quant.seeds import fmt_spread  # noqa: E402
 from massact.report.figures import log_scale_or_note  # noqa: E402
+from massact.report.spread import fmt_spread, seeds_note  # noqa: E402
 from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
@@ -183,12 +183,8 @@ class QuantResult:
             extra = [*self._spread_cells(index), *self._acc(row)]
             lines.append(f"| {cells} |" + "".join(f" {a} |" for a in extra))
         if self.spread:
-            seeds = ", ".join(map(str, self.spread["seeds"]))
-            lines += [
-                "",
-                f"perplexity and vs fp: the windows drawn with seed {self.seed}; mean ± sd: the same measurement "
-                f"(calibration included) repeated on the windows drawn with seeds {seeds}.",
-            ]
+            what = "the same measurement (calibration included)"
+            lines += ["", seeds_note(self.spread["seeds"], "Perplexity and vs fp", what)]
         lines += ["", *(self.precision.markdown() if self.precision else [])]
         lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         if self.sensitivity is not None:

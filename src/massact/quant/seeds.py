@@ -7,21 +7,7 @@ windows drawn with seeds `seed, seed + 1, ...`, and each number is reported as m
 
 from __future__ import annotations
 
-import math
-import statistics
-
-
-def spread(values: list[float]) -> dict:
-    """Values over seeds with their mean, sample standard deviation, min and max (NaN when any is not finite)."""
-    finite = all(math.isfinite(v) for v in values)
-    nan = math.nan
-    return {
-        "values": values,
-        "mean": statistics.fmean(values) if finite else nan,
-        "std": (statistics.stdev(values) if len(values) > 1 else 0.0) if finite else nan,
-        "min": min(values) if finite else nan,
-        "max": max(values) if finite else nan,
-    }
+from massact.report.spread import spread
 
 
 def summarize(seeds: list[int], baselines: list[float], draws: list[list[dict]]) -> dict:
@@ -39,10 +25,3 @@ def summarize(seeds: list[int], baselines: list[float], draws: list[list[dict]])
             }
         )
     return {"seeds": seeds, "baseline": spread(baselines), "rows": rows}
-
-
-def fmt_spread(values: dict, fmt) -> str:
-    """`mean ± sd` with `fmt` for each number; `n/a` when not finite."""
-    if not math.isfinite(values["mean"]):
-        return "n/a"
-    return f"{fmt(values['mean'])} ± {fmt(values['std'])}"

@@ -45,7 +45,7 @@ def test_sandwich_norm_gain_is_the_traced_super_weight(gemma3):
     assert site.module == NORM and site.post_norm == NORM
     top = site.entries[0]
     assert top.parameter == f"{NORM}.weight" and top.stored_index == [DIM]
-    planted = float(gemma3.model.model.layers[BLOCK].post_feedforward_layernorm.weight[DIM])
+    planted = float(gemma3.model.model.layers[BLOCK].post_feedforward_layernorm.weight.detach()[DIM])
     assert top.weight == planted == pytest.approx(VALUE / math.sqrt(32) - 1.0)
     assert top.share_of_jump == pytest.approx(1.0, abs=1e-3) and site.entries_needed["of_jump"] == 1
     assert site.mlp_update == pytest.approx(site.jump, rel=1e-3)  # the norm's output is the update

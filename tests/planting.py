@@ -167,3 +167,70 @@ def word_tokenizer(word: Callable[[int], str], bos: bool, unk: int = 1, eos: int
         )
         special["bos_token"] = word(MARK)
     return PreTrainedTokenizerFast(tokenizer_object=backend, **special)
+
+
+# --- Gemma-3 family: sandwich norms with (1 + w) gains, and a massive value that float16 cannot hold ---
+
+FP16_MAX = 65504.0
+
+
+def tiny_gemma3() -> nn.Module:
+    """A 4-block random Gemma-3 text model (`Gemma3ForCausalLM`) with hidden size 32, seeded.
+
+    Its blocks norm each sub-layer's output before adding it (`post_attention_layernorm`,
+    `post_feedforward_layernorm`, gains `1 + w`), and its embeddings are scaled by sqrt(32).
+    """
+    import transformers as tf
+
+    torch.manual_seed(0)
+    config = tf.Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=H,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=128,
+        sliding_window=128,
+    )
+    return tf.Gemma3ForCausalLM(config).eval()
+
+
+@torch.no_grad()
+def plant_sandwich(model: nn.Module, block: int, token: int, dim: int, value: float = 1e5) -> Plant:
+    """Plant a massive `value` (default 1e5, above float16's 65,504) into `dim` of MARK at block `block`.
+
+    The MLP writes a modest spike into `dim` (and nothing else into it, on any token); the block's
+    norm after the MLP turns it into sqrt(H) x (1 + w[dim]), so its gain entry `w[dim]` is the weight
+    that makes the value massive: the super weight. Every value before that norm fits float16.
+    """
+    plant_massive(model, block, token, dim, gain=8.0)
+    layer = find_structure(model).blocks[block]
+    down = layer.mlp.down_proj.weight
+    unit = 5
+    kept = float(down[dim, unit])
+    down[dim] = 0.0
+    down[dim, unit] = kept
+    layer.post_feedforward_layernorm.weight[dim] = value / H**0.5 - 1.0
+    return Plant(block=block, token=token, dim=dim)
+
+
+def letter_word(i: int) -> str:
+    """Token id i as a word of letters only (some tokenizer classes split digits off): 7 -> "wah"."""
+    return "w" + chr(97 + i // 26) + chr(97 + i % 26)
+
+
+def planted_with_words(family: str):
+    """A planted tiny model with a word tokenizer of `letter_word`s: "gemma3" (sandwich plant, with a BOS)
+    or any `tiny_model` family (`plant_massive`, no BOS); block 1 writes dim 4 of MARK."""
+    from massact.models.loading import LoadedModel
+
+    if family == "gemma3":
+        model = tiny_gemma3()
+        plant_sandwich(model, block=1, token=0, dim=4)
+    else:
+        model = tiny_model(family)
+        plant_massive(model, block=1, token=0, dim=4)
+    tokenizer = word_tokenizer(letter_word, bos=family == "gemma3")
+    return LoadedModel(model=model, tokenizer=tokenizer, name=f"planted-{family}")

@@ -134,7 +134,10 @@ def test_block_of_nan_shows_all_nan_not_a_ranked_top(family, tmp_path):
     assert "all nan" in rows["2"] and "all nan" in rows["3"] and "all nan" not in rows["1"]
     assert "nan" not in rows["1"].lower()
     assert "| 2 | all nan | all nan | all nan | - | - |" in report
-    assert "inf/NaN in the output of blocks 2, 3" in table and "inf/NaN in the output of blocks 2, 3." in report
+    assert (
+        "inf/NaN in the output of blocks 2, 3" in table
+        and "**Precision.** inf/NaN in the output of blocks 2, 3 (float32)" in report
+    )
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

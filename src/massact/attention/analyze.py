@@ -26,11 +26,13 @@ from massact.attention.inputs import AttentionInput, prompt_input
 from massact.attention.measures import BlockAttention, measure_call, replaced_output
 from massact.capture.forward import run_forward
 from massact.capture.hooks import output_tensor
+from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.precision import Precision
 from massact.progress import track
 
 PER_HEAD = ("first_importance", "sink", "massive_mass", "c_cosine", "c_relvar", "c_share", "rest_cosine")
@@ -233,6 +235,7 @@ class AttentionResult:
     prefix_tokens: list[str] | None = None  # corpus windows: the tokens each window starts with
     model_source: str | None = None  # the file the model came from (e.g. a GGUF), when the loader says
     quantization: str | None = None  # e.g. "Q4_1 GGUF, de-quantized to float32"
+    precision: Precision | None = None  # whether the run's dtype held the block outputs
 
     @property
     def tokens_chosen(self) -> bool:
@@ -285,6 +288,7 @@ class AttentionResult:
             "heatmap_block": self.heatmap_block,
             "logits_error": first.logits_error,
             "blocks": self.block_summary(),
+            "precision": self.precision.to_json() if self.precision else None,
         }
 
     def show(self, console: Console) -> None:
@@ -356,16 +360,18 @@ def run(
         strings = [tokenizer.decode([i]) for i in ids[0].tolist()] if tokenizer is not None else None
         inputs = AttentionInput(ids, strings or [str(int(i)) for i in ids[0]])
     structure = find_structure(loaded.model, config.blocks_path)
-    result = analyze(
-        loaded.model,
-        structure,
-        inputs.input_ids,
-        config,
-        name=loaded.name,
-        tokens=inputs.tokens,
-        source=inputs.source,
-        progress=True,
-    )
+    with BlockPeaks(loaded.model, structure) as peaks:
+        result = analyze(
+            loaded.model,
+            structure,
+            inputs.input_ids,
+            config,
+            name=loaded.name,
+            tokens=inputs.tokens,
+            source=inputs.source,
+            progress=True,
+        )
+    result.precision = Precision.from_peaks(peaks)
     result.prefix_tokens = inputs.prefix_tokens
     result.model_source = getattr(loaded, "source", None)
     result.quantization = getattr(loaded, "quantization", None)

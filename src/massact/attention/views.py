@@ -77,6 +77,8 @@ def show_attention(result: AttentionResult, console: Console) -> None:
         )
     print_table(console, table)
     console.print(tokens_sentence(result), markup=False)
+    if result.precision is not None:
+        result.precision.show(console)
 
 
 def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
@@ -125,6 +127,8 @@ def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", md_escape(CAPTION.format(threshold=result.options.threshold)) + "."]
+    if result.precision is not None and result.precision.warning:
+        lines += ["", *result.precision.markdown()]
     for caption, name in figures.items():
         lines += ["", f"![{caption}]({name})"]
     return "\n".join(lines) + "\n"

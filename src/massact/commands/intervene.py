@@ -45,6 +45,9 @@ def intervene_command(
     abs_threshold: Opt.AbsThreshold = 100.0,
     ratio_threshold: Opt.RatioThreshold = 1000.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the random control.")] = 0,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="Repeat on windows drawn with seeds SEED..SEED+N-1; report mean ± sd.")
+    ] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
     tasks: Opt.Tasks = None,
     tasks_limit: Opt.TasksLimit = None,
@@ -75,6 +78,7 @@ def intervene_command(
         means=read_means(means) if means is not None else None,
         means_samples=means_samples,
         seed=seed,
+        seeds=seeds,
         batch_size=batch_size,
         add_special_tokens=not no_special_tokens,
     )

@@ -26,7 +26,13 @@ def quant_command(
     calib_samples: Annotated[
         int, typer.Option("--calib-samples", help="Further held-out windows the strategies learn from.")
     ] = 4,
-    seed: Annotated[int, typer.Option("--seed", help="Seed that draws the windows.")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seed that draws the windows (0, as in every command).")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            "--seeds", help="Repeat on windows drawn with seeds SEED..SEED+N-1 and report mean ± sd of every number."
+        ),
+    ] = 1,
     schemes: Annotated[
         str,
         typer.Option(
@@ -87,12 +93,17 @@ def quant_command(
         progress=not as_json,
         tasks=task_config(tasks, tasks_limit, batch_size),  # bad tasks fail before the model loads
     )
-    counts = (("--samples", samples, 1), ("--seq-len", seq_len, 2), ("--calib-samples", calib_samples, 1))
+    counts = (
+        ("--samples", samples, 1),
+        ("--seq-len", seq_len, 2),
+        ("--calib-samples", calib_samples, 1),
+        ("--seeds", seeds, 1),
+    )
     for flag, value, least in counts:
         if value < least:
             raise MassactError(f"{flag} {value}: must be at least {least}")
     loaded = opts.load(model)
-    inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed)
+    inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed, seeds)
     if config.needs_super_weights:
         text = calibration_text(loaded, inputs.calibration[0])
         traced = trace(

@@ -18,6 +18,7 @@ from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
 from massact.format import fmt_activation as _fmt
 from massact.format import md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
+from massact.precision import Precision
 from massact.report.figures import plot_layerwise  # noqa: E402
 from massact.report.tables import numeric_column, print_table  # noqa: E402
 
@@ -124,7 +125,7 @@ def plot_constancy(summary: CorpusSummary, path: Path) -> Path:
     return path
 
 
-def markdown(summary: CorpusSummary, command: str | None = None) -> str:
+def markdown(summary: CorpusSummary, command: str | None = None, precision: Precision | None = None) -> str:
     """report.md: what was scanned, the main sites with their constancy, and the figures."""
     lines = [f"# Corpus scan: {summary.model}", ""]
     if command:
@@ -150,6 +151,8 @@ def markdown(summary: CorpusSummary, command: str | None = None) -> str:
         )
     if summary.nonfinite:
         lines += ["", f"**{summary.nonfinite} non-finite activations (inf/NaN) were seen.**"]
+    if precision is not None and precision.warning:
+        lines += ["", *precision.markdown()]
     lines += [
         "",
         "## Figures",
@@ -165,10 +168,12 @@ def markdown(summary: CorpusSummary, command: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def write_corpus_outputs(summary: CorpusSummary, folder: Path, command: str | None = None) -> None:
+def write_corpus_outputs(
+    summary: CorpusSummary, folder: Path, command: str | None = None, precision: Precision | None = None
+) -> None:
     """Every file of a corpus scan into `folder` (a staging directory)."""
     summary.save(folder)
-    write_json(folder / CORPUS_JSON, derived(summary))
+    write_json(folder / CORPUS_JSON, derived(summary) | {"precision": precision.to_json() if precision else None})
     write_json(folder / MEANS_JSON, summary.means())
     bands = summary.layerwise()
     plot_layerwise(
@@ -178,4 +183,4 @@ def write_corpus_outputs(summary: CorpusSummary, folder: Path, command: str | No
         spread={name: v["std"] for name, v in bands.items()},
     )
     plot_constancy(summary, folder / CONSTANCY_PNG)
-    (folder / REPORT_MD).write_text(markdown(summary, command), encoding="utf-8")
+    (folder / REPORT_MD).write_text(markdown(summary, command, precision), encoding="utf-8")

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from massact.corpus.report import derived, terminal_summary, write_corpus_outputs
 from massact.corpus.summary import CorpusSummary
+from massact.precision import Precision
 
 
 @dataclass
@@ -18,12 +19,15 @@ class CorpusResult:
 
     summary: CorpusSummary
     command: str | None = None  # the command line, for report.md
+    precision: Precision | None = None  # whether the run's dtype held the block outputs (not kept by a merge)
 
     def to_json(self) -> dict:
-        return derived(self.summary)
+        return derived(self.summary) | {"precision": self.precision.to_json() if self.precision else None}
 
     def show(self, console: Console) -> None:
         terminal_summary(self.summary, console)
+        if self.precision is not None:
+            self.precision.show(console)
 
     def write(self, out: Path) -> None:
-        write_corpus_outputs(self.summary, out, self.command)
+        write_corpus_outputs(self.summary, out, self.command, self.precision)

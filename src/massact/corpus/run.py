@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from massact.capture.forward import run_forward
+from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
 from massact.corpus.config import CorpusConfig
 from massact.corpus.distributed import gather_summaries, shard
@@ -20,6 +21,7 @@ from massact.detect import Thresholds, token_kind
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.precision import Precision
 from massact.progress import track
 
 MIN_TOP_K = 3
@@ -140,7 +142,9 @@ def run(
         part = shard(config.samples, *config.shard)
         windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
     if state is None or state.num_processes == 1:
-        return CorpusResult(corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs))
+        with BlockPeaks(loaded.model, structure or find_structure(loaded.model)) as peaks:
+            summary = corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs)
+        return CorpusResult(summary, precision=Precision.from_peaks(peaks))
     if config.shard is not None:
         raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
     share = shard(config.samples, state.process_index, state.num_processes)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,9 +225,13 @@ class CorpusSummary:
         """Per block, over sequences: mean and std of the top-1/2/3 magnitudes and of the median."""
         a = self.arrays()
         series = {f"top {k + 1}": a["top3"][:, :, k] for k in range(TOP_RANKS)} | {"median": a["medians"]}
-        return {
-            name: {"mean": np.nanmean(v, 0).tolist(), "std": np.nanstd(v, 0).tolist()} for name, v in series.items()
-        }
+        with (
+            warnings.catch_warnings()
+        ):  # a block with nothing finite (a float16 overflow) has NaN bands, said elsewhere
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return {
+                name: {"mean": np.nanmean(v, 0).tolist(), "std": np.nanstd(v, 0).tolist()} for name, v in series.items()
+            }
 
     def site_rows(self) -> list[dict]:
         """One row per (block, dim, token kind), by block then largest mean magnitude."""

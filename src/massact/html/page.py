@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import mimetypes
 from functools import cache
 from pathlib import Path
@@ -41,9 +42,20 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
+def _gaps(value):
+    """inf/NaN (a float16 overflow) as null, which plotly draws as a gap."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _gaps(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_gaps(v) for v in value]
+    return value
+
+
 def _json_for_script(data) -> str:
-    """JSON that is safe inside a <script> element (no `</script>` or `<!--` can end it)."""
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    """JSON that is safe inside a <script> element (no `</script>` or `<!--` can end it); inf/NaN become null."""
+    text = json.dumps(_gaps(data), ensure_ascii=False, allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

@@ -72,6 +72,7 @@ class InterventionConfig:
     means: SiteMeans | None = None  # from a file; else computed on `means_samples` held-out windows
     means_samples: int = 32
     seed: int = 0
+    seeds: int = 1  # with N > 1, the whole run repeated on windows drawn with seeds seed..seed+N-1
     batch_size: int = 8
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
     progress: bool = True
@@ -89,6 +90,7 @@ class InterventionConfig:
             ("--seq-len", self.seq_len, 2),
             ("--means-samples", self.means_samples, 1),
             ("--batch-size", self.batch_size, 1),
+            ("--seeds", self.seeds, 1),
         ):
             if value < least:
                 raise MassactError(f"{flag} {value}: must be at least {least}")

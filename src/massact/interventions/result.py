@@ -15,6 +15,8 @@ from massact.interventions.hooks import SiteMeans, blocks_phrase, blocks_span
 from massact.interventions.means import MEANS_JSON
 from massact.interventions.survey import Survey
 from massact.outputs import write_json
+from massact.precision import Precision
+from massact.report.spread import fmt_spread, seeds_note
 from massact.report.tables import numeric_column, print_table
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
@@ -39,6 +41,8 @@ class InterventionResult:
     prefix_tokens: list[str] = field(default_factory=list)
     means_computed: bool = True  # the means were computed by this run (so written as means.json)
     command: str | None = None  # the command line, for report.md
+    precision: Precision | None = None  # whether the run's dtype held the unchanged model's block outputs
+    spread: dict | None = None  # with --seeds N: every row's perplexity over the N draws (mean, sd, values)
 
     @property
     def scored_per_window(self) -> int:
@@ -67,6 +71,8 @@ class InterventionResult:
             "survey": self.survey.to_json(),
             "survey_after_zero": self.after_zero.to_json() if self.after_zero is not None else None,
             "notes": self.notes,
+            "precision": self.precision.to_json() if self.precision else None,
+            "seeds": self.spread,
         }
 
     # -- views -----------------------------------------------------------------------------------
@@ -84,8 +90,22 @@ class InterventionResult:
     def _columns(self) -> list[str]:
         corpora = self.config.corpora
         if len(corpora) == 1:
-            return [*corpora, "sites / window", *self._task_columns()]
-        return [*corpora, *(f"sites / window ({c})" for c in corpora), *self._task_columns()]
+            return [*corpora, "sites / window", *self._spread_columns(), *self._task_columns()]
+        sites = [f"sites / window ({c})" for c in corpora]
+        return [*corpora, *sites, *self._spread_columns(), *self._task_columns()]
+
+    def _spread_columns(self) -> list[str]:
+        if not self.spread:
+            return []
+        n = len(self.spread["seeds"])
+        corpora = self.config.corpora
+        return [f"mean ± sd, {n} seeds" + (f" ({c})" if len(corpora) > 1 else "") for c in corpora]
+
+    def _spread_cells(self, mode: str) -> list[str]:
+        if not self.spread:
+            return []
+        by_corpus = {r["corpus"]: r for r in self.spread["rows"] if r["mode"] == mode}
+        return [fmt_spread(by_corpus[c]["perplexity"], fmt_ppl) if c in by_corpus else "-" for c in self.config.corpora]
 
     def _cells(self, mode: str) -> list[str]:
         corpora = self.config.corpora
@@ -96,7 +116,7 @@ class InterventionResult:
         tasks = [] if scores is None else [scores.cell(n) for n in scores.names]
         if scores is not None and len(scores.names) > 1:
             tasks.append(percent(scores.mean_acc))
-        return ppl + ["" if s is None else f"{s:.1f}" for s in sites] + tasks
+        return ppl + ["" if s is None else f"{s:.1f}" for s in sites] + self._spread_cells(mode) + tasks
 
     def scored_line(self) -> str:
         cfg = self.config
@@ -151,6 +171,8 @@ class InterventionResult:
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         for note in self.notes:
             console.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+        if self.precision is not None:
+            self.precision.show(console)
 
     def markdown(self) -> str:
         cfg = self.config
@@ -166,6 +188,11 @@ class InterventionResult:
             "|---|" + "---:|" * len(columns),
         ]
         lines += [f"| {mode} | " + " | ".join(self._cells(mode)) + " |" for mode in cfg.modes]
+        if self.precision is not None and self.precision.warning:
+            lines += ["", *self.precision.markdown()]
+        if self.spread:
+            what = "the whole run (survey, means, block choice, random control)"
+            lines += ["", seeds_note(self.spread["seeds"], "Perplexity columns", what)]
         if (scores := self.task_scores(cfg.modes[0])) is not None:
             lines += ["", f"Zero-shot tasks, acc (acc_norm) in %: {md_escape(scores.describe())}."]
         for line in self.block_map_lines():

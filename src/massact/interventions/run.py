@@ -10,11 +10,12 @@ scores only the text tokens.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 
+from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_prefix, window_source
 from massact.errors import MassactError
 from massact.interventions.config import InterventionConfig, resolve_blocks
@@ -25,7 +26,9 @@ from massact.interventions.survey import Survey, survey
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.precision import Precision
 from massact.progress import say
+from massact.report.spread import spread
 from massact.tasks import evaluate as evaluate_tasks
 
 SURVEY_SAMPLES = 8
@@ -148,6 +151,8 @@ def run(
     config = config or InterventionConfig()
     if inputs is not None:
         config = replace(config, corpora=tuple(inputs))  # the corpora given here stand for config.corpora
+    if config.seeds > 1:
+        return _run_seeds(loaded, inputs, config, structure)
     structure = structure or find_structure(loaded.model)
     check(loaded, config, structure)
     log = say if config.progress else lambda _: None
@@ -166,10 +171,14 @@ def run(
     for note in notes:
         say(f"warning: {note}")
     log(f"surveying {held.shape[0]} held-out windows")
-    found = survey(
-        loaded.model, structure, held, config.sites, kinds,
-        batch_size=config.batch_size, progress=config.progress, model_name=loaded.name,
-    )  # fmt: skip
+    peaks = BlockPeaks(loaded.model, structure)  # the unchanged model's block outputs: survey and original mode
+    with peaks:
+        found = survey(
+            loaded.model, structure, held, config.sites, kinds,
+            batch_size=config.batch_size, progress=config.progress, model_name=loaded.name,
+        )  # fmt: skip
+    if config.block is None and found.first_block is None and (bad := Precision.from_peaks(peaks)).overflow_block:
+        raise MassactError(f"no massive activation could be measured on the surveyed windows: {bad.warning}")
     if first.source is not None and first.index is not None:
         found.means.windows = {first.source: first.index[config.samples :]}
     blocks = resolve_blocks(config.block, num_blocks, found.first_block)
@@ -193,9 +202,12 @@ def run(
         data = windows[corpus].ids[: config.samples]
         for mode in config.modes:
             log(f"{corpus}: {mode}")
-            with intervene(
-                loaded.model, structure, config.sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
-            ) as hooks:
+            with (
+                intervene(
+                    loaded.model, structure, config.sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
+                ) as hooks,
+                peaks if mode == "original" else nullcontext(),
+            ):
                 result = evaluate_perplexity(
                     loaded.model, data, config.batch_size, config.progress, prefix_len=len(prefix)
                 )
@@ -243,7 +255,37 @@ def run(
         config=config,
         prefix_tokens=prefix,
         means_computed=config.means is None,
+        precision=Precision.from_peaks(peaks),
     )
+
+
+def _run_seeds(
+    loaded: LoadedModel, inputs: Inputs, config: InterventionConfig, structure: Structure | None
+) -> InterventionResult:
+    """The whole run on windows drawn with each seed; the first seed's result, with the spread of every row."""
+    if isinstance(inputs, Mapping) and any(isinstance(v, torch.Tensor) for v in inputs.values()):
+        raise MassactError("--seeds draws new windows: give corpora or their documents, not windows already cut")
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    results = []
+    for number, seed in enumerate(seeds, 1):
+        if config.progress:
+            say(f"seed {seed} ({number}/{len(seeds)}): the whole run on the windows it draws")
+        results.append(run(loaded, inputs, replace(config, seed=seed, seeds=1), structure=structure))
+    first = results[0]
+    first.config = config
+    first.spread = {
+        "seeds": seeds,
+        "rows": [
+            {
+                "corpus": row["corpus"],
+                "mode": row["mode"],
+                "perplexity": spread([r.rows[index]["perplexity"] for r in results]),
+                "blocks": [r.rows[index]["blocks"] for r in results],
+            }
+            for index, row in enumerate(first.rows)
+        ],
+    }
+    return first
 
 
 def _notes(found: Survey, blocks: Sequence[int]) -> list[str]:

@@ -148,15 +148,42 @@ def check_dtype(dtype: str | torch.dtype | None) -> None:
         raise MassactError(f"unknown dtype {dtype!r}; use one of auto, float32, bfloat16, float16")
 
 
-def gguf_quantization(path: Path) -> str:
-    """What a GGUF file's name says of its weights, e.g. "Q4_1 GGUF, de-quantized to float32"."""
+def gguf_weight_types(path: Path) -> list[tuple[str, float]]:
+    """The storage types of a GGUF file's weight matrices (2-D or more), with each one's share of their entries,
+    largest first; [] when the file cannot be read."""
+    try:
+        from gguf import GGUFReader
+
+        counts: dict[str, int] = {}
+        for tensor in GGUFReader(str(path)).tensors:
+            if len(tensor.shape) >= 2:
+                name = tensor.tensor_type.name
+                counts[name] = counts.get(name, 0) + int(tensor.n_elements)
+    except Exception:  # not a GGUF the reader knows: the file name is all there is
+        return []
+    total = sum(counts.values()) or 1
+    return sorted(((name, count / total) for name, count in counts.items()), key=lambda item: -item[1])
+
+
+def gguf_quantization(path: Path, dtype: torch.dtype | str = torch.float32) -> str:
+    """How a GGUF file stores its weights and what they were turned into, e.g. "Q4_1 GGUF, de-quantized to float32".
+
+    The type comes from the file name; when the file mixes types (Q4_K with Q6_K, ...) each is named with
+    its share of the weight entries, since weight-quantization results are relative to them.
+    """
     match = _GGUF_TYPE.search(Path(path).stem)
     kind = match.group(1).upper() if match else None
+    target = str(dtype).removeprefix("torch.")
     if kind == "F32":
-        return "F32 GGUF (not quantized)"
-    if kind in ("F16", "BF16"):
-        return f"{kind} GGUF, converted to float32"
-    return f"{kind + ' ' if kind else ''}GGUF, de-quantized to float32"
+        text = "F32 GGUF (not quantized)" + ("" if target == "float32" else f", loaded as {target}")
+    elif kind in ("F16", "BF16"):
+        text = f"{kind} GGUF, converted to {target}"
+    else:
+        text = f"{kind + ' ' if kind else ''}GGUF, de-quantized to {target}"
+    types = gguf_weight_types(path)
+    if len(types) > 1:
+        text += "; weight types " + ", ".join(f"{name} {share:.0%}" for name, share in types)
+    return text
 
 
 def _hub_host() -> tuple[str, int]:
@@ -380,7 +407,7 @@ def load_model(
             converted = gguf_cache_dir(path)
             if not (converted / "config.json").exists():
                 _convert_gguf(path, converted)
-            quantization = gguf_quantization(path)
+            quantization = gguf_quantization(path, torch_dtype)
             path = converted
         elif (loader := find_loader(path)) is not None:  # a format registered by a package (massact train)
             try:

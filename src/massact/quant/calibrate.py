@@ -117,6 +117,7 @@ def calibrate(
         act_scales=True,
         blocks_path=blocks_path,
         progress=progress,
+        description="calibrating",
     )
     positions, rate, ids, texts = outlier_rule(export)
     return Calibration(

@@ -32,6 +32,7 @@ from torch import nn
 
 from massact.capture.forward import run_forward
 from massact.capture.hooks import forward_pre_hook
+from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.run import TokenText
 from massact.corpus.summary import CorpusSummary
@@ -40,6 +41,7 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.progress import track
 from massact.quant.export_report import export_markdown, tool_line
 from massact.quant.recipe import kept_linears, recipe, smoothing_mappings
@@ -136,6 +138,7 @@ class ExportResult:
     mappings: list[list] = field(default_factory=list)  # SmoothQuant [[balance Linears], norm] pairs
     kept: list[str] = field(default_factory=list)  # Linears the recipe leaves unquantized
     alpha: float = 0.5
+    precision: Precision | None = None  # whether the run's dtype held the block outputs
 
     @property
     def has_massive(self) -> bool:
@@ -236,10 +239,13 @@ class ExportFiles:
             data["act_scales"] = {name: float(m.max()) if m.numel() else 0.0 for name, m in r.act_scales.items()}
         if "recipe" in self.formats:
             data["recipe"] = r.recipe()
+        data["precision"] = r.precision.to_json() if r.precision else None
         return data
 
     def show(self, console: Console) -> None:
         r = self.result
+        if r.precision is not None:
+            r.precision.show(console)
         if not r.has_massive:
             t = r.thresholds
             console.print(
@@ -303,11 +309,13 @@ def measure_exports(
     blocks_path: str | None = None,
     progress: bool = True,
     prefix_tokens: list[str] | None = None,
+    description: str = "export",
 ) -> ExportResult:
     """One pass over `windows` [N, L] (no padding): massive sites, outlier tokens and, if asked, act scales
     and the llm-compressor recipe (its smoothing mappings from one more pass over a few tokens).
 
-    `prefix_tokens` names what every window starts with (the tokenizer's BOS; see `text_prefix`).
+    `prefix_tokens` names what every window starts with (the tokenizer's BOS; see `text_prefix`);
+    `description` labels the progress bar.
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise MassactError("no windows to export from; give --samples of at least 1")
@@ -320,10 +328,11 @@ def measure_exports(
     counts: dict[int, TokenCount] = {}
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
+        peaks = stack.enter_context(BlockPeaks(model, structure))
         if scales is not None:
             stack.enter_context(scales.hooks())
         starts = range(0, windows.shape[0], batch_size)
-        for start in track(starts, "export", unit="batch") if progress else starts:
+        for start in track(starts, description, unit="batch") if progress else starts:
             ids = windows[start : start + batch_size]
             run_forward(model, ids)
             for offset, record in enumerate(collector.pop()):
@@ -356,6 +365,7 @@ def measure_exports(
         mappings=mappings,
         kept=kept,
         alpha=alpha,
+        precision=Precision.from_peaks(peaks),
     )
 
 

@@ -18,7 +18,10 @@ from rich.table import Table  # noqa: E402
 
 from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
+from massact.precision import Precision  # noqa: E402
 from massact.quant.calibrate import Calibration  # noqa: E402
+from massact.report.figures import log_scale_or_note  # noqa: E402
+from massact.report.spread import fmt_spread, seeds_note  # noqa: E402
 from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from massact.quant.run import QuantConfig
 
 FORMAT = "massact-quant/1"
+WEIGHTS_NOTE = "the schemes quantize these weights again, so results are relative to them"
 
 
 def _change(ratio: float) -> str:
@@ -50,6 +54,9 @@ class QuantResult:
     best: dict[str, dict]
     sensitivity: dict | None
     calibration: Calibration
+    precision: Precision | None = None  # the unquantized pass: peak |x| per block, inf/NaN blocks
+    weights: str | None = None  # how the loaded weights were stored, e.g. "Q4_1 GGUF, de-quantized to float32"
+    spread: dict | None = None  # with several seeds: mean and spread of every number (`quant.seeds.summarize`)
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -77,6 +84,10 @@ class QuantResult:
                 "modules": len(calib.act_maxima),
                 "max": {name: float(m.max()) if m.numel() else 0.0 for name, m in calib.act_maxima.items()},
             },
+            "precision": self.precision.to_json() if self.precision else None,
+            "seeds": self.spread,
+            "dtype": self.precision.dtype if self.precision else None,
+            "quantization": self.weights,
         }
 
     def table(self) -> Table:
@@ -84,13 +95,34 @@ class QuantResult:
         table.add_column("scheme", no_wrap=True)
         table.add_column("strategy", overflow="fold")
         tasks = "tasks" in self.baseline
-        for name in ("perplexity", "vs fp", *(["mean acc %"] if tasks else [])):
+        for name in ("perplexity", "vs fp", *self._spread_columns(), *(["mean acc %"] if tasks else [])):
             table.add_column(name, justify="right", no_wrap=True)  # print_table makes room: never cut
-        table.add_row("unquantized", "", fmt_ppl(self.baseline["perplexity"]), "", *self._acc(self.baseline))
-        for row in self.rows:
+        base = self._spread_cells(None)
+        table.add_row("unquantized", "", fmt_ppl(self.baseline["perplexity"]), "", *base, *self._acc(self.baseline))
+        for index, row in enumerate(self.rows):
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
-            table.add_row(row["scheme"], strategy, fmt_ppl(row["perplexity"]), _change(row["ratio"]), *self._acc(row))
+            cells = (fmt_ppl(row["perplexity"]), _change(row["ratio"]), *self._spread_cells(index), *self._acc(row))
+            table.add_row(row["scheme"], strategy, *cells)
         return table
+
+    def _spread_columns(self) -> list[str]:
+        """With several seeds: the columns of mean ± sd over them."""
+        if not self.spread:
+            return []
+        n = len(self.spread["seeds"])
+        return [f"mean ± sd, {n} seeds", "vs fp, mean ± sd"]
+
+    def _spread_cells(self, index: int | None) -> list[str]:
+        """The mean ± sd cells of row `index` (None: the unquantized baseline)."""
+        if not self.spread:
+            return []
+        if index is None:
+            return [fmt_spread(self.spread["baseline"], fmt_ppl), ""]
+        row = self.spread["rows"][index]
+        change = fmt_spread(row["ratio"], lambda v: f"{v:.1%}")
+        if change != "n/a":  # the mean as a change: +12.3% ± 1.0%
+            change = f"{row['ratio']['mean'] - 1:+.1%} ± {row['ratio']['std']:.1%}"
+        return [fmt_spread(row["perplexity"], fmt_ppl), change]
 
     def _acc(self, row: dict) -> list[str]:
         """The mean zero-shot accuracy cell of a row (no cell without --tasks)."""
@@ -100,6 +132,10 @@ class QuantResult:
 
     def show(self, console: Console) -> None:
         print_table(console, self.table())
+        if self.weights:
+            console.print(f"weights: {self.weights}; {WEIGHTS_NOTE}", highlight=False, markup=False, soft_wrap=True)
+        if self.precision is not None:
+            self.precision.show(console)
         calib = self.calibration
         console.print(f"outlier tokens kept by outlier-tokens: {self._outlier_line()}", highlight=False)
         if calib.super_weights:
@@ -129,18 +165,28 @@ class QuantResult:
             "",
             f"Perplexity on {self.windows[0]} windows of {self.windows[1]} tokens of {md_code(self.corpus)} "
             f"(seed {self.seed}); strategies learned on {self.calibration_windows[0]} held-out windows. "
-            f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}.",
+            f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}."
+            + (f" Weights: {md_escape(self.weights)}; {WEIGHTS_NOTE}." if self.weights else ""),
             "",
-            "| scheme | strategy | perplexity | vs fp |" + (" mean acc % |" if "tasks" in self.baseline else ""),
-            "|---|---|---:|---:|" + ("---:|" if "tasks" in self.baseline else ""),
+            "| scheme | strategy | perplexity | vs fp |"
+            + "".join(f" {c} |" for c in self._spread_columns())
+            + (" mean acc % |" if "tasks" in self.baseline else ""),
+            "|---|---|---:|---:|"
+            + "---:|" * len(self._spread_columns())
+            + ("---:|" if "tasks" in self.baseline else ""),
             f"| unquantized | | {fmt_ppl(self.baseline['perplexity'])} | |"
-            + "".join(f" {a} |" for a in self._acc(self.baseline)),
+            + "".join(f" {a} |" for a in [*self._spread_cells(None), *self._acc(self.baseline)]),
         ]
-        for row in self.rows:
+        for index, row in enumerate(self.rows):
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
             cells = f"{row['scheme']} | {md_escape(strategy)} | {fmt_ppl(row['perplexity'])} | {_change(row['ratio'])}"
-            lines.append(f"| {cells} |" + "".join(f" {a} |" for a in self._acc(row)))
-        lines += ["", f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
+            extra = [*self._spread_cells(index), *self._acc(row)]
+            lines.append(f"| {cells} |" + "".join(f" {a} |" for a in extra))
+        if self.spread:
+            what = "the same measurement (calibration included)"
+            lines += ["", seeds_note(self.spread["seeds"], "Perplexity and vs fp", what)]
+        lines += ["", *(self.precision.markdown() if self.precision else [])]
+        lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         if self.sensitivity is not None:
             s = self.sensitivity
             lines += [
@@ -177,15 +223,18 @@ class QuantResult:
                         xs.append(i + (k - (len(strategies) - 1) / 2) * width)
                         ys.append(row["perplexity"])
             ax.bar(xs, ys, width=width, label=strategy)
-        ax.axhline(self.baseline["perplexity"], color="black", linestyle="--", linewidth=1, label="unquantized")
+        if math.isfinite(self.baseline["perplexity"]):
+            ax.axhline(self.baseline["perplexity"], color="black", linestyle="--", linewidth=1, label="unquantized")
         ax.set_xticks(range(len(schemes)), schemes)
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))  # no overlap
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        finite = [r["perplexity"] for r in self.rows] + [self.baseline["perplexity"]]
+        if log_scale_or_note(ax, finite):
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))  # no overlap
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("perplexity (log)")
         ax.set_title(f"{self.model}: perplexity per scheme and strategy")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -199,6 +248,8 @@ class QuantResult:
         fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(blocks) + 2), 3.5))
         ax.bar(blocks, [100 * (r - 1) for r in ratios], color=colors)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not any(math.isfinite(r) for r in ratios):
+            log_scale_or_note(ax, [])  # nothing finite: say so on the plot
         ax.set_xlabel("block (red: its output carries massive activations)")
         ax.set_ylabel("perplexity change (%)")
         ax.set_title(f"{s['scheme']} in one block at a time")

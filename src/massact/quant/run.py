@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import load_windows, text_prefix
 from massact.defaults import DEFAULT_SCHEMES as DEFAULT_SCHEMES
 from massact.defaults import DEFAULT_STRATEGIES as DEFAULT_STRATEGIES
@@ -14,10 +17,12 @@ from massact.errors import MassactError
 from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
+from massact.precision import Precision
 from massact.progress import say, track
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate
 from massact.quant.result import QuantResult
 from massact.quant.schemes import Scheme, parse_scheme, qmax
+from massact.quant.seeds import summarize
 from massact.quant.simulate import quant_context
 from massact.quant.strategies import BEST, candidates, parse_strategy, parts
 from massact.tasks import TaskConfig
@@ -77,6 +82,7 @@ class QuantInputs:
     seed: int = 0
     prefix_tokens: list[str] = field(default_factory=list)  # what each window starts with, as the tokenizer does
     super_weights: list[SuperWeight] | None = None  # for keep-super-weights: `super_weights_from_trace(...)`
+    draws: list[QuantInputs] = field(default_factory=list)  # the same sizes drawn with further seeds (--seeds)
 
     def __post_init__(self) -> None:
         if self.windows.dim() != 2 or self.windows.shape[0] < 1 or self.windows.shape[1] < 2:
@@ -90,10 +96,13 @@ class QuantInputs:
 
 
 def load_inputs(
-    loaded: LoadedModel, corpus: str, samples: int, seq_len: int, calib_samples: int, seed: int = 0
+    loaded: LoadedModel, corpus: str, samples: int, seq_len: int, calib_samples: int, seed: int = 0, seeds: int = 1
 ) -> QuantInputs:
     """`samples` windows to evaluate (exactly `load_windows(tok, corpus, samples, seq_len, seed)`) and
-    `calib_samples` further windows of the same draw, never evaluated, for calibration."""
+    `calib_samples` further windows of the same draw, never evaluated, for calibration; with `seeds` > 1,
+    the same drawn again with seeds `seed + 1, ...` in `draws`."""
+    if seeds < 1:
+        raise MassactError(f"--seeds {seeds}: must be at least 1")
     if calib_samples < 1:
         raise MassactError(f"--calib-samples {calib_samples}: must be at least 1")
     if samples < 1:
@@ -101,15 +110,17 @@ def load_inputs(
     limit = loaded.context_length
     if limit is not None and seq_len > limit:
         raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
-    drawn = load_windows(loaded.tokenizer, corpus, samples + calib_samples, seq_len, seed=seed)
-    prefix = text_prefix(loaded.tokenizer)
-    return QuantInputs(
-        windows=drawn[:samples],
-        calibration=drawn[samples:],
-        corpus=corpus,
-        seed=seed,
-        prefix_tokens=[loaded.tokenizer.convert_ids_to_tokens(i) for i in prefix],
-    )
+    prefix = [loaded.tokenizer.convert_ids_to_tokens(i) for i in text_prefix(loaded.tokenizer)]
+    inputs = []
+    for draw in range(seed, seed + seeds):
+        drawn = load_windows(loaded.tokenizer, corpus, samples + calib_samples, seq_len, seed=draw)
+        inputs.append(
+            QuantInputs(
+                windows=drawn[:samples], calibration=drawn[samples:], corpus=corpus, seed=draw, prefix_tokens=prefix
+            )
+        )
+    inputs[0].draws = inputs[1:]
+    return inputs[0]
 
 
 class _Evaluator:
@@ -187,39 +198,25 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
             "keep-super-weights needs the super weights: give QuantInputs.super_weights from "
             "massact.quant.super_weights_from_trace(massact.trace.run(...).entries(), limit)"
         )
-    say(f"calibrating on {inputs.calibration.shape[0]} held-out windows ...")
-    calib = calibrate(
-        loaded,
-        inputs.calibration,
-        thresholds=config.thresholds,
-        super_weights=inputs.super_weights,
-        blocks_path=config.blocks_path,
-        batch_size=config.batch_size,
-        progress=config.progress,
-    )
-    evaluate = _Evaluator(loaded, inputs, config, calib)
-    baseline = evaluate._perplexity(inputs.windows)
-    jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
-    done: dict[tuple[str, str], PerplexityResult] = {}
-    scored: dict[tuple[str, str], dict] = {}  # zero-shot task scores, with --tasks
-    rows: list[dict] = []
-    choices: dict[str, dict] = {}
-    for scheme, strategy in track(jobs, "quant", unit="setting") if config.progress else jobs:
-        chosen = None
-        if strategy == BEST:
-            chosen, tried = _choose(evaluate, scheme, inputs.calibration[: config.best_samples], calib)
-            choices[scheme.name] = {"chosen": chosen, "calibration_perplexity": tried}
-        name = chosen or strategy
-        if (scheme.name, name) not in done:
-            done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
-        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
-        if config.tasks is not None:
-            if (scheme.name, name) not in scored:
-                say(f"zero-shot tasks: {scheme.name} {name}")
-                scored[(scheme.name, name)] = evaluate.tasks(scheme, name)
-            rows[-1]["tasks"] = scored[(scheme.name, name)]
+    tell = say if config.progress else _quiet
+    peaks = BlockPeaks(loaded.model, structure)  # watches the unquantized pass of the first draw
+    calib, evaluate, baseline, rows, choices = _measure(loaded, inputs, config, schemes, tell, peaks)
+    spread = None
+    if inputs.draws:
+        baselines, all_rows = [baseline.perplexity], [rows]
+        for number, extra in enumerate(inputs.draws, 2):
+            tell(f"seed {extra.seed} ({number}/{len(inputs.draws) + 1}): the same measurement on windows it draws")
+            extra.super_weights = inputs.super_weights
+            _, _, other, other_rows, _ = _measure(loaded, extra, replace(config, tasks=None), schemes, tell)
+            baselines.append(other.perplexity)
+            all_rows.append(other_rows)
+        spread = summarize([inputs.seed, *(d.seed for d in inputs.draws)], baselines, all_rows)
     sensitivity = None
     if config.sensitivity is not None:
+        tell(
+            f"sensitivity: {config.sensitivity} in one block at a time, {len(structure)} blocks x "
+            f"{min(config.sensitivity_samples, inputs.windows.shape[0])} windows"
+        )
         sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
     return QuantResult(
         model=loaded.name,
@@ -235,15 +232,76 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         best=choices,
         sensitivity=sensitivity,
         calibration=calib,
+        precision=Precision.from_peaks(peaks),
+        weights=loaded.quantization,
+        spread=spread,
     )
 
 
-def _choose(evaluate: _Evaluator, scheme: Scheme, windows: torch.Tensor, calib: Calibration) -> tuple[str, dict]:
+def _measure(
+    loaded: LoadedModel,
+    inputs: QuantInputs,
+    config: QuantConfig,
+    schemes: list[Scheme],
+    tell: Callable,
+    peaks: BlockPeaks | None = None,
+) -> tuple[Calibration, _Evaluator, PerplexityResult, list[dict], dict[str, dict]]:
+    """Calibrate on one draw, then its baseline (watched by `peaks`) and every (scheme, strategy) row."""
+    tell(
+        f"calibrating: one pass over {inputs.calibration.shape[0]} held-out windows (activation maxima, outlier tokens)"
+    )
+    calib = calibrate(
+        loaded,
+        inputs.calibration,
+        thresholds=config.thresholds,
+        super_weights=inputs.super_weights,
+        blocks_path=config.blocks_path,
+        batch_size=config.batch_size,
+        progress=config.progress,
+    )
+    evaluate = _Evaluator(loaded, inputs, config, calib)
+    tell(f"unquantized perplexity on {inputs.windows.shape[0]} x {inputs.windows.shape[1]} windows")
+    with peaks if peaks is not None else nullcontext():
+        baseline = evaluate._perplexity(inputs.windows)
+    jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
+    done: dict[tuple[str, str], PerplexityResult] = {}
+    scored: dict[tuple[str, str], dict] = {}  # zero-shot task scores, with --tasks
+    rows: list[dict] = []
+    choices: dict[str, dict] = {}
+    for number, (scheme, strategy) in enumerate(jobs, 1):
+        chosen = None
+        if strategy == BEST:
+            best_windows = inputs.calibration[: config.best_samples]
+            chosen, tried = _choose(evaluate, scheme, best_windows, calib, tell)
+            choices[scheme.name] = {"chosen": chosen, "calibration_perplexity": tried}
+        name = chosen or strategy
+        if (scheme.name, name) not in done:
+            tell(f"[{number}/{len(jobs)}] {scheme.name} {name}: perplexity on {inputs.windows.shape[0]} windows")
+            done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
+        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
+        if config.tasks is not None:
+            if (scheme.name, name) not in scored:
+                say(f"zero-shot tasks: {scheme.name} {name}")
+                scored[(scheme.name, name)] = evaluate.tasks(scheme, name)
+            rows[-1]["tasks"] = scored[(scheme.name, name)]
+    return calib, evaluate, baseline, rows, choices
+
+
+def _quiet(message: str) -> None:
+    """No progress message (--json, or progress turned off)."""
+
+
+def _choose(
+    evaluate: _Evaluator, scheme: Scheme, windows: torch.Tensor, calib: Calibration, tell: Callable = _quiet
+) -> tuple[str, dict]:
     """The candidate strategy with the lowest perplexity on the calibration windows."""
     tried = {}
-    for strategy in candidates(scheme):
-        if "keep-super-weights" in parts(strategy) and not calib.super_weights:
-            continue
+    usable = [s for s in candidates(scheme) if "keep-super-weights" not in parts(s) or calib.super_weights]
+    for number, strategy in enumerate(usable, 1):
+        tell(
+            f"  best for {scheme.name}: trying {strategy} ({number}/{len(usable)}) "
+            f"on {windows.shape[0]} calibration windows"
+        )
         tried[strategy] = evaluate(scheme, strategy, windows).perplexity
     chosen = min(tried, key=lambda s: (tried[s] != tried[s], tried[s]))  # NaN last
     return chosen, tried

@@ -24,6 +24,30 @@ def wrap_title(title: str, width: int) -> str:
 
 
 TITLE_WIDTH = 60  # characters per title line that fit a 7-inch figure at the default font size
+
+
+def log_scale_or_note(ax, values: Sequence[float], axis: str = "y") -> bool:
+    """A log scale on `axis` when some value is finite and positive; otherwise a linear axis and a note on the plot.
+
+    matplotlib refuses a log scale with nothing positive to show (all-NaN results of a float16 overflow);
+    the figure then says why it is empty instead of failing. True when the log scale was set.
+    """
+    data = np.asarray(list(values), dtype=float)
+    if np.any(np.isfinite(data) & (data > 0)):
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        return True
+    ax.text(
+        0.5,
+        0.5,
+        "no finite values to plot (inf/NaN: see the precision note in report.md)",
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        color="C3",
+    )
+    return False
+
+
 SERIES_STYLE = {"top 1": "C3", "top 2": "C1", "top 3": "C2", "median": "C0"}
 
 
@@ -51,14 +75,15 @@ def plot_curves(
             s = np.asarray(spread[name], dtype=float)
             ax.fill_between(x, np.clip(y - s, 1e-6, None), y + s, alpha=0.2, color=color)
     if log:
-        ax.set_yscale("log")
+        log_scale_or_note(ax, [y for _, ys in curves.values() for y in ys])
     if all(float(x).is_integer() for xs, _ in curves.values() for x in xs):  # blocks, steps: no 0.5 ticks
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(wrap_title(title, TITLE_WIDTH))
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

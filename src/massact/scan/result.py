@@ -12,6 +12,7 @@ from rich.console import Console
 from massact.capture.stats import BlockRecord
 from massact.detect import Thresholds
 from massact.models.structure import Structure
+from massact.precision import Precision
 from massact.scan import views
 
 
@@ -134,6 +135,12 @@ class ScanResult:
     def medians(self) -> list[float]:
         return [r.median for r in self.records]
 
+    @property
+    def precision(self) -> Precision:
+        """Whether the run's dtype held the block outputs (and whether float16 would)."""
+        peaks = [None if math.isnan(p) else p for p in self.top_magnitudes(1)]
+        return Precision.measure(self.dtype, peaks, [i for i, r in enumerate(self.records) if r.nonfinite])
+
     def to_json(self) -> dict:
         blocks = []
         for index, record in enumerate(self.records):
@@ -172,6 +179,7 @@ class ScanResult:
             "massive": [m.to_json() for m in self.massive],
             "summary": self.summary,
             "nonfinite_blocks": [b["index"] for b in blocks if b["nonfinite"]],
+            "precision": self.precision.to_json(),
         }
 
     def show(self, console: Console) -> None:

@@ -68,17 +68,21 @@ def show_scan(result: ScanResult, console: Console) -> None:
     else:
         tokens = ", ".join(f"{t['token']} {show_token(t['token_text'])} ({t['token_kind']})" for t in summary["tokens"])
         console.print(
-            f"Massive activations in blocks {summary['first_block']}..{summary['last_block']}, "
+            f"Massive activations in blocks {summary['first_block']}..{summary['last_block']}"
+            f"{' (then inf/NaN)' if 'overflowed' in _until(result, summary['last_block']) else ''}, "
             f"{plural(len(summary['dims']), 'dim')} {', '.join(map(str, summary['dims']))}, "
             f"{plural(len(summary['tokens']), 'token')} {tokens}",
             markup=False,
         )
-    bad = [i for i, r in enumerate(result.records) if r.nonfinite]
-    if bad:
-        console.print(
-            f"[bold red]inf/NaN in the output of blocks {', '.join(map(str, bad))}[/] "
-            "(fp16 overflows at 65,504; try bfloat16)"
-        )
+    result.precision.show(console)
+
+
+def _until(result: ScanResult, last: int) -> str:
+    """How the massive activations end: at a block, or where the block after it overflowed to inf/NaN."""
+    following = last + 1
+    if following < len(result.records) and result.records[following].nonfinite:
+        return f"are seen until block {last} only because block {following}'s output overflowed to inf/NaN"
+    return f"last until block {last}"
 
 
 def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
@@ -103,7 +107,7 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
         lines.append("**No massive activations found.**")
     else:
         lines += [
-            f"**Massive activations** appear at block {s['first_block']} and last until block {s['last_block']}, "
+            f"**Massive activations** appear at block {s['first_block']} and {_until(result, s['last_block'])}, "
             f"in {plural(len(s['dims']), 'dim')} {', '.join(map(str, s['dims']))}.",
             "",
             "| token | text | kind | dim | blocks | peak value | peak block | ratio to median |",
@@ -131,9 +135,7 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
             continue
         ratio = f"{top1[i] / med[i]:,.0f}" if med[i] > 0 else "inf"
         lines.append(f"| {i} | {fmt(top1[i])} | {fmt(top2[i])} | {fmt(top3[i])} | {fmt(med[i])} | {ratio} |")
-    bad = [i for i, r in enumerate(result.records) if r.nonfinite]
-    if bad:
-        lines += ["", f"inf/NaN in the output of blocks {', '.join(map(str, bad))}."]
+    lines += ["", *result.precision.markdown()]
     for caption, name in figures.items():
         lines += ["", f"![{caption}]({name})"]
     return "\n".join(lines) + "\n"

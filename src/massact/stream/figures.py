@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from massact.report.figures import log_scale_or_note  # noqa: E402
+
 
 def plot_running_perplexity(curves: dict[str, tuple[list[int], list[float]]], path: Path, title: str) -> Path:
     """`curves`: policy -> (token indices, running perplexity); log-scale y."""
@@ -16,12 +18,13 @@ def plot_running_perplexity(curves: dict[str, tuple[list[int], list[float]]], pa
     for name, (tokens, values) in curves.items():
         if tokens:
             ax.plot(tokens, values, label=name, linewidth=1.4)
-    ax.set_yscale("log")
+    log_scale_or_note(ax, [v for _, values in curves.values() for v in values])
     ax.set_xlabel("stream token index")
     ax.set_ylabel("running perplexity")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

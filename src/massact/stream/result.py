@@ -12,6 +12,7 @@ from rich.table import Table
 
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.stream.decode import PolicyRun
 from massact.stream.figures import plot_running_perplexity
 from massact.stream.policy import StreamConfig
@@ -54,6 +55,7 @@ class StreamResult:
     config: StreamConfig
     runs: list[PolicyRun]
     seconds: list[float]
+    precision: Precision | None = None  # whether the run's dtype held the block outputs
 
     @property
     def score_from(self) -> int:
@@ -122,6 +124,7 @@ class StreamResult:
             "rows": self.rows(),
             "running_perplexity": curves,
             "detected": self.detection(),
+            "precision": self.precision.to_json() if self.precision else None,
         }
 
     def _caption(self) -> str:
@@ -165,6 +168,8 @@ class StreamResult:
             )
             console.print(f"detected: {found or 'no token'}", highlight=False)
             console.print(DETECTION_NOTE, highlight=False, style="dim")
+        if self.precision is not None:
+            self.precision.show(console)
 
     def report(self, figure: str) -> str:
         lines = [
@@ -182,6 +187,8 @@ class StreamResult:
                 f"| {row['perplexity']:.2f} "
                 f"| {row['tokens_scored']} | {speed} |"
             )
+        if self.precision is not None and self.precision.warning:
+            lines += ["", *self.precision.markdown()]
         detection = self.detection()
         if detection is not None:
             lines += ["", "## Detected sink tokens", "", md_escape(DETECTION_NOTE) + ".", ""]

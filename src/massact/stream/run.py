@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 
+from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import text_prefix
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.precision import Precision
 from massact.stream.decode import PolicyRun, check_cache_support, decode_policy, recompute_policy
 from massact.stream.kvcache import Rotary
 from massact.stream.policy import StreamConfig
@@ -79,6 +82,7 @@ def run(
     structure = structure or find_structure(model)
     runs: list[PolicyRun] = []
     seconds: list[float] = []
+    peaks = BlockPeaks(model, structure)
     for policy in config.policies:
         started = time.perf_counter()
         if policy.kind == "recompute":
@@ -86,18 +90,22 @@ def run(
                 model, stream.ids, policy, config.cache, score_from, config.positions, config.stride, config.progress
             )
         else:
-            outcome = decode_policy(
-                model,
-                structure,
-                stream.ids,
-                policy,
-                config.cache,
-                score_from,
-                config.positions,
-                config.max_detected,
-                config.thresholds,
-                config.progress,
-            )
+            with peaks if policy.kind == "full" else nullcontext():
+                outcome = decode_policy(
+                    model,
+                    structure,
+                    stream.ids,
+                    policy,
+                    config.cache,
+                    score_from,
+                    config.positions,
+                    config.max_detected,
+                    config.thresholds,
+                    config.progress,
+                )
         seconds.append(time.perf_counter() - started)
         runs.append(outcome)
-    return StreamResult(model=loaded.name, stream=stream, config=config, runs=runs, seconds=seconds)
+    precision = Precision.from_peaks(peaks) if peaks.dtype is not None else None  # measured on the full cache
+    return StreamResult(
+        model=loaded.name, stream=stream, config=config, runs=runs, seconds=seconds, precision=precision
+    )

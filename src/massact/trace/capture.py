@@ -2,8 +2,11 @@
 
 Per block: the residual stream entering and leaving it, each sub-layer's output (the update it
 adds), the input and output of each writer Linear, and for a mixture-of-experts MLP the experts
-module's input and routing. Everything stays on the model's device until the forward ends (no host
-synchronisation inside the pass); `run_capture` moves the small result to the CPU afterwards.
+module's input and routing. When a norm of the block takes a sub-layer's output itself (sandwich
+norms, as Gemma 2/3: `h + norm(attn(h))`), what the block adds is that norm's output: the norm is
+then recorded as the sub-layer's post-norm, with its input and output. Everything stays on the
+model's device until the forward ends (no host synchronisation inside the pass); `run_capture`
+moves the small result to the CPU afterwards.
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ class TraceCapture:
     writer_median: dict[Key, torch.Tensor] = field(default_factory=dict)
     writer_out: dict[Key, torch.Tensor] = field(default_factory=dict)
     routing_raw: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    post_norm: dict[Key, str] = field(default_factory=dict)  # the norm applied to a sub-layer's output
+    norm_in: dict[Key, torch.Tensor] = field(default_factory=dict)
+    norm_median: dict[Key, torch.Tensor] = field(default_factory=dict)  # per channel, median |input| over tokens
+    norm_out: dict[Key, torch.Tensor] = field(default_factory=dict)
 
     def routing(self, block: int, row: int) -> Routing | None:
         """The experts input and chosen experts of block `block` on traced token number `row`."""
@@ -58,11 +65,24 @@ class TraceCapture:
         return Routing(hidden=hidden[row], experts=index[row].tolist(), weights=weights[row].float().tolist())
 
     def to_cpu(self) -> None:
-        for store in (self.block_in, self.block_out, self.update, self.writer_in, self.writer_median, self.writer_out):
+        stores = (self.block_in, self.block_out, self.update, self.writer_in, self.writer_median, self.writer_out)
+        for store in (*stores, self.norm_in, self.norm_median, self.norm_out):
             for key, value in store.items():
                 store[key] = value.float().cpu()
         for key, (hidden, index, weights) in self.routing_raw.items():
             self.routing_raw[key] = (hidden.cpu(), index.cpu(), weights.cpu())
+
+
+def block_norms(structure: Structure, block: int) -> dict[str, nn.Module]:
+    """The norm modules of a block outside its attention and MLP (path relative to the model -> module)."""
+    inside = [p for p in (structure.attn_path(block), structure.mlp_path(block)) if p]
+    prefix = f"{structure.blocks_path}.{block}"
+    found = {}
+    for name, module in structure.blocks[block].named_modules():
+        path = f"{prefix}.{name}" if name else prefix
+        if name and "norm" in type(module).__name__.lower() and not any(path.startswith(p + ".") for p in inside):
+            found[path] = module
+    return found
 
 
 def _first_sequence(tensor: torch.Tensor) -> torch.Tensor:
@@ -79,6 +99,9 @@ class TraceHooks(HookSet):
         self.index = torch.tensor(tokens, dtype=torch.long)
         self._on_device: dict[torch.device, torch.Tensor] = {}
         self.writers = {i: writer_linears(structure, i, hidden_size) for i in range(len(structure))}
+        self.norms = {i: block_norms(structure, i) for i in range(len(structure))}
+        self._outputs: dict[Key, torch.Tensor] = {}  # each sub-layer's output tensor, until its block ends
+        self._norm_of: dict[str, Key] = {}  # norm path -> the sub-layer whose output it just took
 
     def _rows(self, device: torch.device) -> torch.Tensor:
         """The traced token positions on `device` (copied there once, not once per hook)."""
@@ -93,6 +116,43 @@ class TraceHooks(HookSet):
     def _store(self, store: dict, key: object) -> HookFn:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             store[key] = self._at_tokens(output_tensor(output))
+
+        return hook
+
+    def _sublayer_out(self, key: Key) -> HookFn:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            tensor = output_tensor(output)
+            self.capture.update[key] = self._at_tokens(tensor)
+            self._outputs[key] = tensor  # held until the block ends, to recognise a norm that takes it
+
+        return hook
+
+    def _block_out(self, index: int) -> HookFn:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            self.capture.block_out[index] = self._at_tokens(output_tensor(output))
+            for key in [k for k in self._outputs if k[0] == index]:
+                del self._outputs[key]
+
+        return hook
+
+    def _norm_in(self, index: int, path: str):
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            x = args[0] if args else next(iter(kwargs.values()), None)
+            key = next((k for k, out in self._outputs.items() if k[0] == index and out is x), None)
+            self._norm_of.pop(path, None)
+            if key is not None:
+                self._norm_of[path] = key
+                self.capture.post_norm[key] = path
+                self.capture.norm_in[key] = self._at_tokens(x)
+                self.capture.norm_median[key] = _first_sequence(x.detach()).float().abs().median(dim=0).values
+
+        return hook
+
+    def _norm_out(self, path: str) -> HookFn:
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            key = self._norm_of.pop(path, None)
+            if key is not None:
+                self.capture.norm_out[key] = self._at_tokens(output_tensor(output))
 
         return hook
 
@@ -125,6 +185,8 @@ class TraceHooks(HookSet):
     def pre_hooks(self) -> Iterable[tuple[nn.Module, object]]:
         for i, block in enumerate(self.structure.blocks):
             yield block, self._block_in(i)
+            for path, norm in self.norms[i].items():
+                yield norm, self._norm_in(i, path)
             for name, writer in self.writers[i].items():
                 if writer is not None:
                     yield writer.module, self._writer_in((i, name))
@@ -135,10 +197,12 @@ class TraceHooks(HookSet):
     def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
         capture = self.capture
         for i, block in enumerate(self.structure.blocks):
-            yield block, self._store(capture.block_out, i)
+            yield block, self._block_out(i)
             for name, part in (("attention", self.structure.attn(i)), ("mlp", self.structure.mlp(i))):
                 if part is not None:
-                    yield part, self._store(capture.update, (i, name))
+                    yield part, self._sublayer_out((i, name))
+            for path, norm in self.norms[i].items():
+                yield norm, self._norm_out(path)
             for name, writer in self.writers[i].items():
                 if writer is not None:
                     yield writer.module, self._store(capture.writer_out, (i, name))

@@ -15,7 +15,15 @@ from torch import nn
 
 from massact.models.structure import is_linear, out_features
 
-__all__ = ["ExpertMatrix", "WriterLinear", "WriterMatrix", "find_writer_linear", "is_linear", "out_features"]
+__all__ = [
+    "ExpertMatrix",
+    "NormGain",
+    "WriterLinear",
+    "WriterMatrix",
+    "find_writer_linear",
+    "is_linear",
+    "out_features",
+]
 
 
 @dataclass
@@ -80,7 +88,31 @@ class ExpertMatrix:
         return float(bias.detach()[self.expert, row]) if isinstance(bias, torch.Tensor) else 0.0
 
 
-WriterMatrix = WriterLinear | ExpertMatrix
+@dataclass
+class NormGain:
+    """The elementwise gain of a norm that takes a sub-layer's output (a sandwich norm): one entry per dim."""
+
+    name: str  # path of the norm relative to the model
+    module: nn.Module
+    expert: int | None = None
+
+    @property
+    def parameter(self) -> str:
+        return f"{self.name}.weight"
+
+    def bias(self, row: int) -> float:
+        bias = getattr(self.module, "bias", None)
+        return float(bias.detach()[row]) if isinstance(bias, torch.Tensor) else 0.0
+
+    def normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` normalized the way the norm does before its gain: centred first when it has a bias (LayerNorm)."""
+        eps = float(getattr(self.module, "eps", getattr(self.module, "variance_epsilon", 1e-6)))
+        if getattr(self.module, "bias", None) is not None:
+            x = x - x.mean()
+        return x / torch.sqrt((x * x).mean() + eps)
+
+
+WriterMatrix = WriterLinear | ExpertMatrix | NormGain
 
 
 def find_writer_linear(sublayer: nn.Module | None, prefix: str | None, hidden_size: int) -> WriterLinear | None:

@@ -115,6 +115,7 @@ def run(
         input_ids=input_ids[0].tolist(),
         windows=window_info,
         top=config.top,
+        precision=found.precision,
     )
     if chosen:
         capture = run_capture(loaded.model, structure, input_ids, sorted({t for t, _ in chosen}), hidden_size)

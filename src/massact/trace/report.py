@@ -30,8 +30,12 @@ def _num(value: float | None) -> str:
 
 
 def _writer_text(site: SiteTrace) -> str:
+    if site.post_norm is not None:
+        return f"the {site.writer} through the norm after it, `{site.module}` (its gain on dim {site.dim})"
+    if site.writer is None:
+        return "no single sub-layer"
     if site.expert is None:
-        return f"`{site.module}`" if site.module else f"the {site.writer or 'block'}"
+        return f"`{site.module}`" if site.module else f"the {site.writer}"
     routed = {e["expert"]: e["router_weight"] for e in site.experts}
     return f"expert {site.expert} of `{site.module}` (router weight {routed.get(site.expert, math.nan):.3g})"
 
@@ -70,6 +74,8 @@ EXPERT_HEADER = ["expert", "router weight", "expert output", "weight x output"]
 
 
 def _index(entry) -> str:
+    if len(entry.stored_index) == 1:  # a norm's gain: one entry per dim
+        return f"[{entry.row}]"
     return str(list(entry.stored_index)) if entry.expert is not None else f"[{entry.row}, {entry.column}]"
 
 
@@ -182,7 +188,8 @@ def terminal_report(result: TraceResult, console: Console, limit: int = 10) -> N
             )
         rows = [[row[c] for c in TERMINAL_COLUMNS] for row in entry_rows(site, limit)]
         header = [entry_header(site)[c] for c in TERMINAL_COLUMNS]
-        print_table(console, _table(f"{site.module}: entries writing dim {site.dim}", header, rows))
+        if rows:
+            print_table(console, _table(f"{site.module}: entries writing dim {site.dim}", header, rows))
     rows = verification_rows(result.verification)
     if rows:
         print_table(console, _table("verification: zero the reported entries, then restore", VERIFY_HEADER, rows))
@@ -221,7 +228,8 @@ def markdown_report(result: TraceResult, limit: int = 10) -> str:
         if site.experts:
             lines += ["Routed experts on the token (router weight x expert output at the dim):", ""]
             lines += _md_table(EXPERT_HEADER, expert_rows(site)) + [""]
-        lines += _md_table(entry_header(site), entry_rows(site, limit)) + [""]
+        if site.entries:
+            lines += _md_table(entry_header(site), entry_rows(site, limit)) + [""]
     rows = verification_rows(result.verification)
     if rows:
         v = result.verification

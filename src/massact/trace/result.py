@@ -9,6 +9,7 @@ from rich.console import Console
 
 from massact.detect import Thresholds
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.trace.report import markdown_report, terminal_report
 from massact.trace.writer import SiteTrace
 
@@ -29,6 +30,7 @@ class TraceResult:
     quant_risk: list[dict] | None = None
     windows: dict | None = None  # corpus, samples, seq_len, seed, prefix_tokens of the perplexity / risk windows
     top: int = 10  # entries shown per site in the terminal and report.md
+    precision: Precision | None = None  # whether the run's dtype held the prompt's block outputs
 
     def entries(self) -> list[dict]:
         """Every reported weight entry, flat, with its site."""
@@ -52,12 +54,18 @@ class TraceResult:
             "quant_risk": self.quant_risk,
             "windows": self.windows,
             "prefix_tokens": (self.windows or {}).get("prefix_tokens", []),
+            "precision": self.precision.to_json() if self.precision else None,
         }
 
     def show(self, console: Console) -> None:
         terminal_report(self, console, limit=self.top)
+        if self.precision is not None:
+            self.precision.show(console)
 
     def write(self, out: Path) -> None:
         """trace.json and report.md into `out`."""
-        (out / "report.md").write_text(markdown_report(self, limit=self.top), encoding="utf-8")
+        report = markdown_report(self, limit=self.top)
+        if self.precision is not None and self.precision.warning:
+            report += "\n" + "\n".join(self.precision.markdown())
+        (out / "report.md").write_text(report, encoding="utf-8")
         write_json(out / "trace.json", self.to_json())

@@ -9,6 +9,12 @@ contribution. For a dense sub-layer the writer is its last Linear with output si
 `s = 1`. For a mixture-of-experts MLP the update is split over the routed experts (`s` = the router
 weight, the writer = that expert's slice of the fused down-projection) and the shared experts
 (`s` = their measured gate, the writer = their down-projection).
+
+Sandwich-norm blocks (Gemma 2/3) norm a sub-layer's output before adding it: `h + g * u / rms(u)`.
+There the update at the site is the norm's output, `g[dim] * u[dim] / rms(u)`; the one entry that scales it
+is the norm's gain on that dim (`w[dim]`, or `1 + w[dim]` as Gemma stores it), the super weight, and it
+is reported as the entry that writes the jump. A sub-layer that explains less than `MIN_SHARE` of the jump
+is never named as its writer.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from massact.errors import MassactError
 from massact.models.structure import Structure
 from massact.trace.capture import TraceCapture, writer_linears
 from massact.trace.experts import checked_hidden, expert_output
-from massact.trace.linear import ExpertMatrix, WriterMatrix
+from massact.trace.linear import ExpertMatrix, NormGain, WriterMatrix
 
 SUBLAYERS = ("attention", "mlp")
 MAX_ENTRIES = 256  # entries listed at most, even when more are needed to reach the share
+MIN_SHARE = 0.05  # a sub-layer whose update is less than this share of the jump is not named its writer
 
 ExpertsInput = Callable[[int], "torch.Tensor | None"]  # block -> the experts module's input on every token
 
@@ -84,6 +91,8 @@ class SiteTrace:
     experts: list[dict] = field(default_factory=list)  # every routed expert on the token: weight x output
     shared_update: float | None = None  # what the shared experts add at the site (MoE)
     note: str = ""
+    post_norm: str | None = None  # the norm the writing sub-layer's output passes through before it is added
+    pre_norm_update: float | None = None  # that sub-layer's own output at the site, before its norm
 
     @property
     def jump(self) -> float:
@@ -128,9 +137,7 @@ def _entries(
 ) -> list[WeightEntry]:
     matrix_view = writer.matrix
     matrix = matrix_view.matrix().detach().float().cpu()
-    flat = matrix.abs().reshape(-1)
-    median_w = float(flat.median())
-    mean_w, std_w = float(matrix.mean()), float(matrix.std())
+    stats = _WeightStats(matrix)
     cumulative = 0.0
     entries = []
     for column in columns.tolist():
@@ -156,12 +163,26 @@ def _entries(
                 share_of_update=contribution / update if update else math.nan,
                 share_of_jump=contribution / jump if jump else math.nan,
                 cumulative_share_of_jump=cumulative / jump if jump else math.nan,
-                weight_rank=int((flat > abs(weight)).sum()) + 1,
-                weight_ratio=abs(weight) / median_w if median_w > 0 else math.inf,
-                weight_sigma=abs(weight - mean_w) / std_w if std_w > 0 else math.inf,
+                **stats.of(weight),
             )
         )
     return entries
+
+
+class _WeightStats:
+    """Where one entry stands in its whole parameter: |w| rank, |w| / median |w|, and sigmas from the mean."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.flat = weights.abs().reshape(-1)
+        self.median = float(self.flat.median())
+        self.mean, self.std = float(weights.mean()), float(weights.std())
+
+    def of(self, weight: float) -> dict:
+        return {
+            "weight_rank": int((self.flat > abs(weight)).sum()) + 1,
+            "weight_ratio": abs(weight) / self.median if self.median > 0 else math.inf,
+            "weight_sigma": abs(weight - self.mean) / self.std if self.std > 0 else math.inf,
+        }
 
 
 def jump_block(trajectory_in: list[float], trajectory_out: list[float], sign: float) -> int:
@@ -263,17 +284,26 @@ def trace_site(
     elif not 0 <= block < n:
         raise MassactError(f"--block {block} is out of range; the model has blocks 0..{n - 1}")
     jump = value_out[block] - value_in[block]
-    updates = {
-        name: float(capture.update[(block, name)][row, dim]) if (block, name) in capture.update else 0.0
-        for name in SUBLAYERS
-    }
+    updates = {name: _added(capture, (block, name), row, dim) for name in SUBLAYERS}
     other = jump - sum(updates.values())
     sign = math.copysign(1.0, jump) if jump else 1.0
     sublayer = max(SUBLAYERS, key=lambda name: sign * updates[name]) if any(updates.values()) else None
     writers = writer_linears(structure, block, hidden_size)
     experts: list[dict] = []
     shared_update = None
-    if sublayer == "mlp" and structure.moe(block) is not None:
+    post_norm = capture.post_norm.get((block, sublayer)) if sublayer else None
+    if sublayer is not None and not sign * updates[sublayer] >= MIN_SHARE * abs(jump):
+        writer = _Writer(
+            "-",
+            None,
+            note=f"no sub-layer writes this jump: attention adds {updates['attention']:.4g} and the MLP "
+            f"{updates['mlp']:.4g} of {jump:.4g}; the rest ({other:.4g}) comes from outside both "
+            "(a norm after the residual sum, or the residual path itself)",
+        )
+        sublayer = None
+    elif post_norm is not None:
+        writer = _norm_writer(capture, structure, (block, sublayer), row, dim, post_norm)
+    elif sublayer == "mlp" and structure.moe(block) is not None:
         writer, experts, shared_update = _moe_writer(
             capture, structure, block, row, dim, sign, updates["mlp"], writers, experts_input
         )
@@ -287,7 +317,12 @@ def trace_site(
     needed: dict[str, int | None] = {"of_jump": None, "of_update": None}
     channels: list[dict] = []
     bias = 0.0
-    if writer.matrix is not None and writer.x is not None:
+    if isinstance(writer.matrix, NormGain):
+        bias = writer.matrix.bias(dim)
+        entries = [_norm_entry(block, writer, dim, writer.output - bias, jump)]
+        reached = abs(entries[0].contribution) >= share * abs(jump) if jump else False
+        needed = {"of_jump": 1 if reached else None, "of_update": 1}
+    elif writer.matrix is not None and writer.x is not None:
         bias = writer.scale * writer.matrix.bias(dim)
         update = writer.output - bias
         row_w = writer.matrix.matrix()[dim].detach().double().cpu()
@@ -337,4 +372,65 @@ def trace_site(
         experts=experts,
         shared_update=shared_update,
         note=writer.note,
+        post_norm=post_norm if sublayer else None,
+        pre_norm_update=float(capture.update[(block, sublayer)][row, dim]) if post_norm and sublayer else None,
+    )
+
+
+def _added(capture: TraceCapture, key: tuple[int, str], row: int, dim: int) -> float:
+    """What a sub-layer adds to the residual at the site: its norm's output when a norm follows it, else its own."""
+    store = capture.norm_out if key in capture.norm_out else capture.update
+    return float(store[key][row, dim]) if key in store else 0.0
+
+
+def _norm_writer(
+    capture: TraceCapture, structure: Structure, key: tuple[int, str], row: int, dim: int, path: str
+) -> _Writer:
+    """The norm after a sub-layer as the writer: its gain on `dim` scales the sub-layer's normalized output."""
+    module = _find_module(structure, path)
+    x = capture.norm_in[key][row].double()
+    output = float(capture.norm_out[key][row, dim])
+    gain = NormGain(name=path, module=module)
+    normalized = gain.normalized(x)
+    note = (
+        f"the {key[1]} output passes through `{path}` before it is added: its gain on dim {dim} "
+        f"({output - gain.bias(dim):.4g} / normalized input {normalized[dim]:.4g} = "
+        f"{(output - gain.bias(dim)) / float(normalized[dim]) if float(normalized[dim]) else math.nan:.4g}) "
+        "writes the jump"
+    )
+    return _Writer(key[1], gain, normalized.float(), capture.norm_median[key], 1.0, output, note=note)
+
+
+def _find_module(structure: Structure, path: str):
+    """The module at `path` (a path inside one of the blocks)."""
+    prefix = f"{structure.blocks_path}."
+    index, _, rest = path.removeprefix(prefix).partition(".")
+    return structure.blocks[int(index)].get_submodule(rest)
+
+
+def _norm_entry(block: int, writer: _Writer, dim: int, contribution: float, jump: float) -> WeightEntry:
+    """The norm's gain entry on `dim`, which carries the whole (bias-free) update at the site."""
+    gain: NormGain = writer.matrix
+    weights = gain.module.weight.detach().float().cpu()
+    weight = float(weights[dim])
+    value = float(writer.x[dim])
+    med = float(writer.medians[dim])
+    update = writer.output
+    return WeightEntry(
+        block=block,
+        module=gain.name,
+        parameter=gain.parameter,
+        expert=None,
+        row=dim,
+        column=dim,
+        stored_index=[dim],
+        weight=weight,
+        input=value,
+        input_ratio=abs(value) / med if med > 0 else math.inf,
+        scale=1.0,
+        contribution=contribution,
+        share_of_update=contribution / update if update else math.nan,
+        share_of_jump=contribution / jump if jump else math.nan,
+        cumulative_share_of_jump=contribution / jump if jump else math.nan,
+        **_WeightStats(weights).of(weight),
     )

@@ -30,7 +30,7 @@ from massact.capture.hooks import forward_pre_hook
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.run import TokenText
 from massact.corpus.summary import CorpusSummary
-from massact.detect import Thresholds
+from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
@@ -121,6 +121,7 @@ class ExportResult:
     token_counts: dict[int, TokenCount]
     occurrences: dict[int, int]
     texts: dict[int, str]
+    features: dict[int, float] = field(default_factory=dict)  # outlier features: dim -> largest token share
 
     @property
     def has_massive(self) -> bool:
@@ -244,12 +245,19 @@ class ExportFiles:
         self.result.write(out, self.formats)
 
 
-def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount]) -> None:
+def _count_tokens(
+    record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount], thresholds: Thresholds
+) -> dict[int, float]:
+    """Count the tokens that carry massive activations; outlier features (returned, dim -> token share) are
+    left out: a dim large on most tokens says nothing about which tokens are special."""
+    features = feature_dims((rec.massive_dims for rec in record.blocks), len(ids), thresholds)
     carried: dict[int, TokenCount] = {}
     for block, rec in enumerate(record.blocks):
         for t, d, v in zip(
             rec.massive_tokens.tolist(), rec.massive_dims.tolist(), rec.massive_values.tolist(), strict=True
         ):
+            if d in features:
+                continue
             site = carried.setdefault(t, TokenCount())
             site.max_abs = max(site.max_abs, abs(v))
             site.dims.add(d)
@@ -261,6 +269,7 @@ def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, Toke
         total.max_abs = max(total.max_abs, site.max_abs)
         total.dims |= site.dims
         total.blocks |= site.blocks
+    return features
 
 
 def measure_exports(
@@ -289,6 +298,7 @@ def measure_exports(
     scales = ActScales(model) if act_scales else None
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
+    features: dict[int, float] = {}
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
         if scales is not None:
@@ -307,7 +317,8 @@ def measure_exports(
                     )  # fmt: skip
                 tokens, kinds = texts.kinds_and_texts(row_ids, 0)
                 summary.add(record, corpus, start + offset, tokens, kinds)
-                _count_tokens(record, row_ids, counts)
+                for dim, share in _count_tokens(record, row_ids, counts, thresholds).items():
+                    features[dim] = max(features.get(dim, 0.0), share)
     all_ids, frequency = torch.unique(windows, return_counts=True)
     occurrences = dict(zip(all_ids.tolist(), frequency.tolist(), strict=True))
     return ExportResult(
@@ -321,6 +332,7 @@ def measure_exports(
         token_counts=counts,
         occurrences={i: occurrences[i] for i in counts},
         texts={i: texts.text(i) for i in counts},
+        features=dict(sorted(features.items())),
     )
 
 

@@ -163,7 +163,9 @@ class _Evaluator:
             return self._perplexity(windows)
 
 
-def _row(scheme: Scheme, strategy: str, result: PerplexityResult, baseline: float, chosen: str | None = None) -> dict:
+def _row(
+    scheme: Scheme, strategy: str, result: PerplexityResult, baseline: float, kept: float, chosen: str | None = None
+) -> dict:
     row = {
         "scheme": scheme.name,
         "strategy": strategy,
@@ -171,6 +173,7 @@ def _row(scheme: Scheme, strategy: str, result: PerplexityResult, baseline: floa
         "ratio": result.perplexity / baseline,
         "tokens": result.tokens,
         "nonfinite_tokens": result.nonfinite_tokens,
+        "kept_token_share": kept if "outlier-tokens" in parts(chosen or strategy) else 0.0,
     }
     if chosen is not None:
         row["chosen"] = chosen
@@ -199,6 +202,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         progress=config.progress,
     )
     evaluate = _Evaluator(loaded, inputs, config, calib)
+    kept = calib.kept_share(inputs.windows)
     baseline = evaluate._perplexity(inputs.windows)
     jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
     done: dict[tuple[str, str], PerplexityResult] = {}
@@ -213,7 +217,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         name = chosen or strategy
         if (scheme.name, name) not in done:
             done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
-        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
+        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, kept, chosen))
         if config.tasks is not None:
             if (scheme.name, name) not in scored:
                 say(f"zero-shot tasks: {scheme.name} {name}")
@@ -236,6 +240,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         best=choices,
         sensitivity=sensitivity,
         calibration=calib,
+        kept_token_share=kept,
     )
 
 

@@ -74,12 +74,25 @@ def show_scan(result: ScanResult, console: Console) -> None:
             f"{plural(len(summary['tokens']), 'token')} {tokens}",
             markup=False,
         )
+    for line in feature_lines(result):
+        console.print(line, markup=False, highlight=False)
     bad = [i for i, r in enumerate(result.records) if r.nonfinite]
     if bad:
         console.print(
             f"[bold red]inf/NaN in the output of blocks {', '.join(map(str, bad))}[/] "
             "(fp16 overflows at 65,504; try bfloat16)"
         )
+
+
+def feature_lines(result: ScanResult) -> list[str]:
+    """One sentence per outlier feature: a dim that passes the criterion on most tokens, not a massive activation."""
+    share = result.thresholds.feature_share
+    return [
+        f"Outlier feature (not a massive activation): dim {f['dim']} passes the criterion on "
+        f"{f['num_tokens']} of {len(result.tokens)} tokens ({f['token_share']:.0%}, more than {share:.0%}), "
+        f"blocks {f['first_block']}..{f['last_block']}, peak {fmt(f['peak_value'])} at block {f['peak_block']}."
+        for f in result.summary["features"]
+    ]
 
 
 def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
@@ -101,7 +114,7 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
         "",
     ]
     if s["first_block"] is None:
-        lines.append("**No massive activations found.**")
+        lines.append("**No massive activations found**" + (" (only outlier features)." if s["features"] else "."))
     else:
         lines += [
             f"**Massive activations** appear at block {s['first_block']} and last until block {s['last_block']}, "
@@ -115,6 +128,20 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
                 f"| {site['token']} | {md_code(site['token_text'])} | {site['token_kind']} | {site['dim']} | "
                 f"{site['first_block']}-{site['last_block']} | {site['peak_value']:,.1f} | {site['peak_block']} | "
                 f"{site['peak_ratio']:,.0f} |"
+            )
+    if s["features"]:
+        lines += [
+            "",
+            f"**Outlier features**: dims that pass the criterion on more than {result.thresholds.feature_share:.0%} "
+            "of the tokens in some block (LLM.int8's kind), left out of the massive activations above.",
+            "",
+            "| dim | tokens (share) | blocks | peak value | peak block |",
+            "|---:|---|---|---:|---:|",
+        ]
+        for f in s["features"]:
+            lines.append(
+                f"| {f['dim']} | {f['num_tokens']} of {len(result.tokens)} ({f['token_share']:.0%}) | "
+                f"{f['first_block']}-{f['last_block']} | {f['peak_value']:,.1f} | {f['peak_block']} |"
             )
     lines += [
         "",

@@ -165,7 +165,7 @@ def test_outlier_tokens_are_the_massive_tokens_and_their_share_is_reported(case)
     console = Console(record=True, width=300)
     result.show(console)
     text = console.export_text().replace("\n", " ")
-    assert f"({expected:.1%} of the evaluated tokens kept in full precision)" in text
+    assert f"; {expected:.1%} of the evaluated tokens kept in full precision" in text
     assert "outlier features, which mark no token, left out: dim 9 on 100% of tokens" in text
 
 

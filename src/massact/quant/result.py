@@ -123,7 +123,7 @@ class QuantResult:
         if calib.token_ids:
             parts.append("tokens " + ", ".join(show_token(t) for t in calib.token_texts))
         line = "; ".join(parts) or "none found"
-        line += f" ({self.kept_token_share:.1%} of the evaluated tokens kept in full precision)"
+        line += f"; {self.kept_token_share:.1%} of the evaluated tokens kept in full precision"
         if calib.features:
             shown = ", ".join(f"dim {d} on {share:.0%} of tokens" for d, share in calib.features.items())
             line += f"; outlier features, which mark no token, left out: {shown}"

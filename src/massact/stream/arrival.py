@@ -56,6 +56,7 @@ class ArrivalDetector(HookSet):
         self._step: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(structure.blocks)
         self._medians: list[torch.Tensor] = []  # per token: [blocks] medians
         self._tops: list[tuple[torch.Tensor, torch.Tensor]] = []  # per token: [blocks, TOP] largest |x|, their dims
+        self._stacked: tuple[torch.Tensor, torch.Tensor] | None = None  # the first tokens' `_tops`, stacked
 
     def forward_hooks(self) -> Iterable[tuple[torch.nn.Module, HookFn]]:
         return [(block, self._hook(index)) for index, block in enumerate(self.structure.blocks)]
@@ -77,11 +78,21 @@ class ArrivalDetector(HookSet):
         self._medians.append(median)
         self._tops.append((top, dim))
 
+    def _all_tops(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's largest |x| and dims so far, stacked (only the tokens new since the last call)."""
+        done = 0 if self._stacked is None else self._stacked[0].shape[0]
+        new = self._tops[done:]
+        if new:
+            parts = [torch.stack([t for t, _ in new]), torch.stack([d for _, d in new])]
+            if self._stacked is not None:
+                parts = [torch.cat([old, part]) for old, part in zip(self._stacked, parts, strict=True)]
+            self._stacked = (parts[0], parts[1])
+        return self._stacked
+
     def judge(self, position: int) -> ArrivedToken | None:
         """Whether stream token `position` was massive, against the medians of every token so far (one host sync)."""
         reference = torch.stack(self._medians).median(0).values  # [blocks]
-        tops = torch.stack([t for t, _ in self._tops])  # [tokens, blocks, TOP]
-        dims = torch.stack([d for _, d in self._tops])
+        tops, dims = self._all_tops()  # [tokens, blocks, TOP]
         hits = self.thresholds.massive(tops, reference[None, :, None])
         blocks = tops.shape[1]
         keys = dims * blocks + torch.arange(blocks, device=dims.device)[None, :, None]  # one per (dim, block)

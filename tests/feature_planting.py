@@ -67,17 +67,20 @@ def _keep_sandwich_massive(model: nn.Module, plant: Plant) -> None:
     post.weight[plant.dim] = 2000.0
 
 
-def two_kinds(family: str, massive_block: int = 2, feature_block: int = 0) -> tuple[nn.Module, Plant, int]:
+def two_kinds(
+    family: str, massive_block: int = 2, feature_block: int = 0, carrier: float = 90.0
+) -> tuple[nn.Module, Plant, int]:
     """`family` ("gemma3", "llama", "qwen2") with a massive activation in dim 4 of each MARK token from
     `massive_block` and an outlier feature in dim 9 of every token from `feature_block`.
 
-    The carrier of the massive plant is raised (90 on MARK, still below the criterion's 100) so that the
-    feature, which dominates every later norm, does not drown it."""
+    The carrier of the massive plant (dim 3 of MARK) is raised to `carrier` so that the feature, which
+    dominates every later norm, does not drown it: at 90 it stays below the criterion; at 150 it is a
+    small massive activation of its own on MARK from block 0."""
     model = tiny_gemma3() if family == "gemma3" else tiny_model(family)
     plant = plant_massive(model, block=massive_block, token=0, dim=4)
     _keep_sandwich_massive(model, plant)
     with torch.no_grad():
-        model.get_input_embeddings().weight[MARK, 3] = 90.0
+        model.get_input_embeddings().weight[MARK, 3] = carrier
     feature = 9
     plant_feature(model, feature_block, feature)
     return model, plant, feature

@@ -181,18 +181,25 @@ def test_stream_detected_keeps_the_massive_tokens_only(case):
     assert {t["dim"] for t in found} == {MASSIVE_DIM} and min(found[0]["massive_blocks"]) == MASSIVE_BLOCK
 
 
-def test_intervene_defaults_to_the_largest_massive_site_not_the_earlier_feature(case):
-    loaded, bos = case
+@pytest.mark.parametrize(("family", "bos"), FAMILIES)
+def test_intervene_defaults_to_the_largest_massive_site_not_the_earlier_ones(family, bos):
+    # a small massive activation (the raised carrier, dim 3 of MARK) and the feature appear at block 0
+    model, _, _ = two_kinds(family, massive_block=MASSIVE_BLOCK, carrier=150.0)
+    loaded = LoadedModel(model=model, tokenizer=word_tokenizer(word, bos), name=f"tiny-{family}")
     data = windows(12, 24, bos, seed=4)
     config = InterventionConfig(
         corpora=["a"], samples=4, seq_len=24, modes=("original", "zero"), means_samples=8, batch_size=4, progress=False
     )
     result = intervene_run(loaded, {"a": data}, config)
-    assert result.blocks == [MASSIVE_BLOCK]  # the feature, from block 0, is no massive activation
+    assert result.blocks == [MASSIVE_BLOCK]  # the largest site's first block; the feature is no massive activation
     assert result.survey.features == {FEATURE_DIM: 1.0}
-    assert [row["dim"] for row in result.survey.dim_spans()] == [MASSIVE_DIM]
+    assert result.survey.first_block == 0 and result.survey.dims_at(0) == [3]
+    assert {row["dim"] for row in result.survey.dim_spans()} == {3, MASSIVE_DIM}
     zero = next(r for r in result.rows if r["mode"] == "zero")
-    assert zero["sites"] == int((data[:4] == MARK).sum())  # dim 4 of each MARK token, not dim 9 of every token
+    at_block = result.survey.dims_at(MASSIVE_BLOCK)  # dim 4 (and, on Qwen2, the carrier dim 3 still), never 9
+    assert MASSIVE_DIM in at_block and set(at_block) <= {3, MASSIVE_DIM}
+    assert zero["sites"] == int((data[:4] == MARK).sum()) * len(at_block)  # on the MARK tokens only
+    assert zero["sites_by_block"] == {str(MASSIVE_BLOCK): zero["sites"]}
     assert "outlier features, large on most tokens and never rewritten by default: dim 9" in result.markdown()
 
 

@@ -58,14 +58,10 @@ class Thresholds:
         """
         return (magnitudes > self.abs) & (magnitudes >= self.ratio * median)
 
-    def is_feature(self, hits, tokens):
+    def is_feature(self, hits: int | torch.Tensor, tokens: int | torch.Tensor) -> bool | torch.Tensor:
         """True when a dim passing the criterion on `hits` of `tokens` tokens (one block) is an outlier feature
-        (ints, or tensors that broadcast: then a bool tensor)."""
+        (ints, or tensors that broadcast: then a bool tensor, computed on their device)."""
         return (hits >= FEATURE_MIN_TOKENS) & (hits > self.feature_share * tokens)
-
-    def site_kind(self, hits: int, tokens: int) -> str:
-        """`outlier-feature` or `massive` (see `is_feature`)."""
-        return FEATURE if self.is_feature(hits, tokens) else MASSIVE
 
     def to_json(self) -> dict:
         return {"abs": self.abs, "ratio": self.ratio, "feature_share": self.feature_share}

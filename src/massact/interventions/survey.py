@@ -4,8 +4,9 @@ One pass of `capture_block_stats` over held-out windows gives, per block, which 
 how many sequences (the block map a user reads to choose `--block`), the block where the largest of
 them first appears on most sequences (the default block), the largest sub-threshold spike per block,
 and the mean value of every selected (block, dim, token kind) site for the `mean` intervention.
-Outlier features (dims that pass the criterion on most tokens of a sequence, `Thresholds.feature_share`)
-are listed apart and left out of all of these: they mark no token.
+Outlier features (dims that pass the criterion on most tokens of a sequence in a block,
+`Thresholds.feature_share`: the ones the detecting hooks leave out there) are listed apart and left out of
+all of these: they mark no token.
 """
 
 from __future__ import annotations
@@ -131,11 +132,12 @@ def survey(
             codes = kinds.codes(batch, *batch.shape)
             for row, record in enumerate(collector.pop()):
                 hidden_size = int(record.blocks[0].dim_max.numel())
-                found = feature_dims((b.massive_dims for b in record.blocks), len(record.positions), sites.thresholds)
-                for dim, share in found.items():
-                    features[dim] = max(features.get(dim, 0.0), share)
-                skip = set(found) if sites.dims is None else set()  # named dims are taken as they are
                 for block, summary in enumerate(record.blocks):
+                    massive = summary.massive_dims.tolist()
+                    found = feature_dims([massive], len(record.positions), sites.thresholds)  # as the hooks see it
+                    for dim, share in found.items():
+                        features[dim] = max(features.get(dim, 0.0), share)
+                    skip = set(found) if sites.dims is None else set()  # named dims are taken as they are
                     tally = tallies[block]
                     top = float(summary.top_values[0])
                     tally.top_dims.append(int(summary.top_dims[0]))
@@ -145,7 +147,6 @@ def survey(
                         kind = KINDS[int(codes[row, t])]
                         sums[(block, d, kind)] += v
                         counts[(block, d, kind)] += 1
-                    massive = summary.massive_dims.tolist()
                     for dim in set(massive) - set(found):
                         tally.dims[dim] += 1
                     for t, d, v in zip(

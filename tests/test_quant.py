@@ -12,6 +12,7 @@ from planting import MARK, VOCAB, plant_massive, tiny_model, word_tokenizer
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
+from massact.models.structure import find_structure
 from massact.quant import (
     QuantConfig,
     QuantInputs,
@@ -223,6 +224,58 @@ def test_outlier_tokens_recover_what_per_tensor_scales_lose(case):
     # the kept token itself is computed in full precision: its logits are exactly the model's
     first = logits(loaded, ids, quant_context(loaded, scheme, "outlier-tokens", calib))[:, 0]
     assert torch.allclose(first, reference[:, 0], atol=1e-5, rtol=0)
+
+
+def with_key_bias(family: str, big: float = 40.0, spread: float = 5.0) -> LoadedModel:
+    """`planted(family)` with large query and key biases, as Qwen2's: every key shares one large component."""
+    loaded = planted(family)
+    generator = torch.Generator().manual_seed(2)
+    for block in find_structure(loaded.model).blocks:
+        attention = block.self_attn
+        for projection in (attention.q_proj, attention.k_proj):
+            bias = torch.randn(projection.out_features, generator=generator) * spread
+            if projection is attention.k_proj:
+                bias[:: attention.head_dim] = big
+            projection.bias = torch.nn.Parameter(bias)
+    return loaded
+
+
+@pytest.mark.parametrize(("family", "prefix"), [("qwen2", []), ("llama", [str(MARK)])])
+def test_kept_tokens_never_make_the_kv_cache_worse_under_a_shared_key_bias(family, prefix):
+    loaded = with_key_bias(family)
+    calib = calibrate(loaded, windows(3, seed=5), thresholds=QuantConfig().thresholds, progress=False)
+    assert calib.first_positions == 1
+    ids = windows(2, seed=9)
+    reference = logits(loaded, ids)
+    scheme = parse_scheme("KV4")
+    errors = {
+        s: relative_error(logits(loaded, ids, quant_context(loaded, scheme, s, calib))[:, 1:], reference[:, 1:])
+        for s in ("none", "outlier-tokens")
+    }
+    assert errors["outlier-tokens"] <= errors["none"]
+    # the mechanism: K and V are rounded without their bias, which every token shares and the cache holds once
+    seen = {}
+    k_proj = find_structure(loaded.model).blocks[0].self_attn.k_proj  # its input is unquantized
+    with quant_context(loaded, scheme, "outlier-tokens", calib):
+        handle = k_proj.register_forward_hook(lambda m, a, out: seen.setdefault("cached", out))
+        loaded.model(input_ids=ids)
+        handle.remove()
+    handle = k_proj.register_forward_hook(lambda m, a, out: seen.setdefault("exact", out))
+    with torch.no_grad():
+        loaded.model(input_ids=ids)
+    handle.remove()
+    exact, cached, bias = seen["exact"], seen["cached"], k_proj.bias
+    assert torch.equal(cached[:, 0], exact[:, 0])  # the kept first token
+    head_dim = k_proj.out_features // loaded.model.config.num_key_value_heads
+    expected = quantize_heads(exact[:, 1:] - bias, 4, head_dim) + bias
+    assert torch.allclose(cached[:, 1:], expected, atol=1e-5)
+    # rounded with the bias in, the error has a part common to every token, which the kept token lacks
+    assert float((quantize_heads(exact[:, 1:], 4, head_dim) - exact[:, 1:]).mean(dim=(0, 1)).abs().max()) > 1.0
+    # a run reports the same order, with and without a prefix in front of the text
+    inputs = QuantInputs(windows=ids, calibration=windows(3, seed=5), prefix_tokens=prefix)
+    config = QuantConfig(schemes=("KV4",), strategies=("none", "outlier-tokens"), sensitivity=None, progress=False)
+    rows = run(loaded, inputs, config).to_json()["rows"]
+    assert rows[1]["perplexity"] <= rows[0]["perplexity"]
 
 
 def test_keeping_super_weights_recovers_what_their_row_scale_loses(case):

@@ -65,7 +65,7 @@ def test_json_contract():
     data = result.to_json()
     assert data["num_blocks"] == 4 and data["hidden_size"] == 32
     assert data["tokens"] == [f"<{i}>" for i in marked_input(5, token=0)[0].tolist()]
-    assert data["thresholds"] == {"abs": 100.0, "ratio": 1000.0}
+    assert data["thresholds"] == {"abs": 100.0, "ratio": 1000.0, "feature_share": 0.5}
     assert [b["index"] for b in data["blocks"]] == [0, 1, 2, 3]
     for block in data["blocks"]:
         mags = [t["magnitude"] for t in block["top"]]
@@ -76,6 +76,8 @@ def test_json_contract():
     assert set(data["massive"][0]) >= {"block", "token", "token_text", "dim", "value", "ratio"}
     assert data["summary"]["first_block"] == 2 and data["summary"]["last_block"] == 3
     assert data["summary"]["tokens"][0]["token_kind"] == "first"
+    assert data["summary"]["sites"][0]["kind"] == "massive" and data["summary"]["sites"][0]["token_share"] == 1 / 5
+    assert data["summary"]["features"] == []
 
 
 # --- the house shape: config, run, views ----------------------------------------------------------

@@ -28,7 +28,7 @@ from massact.capture.forward import run_forward
 from massact.capture.hooks import output_tensor
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
-from massact.detect import Thresholds
+from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
@@ -88,6 +88,7 @@ class SequenceAttention:
     heatmap_logits: torch.Tensor | None = None
     logits_error: float | None = None  # max |softmax(logits) - probs| of the heatmap block
     positions: int = 0  # positions in the block outputs (input tokens plus any the model prepends)
+    features: dict[int, float] = field(default_factory=dict)  # outlier features (not in C): dim -> token share
 
 
 class _Recorder:
@@ -173,15 +174,21 @@ def _forward(model: nn.Module, input_ids: torch.Tensor) -> None:
 
 def find_sinks(
     model: nn.Module, structure: Structure, input_ids: torch.Tensor, thresholds: Thresholds
-) -> tuple[list[int], int | None, int]:
-    """The positions that carry massive activations in any block, the first such block, and the number of
-    positions in the block outputs (more than the input ids when the model prepends tokens of its own)."""
+) -> tuple[list[int], int | None, int, dict[int, float]]:
+    """The positions that carry massive activations in any block, the first such block, the number of
+    positions in the block outputs (more than the input ids when the model prepends tokens of its own), and
+    the outlier features (dim -> share of tokens), which are left out of the first two."""
     with capture_block_stats(model, structure, top_k=1, thresholds=thresholds) as collector:
         _forward(model, input_ids)
         (record,) = collector.pop()
-    found = [i for i, block in enumerate(record.blocks) if block.massive_tokens.numel()]
-    tokens = sorted({int(t) for block in record.blocks for t in block.massive_tokens.tolist()})
-    return tokens, (found[0] if found else None), int(record.positions.numel())
+    positions = int(record.positions.numel())
+    features = feature_dims((b.massive_dims for b in record.blocks), positions, thresholds)
+    per_block = [
+        {t for t, d in zip(b.massive_tokens.tolist(), b.massive_dims.tolist(), strict=True) if d not in features}
+        for b in record.blocks
+    ]
+    found = [i for i, tokens in enumerate(per_block) if tokens]
+    return sorted(set().union(*per_block)), (found[0] if found else None), positions, features
 
 
 def check_block(block: int | None, structure: Structure, what: str = "--block") -> None:
@@ -195,7 +202,7 @@ def analyze_sequence(
     """Attention measures of every block on one sequence `input_ids` [1, tokens]."""
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError("analyze_sequence takes one sequence of shape [1, tokens]")
-    detected, first_block, positions = find_sinks(model, structure, input_ids, options.thresholds)
+    detected, first_block, positions, features = find_sinks(model, structure, input_ids, options.thresholds)
     sinks = sorted(set(options.sinks)) if options.sinks is not None else detected
     bad = [s for s in sinks if not 0 <= s < positions]
     if bad:
@@ -215,6 +222,7 @@ def analyze_sequence(
         )
     result = recorder.result
     result.first_massive_block = first_block
+    result.features = features
     result.positions = positions
     result.blocks = [recorder.records[i] for i in range(len(structure))]
     return result
@@ -282,7 +290,12 @@ class AttentionResult:
             "massive_thresholds": self.options.thresholds.to_json(),
             "first_massive_block": self.first_massive_block,
             "sequences": [
-                {"massive_tokens": s.sinks, "first_massive_block": s.first_massive_block} for s in self.sequences
+                {
+                    "massive_tokens": s.sinks,
+                    "first_massive_block": s.first_massive_block,
+                    "outlier_features": [{"dim": d, "token_share": v} for d, v in s.features.items()],
+                }
+                for s in self.sequences
             ],
             "tokens": self.tokens,
             "heatmap_block": self.heatmap_block,

@@ -54,6 +54,10 @@ def tokens_sentence(result: AttentionResult) -> str:
     else:
         earliest = f" (the earliest over the {count} sequences)" if count > 1 else ""
         massive = f"massive activations appear from block {first}{earliest}"
+    features = result.sequences[0].features
+    if features:  # large on most tokens: an outlier feature, whose tokens are not C
+        shown = ", ".join(f"dim {d} ({share:.0%} of tokens)" for d, share in features.items())
+        massive += f"; outlier feature{'s' if len(features) != 1 else ''} left out of C: {shown}"
     return f"{c}; {massive}."
 
 

@@ -15,6 +15,7 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
+from massact.detect import MASSIVE  # noqa: E402
 from massact.format import fmt_activation as _fmt
 from massact.format import md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
@@ -43,6 +44,7 @@ def derived(summary: CorpusSummary) -> dict:
         "nonfinite": summary.nonfinite,
         "layerwise": summary.layerwise(),
         "fraction_with_massive": (summary.arrays()["massive_counts"] > 0).mean(0).tolist(),
+        "outlier_features": [{"dim": d, "token_share": v} for d, v in summary.features().items()],
         "groups": summary.groups(),
         "sites": summary.site_rows(),
         "top": [[{"value": v, "sequence": r, "token": t, "dim": d} for v, r, t, d in block] for block in summary.top],
@@ -59,9 +61,21 @@ def source_label(source: str) -> str:
     return f"{corpus} ({', '.join(words)})" if words else corpus
 
 
+def feature_line(summary: CorpusSummary) -> str | None:
+    """The outlier features in words (dims that pass the criterion on most tokens), or None."""
+    features = summary.features()
+    if not features:
+        return None
+    shown = ", ".join(f"dim {d} on {share:.0%} of the tokens" for d, share in features.items())
+    return (
+        f"Outlier features (large on most tokens, not massive activations; more than "
+        f"{summary.thresholds.feature_share:.0%} of the tokens in one block): {shown}."
+    )
+
+
 def terminal_summary(summary: CorpusSummary, console: Console) -> None:
     """One row per massive (dim, token kind): where it emerges, peaks and fades, its value and CV."""
-    groups = summary.groups()
+    groups = [g for g in summary.groups() if g["kind"] == MASSIVE]
     title = f"massact corpus scan: {summary.model}, {summary.num_sequences} sequences x {summary.seq_len} tokens"
     if summary.prefix_tokens:
         title += f", each starting with {' '.join(summary.prefix_tokens)}"
@@ -86,13 +100,15 @@ def terminal_summary(summary: CorpusSummary, console: Console) -> None:
     print_table(console, table)
     if not groups:
         console.print("No massive site occurs in at least half of the sequences.")
+    if (line := feature_line(summary)) is not None:
+        console.print(Text(line))
     if summary.nonfinite:
         console.print(f"[red]{summary.nonfinite} non-finite activations (inf/NaN): try --dtype float32[/red]")
 
 
 def plot_constancy(summary: CorpusSummary, path: Path) -> Path:
     """Per-sequence value of the main massive (dim, kind) pairs at their peak block, with a histogram."""
-    groups = summary.groups()[:MAX_CONSTANCY_PANELS]
+    groups = [g for g in summary.groups() if g["kind"] == MASSIVE][:MAX_CONSTANCY_PANELS]
     panels = max(len(groups), 1)
     fig, axes = plt.subplots(panels, 2, figsize=(9, 2.4 * panels), dpi=150, squeeze=False)
     for row, g in enumerate(groups):
@@ -142,6 +158,8 @@ def markdown(summary: CorpusSummary, command: str | None = None, precision: Prec
         "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for g in summary.groups():
+        if g["kind"] != MASSIVE:
+            continue
         lines.append(
             f"| {g['dim']} | {g['token_kind']} | {g['emerge_block']}..{g['last_block']} | "
             f"{'-' if g['fade_block'] is None else g['fade_block']} | {g['peak_block']} | {_fmt(g['peak_mean'])} | "
@@ -149,6 +167,8 @@ def markdown(summary: CorpusSummary, command: str | None = None, precision: Prec
             + ", ".join(md_code(t) for t in g["tokens"][:5])
             + " |"
         )
+    if (line := feature_line(summary)) is not None:
+        lines += ["", md_escape(line)]
     if summary.nonfinite:
         lines += ["", f"**{summary.nonfinite} non-finite activations (inf/NaN) were seen.**"]
     if precision is not None and precision.warning:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from massact.capture.stats import SequenceRecord
-from massact.detect import Thresholds
+from massact.detect import FEATURE, MASSIVE, Thresholds
 from massact.errors import MassactError
 from massact.outputs import write_json
 
@@ -211,6 +211,18 @@ class CorpusSummary:
         return out
 
     # -- derived statistics ----------------------------------------------------------------------
+    def features(self) -> dict[int, float]:
+        """The outlier features: dim -> the largest share, over blocks, of all scanned tokens it passes the
+        criterion on, for the dims where that share makes it one (`Thresholds.is_feature`)."""
+        hits: dict[tuple[int, int], int] = {}
+        for (block, dim, _), site in self.sites.items():
+            hits[(block, dim)] = hits.get((block, dim), 0) + site.count
+        tokens = self.num_sequences * self.seq_len
+        most: dict[int, int] = {}
+        for (_, dim), count in hits.items():
+            most[dim] = max(most.get(dim, 0), count)
+        return {d: c / tokens for d, c in sorted(most.items()) if self.thresholds.is_feature(c, tokens)}
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-sequence arrays: top3 [S, B, 3], medians [S, B], massive_counts [S, B], seq_ids [S, 2]."""
         b = self.num_blocks
@@ -236,12 +248,14 @@ class CorpusSummary:
     def site_rows(self) -> list[dict]:
         """One row per (block, dim, token kind), by block then largest mean magnitude."""
         rows = []
+        features = self.features()
         for (block, dim, kind), s in self.sites.items():
             rows.append(
                 {
                     "block": block,
                     "dim": dim,
                     "token_kind": kind,
+                    "kind": FEATURE if dim in features else MASSIVE,
                     "count": s.count,
                     "sequences": s.sequences,
                     "frequency": s.sequences / self.num_sequences if self.num_sequences else 0.0,
@@ -262,6 +276,7 @@ class CorpusSummary:
         `fade_block` is the first block after the peak whose mean |value| is below half the peak.
         """
         by_pair: dict[tuple[int, str], dict[int, SiteStats]] = {}
+        features = self.features()
         for (block, dim, kind), s in self.sites.items():
             by_pair.setdefault((dim, kind), {})[block] = s
         out = []
@@ -280,6 +295,7 @@ class CorpusSummary:
                 {
                     "dim": dim,
                     "token_kind": kind,
+                    "kind": FEATURE if dim in features else MASSIVE,
                     "emerge_block": present[0],
                     "last_block": present[-1],
                     "peak_block": peak,

@@ -44,15 +44,16 @@ def parse_block(spec: str) -> tuple[int, bool]:
     return start, onward
 
 
-def resolve_blocks(spec: str | None, num_blocks: int, first_block: int | None) -> list[int]:
-    """`spec` None (the first massive block), "L" or "L-" (L to the last block) as block indices."""
+def resolve_blocks(spec: str | None, num_blocks: int, default: int | None) -> list[int]:
+    """`spec` None (the `default` block: where the largest massive activation first appears), "L" or "L-"
+    (L to the last block) as block indices."""
     if spec is None:
-        if first_block is None:
+        if default is None:
             raise MassactError(
-                "no massive activations found on the surveyed windows, so there is no first massive block; "
+                "no massive activations found on the surveyed windows, so there is no default block; "
                 "give --block L (and --dims/--tokens), or lower --ratio-threshold"
             )
-        return [first_block]
+        return [default]
     start, onward = parse_block(spec)
     if not 0 <= start < num_blocks:
         raise MassactError(f"--block {spec} is out of range; the model has blocks 0..{num_blocks - 1}")
@@ -66,7 +67,7 @@ class InterventionConfig:
     corpora: tuple[str, ...] = ("shakespeare",)
     samples: int = 16  # windows evaluated per corpus
     seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
-    block: str | None = None  # None: the first massive block; "L"; or "L-" for blocks L..last
+    block: str | None = None  # None: where the largest massive activation first appears; "L"; or "L-" (L..last)
     modes: tuple[str, ...] = MODES
     sites: SiteSpec = field(default_factory=SiteSpec)
     means: SiteMeans | None = None  # from a file; else computed on `means_samples` held-out windows

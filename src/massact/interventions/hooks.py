@@ -10,8 +10,9 @@
 - ``original``: nothing is hooked.
 
 Sites are selected per sequence and per block by `SiteSpec`: by default the detector (the
-massive-activation criterion on this block's output of this sequence), optionally restricted to
-given dims or token positions; with both dims and tokens given, exactly those sites.
+massive-activation criterion on this block's output of this sequence, without the outlier features:
+dims that pass it on most tokens there, `Thresholds.feature_share`), optionally restricted to given
+token positions; given dims are taken as they are; with both dims and tokens given, exactly those sites.
 The hooks only return a rewritten copy of the block output; they come off on exit, even on error.
 """
 
@@ -65,7 +66,11 @@ class SiteSpec:
         else:
             mags = hidden.detach().float().abs()
             mask = self.thresholds.massive(mags, sequence_medians(mags, valid).view(batch, 1, 1))
-            if cols is not None:
+            if cols is None:  # detected dims: an outlier feature marks no token, so it is no site
+                counted = mask if valid is None else mask & valid.unsqueeze(-1)
+                real = tokens if valid is None else valid.sum(1).view(batch, 1, 1)
+                mask &= ~self.thresholds.is_feature(counted.sum(1, keepdim=True), real)
+            else:
                 keep = torch.zeros(dims, dtype=torch.bool, device=device)
                 keep[cols] = True
                 mask &= keep.view(1, 1, dims)

@@ -141,6 +141,9 @@ class InterventionResult:
             lines.append(line)
         if len(lines) == 1:
             lines.append("  none")
+        if survey.features:
+            shown = ", ".join(f"dim {d} ({share:.0%} of tokens)" for d, share in survey.features.items())
+            lines.append(f"outlier features, large on most tokens and never rewritten by default: {shown}")
         after = self.after_zero
         if after is not None:
             lines.append(

@@ -2,7 +2,8 @@
 
 For each corpus, `samples` windows are evaluated once per mode. Held-out windows of the first corpus
 (the next ones in the same seeded order, so never the evaluated ones) are surveyed first: they give the
-block map, the default block (where the massive activations first appear) and, for `mean`, the means
+block map, the default block (where the largest massive activation first appears; outlier features,
+large on most tokens, do not count) and, for `mean`, the means
 (unless a means file is given). Windows start as the tokenizer starts a text (its BOS), and perplexity
 scores only the text tokens.
 """
@@ -181,7 +182,7 @@ def run(
         raise MassactError(f"no massive activation could be measured on the surveyed windows: {bad.warning}")
     if first.source is not None and first.index is not None:
         found.means.windows = {first.source: first.index[config.samples :]}
-    blocks = resolve_blocks(config.block, num_blocks, found.first_block)
+    blocks = resolve_blocks(config.block, num_blocks, found.main_block)
     means = config.means if config.means is not None else found.means
     means_source = config.means.source.removeprefix("--means ") if config.means else f"{held.shape[0]} held-out windows"
     if "mean" in config.modes:

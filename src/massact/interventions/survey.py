@@ -1,9 +1,12 @@
 """Where a model's massive activations live, and their means, from massact's own block capture.
 
 One pass of `capture_block_stats` over held-out windows gives, per block, which dims are massive on
-how many sequences (the block map a user reads to choose `--block`), the first block where they
-appear on most sequences, the largest sub-threshold spike per block, and the mean value of every
-selected (block, dim, token kind) site for the `mean` intervention.
+how many sequences (the block map a user reads to choose `--block`), the block where the largest of
+them first appears on most sequences (the default block), the largest sub-threshold spike per block,
+and the mean value of every selected (block, dim, token kind) site for the `mean` intervention.
+Outlier features (dims that pass the criterion on most tokens of a sequence in a block,
+`Thresholds.feature_share`: the ones the detecting hooks leave out there) are listed apart and left out of
+all of these: they mark no token.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch import nn
 
 from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
+from massact.detect import feature_dims
 from massact.interventions.hooks import KINDS, SiteMeans, SiteSpec, TokenKinds
 from massact.models.structure import Structure
 from massact.progress import track
@@ -32,6 +36,7 @@ class Survey:
     blocks: list[dict]  # one entry per block: massive dims, top spike
     means: SiteMeans
     majority: float = 0.5
+    features: dict[int, float] = field(default_factory=dict)  # outlier features: dim -> largest token share
 
     def dims_at(self, block: int) -> list[int]:
         """Dims massive at `block` on at least `majority` of the sequences."""
@@ -41,6 +46,19 @@ class Survey:
     def first_block(self) -> int | None:
         """First block with a massive activation on at least `majority` of the sequences."""
         return next((b for b in range(self.num_blocks) if self.dims_at(b)), None)
+
+    @property
+    def main_block(self) -> int | None:
+        """The first block (on at least `majority` of the sequences) of the dim with the largest peak."""
+        spans = self.dim_spans()
+        if not spans:
+            return None
+        peaks: dict[int, float] = {}
+        for block in self.blocks:
+            for d in block["massive_dims"]:
+                if d["fraction"] >= self.majority:
+                    peaks[d["dim"]] = max(peaks.get(d["dim"], 0.0), d["peak"])
+        return max(spans, key=lambda row: peaks[row["dim"]])["blocks"][0]
 
     def dim_spans(self) -> list[dict]:
         """For each massive dim: the blocks where it is massive (majority), and where it is only a spike."""
@@ -70,7 +88,9 @@ class Survey:
         return {
             "sequences": self.sequences,
             "first_block": self.first_block,
+            "main_block": self.main_block,
             "majority": self.majority,
+            "outlier_features": [{"dim": d, "token_share": v} for d, v in self.features.items()],
             "dims": self.dim_spans(),
             "blocks": self.blocks,
         }
@@ -103,6 +123,7 @@ def survey(
     counts: Counter = Counter()
     keep = range(len(structure)) if sites.fixed else ()
     hidden_size = 0
+    features: dict[int, float] = {}
     starts = range(0, windows.shape[0], batch_size)
     with capture_block_stats(model, structure, top_k=1, thresholds=sites.thresholds, keep=keep) as collector:
         for start in track(starts, "survey", unit="batch") if progress else starts:
@@ -112,32 +133,41 @@ def survey(
             for row, record in enumerate(collector.pop()):
                 hidden_size = int(record.blocks[0].dim_max.numel())
                 for block, summary in enumerate(record.blocks):
+                    massive = summary.massive_dims.tolist()
+                    found = feature_dims([massive], len(record.positions), sites.thresholds)  # as the hooks see it
+                    for dim, share in found.items():
+                        features[dim] = max(features.get(dim, 0.0), share)
+                    skip = set(found) if sites.dims is None else set()  # named dims are taken as they are
                     tally = tallies[block]
                     top = float(summary.top_values[0])
                     tally.top_dims.append(int(summary.top_dims[0]))
                     tally.top_values.append(abs(top))
                     tally.top_ratios.append(abs(top) / summary.median if summary.median > 0 else float("inf"))
-                    for t, d, v in _selected(summary, record.kept.get(block), sites):
+                    for t, d, v in _selected(summary, record.kept.get(block), sites, skip):
                         kind = KINDS[int(codes[row, t])]
                         sums[(block, d, kind)] += v
                         counts[(block, d, kind)] += 1
-                    massive = summary.massive_dims.tolist()
-                    for dim in set(massive):
+                    for dim in set(massive) - set(found):
                         tally.dims[dim] += 1
                     for t, d, v in zip(
                         summary.massive_tokens.tolist(), massive, summary.massive_values.tolist(), strict=True
                     ):
+                        if d in found:
+                            continue
                         tally.kinds[d][KINDS[int(codes[row, t])]] += 1
                         tally.peak[d] = max(tally.peak.get(d, 0.0), abs(v))
     sequences = windows.shape[0]
     blocks = [_block_json(b, tally, sequences) for b, tally in enumerate(tallies)]
     entries = {key: (sums[key] / counts[key], counts[key]) for key in counts}
     means = SiteMeans(hidden_size, len(structure), entries, model=model_name, source="the computed means")
-    return Survey(sequences=sequences, num_blocks=len(structure), hidden_size=hidden_size, blocks=blocks, means=means)
+    return Survey(
+        sequences=sequences, num_blocks=len(structure), hidden_size=hidden_size, blocks=blocks, means=means,
+        features=dict(sorted(features.items())),
+    )  # fmt: skip
 
 
-def _selected(summary, kept: torch.Tensor | None, sites: SiteSpec) -> list[tuple[int, int, float]]:
-    """(token, dim, value) of the sites `sites` selects in one block of one sequence."""
+def _selected(summary, kept: torch.Tensor | None, sites: SiteSpec, features: set[int]) -> list[tuple[int, int, float]]:
+    """(token, dim, value) of the sites `sites` selects in one block of one sequence (not `features`' dims)."""
     if sites.fixed:
         if kept is None:
             return []
@@ -148,7 +178,7 @@ def _selected(summary, kept: torch.Tensor | None, sites: SiteSpec) -> list[tuple
     return [
         (t, d, v)
         for t, d, v in rows
-        if (sites.dims is None or d in sites.dims) and (sites.tokens is None or t in sites.tokens)
+        if d not in features and (sites.dims is None or d in sites.dims) and (sites.tokens is None or t in sites.tokens)
     ]
 
 

@@ -3,7 +3,8 @@
 - per-input-channel maxima |x| of every Linear (the numbers `massact export --format act-scales` writes),
   from which `smooth` derives its scales;
 - the outlier tokens: the first position when most windows' first token carries a massive activation,
-  and the token ids that carry one on most of their occurrences elsewhere;
+  and the token ids that carry one on most of their occurrences elsewhere; outlier features (dims that
+  pass the criterion on most tokens, `Thresholds.feature_share`) are left out, since they mark no token;
 - the super weights: given (from `massact trace` on the text of a calibration window, see
   `super_weights_from_trace`), since the trace builds on this package and not the other way round.
 """
@@ -55,6 +56,7 @@ class Calibration:
     token_texts: list[str]
     super_weights: list[SuperWeight] = field(default_factory=list)
     massive_blocks: list[int] = field(default_factory=list)  # blocks whose outputs carry massive activations
+    features: dict[int, float] = field(default_factory=dict)  # outlier features: dim -> largest token share
 
     def outlier_tokens_json(self) -> dict:
         return {
@@ -62,7 +64,14 @@ class Calibration:
             "first_position_rate": self.first_rate,
             "token_ids": self.token_ids,
             "tokens": self.token_texts,
+            "outlier_features": [{"dim": d, "token_share": v} for d, v in self.features.items()],
         }
+
+    def kept_share(self, windows: torch.Tensor) -> float:
+        """The share of the tokens of `windows` [N, L] that `outlier-tokens` keeps in full precision."""
+        keep = torch.isin(windows, torch.tensor(self.token_ids, dtype=windows.dtype))
+        keep[:, : self.first_positions] = True
+        return float(keep.float().mean())
 
 
 def outlier_rule(export: ExportResult) -> tuple[int, float, list[int], list[str]]:
@@ -128,5 +137,6 @@ def calibrate(
         token_ids=ids,
         token_texts=texts,
         super_weights=list(super_weights or []),
-        massive_blocks=export.sites()["blocks"] if export.has_massive else [],
+        massive_blocks=sorted({s["block"] for s in export.sites()["sites"] if s["dim"] not in export.features}),
+        features=export.features,
     )

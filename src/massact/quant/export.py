@@ -36,7 +36,7 @@ from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.run import TokenText
 from massact.corpus.summary import CorpusSummary
-from massact.detect import Thresholds
+from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
@@ -139,6 +139,7 @@ class ExportResult:
     kept: list[str] = field(default_factory=list)  # Linears the recipe leaves unquantized
     alpha: float = 0.5
     precision: Precision | None = None  # whether the run's dtype held the block outputs
+    features: dict[int, float] = field(default_factory=dict)  # outlier features: dim -> largest token share
 
     @property
     def has_massive(self) -> bool:
@@ -276,12 +277,19 @@ class ExportFiles:
         (Path(out) / "report.md").write_text(report + "\n", encoding="utf-8")
 
 
-def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount]) -> None:
+def _count_tokens(
+    record: SequenceRecord, ids: list[int], counts: dict[int, TokenCount], thresholds: Thresholds
+) -> dict[int, float]:
+    """Count the tokens that carry massive activations; outlier features (returned, dim -> token share) are
+    left out: a dim large on most tokens says nothing about which tokens are special."""
+    features = feature_dims((rec.massive_dims for rec in record.blocks), len(ids), thresholds)
     carried: dict[int, TokenCount] = {}
     for block, rec in enumerate(record.blocks):
         for t, d, v in zip(
             rec.massive_tokens.tolist(), rec.massive_dims.tolist(), rec.massive_values.tolist(), strict=True
         ):
+            if d in features:
+                continue
             site = carried.setdefault(t, TokenCount())
             site.max_abs = max(site.max_abs, abs(v))
             site.dims.add(d)
@@ -293,6 +301,7 @@ def _count_tokens(record: SequenceRecord, ids: list[int], counts: dict[int, Toke
         total.max_abs = max(total.max_abs, site.max_abs)
         total.dims |= site.dims
         total.blocks |= site.blocks
+    return features
 
 
 def measure_exports(
@@ -326,6 +335,7 @@ def measure_exports(
     scales = ActScales(model) if act_scales or recipe else None
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
+    features: dict[int, float] = {}
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
         peaks = stack.enter_context(BlockPeaks(model, structure))
@@ -345,7 +355,8 @@ def measure_exports(
                     )  # fmt: skip
                 tokens, kinds = texts.kinds_and_texts(row_ids, 0)
                 summary.add(record, corpus, start + offset, tokens, kinds)
-                _count_tokens(record, row_ids, counts)
+                for dim, share in _count_tokens(record, row_ids, counts, thresholds).items():
+                    features[dim] = max(features.get(dim, 0.0), share)
     maxima = scales.maxima if scales is not None else {}
     mappings = smoothing_mappings(model, structure, windows[:1, :MAPPING_TOKENS]) if recipe else []
     kept = kept_linears(maxima, model, thresholds.abs) if recipe else []
@@ -366,6 +377,7 @@ def measure_exports(
         kept=kept,
         alpha=alpha,
         precision=Precision.from_peaks(peaks),
+        features=dict(sorted(features.items())),
     )
 
 

@@ -57,6 +57,7 @@ class QuantResult:
     precision: Precision | None = None  # the unquantized pass: peak |x| per block, inf/NaN blocks
     weights: str | None = None  # how the loaded weights were stored, e.g. "Q4_1 GGUF, de-quantized to float32"
     spread: dict | None = None  # with several seeds: mean and spread of every number (`quant.seeds.summarize`)
+    kept_token_share: float = 0.0  # share of the evaluated tokens outlier-tokens keeps in full precision
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -76,7 +77,7 @@ class QuantResult:
             "rows": self.rows,
             "best": self.best,
             "sensitivity": self.sensitivity,
-            "outlier_tokens": calib.outlier_tokens_json(),
+            "outlier_tokens": calib.outlier_tokens_json() | {"kept_token_share": self.kept_token_share},
             "massive_blocks": calib.massive_blocks,
             "super_weights": [w.to_json() for w in calib.super_weights],
             "act_scales": {
@@ -157,7 +158,12 @@ class QuantResult:
             parts.append(f"the first position ({calib.first_rate:.0%} of calibration windows)")
         if calib.token_ids:
             parts.append("tokens " + ", ".join(show_token(t) for t in calib.token_texts))
-        return "; ".join(parts) or "none found"
+        line = "; ".join(parts) or "none found"
+        line += f"; {self.kept_token_share:.1%} of the evaluated tokens kept in full precision"
+        if calib.features:
+            shown = ", ".join(f"dim {d} on {share:.0%} of tokens" for d, share in calib.features.items())
+            line += f"; outlier features, which mark no token, left out: {shown}"
+        return line
 
     def markdown(self) -> str:
         lines = [

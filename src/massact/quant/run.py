@@ -173,7 +173,9 @@ class _Evaluator:
             return self._perplexity(windows)
 
 
-def _row(scheme: Scheme, strategy: str, result: PerplexityResult, baseline: float, chosen: str | None = None) -> dict:
+def _row(
+    scheme: Scheme, strategy: str, result: PerplexityResult, baseline: float, kept: float, chosen: str | None = None
+) -> dict:
     row = {
         "scheme": scheme.name,
         "strategy": strategy,
@@ -181,6 +183,7 @@ def _row(scheme: Scheme, strategy: str, result: PerplexityResult, baseline: floa
         "ratio": result.perplexity / baseline,
         "tokens": result.tokens,
         "nonfinite_tokens": result.nonfinite_tokens,
+        "kept_token_share": kept if "outlier-tokens" in parts(chosen or strategy) else 0.0,
     }
     if chosen is not None:
         row["chosen"] = chosen
@@ -235,6 +238,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         precision=Precision.from_peaks(peaks),
         weights=loaded.quantization,
         spread=spread,
+        kept_token_share=calib.kept_share(inputs.windows),
     )
 
 
@@ -263,6 +267,7 @@ def _measure(
     tell(f"unquantized perplexity on {inputs.windows.shape[0]} x {inputs.windows.shape[1]} windows")
     with peaks if peaks is not None else nullcontext():
         baseline = evaluate._perplexity(inputs.windows)
+    kept = calib.kept_share(inputs.windows)
     jobs = [(scheme, strategy) for scheme in schemes for strategy in config.strategies]
     done: dict[tuple[str, str], PerplexityResult] = {}
     scored: dict[tuple[str, str], dict] = {}  # zero-shot task scores, with --tasks
@@ -278,7 +283,7 @@ def _measure(
         if (scheme.name, name) not in done:
             tell(f"[{number}/{len(jobs)}] {scheme.name} {name}: perplexity on {inputs.windows.shape[0]} windows")
             done[(scheme.name, name)] = evaluate(scheme, name, inputs.windows)
-        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, chosen))
+        rows.append(_row(scheme, strategy, done[(scheme.name, name)], baseline.perplexity, kept, chosen))
         if config.tasks is not None:
             if (scheme.name, name) not in scored:
                 say(f"zero-shot tasks: {scheme.name} {name}")

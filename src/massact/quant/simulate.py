@@ -3,7 +3,8 @@
 On entry each Linear's weight (except the output head's) is replaced by its transformed and fake-quantized
 version (the original tensor is kept and put back bit-exactly on exit, also on error); a forward
 pre-hook on each Linear transforms and fake-quantizes its input; a forward hook on each key and value
-projection fake-quantizes the KV cache. Nothing else of the model changes, and no forward is replaced.
+projection fake-quantizes the KV cache (per token and head, around the projection's bias, which every
+token shares and the cache holds once in full precision). Nothing else of the model changes, and no forward is replaced.
 """
 
 from __future__ import annotations
@@ -171,12 +172,19 @@ class QuantHooks(HookSet):
     def _kv_hook(self, kind: str) -> HookFn:
         bits, head_dim = self.scheme.kv_bits, self.head_dim
 
+        def cache(x: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor | None) -> torch.Tensor:
+            if bias is None:
+                return quantize_heads(x, bits, head_dim, keep)
+            return quantize_heads(x - bias, bits, head_dim, keep) + bias  # the bias is shared: stored once, exact
+
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
             keep = self._keep_for(output)
+            bias = getattr(module, "bias", None)
             if kind != "qkv":
-                return quantize_heads(output, bits, head_dim, keep)
+                return cache(output, bias, keep)
             q, k, v = output.chunk(3, dim=-1)
-            return torch.cat([q, quantize_heads(k, bits, head_dim, keep), quantize_heads(v, bits, head_dim, keep)], -1)
+            _, k_bias, v_bias = bias.chunk(3) if bias is not None else (None, None, None)
+            return torch.cat([q, cache(k, k_bias, keep), cache(v, v_bias, keep)], -1)
 
         return hook
 

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from massact.capture.stats import BlockRecord
-from massact.detect import Thresholds
+from massact.detect import FEATURE, MASSIVE, Thresholds, dim_hits
 from massact.models.structure import Structure
 from massact.precision import Precision
 from massact.scan import views
@@ -62,12 +62,42 @@ def find_massive(records: list[BlockRecord], tokens: list[str], kinds: list[str]
     return found
 
 
-def summarize_massive(massive: list[MassiveActivation], tokens: list[str], kinds: list[str]) -> dict:
-    """Dims, tokens, first/last block, and one line per (token, dim) site."""
-    if not massive:
-        return {"dims": [], "tokens": [], "first_block": None, "last_block": None, "sites": []}
-    sites: dict[tuple[int, int], list[MassiveActivation]] = {}
+def summarize_massive(
+    massive: list[MassiveActivation], tokens: list[str], kinds: list[str], thresholds: Thresholds | None = None
+) -> dict:
+    """Dims, tokens, first/last block and one line per (token, dim) site of the massive activations (dims on a
+    few tokens), and one line per outlier feature (a dim that passes on most tokens, `Thresholds.feature_share`)."""
+    thresholds = thresholds or Thresholds()
+    per_block: dict[int, list[int]] = {}
     for m in massive:
+        per_block.setdefault(m.block, []).append(m.dim)
+    hits = dim_hits(per_block.values())
+    features = {d for d, count in hits.items() if thresholds.is_feature(count, len(tokens))}
+    share = {d: count / len(tokens) for d, count in hits.items()}
+    few = [m for m in massive if m.dim not in features]
+    feature_rows = []
+    for dim in features:
+        rows = [m for m in massive if m.dim == dim]
+        peak = max(rows, key=lambda m: abs(m.value))
+        feature_rows.append(
+            {
+                "dim": dim,
+                "kind": FEATURE,
+                "token_share": share[dim],
+                "num_tokens": hits[dim],
+                "first_block": min(m.block for m in rows),
+                "last_block": max(m.block for m in rows),
+                "peak_block": peak.block,
+                "peak_value": peak.value,
+                "peak_token": peak.token,
+            }
+        )
+    feature_rows.sort(key=lambda f: -abs(f["peak_value"]))
+    if not few:
+        empty = {"dims": [], "tokens": [], "first_block": None, "last_block": None, "sites": []}
+        return empty | {"features": feature_rows}
+    sites: dict[tuple[int, int], list[MassiveActivation]] = {}
+    for m in few:
         sites.setdefault((m.token, m.dim), []).append(m)
     site_rows = []
     for (token, dim), rows in sites.items():
@@ -78,6 +108,8 @@ def summarize_massive(massive: list[MassiveActivation], tokens: list[str], kinds
                 "token_text": tokens[token],
                 "token_kind": kinds[token],
                 "dim": dim,
+                "kind": MASSIVE,
+                "token_share": share[dim],
                 "first_block": min(m.block for m in rows),
                 "last_block": max(m.block for m in rows),
                 "num_blocks": len(rows),
@@ -92,9 +124,10 @@ def summarize_massive(massive: list[MassiveActivation], tokens: list[str], kinds
     return {
         "dims": dims,
         "tokens": [{"token": t, "token_text": tokens[t], "token_kind": kinds[t]} for t in token_positions],
-        "first_block": min(m.block for m in massive),
-        "last_block": max(m.block for m in massive),
+        "first_block": min(m.block for m in few),
+        "last_block": max(m.block for m in few),
         "sites": site_rows,
+        "features": feature_rows,
     }
 
 

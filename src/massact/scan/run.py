@@ -63,7 +63,7 @@ def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: Sca
         text = TextInput(text.input_ids, ["<extra>"] * extra + text.tokens, [True] * extra + text.special)
     kinds = text.kinds
     massive = find_massive(record.blocks, text.tokens, kinds)
-    summary = summarize_massive(massive, text.tokens, kinds)
+    summary = summarize_massive(massive, text.tokens, kinds, thresholds)
     kept = dict(record.kept)
     if config.keep_peak and config.keep is None:
         ratios = [

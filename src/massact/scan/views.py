@@ -74,6 +74,8 @@ def show_scan(result: ScanResult, console: Console) -> None:
             f"{plural(len(summary['tokens']), 'token')} {tokens}",
             markup=False,
         )
+    for line in feature_lines(result):
+        console.print(line, markup=False, highlight=False)
     result.precision.show(console)
 
 
@@ -83,6 +85,17 @@ def _until(result: ScanResult, last: int) -> str:
     if following < len(result.records) and result.records[following].nonfinite:
         return f"are seen until block {last} only because block {following}'s output overflowed to inf/NaN"
     return f"last until block {last}"
+
+
+def feature_lines(result: ScanResult) -> list[str]:
+    """One sentence per outlier feature: a dim that passes the criterion on most tokens, not a massive activation."""
+    share = result.thresholds.feature_share
+    return [
+        f"Outlier feature (not a massive activation): dim {f['dim']} passes the criterion on "
+        f"{f['num_tokens']} of {len(result.tokens)} tokens ({f['token_share']:.0%}, more than {share:.0%}), "
+        f"blocks {f['first_block']}..{f['last_block']}, peak {fmt(f['peak_value'])} at block {f['peak_block']}."
+        for f in result.summary["features"]
+    ]
 
 
 def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
@@ -104,7 +117,7 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
         "",
     ]
     if s["first_block"] is None:
-        lines.append("**No massive activations found.**")
+        lines.append("**No massive activations found**" + (" (only outlier features)." if s["features"] else "."))
     else:
         lines += [
             f"**Massive activations** appear at block {s['first_block']} and {_until(result, s['last_block'])}, "
@@ -118,6 +131,20 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
                 f"| {site['token']} | {md_code(site['token_text'])} | {site['token_kind']} | {site['dim']} | "
                 f"{site['first_block']}-{site['last_block']} | {site['peak_value']:,.1f} | {site['peak_block']} | "
                 f"{site['peak_ratio']:,.0f} |"
+            )
+    if s["features"]:
+        lines += [
+            "",
+            f"**Outlier features**: dims that pass the criterion on more than {result.thresholds.feature_share:.0%} "
+            "of the tokens in some block (LLM.int8's kind), left out of the massive activations above.",
+            "",
+            "| dim | tokens (share) | blocks | peak value | peak block |",
+            "|---:|---|---|---:|---:|",
+        ]
+        for f in s["features"]:
+            lines.append(
+                f"| {f['dim']} | {f['num_tokens']} of {len(result.tokens)} ({f['token_share']:.0%}) | "
+                f"{f['first_block']}-{f['last_block']} | {f['peak_value']:,.1f} | {f['peak_block']} |"
             )
     lines += [
         "",

@@ -23,11 +23,12 @@ _HELP = (
 class Policy:
     """One way to bound the KV cache: which tokens stay, and how the cached keys and values are stored.
 
-    `kind`: full (keep everything), window (the most recent tokens), sinks (the first `sinks` tokens plus
-    the most recent), detected (the tokens found carrying massive activations plus the most recent),
-    recompute (every prediction from a fresh forward over the most recent tokens). `bits`: the cached keys
-    and values quantized to this many bits (None: as computed); `fp_sinks`: the sink tokens (the policy's
-    kept tokens; for full and window the detected ones) stay in full precision.
+        `kind`: full (keep everything), window (the most recent tokens), sinks (the first `sinks` tokens plus
+        the most recent), detected (the tokens found carrying massive activations, outlier features left out,
+    plus the most recent),
+        recompute (every prediction from a fresh forward over the most recent tokens). `bits`: the cached keys
+        and values quantized to this many bits (None: as computed); `fp_sinks`: the sink tokens (the policy's
+        kept tokens; for full and window the detected ones) stay in full precision.
     """
 
     kind: str

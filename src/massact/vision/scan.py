@@ -219,7 +219,7 @@ def scan_images(
     layout = pipeline.layout(pixel_shape, int(first.positions.numel()))
     labels, kinds = layout.labels(), layout.kinds()
     massive = find_massive(first.blocks, labels, kinds)
-    summary = summarize_massive(massive, labels, kinds)
+    summary = summarize_massive(massive, labels, kinds, thresholds)
     kept = dict(first.kept)
     if keep_first_massive and keep is None:
         ratios = [

@@ -10,12 +10,14 @@ Qwen3-Next's adds a BOS, which is its marked token.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run as cli
 from planting import VOCAB, plant_expert, tiny_model
 from test_trace import number_tokenizer
 
@@ -246,7 +248,7 @@ def test_attention_learned_sink_shares_equal_what_transformers_eager_attention_l
 
 def test_attention_marks_blocks_without_softmax_attention(tmp_path):
     case = _build("qwen3_next", tmp_path)
-    result = attention_run(case.loaded, case.prompt, AttentionConfig(block=3))
+    result = attention_run(case.loaded, case.prompt, AttentionConfig())
     data = result.to_json()
     assert data["no_softmax_blocks"] == [0, 1, 2] and not data["learned_sinks"]
     assert data["sequences"][0]["massive_tokens"] == [case.position] and data["first_massive_block"] == BLOCK
@@ -261,4 +263,26 @@ def test_attention_marks_blocks_without_softmax_attention(tmp_path):
     result.write(tmp_path / "out")
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Blocks 0, 1, 2 run no softmax attention (Qwen3NextGatedDeltaNet" in report
-    assert "| 0 | - | - |" in report and (tmp_path / "out" / "attention_block3.png").exists()
+    # the default heatmap block follows the first massive block (1); block 2 has no map, so block 3 is shown
+    assert data["heatmap_block"] == 3 and (tmp_path / "out" / "attention_block3.png").exists()
+    assert "| 0 | - | - |" in report
+
+
+def test_attention_command_marks_learned_sinks_and_blocks_without_softmax(case, tmp_path, capsys):
+    """Saved and loaded back by `massact attention`: the JSON says which design each model carries."""
+    case.loaded.model.save_pretrained(tmp_path)
+    case.loaded.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "prompt.txt").write_text(case.prompt, encoding="utf-8")
+    argv = ["attention", str(tmp_path), "--text-file", str(tmp_path / "prompt.txt"), "--device", "cpu", "--json"]
+    code, out, err = cli(argv, capsys)
+    assert code in (0, None), err
+    data = json.loads(out)
+    assert data["sequences"][0]["massive_tokens"] == [case.position] and data["first_massive_block"] == BLOCK
+    gpt_oss = case.family == "gpt_oss"
+    assert data["learned_sinks"] is gpt_oss and data["no_softmax_blocks"] == ([] if gpt_oss else [0, 1, 2])
+    softmax = [row["softmax_attention"] for row in data["blocks"]]
+    assert softmax == ([True] * 4 if gpt_oss else [False] * 3 + [True])
+    if gpt_oss:
+        assert all(0 < row["learned_sink_share"] < 1 for row in data["blocks"])
+    else:
+        assert all("learned_sink_share" not in row for row in data["blocks"])

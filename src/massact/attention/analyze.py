@@ -92,6 +92,7 @@ class SequenceAttention:
     heatmap_logits: torch.Tensor | None = None
     logits_error: float | None = None  # max |softmax(logits) - probs| of the heatmap block
     positions: int = 0  # positions in the block outputs (input tokens plus any the model prepends)
+    heatmap_block: int | None = None  # the block of `heatmap`
 
 
 class _Recorder:
@@ -111,6 +112,8 @@ class _Recorder:
             return replaced_output(call, self.sinks, self.mode)
         if call.block in self.records:  # a second attention in the same block (e.g. cross-attention): not measured
             return None
+        if self.options.block is None and self.result.heatmap is None and call.block > self.heatmap_block:
+            self.heatmap_block = call.block  # the default block ran no softmax attention: the next one that does
         queries, keys = call.probs.shape[-2], call.probs.shape[-1]
         if keys < queries:
             raise MassactError(
@@ -228,6 +231,7 @@ def analyze_sequence(
     result = recorder.result
     result.first_massive_block = first_block
     result.positions = positions
+    result.heatmap_block = recorder.heatmap_block
     result.blocks = [recorder.records[i] for i in range(len(structure))]
     return result
 
@@ -361,17 +365,13 @@ def analyze(
     tokens = tokens or [str(int(i)) for i in input_ids[0]]
     if first.positions > len(tokens):  # the model prepends positions of its own (e.g. a learned sink token)
         tokens = ["<extra>"] * (first.positions - len(tokens)) + list(tokens)
-    heatmap_block = options.block
-    if heatmap_block is None:
-        fb = first.first_massive_block
-        heatmap_block = min(fb + 1, len(structure) - 1) if fb is not None else len(structure) // 2
     return AttentionResult(
         model=name,
         num_blocks=len(structure),
         num_heads=int(first.blocks[0].sink.numel()) if first.blocks else (num_heads(model) or 0),
         source=source or {},
         tokens=tokens,
-        heatmap_block=heatmap_block,
+        heatmap_block=first.heatmap_block,
         options=options,
         sequences=sequences,
     )

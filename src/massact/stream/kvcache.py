@@ -29,7 +29,10 @@ def new_cache(model: nn.Module | None = None) -> DynamicCache:
     """An empty transformers `DynamicCache` of plain growing key/value layers (no sliding window of their own);
     the layers that `model`'s config makes fixed-size states (linear attention, state-space) keep their state layer."""
     config = getattr(model, "config", None)
-    cache = DynamicCache(config=config) if config is not None and hasattr(config, "layer_types") else None
+    try:
+        cache = DynamicCache(config=config) if config is not None and hasattr(config, "layer_types") else None
+    except (AttributeError, KeyError, TypeError, ValueError):  # layer types transformers builds no cache for
+        cache = None
     if cache is None or not any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers):
         return DynamicCache()
     cache.layers = [

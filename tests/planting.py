@@ -30,6 +30,8 @@ def tiny_model(family: str) -> nn.Module:
     import transformers as tf
 
     torch.manual_seed(0)
+    if family in SINK_AND_LINEAR:  # GPT-OSS, Qwen3-Next: built at the end of this file
+        return SINK_AND_LINEAR[family]().eval()
     common = {"vocab_size": VOCAB}
     if family == "llama":
         config = tf.LlamaConfig(
@@ -234,3 +236,93 @@ def planted_with_words(family: str):
         plant_massive(model, block=1, token=0, dim=4)
     tokenizer = word_tokenizer(letter_word, bos=family == "gemma3")
     return LoadedModel(model=model, tokenizer=tokenizer, name=f"planted-{family}")
+
+
+# ---- learned attention sinks, gated and linear attention, fused experts: GPT-OSS and Qwen3-Next ----------
+
+
+def _gpt_oss() -> nn.Module:
+    """Learned sink logit per head, sliding and full attention layers, fused experts with biases."""
+    import transformers as tf
+
+    config = tf.GptOssConfig(
+        vocab_size=VOCAB, hidden_size=H, intermediate_size=24, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=16,
+        max_position_embeddings=128, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )  # fmt: skip
+    return tf.GptOssForCausalLM(config)
+
+
+def _qwen3_next() -> nn.Module:
+    """Gated DeltaNet (linear attention) in blocks 0-2, gated softmax attention in block 3, fused experts."""
+    import transformers as tf
+
+    config = tf.Qwen3NextConfig(
+        vocab_size=VOCAB, hidden_size=H, intermediate_size=48, moe_intermediate_size=24,
+        shared_expert_intermediate_size=24, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=8, num_experts=4, num_experts_per_tok=2, linear_num_value_heads=4, linear_num_key_heads=2,
+        linear_key_head_dim=8, linear_value_head_dim=8, max_position_embeddings=128,
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )  # fmt: skip
+    return tf.Qwen3NextForCausalLM(config)
+
+
+SINK_AND_LINEAR: dict[str, Callable[[], nn.Module]] = {"gpt_oss": _gpt_oss, "qwen3_next": _qwen3_next}
+
+
+def _expert_rows(experts: nn.Module, name: str) -> torch.Tensor:
+    """A fused expert parameter as [expert, out, in] (a view: `is_transposed` modules store [expert, in, out])."""
+    weight = getattr(experts, name)
+    return weight.transpose(1, 2) if getattr(experts, "is_transposed", False) else weight
+
+
+@dataclass
+class ExpertPlant:
+    block: int
+    dim: int
+    expert: int
+    unit: int
+
+
+@torch.no_grad()
+def plant_expert(
+    model: nn.Module, block: int, dim: int, mark: int = MARK, expert: int = 2, unit: int = 5, carrier: int = 3,
+    gain: float = 60.0,
+) -> ExpertPlant:  # fmt: skip
+    """Route token id `mark` in block `block` to expert `expert`, whose single fused down-projection entry
+    `[expert, dim, unit]` then writes a massive value into `dim` of that token (the carrier dim, set on
+    `mark`'s embedding only and written by nothing else, drives the router and unit `unit`)."""
+    structure = find_structure(model)
+    embed = model.get_input_embeddings()
+    embed.weight[:, carrier] = 0.0
+    embed.weight[mark, carrier] = 1.0
+    for index in range(block + 1):
+        for linear, _, out in _linears(structure.blocks[index]):  # attention, linear attention, shared experts
+            if out == H:
+                _weight_rows(linear)[carrier] = 0.0
+                if linear.bias is not None:
+                    linear.bias[carrier] = 0.0
+        experts = structure.mlp(index).get_submodule(structure.moe(index).experts)
+        _expert_rows(experts, "down_proj")[:, carrier, :] = 0.0
+        if isinstance(getattr(experts, "down_proj_bias", None), torch.Tensor):
+            experts.down_proj_bias[:, carrier] = 0.0
+    moe = structure.moe(block)
+    mlp = structure.mlp(block)
+    router = mlp.get_submodule(moe.router)
+    router.weight[:, carrier] = 0.0
+    router.weight[expert, carrier] = 4.0
+    experts = mlp.get_submodule(moe.experts)
+    gate_up = _expert_rows(experts, "gate_up_proj")[expert]  # [2 * inter, hidden]
+    inter = gate_up.shape[0] // 2
+    # gate and up rows: concatenated (gates, then ups) or interleaved (gate, up, gate, up, ...)
+    rows = [unit, inter + unit] if getattr(experts, "is_concatenated", True) else [2 * unit, 2 * unit + 1]
+    for row in rows:
+        gate_up[row] = 0.0
+        gate_up[row, carrier] = 2.0
+        if isinstance(getattr(experts, "gate_up_proj_bias", None), torch.Tensor):
+            experts.gate_up_proj_bias[expert, row] = 0.0
+    down = _expert_rows(experts, "down_proj")
+    down[expert, :, unit] = 0.0
+    down[expert, dim, unit] = gain
+    return ExpertPlant(block=block, dim=dim, expert=expert, unit=unit)

@@ -23,7 +23,13 @@ from torch import nn
 from massact.attention import views
 from massact.attention.capture import AttentionCall, capture_attention, check_capturable, check_memory, num_heads
 from massact.attention.inputs import AttentionInput, prompt_input
-from massact.attention.measures import BlockAttention, measure_call, replaced_output
+from massact.attention.measures import (
+    BlockAttention,
+    learned_sink_share,
+    measure_call,
+    no_softmax_record,
+    replaced_output,
+)
 from massact.capture.forward import run_forward
 from massact.capture.hooks import output_tensor
 from massact.capture.peaks import BlockPeaks
@@ -89,6 +95,7 @@ class SequenceAttention:
     logits_error: float | None = None  # max |softmax(logits) - probs| of the heatmap block
     positions: int = 0  # positions in the block outputs (input tokens plus any the model prepends)
     features: dict[int, float] = field(default_factory=dict)  # outlier features (not in C): dim -> token share
+    heatmap_block: int | None = None  # the block of `heatmap`
 
 
 class _Recorder:
@@ -108,6 +115,8 @@ class _Recorder:
             return replaced_output(call, self.sinks, self.mode)
         if call.block in self.records:  # a second attention in the same block (e.g. cross-attention): not measured
             return None
+        if self.options.block is None and self.result.heatmap is None and call.block > self.heatmap_block:
+            self.heatmap_block = call.block  # the default block ran no softmax attention: the next one that does
         queries, keys = call.probs.shape[-2], call.probs.shape[-1]
         if keys < queries:
             raise MassactError(
@@ -115,6 +124,10 @@ class _Recorder:
                 "massact measures self-attention over the whole sequence only"
             )
         record = measure_call(call, 0, self.sinks, self.options.threshold)
+        record.extra["mixer"] = type(call.module).__name__
+        learned = learned_sink_share(call, 0)
+        if learned is not None:  # a learned sink logit per head beside the keys (GPT-OSS)
+            record.extra["learned_sink_share"] = learned.cpu().tolist()
         if keys > queries:  # keys past the sequence: an explicit attention bias k' (or a fixed prefix)
             record.extra["extra_keys"] = keys - queries
             record.extra["extra_key_mass"] = call.probs[0, :, :, queries:].float().sum(-1).mean(-1).cpu().tolist()
@@ -214,16 +227,21 @@ def analyze_sequence(
     hooks = _block_hooks(structure, recorder) if options.intervene else nullcontext()
     with capture_attention(model, structure, recorder.on_call), hooks:
         _forward(model, input_ids)
-    missing = [i for i in range(len(structure)) if i not in recorder.records]
-    if missing:
+    if not recorder.records:
         raise MassactError(
-            f"{type(model).__name__}: blocks {missing} ran no attention through transformers' attention interface, "
-            "so their attention probabilities cannot be captured"
+            f"{type(model).__name__}: no block ran attention through transformers' attention interface, "
+            "so its attention probabilities cannot be captured"
         )
+    heads = next(iter(recorder.records.values())).sink.numel()
+    for index in range(len(structure)):  # blocks whose token mixer is no softmax attention (linear, state-space)
+        if index not in recorder.records:
+            mixer = structure.attn(index)
+            recorder.records[index] = no_softmax_record(heads, type(mixer).__name__ if mixer is not None else None)
     result = recorder.result
     result.first_massive_block = first_block
     result.features = features
     result.positions = positions
+    result.heatmap_block = recorder.heatmap_block
     result.blocks = [recorder.records[i] for i in range(len(structure))]
     return result
 
@@ -272,8 +290,26 @@ class AttentionResult:
                 row["extra_keys"] = records[0].extra["extra_keys"]
                 row["extra_key_mass"] = _num(torch.tensor([r.extra["extra_key_mass"] for r in records]).mean())
             row["per_head"] = {name: [_num(v) for v in heads[name]] for name in PER_HEAD}
+            row["softmax_attention"] = records[0].extra.get("softmax_attention", True)
+            row["mixer"] = records[0].extra.get("mixer")
+            if self.learned_sinks:  # per head: mean over sequences of the learned sink's share
+                shares = [r.extra["learned_sink_share"] for r in records if "learned_sink_share" in r.extra]
+                per_head = torch.tensor(shares).mean(0).tolist() if shares else [None] * self.num_heads
+                row["learned_sink_share"] = _num(torch.tensor(shares).mean()) if shares else None
+                row["per_head"]["learned_sink_share"] = [v if v is None else _num(v) for v in per_head]
             rows.append(row)
         return rows
+
+    @property
+    def learned_sinks(self) -> bool:
+        """True when any block's attention has a learned sink logit per head (GPT-OSS)."""
+        return any("learned_sink_share" in b.extra for s in self.sequences for b in s.blocks)
+
+    @property
+    def no_softmax_blocks(self) -> list[int]:
+        """Blocks that run no softmax attention (linear attention, state-space layers)."""
+        blocks = self.sequences[0].blocks
+        return [i for i, b in enumerate(blocks) if not b.extra.get("softmax_attention", True)]
 
     def to_json(self) -> dict:
         first = self.sequences[0]
@@ -289,6 +325,8 @@ class AttentionResult:
             "sink_threshold": self.options.threshold,
             "massive_thresholds": self.options.thresholds.to_json(),
             "first_massive_block": self.first_massive_block,
+            "learned_sinks": self.learned_sinks,
+            "no_softmax_blocks": self.no_softmax_blocks,
             "sequences": [
                 {
                     "massive_tokens": s.sinks,
@@ -344,17 +382,13 @@ def analyze(
     tokens = tokens or [str(int(i)) for i in input_ids[0]]
     if first.positions > len(tokens):  # the model prepends positions of its own (e.g. a learned sink token)
         tokens = ["<extra>"] * (first.positions - len(tokens)) + list(tokens)
-    heatmap_block = options.block
-    if heatmap_block is None:
-        fb = first.first_massive_block
-        heatmap_block = min(fb + 1, len(structure) - 1) if fb is not None else len(structure) // 2
     return AttentionResult(
         model=name,
         num_blocks=len(structure),
         num_heads=int(first.blocks[0].sink.numel()) if first.blocks else (num_heads(model) or 0),
         source=source or {},
         tokens=tokens,
-        heatmap_block=heatmap_block,
+        heatmap_block=first.heatmap_block,
         options=options,
         sequences=sequences,
     )

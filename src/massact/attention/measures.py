@@ -5,12 +5,17 @@
 - mass on the massive-activation tokens C: mean over the queries that can see any of C of `sum_{k in C} p_ik`;
 - the value-update decomposition `o_i = sum_{k in C} p_ik v_k + rest_i`: how constant the C part is across
   queries (mean cosine to its mean; relative variance `mean ||c_i - mean c||^2 / mean ||c_i||^2`) and its
-  share of the output norm (`mean ||c_i|| / ||o_i||`), per head and with all heads concatenated.
+  share of the output norm (`mean ||c_i|| / ||o_i||`), per head and with all heads concatenated;
+- a learned sink logit `s` per head (GPT-OSS; transformers hands it to the attention function as `s_aux`)
+  sits in the softmax denominator beside the keys: its share is `exp(s) / (Z + exp(s))`, `Z` the sum of
+  `exp(logit)` over the keys a query sees, averaged over queries;
+- a block that runs no softmax attention (linear attention, a state-space layer) has none of these measures.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 
@@ -110,6 +115,24 @@ def measure_call(call: AttentionCall, batch_index: int, sinks: list[int], thresh
     record.block_c_cosine, record.block_c_relvar, record.block_c_share = float(cosine), float(relvar), float(share)
     record.block_rest_cosine = float(_constancy(flat_outs - flat_parts, flat_outs)[0])
     return record
+
+
+def learned_sink_share(call: AttentionCall, batch_index: int) -> torch.Tensor | None:
+    """Per head, the mean over queries of `exp(s) / (Z + exp(s))` for the learned sink logit `s`; None without one."""
+    sinks = call.kwargs.get("s_aux")
+    if not isinstance(sinks, torch.Tensor):
+        return None
+    log_z = torch.logsumexp(call.logits()[batch_index].nan_to_num(nan=-math.inf), dim=-1)  # [H, T]
+    return torch.sigmoid(sinks.float().reshape(-1, 1) - log_z).mean(-1)
+
+
+def no_softmax_record(heads: int, mixer: str | None) -> BlockAttention:
+    """The record of a block without softmax attention: every measure undefined (NaN), its token mixer named."""
+    per_head = [f.name for f in fields(BlockAttention) if f.default is MISSING and f.default_factory is MISSING]
+    nan = torch.full((heads,), NAN)
+    return BlockAttention(
+        **{name: nan.clone() for name in per_head}, extra={"softmax_attention": False, "mixer": mixer}
+    )
 
 
 def replaced_output(call: AttentionCall, sinks: list[int], mode: str) -> torch.Tensor:

@@ -26,6 +26,28 @@ CAPTION = (
 )
 
 
+LEARNED_COLUMN = "learned sink"
+LEARNED_CAPTION = (
+    "learned sink: mean over heads and queries of the learned sink logit's share exp(s) / (Z + exp(s)), "
+    "Z the sum of exp(logit) over the keys a query sees"
+)
+
+
+def learned_sinks_table(result: AttentionResult, rows: list[dict]) -> list[str]:
+    """Markdown: per block, each head's learned-sink share beside its first-token importance (the token sink)."""
+    lines = [
+        "## Learned sinks per head",
+        "",
+        "| block | learned-sink share, heads 0.. | first-token importance, heads 0.. |",
+        "|---:|---|---|",
+    ]
+    for r in rows:
+        shares = " ".join(_fmt(v, 2) for v in r["per_head"]["learned_sink_share"])
+        first = " ".join(_fmt(v, 2) for v in r["per_head"]["first_importance"])
+        lines.append(f"| {r['index']} | {shares} | {first} |")
+    return lines
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -61,26 +83,64 @@ def tokens_sentence(result: AttentionResult) -> str:
     return f"{c}; {massive}."
 
 
+def _columns(result: AttentionResult) -> tuple[str, ...]:
+    """The table's columns: a learned-sink column beside the token-sink ones when the model has learned sinks."""
+    return (*COLUMNS[:3], LEARNED_COLUMN, *COLUMNS[3:]) if result.learned_sinks else COLUMNS
+
+
+def _caption(result: AttentionResult) -> str:
+    caption = CAPTION.format(threshold=result.options.threshold)
+    return f"{caption}; {LEARNED_CAPTION}" if result.learned_sinks else caption
+
+
+def _cells(result: AttentionResult, r: dict) -> list[str]:
+    """One block's row of the table; `-` throughout for a block without softmax attention."""
+    cells = [
+        str(r["index"]),
+        _fmt(r["sink_fraction"], 2),
+        *(
+            _fmt(r[k])
+            for k in (
+                "first_token_importance",
+                "massive_mass",
+                "block_c_cosine",
+                "block_c_relvar",
+                "block_c_share",
+                "replace_mean_change",
+                "replace_zero_change",
+            )
+        ),
+    ]
+    if result.learned_sinks:
+        cells.insert(3, _fmt(r["learned_sink_share"]))
+    return cells
+
+
+def mixers_sentence(result: AttentionResult) -> str | None:
+    """The blocks without softmax attention, in plain words (None when every block has it)."""
+    blocks = result.no_softmax_blocks
+    if not blocks:
+        return None
+    mixers = sorted({str(result.sequences[0].blocks[i].extra.get("mixer")) for i in blocks})
+    return (
+        f"Block{'s' if len(blocks) != 1 else ''} {_positions(blocks)} run{'s' if len(blocks) == 1 else ''} "
+        f"no softmax attention ({', '.join(mixers)}: linear attention or a state-space layer), so "
+        f"{'they have' if len(blocks) != 1 else 'it has'} no attention map and no sink measures (shown as -)."
+    )
+
+
 def show_attention(result: AttentionResult, console: Console) -> None:
     """One row per block: sink heads, first-token importance, mass on C, C-part constancy, replacement effect."""
     title = f"{escape(result.model)}: attention per block, {len(result.sequences)} sequence(s)"
-    table = Table(title=title, caption=CAPTION.format(threshold=result.options.threshold))
-    for name in COLUMNS:
+    table = Table(title=title, caption=_caption(result))
+    for name in _columns(result):
         numeric_column(table, name)
     for r in result.block_summary():
-        table.add_row(
-            str(r["index"]),
-            f"{r['sink_fraction']:.2f}",
-            _fmt(r["first_token_importance"]),
-            _fmt(r["massive_mass"]),
-            _fmt(r["block_c_cosine"]),
-            _fmt(r["block_c_relvar"]),
-            _fmt(r["block_c_share"]),
-            _fmt(r["replace_mean_change"]),
-            _fmt(r["replace_zero_change"]),
-        )
+        table.add_row(*_cells(result, r))
     print_table(console, table)
     console.print(tokens_sentence(result), markup=False)
+    if mixers_sentence(result):
+        console.print(mixers_sentence(result), markup=False)
     if result.precision is not None:
         result.precision.show(console)
 
@@ -109,28 +169,16 @@ def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
         "",
         md_escape(tokens_sentence(result)),
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---:|" * len(COLUMNS),
+        "| " + " | ".join(_columns(result)) + " |",
+        "|" + "---:|" * len(_columns(result)),
     ]
-    for r in result.block_summary():
-        cells = [
-            str(r["index"]),
-            f"{r['sink_fraction']:.2f}",
-            *(
-                _fmt(r[k])
-                for k in (
-                    "first_token_importance",
-                    "massive_mass",
-                    "block_c_cosine",
-                    "block_c_relvar",
-                    "block_c_share",
-                    "replace_mean_change",
-                    "replace_zero_change",
-                )
-            ),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", md_escape(CAPTION.format(threshold=result.options.threshold)) + "."]
+    rows = result.block_summary()
+    lines += ["| " + " | ".join(_cells(result, r)) + " |" for r in rows]
+    lines += ["", md_escape(_caption(result)) + "."]
+    if mixers_sentence(result):
+        lines += ["", md_escape(mixers_sentence(result))]
+    if result.learned_sinks:
+        lines += ["", *learned_sinks_table(result, rows)]
     if result.precision is not None and result.precision.warning:
         lines += ["", *result.precision.markdown()]
     for caption, name in figures.items():

@@ -147,7 +147,7 @@ def decode_policy(
     first = policy.sinks if policy.kind == "sinks" else 0
     detector = ArrivalDetector(model, structure, thresholds or Thresholds()) if policy.needs_detection else None
     sinks = _Sinks(detector, limit)
-    cache = new_cache()
+    cache = new_cache(model)
     in_cache: list[int] = []
     losses: list[torch.Tensor] = []
     steps = track(range(tokens), f"stream {policy.name}", total=tokens, unit="tok") if progress else range(tokens)

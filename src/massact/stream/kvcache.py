@@ -1,7 +1,9 @@
 """The KV cache as a list of kept tokens: evicting entries, moving rotary keys, quantizing entries.
 
 Works on a transformers `DynamicCache`: each layer's `keys` / `values` are public tensors of shape
-[batch, heads, tokens, head_dim]; evicting is slicing them along the token axis.
+[batch, heads, tokens, head_dim]; evicting is slicing them along the token axis. Layers without softmax
+attention (linear attention, state-space layers) keep a fixed-size state instead, with nothing per token:
+they are carried along whole and never evicted.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import inspect
 import torch
 from torch import nn
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer, LinearAttentionCacheLayerMixin
 
 from massact.capture.forward import input_device, run_forward
 from massact.errors import MassactError
@@ -22,9 +25,20 @@ def cache_keyword(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def new_cache() -> DynamicCache:
-    """An empty transformers `DynamicCache` (plain growing layers, no sliding window of its own)."""
-    return DynamicCache()
+def new_cache(model: nn.Module | None = None) -> DynamicCache:
+    """An empty transformers `DynamicCache` of plain growing key/value layers (no sliding window of their own);
+    the layers that `model`'s config makes fixed-size states (linear attention, state-space) keep their state layer."""
+    config = getattr(model, "config", None)
+    try:
+        cache = DynamicCache(config=config) if config is not None and hasattr(config, "layer_types") else None
+    except (AttributeError, KeyError, TypeError, ValueError):  # layer types transformers builds no cache for
+        cache = None
+    if cache is None or not any(isinstance(layer, LinearAttentionCacheLayerMixin) for layer in cache.layers):
+        return DynamicCache()
+    cache.layers = [
+        layer if isinstance(layer, LinearAttentionCacheLayerMixin) else DynamicLayer() for layer in cache.layers
+    ]
+    return cache
 
 
 def cache_layers(cache) -> list:
@@ -113,7 +127,7 @@ class Rotary:
         sample = ids.reshape(1, -1)[:, :probe].to(device)
         keys = []
         for start in (0, delta):
-            cache = new_cache()
+            cache = new_cache(model)
             positions = torch.arange(start, start + sample.shape[1], device=device).reshape(1, -1)
             run_forward(model, sample, position_ids=positions, use_cache=True, **{cache_keyword(model): cache})
             keys.append([layer.keys for layer in cache_layers(cache)])

@@ -1,0 +1,288 @@
+"""GPT-OSS (a learned sink logit per head, sliding and full attention, fused experts with biases, stored
+transposed and interleaved) and Qwen3-Next (Gated DeltaNet linear attention in blocks 0-2, gated softmax
+attention in block 3, fused experts plus a shared expert) through every analysis.
+
+Each tiny model carries a planted massive activation whose writer is known exactly (`plant_expert`): the
+router of block BLOCK sends the marked token to expert EXPERT, whose single fused down-projection entry
+[EXPERT, DIM, UNIT] writes it. GPT-OSS's tokenizer adds nothing (the marked word sits inside the text);
+Qwen3-Next's adds a BOS, which is its marked token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runner import run as cli
+from planting import VOCAB, plant_expert, tiny_model
+from test_trace import number_tokenizer
+
+from massact.attention import AttentionConfig
+from massact.attention import run as attention_run
+from massact.corpus import CorpusConfig
+from massact.corpus import run as corpus_run
+from massact.interventions import InterventionConfig
+from massact.interventions import run as intervene
+from massact.models.loading import LoadedModel
+from massact.models.structure import MoeParts, find_structure
+from massact.quant import QuantConfig
+from massact.quant import run as quant_run
+from massact.quant.run import load_inputs
+from massact.scan import ScanConfig
+from massact.scan import run as scan_run
+from massact.stream import Policy, StreamConfig
+from massact.stream import run as stream_run
+from massact.stream.decode import decode_policy
+from massact.stream.kvcache import cache_layers
+from massact.trace import TraceConfig
+from massact.trace import run as trace_run
+
+BLOCK, DIM, EXPERT, UNIT = 1, 11, 2, 5
+WORD, BOS = 7, 63  # GPT-OSS's marked word; Qwen3-Next's BOS, its marked token
+
+
+@dataclass
+class Case:
+    family: str
+    loaded: LoadedModel
+    mark: int
+    prompt: str
+    position: int  # of the marked token in the prompt's ids
+    corpus: Path
+
+
+def _corpus(folder: Path, mark: int, words: int = 1500) -> Path:
+    ids = torch.randint(10, 60, (words,), generator=torch.Generator().manual_seed(0))
+    ids[ids == WORD] = 10
+    if mark == WORD:
+        ids[::9] = WORD
+    path = folder / "corpus.txt"
+    path.write_text(" ".join(str(int(i)) for i in ids), encoding="utf-8")
+    return path
+
+
+def _build(family: str, folder: Path) -> Case:
+    mark = BOS if family == "qwen3_next" else WORD
+    model = tiny_model(family)
+    plant_expert(model, block=BLOCK, dim=DIM, mark=mark, expert=EXPERT, unit=UNIT)
+    tokenizer = number_tokenizer(VOCAB, bos=BOS if mark == BOS else None)
+    loaded = LoadedModel(model=model, tokenizer=tokenizer, name=f"tiny-{family}")
+    prompt = "12 30 41 9 22" if mark == BOS else f"12 30 {WORD} 41 9 22"
+    position = 0 if mark == BOS else 2
+    return Case(family, loaded, mark, prompt, position, _corpus(folder, mark))
+
+
+@pytest.fixture(scope="module", params=["gpt_oss", "qwen3_next"])
+def case(request, tmp_path_factory) -> Case:
+    return _build(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def test_structure_finds_blocks_token_mixers_and_fused_experts():
+    gpt_oss, qwen3_next = find_structure(tiny_model("gpt_oss")), find_structure(tiny_model("qwen3_next"))
+    assert gpt_oss.attn_names == ["self_attn"] * 4
+    assert qwen3_next.attn_names == ["linear_attn"] * 3 + ["self_attn"]
+    for structure, router, shared in ((gpt_oss, "router", ()), (qwen3_next, "gate", ("shared_expert",))):
+        for i in range(4):
+            moe = structure.moe(i)
+            assert moe == MoeParts(experts="experts", num_experts=4, fused=True, router=router, shared=shared)
+
+
+def test_scan_finds_the_planted_site(case):
+    (site,) = scan_run(case.loaded, case.prompt, ScanConfig()).to_json()["summary"]["sites"]
+    assert (site["token"], site["dim"], site["first_block"], site["last_block"]) == (case.position, DIM, BLOCK, 3)
+
+
+def test_corpus_finds_the_planted_site_in_every_window(case):
+    data = corpus_run(case.loaded, str(case.corpus), CorpusConfig(samples=4, seq_len=32, progress=False)).to_json()
+    assert data["fraction_with_massive"] == [0.0, 1.0, 1.0, 1.0]
+    (group,) = data["groups"]
+    assert (group["dim"], group["emerge_block"], group["tokens"]) == (DIM, BLOCK, [str(case.mark)])
+
+
+def test_intervene_mean_keeps_and_zero_removes_the_planted_site(case):
+    texts = {"corpus": [case.corpus.read_text()]}
+    config = InterventionConfig(
+        corpora=("corpus",), samples=4, seq_len=32, block=f"{BLOCK}-", means_samples=4, progress=False
+    )
+    rows = {row["mode"]: row for row in intervene(case.loaded, texts, config).to_json()["rows"]}
+    assert rows["zero"]["sites_by_block"][str(BLOCK)] >= 4  # every window holds the planted site
+    assert rows["zero"]["sites_by_block"][str(BLOCK + 1)] == 0  # zeroed at its first block, it never comes back
+    # the planted value is the same on every marked token, so its mean puts back what was there
+    assert rows["mean"]["perplexity"] == pytest.approx(rows["original"]["perplexity"], rel=1e-4)
+    assert rows["zero"]["perplexity"] != pytest.approx(rows["original"]["perplexity"], rel=1e-4)
+
+
+def test_trace_names_the_planted_expert_and_its_fused_entry(case):
+    config = TraceConfig(samples=2, seq_len=32, corpus="corpus", progress=False)
+    result = trace_run(case.loaded, case.prompt, config, texts=[case.corpus.read_text()])
+    data = result.to_json()
+    (site,) = data["sites"]
+    assert (site["token"], site["dim"], site["block"]) == (case.position, DIM, BLOCK)
+    assert (site["writer"], site["expert"], site["module"]) == ("expert", EXPERT, f"model.layers.{BLOCK}.mlp.experts")
+    top = site["entries"][0]
+    transposed = case.family == "gpt_oss"  # GPT-OSS stores down_proj as [expert, in, out]
+    stored = [EXPERT, UNIT, DIM] if transposed else [EXPERT, DIM, UNIT]
+    assert (top["parameter"], top["expert"], top["row"], top["column"]) == (
+        f"model.layers.{BLOCK}.mlp.experts.down_proj",
+        EXPERT,
+        DIM,
+        UNIT,
+    )
+    assert top["stored_index"] == stored and top["weight"] == 60.0 and site["entries_needed"]["of_jump"] == 1
+    states = data["verification"]["states"]
+    assert states["original"]["sites"][0]["massive"] and not states["zeroed"]["sites"][0]["massive"]
+    assert states["restored"] == states["original"]
+
+
+def test_quant_runs_finite_and_names_the_marked_token_as_the_outlier(case):
+    before = {k: v.clone() for k, v in case.loaded.model.state_dict().items()}
+    inputs = load_inputs(case.loaded, str(case.corpus), samples=3, seq_len=24, calib_samples=2, seed=1)
+    config = QuantConfig(
+        schemes=("W8A8", "A8", "KV4"), strategies=("none", "outlier-tokens", "rotate"), sensitivity="A8", progress=False
+    )
+    data = quant_run(case.loaded, inputs, config).to_json()
+    assert math.isfinite(data["baseline"]["perplexity"])
+    assert len(data["rows"]) == 9 and all(math.isfinite(row["perplexity"]) for row in data["rows"])
+    # the BOS carries the plant: the first position is kept; without a BOS the marked word is, wherever it is
+    outliers = data["outlier_tokens"]
+    expected = (1, []) if case.mark == BOS else (0, [WORD])
+    assert (outliers["first_positions"], outliers["token_ids"]) == expected
+    assert data["sensitivity"]["massive_blocks"][0] == BLOCK
+    after = case.loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _stream(case: Case, length: int = 48) -> torch.Tensor:
+    ids = case.loaded.tokenizer(case.corpus.read_text())["input_ids"][:length]
+    return torch.tensor(ids)
+
+
+def test_stream_full_cache_equals_one_forward_and_detected_keeps_the_marked_tokens(case):
+    ids = _stream(case, 36)
+    config = StreamConfig(policies="full,window,detected,recompute", cache=10, score_from=16, progress=False)
+    result = stream_run(case.loaded, ids, config)
+    full, *bounded = result.runs
+    with torch.no_grad():
+        logits = case.loaded.model(input_ids=ids[None]).logits[0]
+    expected = torch.nn.functional.cross_entropy(logits[15:-1], ids[16:], reduction="none").double()
+    torch.testing.assert_close(full.nll, expected, rtol=1e-4, atol=1e-4)
+    assert all(torch.isfinite(run.nll).all() and run.nll.numel() == 20 for run in bounded)
+    marked = [i for i, token in enumerate(ids.tolist()) if token == case.mark]
+    detected = next(run for run in result.runs if run.policy.kind == "detected")
+    assert detected.kept == marked[: len(detected.kept)] and detected.kept
+
+
+def test_stream_evicts_only_softmax_attention_entries(tmp_path):
+    """Qwen3-Next: the cache keeps the linear-attention blocks' fixed-size state whole; only block 3 has entries."""
+    case = _build("qwen3_next", tmp_path)
+    ids = _stream(case, 30)
+    seen = []
+
+    def check(step, cache, in_cache):
+        (layer,) = cache_layers(cache)  # one softmax-attention block: one layer of keys and values
+        assert layer.keys.shape[2] == len(in_cache) <= 8
+        assert [cache.is_linear[i] for i in range(4)] == [True, True, True, False]
+        seen.append(step)
+
+    structure = find_structure(case.loaded.model)
+    decode_policy(case.loaded.model, structure, ids, Policy.parse("window"), 8, 10, progress=False, inspect_step=check)
+    assert seen == list(range(30))
+
+
+def test_attention_reports_learned_sink_shares_known_exactly():
+    """GPT-OSS with zero queries: every visible key has logit 0, so Z = the number of keys a query sees and
+    the sink's share is exp(s) / (n + exp(s)); sliding layers see at most `sliding_window` keys."""
+    model = tiny_model("gpt_oss")
+    sinks = torch.tensor([-1.0, 0.0, math.log(3.0), 2.5])
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.zero_()
+            layer.self_attn.q_proj.bias.zero_()
+            layer.self_attn.sinks.copy_(sinks)
+    loaded = LoadedModel(model=model, tokenizer=number_tokenizer(VOCAB), name="tiny-gpt_oss")
+    length, window = 24, model.config.sliding_window
+    ids = torch.randint(10, 60, (1, length), generator=torch.Generator().manual_seed(2))
+    data = attention_run(loaded, ids, AttentionConfig(intervene=False)).to_json()
+    assert data["learned_sinks"] and data["no_softmax_blocks"] == []
+    for row, kind in zip(data["blocks"], model.config.layer_types, strict=True):
+        seen = torch.arange(1, length + 1, dtype=torch.float64)
+        if kind == "sliding_attention":
+            seen = seen.clamp(max=window)
+        expected = (sinks.double()[:, None].exp() / (seen + sinks.double()[:, None].exp())).mean(-1)
+        assert row["per_head"]["learned_sink_share"] == pytest.approx(expected.tolist(), abs=1e-6)
+        assert row["learned_sink_share"] == pytest.approx(float(expected.mean()), abs=1e-6)
+        # the first token's importance beside it: each query gives it 1 / (n + exp(s)) when it sees it
+        first = (1 / (seen + sinks.double()[:, None].exp()))[:, : (window if kind == "sliding_attention" else length)]
+        assert row["per_head"]["first_importance"] == pytest.approx(first.mean(-1).tolist(), abs=1e-6)
+
+
+def test_attention_learned_sink_shares_equal_what_transformers_eager_attention_leaves_out(tmp_path):
+    """Random weights: the share is 1 - the sum of the probabilities transformers' own eager attention returns."""
+    case = _build("gpt_oss", tmp_path)
+    ids = case.loaded.tokenizer(case.corpus.read_text())["input_ids"][:28]
+    ids = torch.tensor([ids])
+    result = attention_run(case.loaded, ids, AttentionConfig())
+    model = case.loaded.model
+    original = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attentions = model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(original)
+    for row, probs in zip(result.to_json()["blocks"], attentions, strict=True):
+        expected = (1 - probs[0].double().sum(-1)).mean(-1)
+        assert row["per_head"]["learned_sink_share"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert result.sequences[0].sinks == [i for i, t in enumerate(ids[0].tolist()) if t == WORD]
+    text = result.to_json()
+    assert text["first_massive_block"] == BLOCK
+    (tmp_path / "out").mkdir()
+    result.write(tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Learned sinks per head" in report and "| learned sink |" in report
+
+
+def test_attention_marks_blocks_without_softmax_attention(tmp_path):
+    case = _build("qwen3_next", tmp_path)
+    result = attention_run(case.loaded, case.prompt, AttentionConfig())
+    data = result.to_json()
+    assert data["no_softmax_blocks"] == [0, 1, 2] and not data["learned_sinks"]
+    assert data["sequences"][0]["massive_tokens"] == [case.position] and data["first_massive_block"] == BLOCK
+    for row in data["blocks"][:3]:
+        assert row["softmax_attention"] is False and row["mixer"] == "Qwen3NextGatedDeltaNet"
+        assert row["sink_fraction"] is None and all(v is None for v in row["per_head"]["first_importance"])
+    last = data["blocks"][3]
+    assert last["softmax_attention"] is True and last["mixer"] == "Qwen3NextAttention"
+    assert last["massive_mass"] == pytest.approx(last["first_token_importance"])  # C is the BOS at position 0
+    assert 0 < last["massive_mass"] <= 1 and last["decomposition_error"] < 1e-5
+    (tmp_path / "out").mkdir()
+    result.write(tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Blocks 0, 1, 2 run no softmax attention (Qwen3NextGatedDeltaNet" in report
+    # the default heatmap block follows the first massive block (1); block 2 has no map, so block 3 is shown
+    assert data["heatmap_block"] == 3 and (tmp_path / "out" / "attention_block3.png").exists()
+    assert "| 0 | - | - |" in report
+
+
+def test_attention_command_marks_learned_sinks_and_blocks_without_softmax(case, tmp_path, capsys):
+    """Saved and loaded back by `massact attention`: the JSON says which design each model carries."""
+    case.loaded.model.save_pretrained(tmp_path)
+    case.loaded.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "prompt.txt").write_text(case.prompt, encoding="utf-8")
+    argv = ["attention", str(tmp_path), "--text-file", str(tmp_path / "prompt.txt"), "--device", "cpu", "--json"]
+    code, out, err = cli(argv, capsys)
+    assert code in (0, None), err
+    data = json.loads(out)
+    assert data["sequences"][0]["massive_tokens"] == [case.position] and data["first_massive_block"] == BLOCK
+    gpt_oss = case.family == "gpt_oss"
+    assert data["learned_sinks"] is gpt_oss and data["no_softmax_blocks"] == ([] if gpt_oss else [0, 1, 2])
+    softmax = [row["softmax_attention"] for row in data["blocks"]]
+    assert softmax == ([True] * 4 if gpt_oss else [False] * 3 + [True])
+    if gpt_oss:
+        assert all(0 < row["learned_sink_share"] < 1 for row in data["blocks"])
+    else:
+        assert all("learned_sink_share" not in row for row in data["blocks"])

@@ -82,6 +82,19 @@ def tiny_model(family: str) -> nn.Module:
             **common,
         )
         model = tf.Qwen2ForCausalLM(config)
+    elif family == "gemma3":  # sandwich norms, (1 + w) gains, embed_scale, tied embeddings, q/k norms
+        config = tf.Gemma3TextConfig(
+            hidden_size=H,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=128,
+            sliding_window=16,
+            **common,
+        )
+        model = tf.Gemma3ForCausalLM(config)
     else:
         raise ValueError(family)
     return model.eval()
@@ -140,6 +153,15 @@ def plant_massive(model: nn.Module, block: int, token: int, dim: int, carrier: i
     down_rows[:, unit] = 0.0
     down_rows[dim, unit] = gain
     return Plant(block=block, token=token, dim=dim)
+
+
+@torch.no_grad()
+def plant_sandwich(model: nn.Module, block: int, token: int, dim: int, gain: float) -> Plant:
+    """Gemma 2/3: the post-norm after block `block`'s MLP normalises the planted write away, so its gain
+    (`1 + w`) on `dim` is what makes the value massive, as in the real models."""
+    plant = plant_massive(model, block, token, dim)
+    find_structure(model).blocks[block].post_feedforward_layernorm.weight[dim] = gain - 1.0
+    return plant
 
 
 def marked_input(length: int, token: int, seed: int = 1) -> torch.Tensor:

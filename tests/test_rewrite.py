@@ -1,0 +1,111 @@
+"""`massact rewrite`: exact rewrites of planted tiny models, checked by reloading the saved folder
+with plain `from_pretrained` and comparing its float32 logits with the original's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+from cli_runner import run as run_cli
+from planting import MARK, VOCAB, plant_massive, plant_sandwich, tiny_model, word_tokenizer
+from test_moe import EXPERT, UNIT, _down_rows, mixtral, plant_moe
+
+from massact.models.loading import load_model
+from massact.models.structure import find_structure
+from massact.quant import QuantInputs
+from massact.rewrite import RewriteConfig, run
+
+FP16_MAX = 65504.0
+DIM = 4
+
+
+def _word(i: int) -> str:
+    return f"w{i}"
+
+
+def planted(family: str) -> tf.PreTrainedModel:
+    """A tiny model of `family` whose MARK token carries a value far above the float16 maximum."""
+    if family == "mixtral":
+        torch.manual_seed(0)
+        model = mixtral().eval()
+        plant_moe(model, MARK)
+        with torch.no_grad():
+            _down_rows(find_structure(model).mlp(1).experts)[EXPERT, :, UNIT] *= 4000.0
+        return model
+    base, tied = family.removesuffix("-tied"), family.endswith("-tied")
+    model = tiny_model(base)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+    if base == "gemma3":
+        plant_sandwich(model, block=1, token=0, dim=DIM, gain=20000.0)
+    else:
+        plant_massive(model, block=1, token=0, dim=DIM, gain=3000.0 if base == "gpt2" else 300.0)
+    return model
+
+
+def _inputs(bos: bool) -> QuantInputs:
+    ids = torch.randint(10, VOCAB - 1, (6, 24), generator=torch.Generator().manual_seed(0))
+    ids[ids == MARK] = 10
+    ids[:, 0 if bos else 3] = MARK
+    return QuantInputs(windows=ids[:4], calibration=ids[4:], prefix_tokens=[_word(MARK)] if bos else [])
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.to(dtype)(input_ids=ids).logits.float()
+
+
+FAMILIES = ["gemma3", "llama", "llama-tied", "qwen2", "gpt2", "mixtral"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rescale_makes_float16_finite_and_reloads_with_plain_from_pretrained(family, tmp_path):
+    model = planted(family)
+    bos = family != "gpt2"
+    inputs = _inputs(bos)
+    original = _logits(model, inputs.windows)
+    before_half = _logits(planted(family), inputs.windows, torch.float16)
+    assert not torch.isfinite(before_half).all(), "the plant must overflow float16"
+    loaded = load_model(model, tokenizer=word_tokenizer(_word, bos=bos))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run(loaded, inputs, RewriteConfig(rescale="auto", progress=False))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()), "the original must not change"
+    result.write(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    after = _logits(reloaded, inputs.windows)
+    assert (after - original).abs().max() <= 1e-5 * original.abs().max()
+    assert torch.isfinite(_logits(reloaded, inputs.windows, torch.float16)).all()
+    if family in ("gemma3", "llama-tied", "gpt2"):  # the tie is kept: the final norm absorbs the factor
+        assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    data = result.to_json()
+    assert data["before"]["nonfinite_modules_float16"] > 0 and data["after"]["nonfinite_modules_float16"] == 0
+    assert data["before"]["peak"] > FP16_MAX > data["after"]["peak"]
+    factor = data["rewrites"][0]["factor"]
+    assert factor < 1 and data["after"]["peak"] == pytest.approx(factor * data["before"]["peak"], rel=1e-4)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(data["model_files"])
+    assert (tmp_path / "rewrite.json").exists() and (tmp_path / "report.md").exists()
+
+
+def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys):
+    model = planted("qwen2")
+    saved = tmp_path / "model"
+    model.save_pretrained(saved)
+    word_tokenizer(_word, bos=False).save_pretrained(saved)
+    corpus = tmp_path / "corpus.txt"
+    words = torch.randint(10, VOCAB, (3000,), generator=torch.Generator().manual_seed(1))
+    corpus.write_text(" ".join(_word(int(i)) for i in words) + f" {_word(MARK)}" * 50)
+    out = tmp_path / "out"
+    argv = ["rewrite", str(saved), "--rescale", "auto", "--corpus", str(corpus), "--seq-len", "32", "--out", str(out)]
+    code, stdout, stderr = run_cli(argv, capsys)
+    assert code == 0, stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "rewrite.json", "report.md", "report.html"} <= names
+    data = json.loads((out / "rewrite.json").read_text())
+    assert data["logits_float32"]["max_rel_diff"] <= 1e-5
+    code, _, _ = run_cli(argv, capsys)  # a folder the last rewrite wrote may be rewritten
+    assert code == 0
+    code, stdout, stderr = run_cli([*argv[:-1], str(saved)], capsys)  # the input model's own folder: refused
+    assert code == 2 and "holds another model" in stderr and stdout == ""

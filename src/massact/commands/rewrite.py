@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
+from massact.data.corpus import load_texts
 from massact.errors import MassactError
 from massact.quant import load_inputs
 from massact.rewrite import RewriteConfig, parse_rescale, run
@@ -78,6 +79,7 @@ def rewrite_command(
         raise MassactError(
             f"--dtype {opts.dtype}: rewrite the float32 model (--dtype float32); it checks float16 itself"
         )
+    load_texts(corpus)  # a bad corpus costs nothing
     loaded = opts.load(model)
     inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed)
     emit_result(run(loaded, inputs, config), out, as_json)

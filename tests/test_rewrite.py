@@ -109,3 +109,29 @@ def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_mode
     assert code == 0
     code, stdout, stderr = run_cli([*argv[:-1], str(saved)], capsys)  # the input model's own folder: refused
     assert code == 2 and "holds another model" in stderr and stdout == ""
+
+
+def _hidden_peaks(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Largest |h| of each block's output but the last (transformers gives that one after the final norm)."""
+    with torch.inference_mode():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states[1:-1]
+    return torch.stack([h.abs().amax() for h in states])
+
+
+@pytest.mark.parametrize("family", ["llama-tied", "qwen2-tied"])
+def test_rotate_spreads_the_massive_channel_and_keeps_the_logits(family, tmp_path, monkeypatch):
+    import planting
+
+    monkeypatch.setattr(planting, "H", 256)  # a wide enough stream: a one-hot spreads to 1/16 of itself
+    model = planted(family)
+    inputs = _inputs(bos=True)
+    original = _logits(model, inputs.windows)
+    result = run(load_model(model, tokenizer=word_tokenizer(_word, bos=True)), inputs, RewriteConfig(rotate=True))
+    result.write(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert (_logits(reloaded, inputs.windows) - original).abs().max() <= 1e-5 * original.abs().max()
+    before, after = _hidden_peaks(model, inputs.windows), _hidden_peaks(reloaded, inputs.windows)
+    massive = before > 1000.0
+    assert massive[1:].all() and not massive[0]
+    assert (after[massive] * 10 <= before[massive]).all(), (before, after)
+    assert reloaded.get_output_embeddings().weight is not reloaded.get_input_embeddings().weight

@@ -135,3 +135,44 @@ def test_rotate_spreads_the_massive_channel_and_keeps_the_logits(family, tmp_pat
     assert massive[1:].all() and not massive[0]
     assert (after[massive] * 10 <= before[massive]).all(), (before, after)
     assert reloaded.get_output_embeddings().weight is not reloaded.get_input_embeddings().weight
+
+
+@pytest.mark.parametrize(("family", "norm", "readers"), [
+    ("llama", "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ("gemma3", "pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ("gpt2", "ln_1", ("attn.c_attn",)),
+])  # fmt: skip
+def test_smooth_balances_activation_and_weight_maxima_exactly(family, norm, readers, tmp_path):
+    model = planted(family)
+    bos = family != "gpt2"
+    inputs = _inputs(bos)
+    original = _logits(model, inputs.windows)
+    run(load_model(model, tokenizer=word_tokenizer(_word, bos=bos)), inputs, RewriteConfig(smooth=0.5)).write(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    # a (1 + w) gain divided by a large scale is stored as w close to -1: float32 keeps ~1e-4 of 1 + w there
+    tolerance = 1e-3 if family == "gemma3" else 1e-5
+    assert (_logits(reloaded, inputs.windows) - original).abs().max() <= tolerance * original.abs().max()
+    block = find_structure(reloaded).blocks[1]
+    seen = []
+    handle = block.get_submodule(norm).register_forward_hook(lambda m, a, out: seen.append(out.abs().amax((0, 1))))
+    with torch.inference_mode():
+        reloaded(input_ids=inputs.calibration)
+    handle.remove()
+    weights = [block.get_submodule(r).weight for r in readers]
+    columns = torch.cat([w.T if family == "gpt2" else w for w in weights]).abs().amax(0)  # per input channel
+    assert torch.allclose(seen[0], columns.detach(), rtol=1e-3), "alpha 0.5 makes both maxima sqrt(a * w)"
+
+
+def test_check_quant_runs_the_real_library_beside_the_simulation():
+    model = planted("qwen2")
+    inputs = _inputs(bos=False)
+    config = RewriteConfig(rescale=0.25, check_quant="w8a8", progress=False)
+    quant = run(load_model(model, tokenizer=word_tokenizer(_word, bos=False)), inputs, config).to_json()["check_quant"]
+    fp32 = torch.nn.functional.cross_entropy(
+        _logits(model, inputs.windows)[:, :-1].reshape(-1, VOCAB), inputs.windows[:, 1:].reshape(-1)
+    )
+    # int8 with per-tensor and per-channel absmax scales is blind to a power-of-two factor: the same codes
+    assert quant["real"]["original"] == pytest.approx(quant["real"]["rewritten"], rel=1e-6)
+    assert quant["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6), "the library must quantize"
+    assert quant["rewrite_helps"] is False
+    assert set(quant["simulated"]) == {"original", "rewritten"}

@@ -143,7 +143,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     if config.check_quant is not None:
         from massact.rewrite.realquant import compare
 
-        quant = compare(loaded, rewritten, inputs, config)
+        quant = compare(loaded, rewritten, inputs, config.batch_size)
     return RewriteResult(
         model=loaded.description,
         corpus=inputs.corpus,

@@ -131,14 +131,15 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     del work
     rewritten = _reload(Path(folder.name), model.device)
     say(f"verifying on {inputs.windows.shape[0]} held-out windows ...")
-    change = logits_change(model, rewritten, inputs.windows, config.batch_size)
+    sizes = (inputs.windows, inputs.prefix_len, config.batch_size, config.half_windows)
+    before, original_logits = measure_model(model, *sizes, config.blocks_path)
+    after, rewritten_logits = measure_model(rewritten, *sizes)
+    change = logits_change(original_logits, rewritten_logits) | {"windows": original_logits.shape[0]}
     if not change["max_rel_diff"] <= config.tolerance:
         raise MassactError(
             f"the rewrite is not exact on this model: its float32 logits moved by {change['max_rel_diff']:.2e} "
             f"of their largest value (more than {config.tolerance:g}); nothing was written"
         )
-    before = measure_model(model, inputs.windows, inputs.prefix_len, config.batch_size, config.blocks_path)
-    after = measure_model(rewritten, inputs.windows, inputs.prefix_len, config.batch_size, None)
     quant = None
     if config.check_quant is not None:
         from massact.rewrite.realquant import compare

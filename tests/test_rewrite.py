@@ -4,6 +4,7 @@ with plain `from_pretrained` and comparing its float32 logits with the original'
 from __future__ import annotations
 
 import json
+import shlex
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from test_moe import EXPERT, UNIT, _down_rows, mixtral, plant_moe
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
 from massact.quant import QuantInputs
-from massact.rewrite import RewriteConfig, run
+from massact.rewrite import RewriteConfig, run, suggest
 
 FP16_MAX = 65504.0
 DIM = 4
@@ -89,7 +90,7 @@ def test_rescale_makes_float16_finite_and_reloads_with_plain_from_pretrained(fam
     assert (tmp_path / "rewrite.json").exists() and (tmp_path / "report.md").exists()
 
 
-def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys):
+def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys, monkeypatch):
     model = planted("qwen2")
     saved = tmp_path / "model"
     model.save_pretrained(saved)
@@ -109,6 +110,21 @@ def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_mode
     assert code == 0
     code, stdout, stderr = run_cli([*argv[:-1], str(saved)], capsys)  # the input model's own folder: refused
     assert code == 2 and "holds another model" in stderr and stdout == ""
+    hint = suggest.for_headroom(str(saved), peak_over_max=9.0, overflows=True)  # what quant / atlas print
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli([*shlex.split(hint)[1:], "--corpus", str(corpus), "--seq-len", "32"], capsys)
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "model-rewritten" / "rewrite.json").read_text())["rewrites"][0]["kind"] == "rescale"
+
+
+def test_suggestions_name_the_rewrite_that_folds_the_finding():
+    assert suggest.for_strategies(suggest.BUNDLED_NAME, ["outlier-tokens+rotate"], 0.5).startswith(
+        "massact rewrite default --rotate --check-quant w8a8 --out"
+    )
+    assert "--smooth 0.8" in suggest.for_strategies("org/model x", ["smooth"], 0.8)
+    assert suggest.for_strategies("m", ["outlier-tokens", "none"], 0.5) is None
+    assert suggest.for_headroom("m", peak_over_max=0.35, overflows=False) is None  # SmolLM2: 23,147 / 65,504
+    assert "--rescale auto" in suggest.for_headroom("m", peak_over_max=0.6, overflows=False)
 
 
 def _hidden_peaks(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ The rewrite runs exactly as the command does (`massact.rewrite.run`: copy, rewri
 process CPU time of the rewrite (on a shared machine wall time also counts other jobs), the time to
 load the model, and `time_ratio` (rewrite / plain perplexity pass). Last line: JSON.
 
-    python benchmarks/rewrite_time.py [--rescale auto] [--rotate] [--samples 4] [--seq-len 256]
+    python benchmarks/rewrite_time.py [--rescale auto] [--rotate] [--samples 2] [--seq-len 256]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rescale", default="auto")
     parser.add_argument("--rotate", action="store_true")
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--calib-samples", type=int, default=2)
     args = parser.parse_args()

@@ -42,13 +42,12 @@ def rewrite_command(
     corpus: Annotated[
         str, typer.Option("--corpus", help="Corpus name or path (.txt, folder, .jsonl).")
     ] = "shakespeare",
-    samples: Annotated[int, typer.Option("--samples", help="Held-out windows the checks run on.")] = 4,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Held-out windows the float32 and float16 checks run on.")
+    ] = 2,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 256,
     calib_samples: Annotated[
         int, typer.Option("--calib-samples", help="Further windows that set the factor and the scales.")
-    ] = 2,
-    fp16_samples: Annotated[
-        int, typer.Option("--fp16-samples", help="Held-out windows the float16 checks run on (slow on a CPU).")
     ] = 2,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
     out: Opt.Out = None,
@@ -67,7 +66,6 @@ def rewrite_command(
         seed=seed,
         check_quant=check_quant,
         batch_size=batch_size,
-        half_windows=fp16_samples,
         blocks_path=opts.blocks,
         progress=not as_json,
     )

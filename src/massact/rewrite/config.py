@@ -39,7 +39,6 @@ class RewriteConfig:
     check_quant: str | None = None  # "w8a8": quantize both models with a real int8 library
     tolerance: float = 1e-3  # largest relative change of the float32 logits accepted as exact
     batch_size: int = 4
-    half_windows: int = 2  # held-out windows the float16 checks run on (slow on a CPU)
     blocks_path: str | None = None
     progress: bool = True
 
@@ -61,8 +60,6 @@ class RewriteConfig:
             if name not in QUANT_SCHEMES:
                 raise MassactError(f"--check-quant {self.check_quant!r}: use {', '.join(QUANT_SCHEMES)}")
             object.__setattr__(self, "check_quant", name)
-        if self.half_windows < 1:
-            raise MassactError(f"--fp16-samples {self.half_windows}: must be at least 1")
         if self.batch_size < 1:
             raise MassactError(f"--batch-size {self.batch_size}: must be at least 1")
         if not self.tolerance > 0:

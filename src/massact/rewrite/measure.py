@@ -43,7 +43,9 @@ class ModulePeaks(HookSet):
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
-            values = [output_tensor(output)] + [a for a in args[:1] if isinstance(a, torch.Tensor)]
+            values = [output_tensor(output)] + [
+                a for a in args[:1] if isinstance(a, torch.Tensor) and a.is_floating_point()
+            ]
             peak = max(float(v.detach().abs().max()) for v in values if v.numel())
             self.peak[name] = max(self.peak.get(name, 0.0), peak)
 

@@ -131,7 +131,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     del work
     rewritten = _reload(Path(folder.name), model.device)
     say(f"verifying on {inputs.windows.shape[0]} held-out windows ...")
-    sizes = (inputs.windows, inputs.prefix_len, config.batch_size, config.half_windows)
+    sizes = (inputs.windows, inputs.prefix_len, config.batch_size)
     before, original_logits = measure_model(model, *sizes, config.blocks_path)
     after, rewritten_logits = measure_model(rewritten, *sizes)
     change = logits_change(original_logits, rewritten_logits) | {"windows": original_logits.shape[0]}

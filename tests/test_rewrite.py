@@ -16,7 +16,7 @@ from test_moe import EXPERT, UNIT, _down_rows, mixtral, plant_moe
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
 from massact.quant import QuantInputs
-from massact.rewrite import RewriteConfig, run, suggest
+from massact.rewrite import RewriteConfig, hadamard, run, suggest
 
 FP16_MAX = 65504.0
 DIM = 4
@@ -192,3 +192,12 @@ def test_check_quant_runs_the_real_library_beside_the_simulation():
     assert quant["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6), "the library must quantize"
     assert quant["rewrite_helps"] is False
     assert set(quant["simulated"]) == {"original", "rewritten"}
+
+
+@pytest.mark.parametrize("size", [12, 256, 576, 768, 960])
+def test_randomized_hadamard_is_orthogonal_and_flattest(size):
+    matrix, kind = hadamard.rotation(size, seed=3)
+    assert kind == "randomized Hadamard"
+    assert torch.allclose(matrix @ matrix.T, torch.eye(size, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(matrix.abs(), torch.full_like(matrix, size**-0.5))  # a one-hot spreads evenly
+    assert hadamard.rotation(size + 2)[1] == "seeded random orthogonal"  # no Hadamard order is 2 mod 4

@@ -15,8 +15,8 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.progress import say
 from massact.quant import QuantInputs
-from massact.quant.strategies import rotation
 from massact.rewrite import transform
+from massact.rewrite.hadamard import rotation
 from massact.rewrite.config import FP16_MAX, RewriteConfig
 from massact.rewrite.layout import Layout, check_known, find_layout
 from massact.rewrite.measure import ModulePeaks
@@ -96,8 +96,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     steps: list[dict] = []
     if config.rotate:
         say("rotating the residual stream ...")
-        matrix = rotation(layout.hidden, config.seed)
-        kind = "randomized Hadamard" if layout.hidden & (layout.hidden - 1) == 0 else "seeded random orthogonal"
+        matrix, kind = rotation(layout.hidden, config.seed)
         steps.append(
             {"kind": "rotate", "seed": config.seed, "matrix": kind, "changed": transform.rotate(work, layout, matrix)}
         )

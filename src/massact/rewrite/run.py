@@ -16,8 +16,8 @@ from massact.models.structure import find_structure
 from massact.progress import say
 from massact.quant import QuantInputs
 from massact.rewrite import transform
-from massact.rewrite.hadamard import rotation
 from massact.rewrite.config import FP16_MAX, RewriteConfig
+from massact.rewrite.hadamard import rotation
 from massact.rewrite.layout import Layout, check_known, find_layout
 from massact.rewrite.measure import ModulePeaks
 from massact.rewrite.result import RewriteResult

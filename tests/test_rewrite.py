@@ -187,11 +187,14 @@ def test_check_quant_runs_the_real_library_beside_the_simulation():
     fp32 = torch.nn.functional.cross_entropy(
         _logits(model, inputs.windows)[:, :-1].reshape(-1, VOCAB), inputs.windows[:, 1:].reshape(-1)
     )
+    w8a8 = quant["schemes"]["W8A8"]
     # int8 with per-tensor and per-channel absmax scales is blind to a power-of-two factor: the same codes
-    assert quant["real"]["original"] == pytest.approx(quant["real"]["rewritten"], rel=1e-6)
-    assert quant["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6), "the library must quantize"
-    assert quant["rewrite_helps"] is False
-    assert set(quant["simulated"]) == {"original", "rewritten"}
+    assert w8a8["real"]["original"] == pytest.approx(w8a8["real"]["rewritten"], rel=1e-6)
+    assert w8a8["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6), "the library must quantize"
+    assert w8a8["rewrite_helps"] is False
+    assert set(w8a8["simulated"]) == {"original", "rewritten"} and w8a8["simulated_scheme"] == "W8A8-static"
+    assert set(quant["schemes"]) == {"W8A8", "W4"}
+    assert quant["schemes"]["W4"]["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6)
 
 
 @pytest.mark.parametrize("size", [12, 256, 576, 768, 960])

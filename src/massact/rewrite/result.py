@@ -145,8 +145,7 @@ class RewriteResult:
                     "the rotation spreads a massive channel over all channels; the token itself stays as large "
                     "(its RMS is unchanged), so per-tensor activation scales still see it"
                 )
-        if self.quant and self.quant.get("note"):
-            notes.append(self.quant["note"])
+        notes += (self.quant or {}).get("notes", [])
         return notes
 
     def markdown(self) -> str:
@@ -176,7 +175,7 @@ class RewriteResult:
             "|---|---:|---:|",
         ]
         lines += [f"| {md_escape(a)} | {md_escape(b)} | {md_escape(c)} |" for a, b, c in self._rows()]
-        lines += [""] + [f"{md_escape(n)}." for n in self._notes()] + ["", "## Per block", ""]
+        lines += [""] + [f"{md_escape(n[:1].upper() + n[1:])}." for n in self._notes()] + ["", "## Per block", ""]
         lines += [
             "| block | peak \\|h\\| before | after | largest token RMS before | after |",
             "|---:|---:|---:|---:|---:|",

@@ -85,6 +85,7 @@ def _norm_maxima(model, layout: Layout, windows: torch.Tensor, batch_size: int) 
 
 def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> RewriteResult:
     """Rewrite a copy of `loaded.model` as `config` says; the original stays bit-for-bit as it was."""
+    tell = say if config.progress else (lambda message: None)
     model = loaded.model
     if next(model.parameters()).dtype != torch.float32:
         raise MassactError("rewrite the float32 model: load it with --dtype float32")
@@ -95,13 +96,13 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     check_known(layout, "rewrite")
     steps: list[dict] = []
     if config.rotate:
-        say("rotating the residual stream ...")
+        tell("rotating the residual stream ...")
         matrix, kind = rotation(layout.hidden, config.seed)
         steps.append(
             {"kind": "rotate", "seed": config.seed, "matrix": kind, "changed": transform.rotate(work, layout, matrix)}
         )
     if config.smooth is not None:
-        say(f"smoothing on {inputs.calibration.shape[0]} calibration windows ...")
+        tell(f"smoothing on {inputs.calibration.shape[0]} calibration windows ...")
         maxima = _norm_maxima(work, layout, inputs.calibration, config.batch_size)
         steps.append(
             {"kind": "smooth", "alpha": config.smooth, "changed": transform.smooth(layout, maxima, config.smooth)}
@@ -124,12 +125,12 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
             }
         )
     folder = tempfile.TemporaryDirectory(prefix="massact-rewrite-")
-    say("saving and reloading the rewritten model ...")
+    tell("saving and reloading the rewritten model ...")
     work.save_pretrained(folder.name)
     loaded.tokenizer.save_pretrained(folder.name)
     del work
     rewritten = _reload(Path(folder.name), model.device)
-    say(f"verifying on {inputs.windows.shape[0]} held-out windows ...")
+    tell(f"verifying on {inputs.windows.shape[0]} held-out windows ...")
     sizes = (inputs.windows, inputs.prefix_len, config.batch_size)
     before, original_logits = measure_model(model, *sizes, config.blocks_path)
     after, rewritten_logits = measure_model(rewritten, *sizes)

@@ -226,7 +226,7 @@ def _readers(sub: nn.Module, path: str, writers: list[Site], hidden: int) -> lis
 
 
 @torch.no_grad()
-def _form(norm: nn.Module, hidden: int) -> tuple[str, bool]:
+def _form(norm: nn.Module) -> tuple[str, bool]:
     """("w" or "1+w", subtracts the mean) of a norm, probed on its own forward."""
     width = norm.weight.shape[-1]
     x = torch.randn(2, width, generator=torch.Generator().manual_seed(0)).to(norm.weight)
@@ -320,7 +320,7 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
     forms = {}
     centred = {}
     for name, norm in norms.items():
-        forms[name], centred[name] = _form(norm, hidden)
+        forms[name], centred[name] = _form(norm)
     tied = head is not None and head.tensor is embed.weight
     return Layout(
         hidden=hidden,

@@ -9,30 +9,10 @@ blocks, the weight entry of the norm after the MLP, which would otherwise scale 
 from __future__ import annotations
 
 import torch
-from planting import MARK, VOCAB, H, Plant, plant_massive, tiny_model
+from planting import MARK, H, Plant, plant_massive, tiny_gemma3, tiny_model
 from torch import nn
 
 from massact.models.structure import find_structure
-
-
-def tiny_gemma3() -> nn.Module:
-    """A 4-block random Gemma-3 text model (sandwich norms, hidden size 32), seeded."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    config = tf.Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=H,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=128,
-        sliding_window=16,
-        layer_types=["full_attention"] * 4,
-    )
-    return tf.Gemma3ForCausalLM(config).eval()
 
 
 def _down_projection(model: nn.Module, block: int) -> nn.Linear:
@@ -77,7 +57,7 @@ def two_kinds(
     dominates every later norm, does not drown it: at 90 it stays below the criterion; at 150 it is a
     small massive activation of its own on MARK from block 0."""
     model = tiny_gemma3() if family == "gemma3" else tiny_model(family)
-    plant = plant_massive(model, block=massive_block, token=0, dim=4)
+    plant = plant_massive(model, block=massive_block, dim=4)
     _keep_sandwich_massive(model, plant)
     with torch.no_grad():
         model.get_input_embeddings().weight[MARK, 3] = carrier

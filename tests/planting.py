@@ -84,6 +84,19 @@ def tiny_model(family: str) -> nn.Module:
             **common,
         )
         model = tf.Qwen2ForCausalLM(config)
+    elif family == "gemma3":  # sandwich norms, (1 + w) gains, embed_scale, tied embeddings, q/k norms
+        config = tf.Gemma3TextConfig(
+            hidden_size=H,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=128,
+            sliding_window=16,
+            **common,
+        )
+        model = tf.Gemma3ForCausalLM(config)
     else:
         raise ValueError(family)
     return model.eval()
@@ -177,37 +190,20 @@ FP16_MAX = 65504.0
 
 
 def tiny_gemma3() -> nn.Module:
-    """A 4-block random Gemma-3 text model (`Gemma3ForCausalLM`) with hidden size 32, seeded.
-
-    Its blocks norm each sub-layer's output before adding it (`post_attention_layernorm`,
-    `post_feedforward_layernorm`, gains `1 + w`), and its embeddings are scaled by sqrt(32).
-    """
-    import transformers as tf
-
-    torch.manual_seed(0)
-    config = tf.Gemma3TextConfig(
-        vocab_size=VOCAB,
-        hidden_size=H,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=8,
-        max_position_embeddings=128,
-        sliding_window=128,
-    )
-    return tf.Gemma3ForCausalLM(config).eval()
+    """`tiny_model("gemma3")`: its blocks norm each sub-layer's output before adding it (`post_attention_layernorm`,
+    `post_feedforward_layernorm`, gains `1 + w`), and its embeddings are scaled by sqrt(32)."""
+    return tiny_model("gemma3")
 
 
 @torch.no_grad()
-def plant_sandwich(model: nn.Module, block: int, token: int, dim: int, value: float = 1e5) -> Plant:
+def plant_sandwich(model: nn.Module, block: int, dim: int, value: float = 1e5) -> Plant:
     """Plant a massive `value` (default 1e5, above float16's 65,504) into `dim` of MARK at block `block`.
 
     The MLP writes a modest spike into `dim` (and nothing else into it, on any token); the block's
     norm after the MLP turns it into sqrt(H) x (1 + w[dim]), so its gain entry `w[dim]` is the weight
     that makes the value massive: the super weight. Every value before that norm fits float16.
     """
-    plant_massive(model, block, token, dim, gain=8.0)
+    plant_massive(model, block, dim, gain=8.0)
     layer = find_structure(model).blocks[block]
     down = layer.mlp.down_proj.weight
     unit = 5
@@ -215,7 +211,7 @@ def plant_sandwich(model: nn.Module, block: int, token: int, dim: int, value: fl
     down[dim] = 0.0
     down[dim, unit] = kept
     layer.post_feedforward_layernorm.weight[dim] = value / H**0.5 - 1.0
-    return Plant(block=block, token=token, dim=dim)
+    return Plant(block=block, dim=dim)
 
 
 def letter_word(i: int) -> str:
@@ -230,10 +226,10 @@ def planted_with_words(family: str):
 
     if family == "gemma3":
         model = tiny_gemma3()
-        plant_sandwich(model, block=1, token=0, dim=4)
+        plant_sandwich(model, block=1, dim=4)
     else:
         model = tiny_model(family)
-        plant_massive(model, block=1, token=0, dim=4)
+        plant_massive(model, block=1, dim=4)
     tokenizer = word_tokenizer(letter_word, bos=family == "gemma3")
     return LoadedModel(model=model, tokenizer=tokenizer, name=f"planted-{family}")
 

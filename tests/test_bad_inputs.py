@@ -122,6 +122,21 @@ class Place:
             {"config.json": json.dumps({"model_type": "massact-gpt2"}), "state.json": "{}", "model.safetensors": "x"},
         )
 
+    @property
+    def post_norm_model(self) -> str:
+        """A tiny OPT that normalises the residual stream after each block (post-norm): not scale-invariant."""
+        import transformers as tf
+
+        path = self.root / "inputs" / "post_norm"
+        config = tf.OPTConfig(
+            vocab_size=VOCAB, hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=2,
+            word_embed_proj_dim=16, max_position_embeddings=64, do_layer_norm_before=False,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )  # fmt: skip
+        tf.OPTForCausalLM(config).save_pretrained(path)
+        word_tokenizer(adds_bos=True).save_pretrained(path)
+        return str(path)
+
     def foreign_means(self) -> str:
         """A means.json as a corpus scan of the *other* model writes it (another hidden size)."""
         return self.file(
@@ -142,6 +157,7 @@ BASE = {
     "trace": lambda p: ["--corpus", p.small_corpus, "--seq-len", "16", "--samples", "2"],
     "export": lambda p: ["--format", "all", "--corpus", p.small_corpus, "--seq-len", "16", "--samples", "2"],
     "vit fix-reg-mean": lambda p: ["--images", "samples"],
+    "rewrite": lambda p: ["--rescale", "auto", "--corpus", p.small_corpus, "--seq-len", "16", "--samples", "2"],
     "train gpt2": lambda p: ["--max-steps", "1"],
     "experiment attention-bias": lambda p: ["--max-steps", "1"],
 }
@@ -279,6 +295,18 @@ for _cmd in ("train gpt2", "experiment attention-bias"):
     row(_cmd, "empty corpus file", "empty")(lambda p: ["--out", p.out, "--corpus", p.empty_file])
 row("train gpt2", "resume without a checkpoint", "checkpoint")(lambda p: ["--out", p.out, "--resume"])
 row("train gpt2", "unknown attention", "attention")(lambda p: ["--out", p.out, "--attention", "nosuch"])
+
+# rewrite
+_common_model_rows("rewrite")
+_corpus_rows("rewrite", ("--seq-len", "16"))
+row("rewrite", "no rewrite option", "give a rewrite")(lambda p: [p.model, "--rescale", "none"])
+row("rewrite", "smooth with rotate option", "--rotate")(lambda p: [p.model, "--smooth", "0.5", "--rotate"])
+row("rewrite", "rescale option not a factor", "--rescale")(lambda p: [p.model, "--rescale", "big"])
+row("rewrite", "rescale 0", "--rescale")(lambda p: [p.model, "--rescale", "0"])
+row("rewrite", "unknown check-quant option", "--check-quant")(lambda p: [p.model, "--check-quant", "w2a2"])
+row("rewrite", "dtype float16", "--dtype")(lambda p: [p.model, "--dtype", "float16"])
+row("rewrite", "out holds another model", "holds another model")(lambda p: [p.model, "--out", p.model])
+row("rewrite", "post-norm model, not scale-invariant", "post-norm")(lambda p: [p.post_norm_model])
 
 # commands that are newer than this table get the rows every model command must pass
 for _cmd in ("quant", "stream", "atlas"):

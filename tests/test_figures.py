@@ -35,7 +35,7 @@ def figures(monkeypatch) -> list:
 def _loaded(family: str, plants: list[tuple[int, int, float]]) -> LoadedModel:
     model = tiny_model(family)
     for block, dim, gain in plants:
-        plant_massive(model, block=block, token=0, dim=dim, gain=gain)
+        plant_massive(model, block=block, dim=dim, gain=gain)
     return LoadedModel(model=model, tokenizer=word_tokenizer(lambda i: f"w{i}", FAMILIES[family]), name=family)
 
 

@@ -24,7 +24,7 @@ def saved(tmp_path_factory) -> dict:
     for family, bos in FAMILIES.items():
         folder = tmp_path_factory.mktemp(family)
         model = tiny_model(family)
-        plant_massive(model, block=1, token=0, dim=5)
+        plant_massive(model, block=1, dim=5)
         model.save_pretrained(folder)
         word_tokenizer(lambda i: f"w{i}", bos=bos).save_pretrained(folder)
         folders[family] = folder

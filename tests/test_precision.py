@@ -43,9 +43,9 @@ def folders(tmp_path_factory):
     """Saved planted models (gemma3 with a BOS, qwen2 without) and a corpus in which MARK recurs."""
     root = tmp_path_factory.mktemp("precision")
     gemma = tiny_gemma3()
-    plant_sandwich(gemma, block=PLANT_BLOCK, token=0, dim=4)
+    plant_sandwich(gemma, block=PLANT_BLOCK, dim=4)
     gpt2 = tiny_model("gpt2")
-    plant_massive(gpt2, block=PLANT_BLOCK, token=5, dim=4, gain=4e4)
+    plant_massive(gpt2, block=PLANT_BLOCK, dim=4, gain=4e4)
     for name, model, bos in (("gemma3", gemma, True), ("gpt2", gpt2, False)):
         model.save_pretrained(root / name)
         word_tokenizer(word, bos=bos).save_pretrained(root / name)

@@ -34,7 +34,7 @@ QUICK = TraceConfig(verify=False, risk=False, progress=False)
 @pytest.fixture(scope="module")
 def gemma3() -> LoadedModel:
     model = tiny_gemma3()
-    plant_sandwich(model, block=BLOCK, token=0, dim=DIM, value=VALUE)
+    plant_sandwich(model, block=BLOCK, dim=DIM, value=VALUE)
     return LoadedModel(model=model, tokenizer=word_tokenizer(word, bos=True), name="planted-gemma3")
 
 

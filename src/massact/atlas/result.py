@@ -17,6 +17,7 @@ FORMAT = "massact-atlas/1"
 ATLAS_JSON = "atlas.json"
 ATLAS_MD = "atlas.md"
 COMPARISON_PNG = "comparison.png"
+W8A8_COSTLY = 1.1  # simulated W8A8 perplexity ratio above which a rotation is worth trying
 COLUMNS = (
     "model",
     "architecture",
@@ -181,6 +182,25 @@ class AtlasResult:
                 console.print(f"{row['model']}: failed: {row.get('reason')}", highlight=False, markup=False)
             for name, reason in (row.get("reasons") or {}).items():
                 console.print(f"{row['model']}: {name} is null ({reason})", highlight=False, markup=False)
+        for text in self.rewrite_lines():
+            console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def rewrite_lines(self) -> list[str]:
+        """Per analysed model, the `massact rewrite` to try: rescale for float16, rotate for a costly W8A8."""
+        from massact.rewrite.suggest import command, for_headroom, line
+
+        lines = []
+        for row in self.analysed:
+            fp16 = (row.get("headroom") or {}).get("fp16") or {}
+            found = [
+                for_headroom(row["model"], fp16.get("peak_over_max"), fp16.get("first_overflow_block") is not None)
+            ]
+            ratio = (row.get("w8a8") or {}).get("ratio")
+            if isinstance(ratio, (int, float)) and ratio > W8A8_COSTLY:
+                found.append(command(row["model"], "--rotate --check-quant w8a8"))
+            none = "float16 has room and simulated W8A8 costs little"
+            lines.append(f"{row['model']}: " + line([c for c in found if c], none))
+        return lines
 
     def markdown(self) -> str:
         cfg = self.config
@@ -210,6 +230,10 @@ class AtlasResult:
             "Each model's own runs (scan, corpus, trace, attention, quant) are in its folder.",
             "",
             f"![peak ratio per block, all models]({COMPARISON_PNG})",
+            "",
+            "## Rewrites to try",
+            "",
+            *[f"- {text}" for text in self.rewrite_lines()],
         ]
         return "\n".join(lines) + "\n"
 

@@ -150,6 +150,14 @@ class QuantResult:
                 f"massive activations in blocks {_span(self.calibration.massive_blocks)}",
                 highlight=False,
             )
+        console.print(self.rewrite_line(), highlight=False, markup=False, soft_wrap=True)
+
+    def rewrite_line(self) -> str:
+        """The `massact rewrite` that folds the chosen rotation or smoothing into the weights."""
+        from massact.rewrite.suggest import for_strategies, line
+
+        suggested = for_strategies(self.model, [b["chosen"] for b in self.best.values()], self.config.alpha)
+        return line([suggested] if suggested else [], "the best strategies fold no rotation or smoothing")
 
     def _outlier_line(self) -> str:
         calib = self.calibration
@@ -193,6 +201,7 @@ class QuantResult:
             lines += ["", seeds_note(self.spread["seeds"], "Perplexity and vs fp", what)]
         lines += ["", *(self.precision.markdown() if self.precision else [])]
         lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
+        lines += [self.rewrite_line(), ""]
         if self.sensitivity is not None:
             s = self.sensitivity
             lines += [

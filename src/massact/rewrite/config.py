@@ -1,0 +1,79 @@
+"""Every knob of `massact rewrite`, validated when built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from massact.errors import MassactError
+
+FP16_MAX = 65504.0
+FP8_E4M3_MAX = 448.0
+QUANT_SCHEMES = ("w8a8",)
+
+
+def parse_rescale(text: str | None) -> str | float | None:
+    """`auto`, a positive factor, or None (`none` / empty)."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise MassactError(f"--rescale {text!r}: give auto or a positive factor such as 0.25") from None
+    if not math.isfinite(value) or value <= 0:
+        raise MassactError(f"--rescale {text}: the factor must be a positive number such as 0.25")
+    return value
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """Which exact rewrites to apply, and how they are checked."""
+
+    rescale: str | float | None = None  # "auto", a factor, or None
+    headroom: float = 0.5  # auto: largest module output at most this fraction of the float16 maximum
+    smooth: float | None = None  # SmoothQuant alpha, or None
+    rotate: bool = False
+    seed: int = 0  # seed of the rotation
+    check_quant: str | None = None  # "w8a8": quantize both models with a real int8 library
+    tolerance: float = 1e-3  # largest relative change of the float32 logits accepted as exact
+    batch_size: int = 4
+    blocks_path: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rescale, str) and self.rescale != "auto":
+            object.__setattr__(self, "rescale", parse_rescale(self.rescale))
+        if self.rescale is None and self.smooth is None and not self.rotate:
+            raise MassactError("give a rewrite: --rescale auto|FACTOR, --smooth ALPHA and/or --rotate")
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise MassactError(f"--smooth {self.smooth}: alpha must be between 0 and 1 (SmoothQuant uses 0.5)")
+        if self.smooth is not None and self.rotate:
+            raise MassactError(
+                "--smooth and --rotate together are not supported: the rotation mixes the smoothed channels"
+            )
+        if not 0.0 < self.headroom <= 1.0:
+            raise MassactError(f"--headroom {self.headroom}: a fraction of the float16 maximum in (0, 1]")
+        if self.check_quant is not None:
+            name = self.check_quant.strip().lower()
+            if name not in QUANT_SCHEMES:
+                raise MassactError(f"--check-quant {self.check_quant!r}: use {', '.join(QUANT_SCHEMES)}")
+            object.__setattr__(self, "check_quant", name)
+        if self.batch_size < 1:
+            raise MassactError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not self.tolerance > 0:
+            raise MassactError(f"tolerance {self.tolerance}: must be positive")
+
+    @property
+    def names(self) -> list[str]:
+        """The rewrites in the order they are applied."""
+        return [
+            n
+            for n, on in (
+                ("rotate", self.rotate),
+                ("smooth", self.smooth is not None),
+                ("rescale", self.rescale is not None),
+            )
+            if on
+        ]

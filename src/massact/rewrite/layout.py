@@ -1,0 +1,375 @@
+"""Which weights touch the residual stream, found from one short forward pass (no per-model code).
+
+Every exact rewrite of the residual stream needs the same map: the embeddings that start it, the
+parameters that write into it (each sub-layer's output projection, every expert's, a sandwich
+post-norm), the parameters that read a norm of it (q/k/v, gate/up, routers, the LM head), and the
+norms themselves. `find_layout` records one forward of a few tokens with hooks on every module and
+reads the map off the recorded tensors:
+
+- a norm child of a block whose input is a sub-layer's output is that sub-layer's post-norm (Gemma 2/3);
+  any other norm child reads the residual stream and belongs to the next sub-layer called;
+- a block whose output is a norm's output normalises the residual itself (post-norm, as BERT or OPT-350m);
+- a sub-layer's writer is the last Linear called with the hidden size as output, per module holding
+  Linears (so every expert of a mixture has its own); fused experts write through their `down` parameter;
+- a norm inside attention (q/k norms) reads the Linear whose output equals its input;
+- the final norm is the norm whose output is the LM head's input.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from massact.capture.hooks import HookSet, output_tensor
+from massact.errors import MassactError
+from massact.models.structure import find_structure, is_linear, out_features
+
+_UP = re.compile(r"(^|_)(up|w3)(_proj)?$")
+_EPS = ("variance_epsilon", "eps")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One parameter that touches the residual stream; `axis` is its axis of hidden size."""
+
+    module: nn.Module
+    name: str
+    axis: int
+    path: str
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.name)
+
+
+@dataclass
+class Sublayer:
+    """Attention or MLP of one block: the norm it reads, its post-norm, what writes and what reads."""
+
+    kind: str  # "attention" or "mlp"
+    block: int
+    path: str
+    reader: str | None  # the pre-norm whose output it reads
+    post_norm: str | None  # a sandwich norm between its output and the residual (Gemma 2/3)
+    writers: list[Site]  # parameters whose output is the write (weights and biases)
+    scaled: list[Site]  # what a rescale multiplies: the up projection in place of the writer where gated
+    readers: list[Site]  # parameters that read the pre-norm's output
+
+
+@dataclass
+class Layout:
+    """The residual stream's readers, writers and norms in one model."""
+
+    hidden: int
+    embeddings: list[Site]
+    head: Site | None
+    tied: bool
+    final_norm: str | None
+    sublayers: list[Sublayer]
+    norms: dict[str, nn.Module]
+    forms: dict[str, str]  # norm path -> "w" (gain w) or "1+w" (gain 1 + w, Gemma)
+    centred: dict[str, bool]  # norm path -> subtracts the mean (LayerNorm)
+    qk_sources: list[Site]  # Linears whose output a norm inside attention reads
+    post_norm_blocks: list[int] = field(default_factory=list)
+    unknown_norms: list[str] = field(default_factory=list)
+
+    @property
+    def sandwich(self) -> bool:
+        return any(s.post_norm for s in self.sublayers)
+
+
+def is_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), torch.Tensor)
+
+
+def norm_eps(module: nn.Module) -> tuple[str, float] | None:
+    """The attribute holding a norm's epsilon and its value."""
+    for name in _EPS:
+        value = getattr(module, name, None)
+        if isinstance(value, float):
+            return name, value
+    return None
+
+
+class _Probe(HookSet):
+    """Every module's first input and output, and the order in which modules were first called."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.names = {id(m): n for n, m in model.named_modules() if n}
+        self.order: dict[str, int] = {}
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    def pre_hooks(self):
+        return [(m, self._pre) for n, m in self.model.named_modules() if n]
+
+    def forward_hooks(self):
+        return [(m, self._post) for n, m in self.model.named_modules() if n]
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name = self.names[id(module)]
+        if name in self.order:
+            return
+        self.order[name] = len(self.order)
+        first = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+        if isinstance(first, torch.Tensor):
+            self.inputs[name] = first.detach()
+
+    def _post(self, module: nn.Module, args: tuple, output: object) -> None:
+        name = self.names[id(module)]
+        if name not in self.outputs:
+            with suppress(TypeError):  # outputs with no hidden-state tensor are not needed
+                self.outputs[name] = output_tensor(output).detach()
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    return a is not None and b is not None and a.numel() == b.numel() and torch.equal(a.reshape(-1), b.reshape(-1))
+
+
+def _same_values(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    """The same values in any order (a reshaped and transposed copy, as q/k before their norms)."""
+    return (
+        a is not None
+        and b is not None
+        and a.numel() == b.numel()
+        and torch.equal(a.reshape(-1).sort().values, b.reshape(-1).sort().values)
+    )
+
+
+def _weight_site(module: nn.Module, path: str, reads: bool) -> Site:
+    """The weight of a Linear or Conv1D, with its hidden axis as reader (input) or writer (output)."""
+    if isinstance(module, Conv1D):
+        return Site(module, "weight", 0 if reads else 1, f"{path}.weight")
+    return Site(module, "weight", 1 if reads else 0, f"{path}.weight")
+
+
+def _in_features(module: nn.Module) -> int:
+    return int(module.weight.shape[0]) if isinstance(module, Conv1D) else module.in_features
+
+
+def _bias(module: nn.Module, path: str) -> list[Site]:
+    return [Site(module, "bias", 0, f"{path}.bias")] if getattr(module, "bias", None) is not None else []
+
+
+def _writers(sub: nn.Module, path: str, order: dict[str, int], hidden: int) -> tuple[list[Site], list[Site]]:
+    """(writers, what a rescale multiplies) inside one sub-layer."""
+    parents: dict[str, list[tuple[str, nn.Module]]] = {}
+    for name, module in sub.named_modules():
+        if is_linear(module) and out_features(module) == hidden:
+            parent, _, child = name.rpartition(".")
+            parents.setdefault(parent, []).append((child, module))
+    learned: dict[type, str] = {}  # writer child name per parent class, for experts the probe did not route to
+    for parent, children in parents.items():
+        called = [(order[_full(path, parent, c)], c) for c, _ in children if _full(path, parent, c) in order]
+        if called:
+            learned[type(sub.get_submodule(parent) if parent else sub)] = max(called)[1]
+    writers: list[Site] = []
+    scaled: list[Site] = []
+    for parent in parents:
+        holder = sub.get_submodule(parent) if parent else sub
+        name = learned.get(type(holder))
+        if name is None:
+            continue
+        writer = holder.get_submodule(name)
+        full = _full(path, parent, name)
+        writers += [_weight_site(writer, full, reads=False), *_bias(writer, full)]
+        up = next(
+            (
+                (c, m)
+                for c, m in holder.named_children()
+                if _UP.search(c) and is_linear(m) and out_features(m) == _in_features(writer)
+            ),
+            None,
+        )
+        if up is not None:  # gated MLP: scaling `up` scales the hidden product and the write
+            up_path = _full(path, parent, up[0])
+            scaled += [Site(up[1], "weight", 1 if isinstance(up[1], Conv1D) else 0, f"{up_path}.weight")]
+            scaled += [Site(up[1], "bias", 0, f"{up_path}.bias")] if up[1].bias is not None else []
+            scaled += _bias(writer, full)
+        else:
+            scaled += [_weight_site(writer, full, reads=False), *_bias(writer, full)]
+    for name, module in sub.named_modules():  # fused experts: 3-D parameters, no Linear modules
+        for pname, param in module.named_parameters(recurse=False):
+            if param.dim() == 3 and "down" in pname and param.shape[1] == hidden:
+                site = Site(module, pname, 1, _full(path, name, pname))
+                writers.append(site)
+                scaled.append(site)
+    return writers, scaled
+
+
+def _full(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _readers(sub: nn.Module, path: str, writers: list[Site], hidden: int) -> list[Site]:
+    """Parameters inside a sub-layer that read the hidden size: Linears, routers, fused experts' inputs."""
+    written = {id(s.tensor) for s in writers}
+    sites = []
+    for name, module in sub.named_modules():
+        if is_norm(module):
+            continue
+        full = _full(path, name)
+        if is_linear(module):
+            if id(module.weight) not in written and _in_features(module) == hidden:
+                sites.append(_weight_site(module, full, reads=True))
+            continue
+        for pname, param in module.named_parameters(recurse=False):
+            if param.dim() >= 2 and param.shape[-1] == hidden and id(param) not in written:
+                sites.append(Site(module, pname, param.dim() - 1, _full(full, pname)))
+    return sites
+
+
+@torch.no_grad()
+def _form(norm: nn.Module) -> tuple[str, bool]:
+    """("w" or "1+w", subtracts the mean) of a norm, probed on its own forward."""
+    width = norm.weight.shape[-1]
+    x = torch.randn(2, width, generator=torch.Generator().manual_seed(0)).to(norm.weight)
+    saved = norm.weight.detach().clone()
+    try:
+        norm.weight.zero_()
+        zero = norm(x)
+    finally:
+        norm.weight.copy_(saved)
+    bias = getattr(norm, "bias", None)
+    expected = torch.zeros_like(zero) if bias is None else bias.detach().expand_as(zero)
+    form = "w" if torch.allclose(zero, expected) else "1+w"
+    centred = torch.allclose(norm(x + 3.0), norm(x), atol=1e-4, rtol=1e-4)
+    return form, centred
+
+
+def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = None) -> Layout:
+    """The residual stream's map of `model`, from one forward on `ids` [1, T]."""
+    structure = find_structure(model, blocks_path)
+    embed = model.get_input_embeddings()
+    hidden = int(embed.embedding_dim)
+    probe = _Probe(model)
+    with torch.inference_mode(), probe:
+        model(input_ids=ids.to(embed.weight.device))
+    order, inputs, outputs = probe.order, probe.inputs, probe.outputs
+    names = {id(m): n for n, m in model.named_modules()}
+    norms = {n: m for n, m in model.named_modules() if is_norm(m)}
+    sublayers: list[Sublayer] = []
+    post_blocks: list[int] = []
+    known: set[str] = set()
+    qk_sources: list[Site] = []
+    for index, block in enumerate(structure.blocks):
+        bpath = structure.block_path(index)
+        subs = [
+            (kind, structure.attn_path(index) if kind == "attention" else structure.mlp_path(index))
+            for kind in ("attention", "mlp")
+        ]
+        subs = [(k, p) for k, p in subs if p is not None and p in order]
+        children = sorted(
+            (order[f"{bpath}.{c}"], f"{bpath}.{c}")
+            for c, m in block.named_children()
+            if is_norm(m) and f"{bpath}.{c}" in order
+        )
+        if any(_same(outputs.get(p), outputs.get(bpath)) for _, p in children):
+            post_blocks.append(index)
+            continue
+        readers: dict[str, str] = {}
+        posts: dict[str, str] = {}
+        for when, npath in children:
+            source = next((p for _, p in subs if _same(inputs.get(npath), outputs.get(p))), None)
+            if source is not None:
+                posts[source] = npath
+                continue
+            following = [(order[p], p) for _, p in subs if order[p] > when]
+            if following:
+                readers.setdefault(min(following)[1], npath)
+        for kind, spath in subs:
+            module = model.get_submodule(spath)
+            writers, scaled = _writers(module, spath, order, hidden)
+            sublayers.append(
+                Sublayer(
+                    kind=kind,
+                    block=index,
+                    path=spath,
+                    reader=readers.get(spath),
+                    post_norm=posts.get(spath),
+                    writers=writers,
+                    scaled=scaled,
+                    readers=_readers(module, spath, writers, hidden),
+                )
+            )
+            known.update(p for p in (readers.get(spath), posts.get(spath)) if p)
+            if kind == "attention":
+                qk_sources += _qk_sources(module, spath, norms, inputs, outputs, known)
+    head_module = model.get_output_embeddings()
+    head = None
+    final_norm = None
+    if head_module is not None:
+        hpath = names[id(head_module)]
+        head = Site(head_module, "weight", 1, f"{hpath}.weight")
+        final_norm = next((n for n in norms if _same(outputs.get(n), inputs.get(hpath)) and n not in known), None)
+        if final_norm:
+            known.add(final_norm)
+    blocks_module = model.get_submodule(structure.blocks_path)
+    inside = {id(m) for m in blocks_module.modules()}
+    embeddings = [
+        Site(m, "weight", 1, f"{n}.weight")
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Embedding) and id(m) not in inside and m.embedding_dim == hidden and n in order
+    ]
+    forms = {}
+    centred = {}
+    for name, norm in norms.items():
+        forms[name], centred[name] = _form(norm)
+    tied = head is not None and head.tensor is embed.weight
+    return Layout(
+        hidden=hidden,
+        embeddings=embeddings,
+        head=head,
+        tied=tied,
+        final_norm=final_norm,
+        sublayers=sublayers,
+        norms=norms,
+        forms=forms,
+        centred=centred,
+        qk_sources=qk_sources,
+        post_norm_blocks=post_blocks,
+        unknown_norms=[n for n in norms if n not in known and n in order],
+    )
+
+
+def _qk_sources(
+    attn: nn.Module,
+    apath: str,
+    norms: dict[str, nn.Module],
+    inputs: dict[str, torch.Tensor],
+    outputs: dict[str, torch.Tensor],
+    known: set[str],
+) -> list[Site]:
+    """The Linears whose outputs the norms inside an attention module read (q_norm <- q_proj, ...)."""
+    sites = []
+    linears = [(_full(apath, n), m) for n, m in attn.named_modules() if is_linear(m)]
+    for npath in [n for n in norms if n.startswith(apath + ".")]:
+        for lpath, linear in linears:
+            if _same_values(inputs.get(npath), outputs.get(lpath)):
+                sites += [_weight_site(linear, lpath, reads=False), *_bias(linear, lpath)]
+                known.add(npath)
+                break
+    return sites
+
+
+def check_known(layout: Layout, what: str) -> None:
+    """Refuse, in one line, a model whose norms the rewrite cannot account for."""
+    if layout.post_norm_blocks:
+        raise MassactError(
+            f"{what}: the blocks normalise the residual stream after adding to it (post-norm, block "
+            f"{layout.post_norm_blocks[0]}), so it is not scale-invariant; the rewrite would not be exact"
+        )
+    if layout.unknown_norms:
+        raise MassactError(
+            f"{what}: the norm {layout.unknown_norms[0]} reads neither the residual stream nor a sub-layer's "
+            "output, so the rewrite cannot keep it exact"
+        )
+    missing = [n for n, m in layout.norms.items() if norm_eps(m) is None]
+    if missing:
+        raise MassactError(f"{what}: the norm {missing[0]} keeps no epsilon attribute (eps), so it cannot be rescaled")

@@ -1,0 +1,99 @@
+"""W8A8 and W4 with a real int8/int4 library (optimum-quanto), beside massact's simulation of each scheme.
+
+optimum-quanto quantizes every Linear but the LM head. W8A8: weights to int8 with one scale per
+output channel, inputs to int8 with one static per-tensor scale learned on the calibration windows
+(absmax per batch, averaged with momentum 0.9 over batches), and a Linear's output too where the
+operation that takes it accepts int8. W4: weights only, int4 with a scale and a zero point per group of
+up to 128 input channels (96 where 128 does not divide the row). massact simulates the nearest schemes:
+`W8A8-static` (int8 per output channel; inputs with one static per-tensor scale, the calibration
+maximum; outputs kept in full precision) and `W4g128` (symmetric int4, no zero point, groups of 128).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from massact.errors import MassactError
+from massact.interventions.perplexity import evaluate_perplexity
+from massact.models.loading import LoadedModel
+from massact.quant import QuantConfig, QuantInputs
+from massact.quant import run as simulate
+
+LIBRARY = "optimum-quanto"
+SCHEMES = (("W8A8", "qint8", "qint8", "W8A8-static"), ("W4", "qint4", None, "W4g128"))  # name, weights, acts, sim
+
+
+def _quanto():
+    try:
+        import optimum.quanto as quanto
+    except ImportError:
+        raise MassactError("--check-quant needs optimum-quanto: pip install 'massact[quant]'") from None
+    return quanto
+
+
+def quanto_model(model: nn.Module, weights: str, activations: str | None, calibration: torch.Tensor, batch_size: int):
+    """A copy of `model` quantized by optimum-quanto (LM head excluded), calibrated when activations are."""
+    quanto = _quanto()
+    quantized = copy.deepcopy(model)
+    head = next((n for n, m in quantized.named_modules() if m is quantized.get_output_embeddings()), None)
+    acts = getattr(quanto, activations) if activations else None
+    quanto.quantize(quantized, weights=getattr(quanto, weights), activations=acts, exclude=[head] if head else None)
+    if acts is not None:
+        with torch.inference_mode(), quanto.Calibration():
+            for start in range(0, calibration.shape[0], batch_size):
+                quantized(input_ids=calibration[start : start + batch_size].to(next(model.parameters()).device))
+    quanto.freeze(quantized)
+    return quantized
+
+
+@torch.no_grad()
+def _dequantized(model: nn.Module, quantized: nn.Module) -> nn.Module:
+    """`model` with the library's quantized weights, dequantized (quanto's int4 tensors refuse inference mode)."""
+    quanto = _quanto()
+    plain = copy.deepcopy(model)
+    for name, module in quantized.named_modules():
+        if isinstance(module, quanto.QModuleMixin):
+            target = plain.get_submodule(name).weight
+            target.copy_(module.weight.dequantize().to(target.dtype))
+    return plain
+
+
+def _real(model: nn.Module, scheme: tuple, inputs: QuantInputs, batch_size: int) -> float:
+    quantized = quanto_model(model, scheme[1], scheme[2], inputs.calibration, batch_size)
+    if scheme[2] is None:  # weights only: the same products on the dequantized weights
+        quantized = _dequantized(model, quantized)
+    windows = inputs.windows
+    return evaluate_perplexity(quantized, windows, batch_size, progress=False, prefix_len=inputs.prefix_len).perplexity
+
+
+def _simulated(loaded: LoadedModel, inputs: QuantInputs, batch_size: int) -> dict[str, float]:
+    sims = tuple(s[3] for s in SCHEMES)
+    config = QuantConfig(schemes=sims, strategies=("none",), sensitivity=None, batch_size=batch_size, progress=False)
+    return {row["scheme"]: row["perplexity"] for row in simulate(loaded, inputs, config).rows}
+
+
+def compare(loaded: LoadedModel, rewritten: nn.Module, inputs: QuantInputs, batch_size: int) -> dict:
+    """Real and simulated W8A8 and W4 perplexity of the original and the rewritten model."""
+    _quanto()
+    models = {"original": loaded, "rewritten": replace(loaded, model=rewritten)}
+    sims = {side: _simulated(m, inputs, batch_size) for side, m in models.items()}
+    rows, notes, schemes = [], [], {}
+    for scheme in SCHEMES:
+        real = {side: _real(m.model, scheme, inputs, batch_size) for side, m in models.items()}
+        sim = {side: sims[side][scheme[3]] for side in models}
+        gap = {side: abs(sim[side] / real[side] - 1) for side in models}
+        helps = real["rewritten"] < real["original"]
+        schemes[scheme[0]] = {"real": real, "simulated": sim, "simulated_scheme": scheme[3], "rewrite_helps": helps}
+        schemes[scheme[0]]["simulation_gap"] = gap
+        rows.append({"what": f"{scheme[0]} perplexity, {LIBRARY}", **real})
+        rows.append({"what": f"{scheme[3]} perplexity, massact simulation", **sim})
+        notes.append(
+            f"{scheme[0]} with {LIBRARY}: the rewrite {'helps' if helps else 'does not help'} (perplexity "
+            f"{real['original']:.2f} before, {real['rewritten']:.2f} after); massact's {scheme[3]} simulation differs "
+            f"from the library by {gap['original']:.1%} (original) and {gap['rewritten']:.1%} (rewritten)"
+        )
+    return {"library": LIBRARY, "schemes": schemes, "rows": rows, "notes": notes}

@@ -1,0 +1,69 @@
+"""The checks every rewrite passes: float32 logits and perplexity unchanged, float16 and peaks before/after.
+
+Each model is run once in float32 (perplexity, per-block peaks, and the logits of the first batch kept for
+the comparison) and once in float16 (perplexity and the modules whose output holds inf or NaN).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from massact.capture.hooks import HookSet
+from massact.interventions.perplexity import evaluate_perplexity
+from massact.models.structure import find_structure
+from massact.rewrite.measure import BlockPeaks, Nonfinite
+
+
+class _FirstLogits(HookSet):
+    """The logits of the model's first forward call."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.logits: torch.Tensor | None = None
+
+    def forward_hooks(self):
+        return [(self.model, self._hook)]
+
+    def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self.logits is None:
+            self.logits = output.logits.detach().float().cpu()
+
+
+def logits_change(original: torch.Tensor, rewritten: torch.Tensor) -> dict:
+    """Largest |logit difference|, against the largest |logit| of the original."""
+    diff = float((original - rewritten).abs().max())
+    peak = float(original.abs().max())
+    return {"max_abs_diff": diff, "max_abs": peak, "max_rel_diff": diff / peak if peak > 0 else diff}
+
+
+def measure_model(
+    model: nn.Module,
+    windows: torch.Tensor,
+    prefix_len: int,
+    batch_size: int,
+    blocks_path: str | None = None,
+) -> tuple[dict, torch.Tensor]:
+    """(float32 perplexity and per-block peaks, float16 perplexity and non-finite modules; first batch's logits)."""
+    structure = find_structure(model, blocks_path)
+    peaks = BlockPeaks(model, structure)
+    first = _FirstLogits(model)
+    with peaks, first:
+        fp32 = evaluate_perplexity(model, windows, batch_size, progress=False, prefix_len=prefix_len)
+    half = copy.deepcopy(model).half()
+    bad = Nonfinite(half)
+    with bad:
+        fp16 = evaluate_perplexity(half, windows, batch_size, progress=False, prefix_len=prefix_len)
+    del half
+    measured = {
+        "perplexity_float32": fp32.perplexity,
+        "perplexity_float16": fp16.perplexity,
+        "nonfinite_tokens_float16": fp16.nonfinite_tokens,
+        "nonfinite_modules_float16": len(bad.bad),
+        "first_nonfinite_float16": bad.bad[0] if bad.bad else None,
+        "block_peak": peaks.peak,
+        "block_token_rms": peaks.token_rms,
+    }
+    return measured, first.logits

@@ -1,0 +1,206 @@
+"""`massact rewrite`: exact rewrites of planted tiny models, checked by reloading the saved folder
+with plain `from_pretrained` and comparing its float32 logits with the original's."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import torch
+import transformers as tf
+from cli_runner import run as run_cli
+from planting import MARK, VOCAB, plant_massive, plant_sandwich, tiny_model, word_tokenizer
+from test_moe import EXPERT, UNIT, _down_rows, mixtral, plant_moe
+
+from massact.models.loading import load_model
+from massact.models.structure import find_structure
+from massact.quant import QuantInputs
+from massact.rewrite import RewriteConfig, hadamard, run, suggest
+
+FP16_MAX = 65504.0
+DIM = 4
+
+
+def _word(i: int) -> str:
+    return f"w{i}"
+
+
+def planted(family: str) -> tf.PreTrainedModel:
+    """A tiny model of `family` whose MARK token carries a value far above the float16 maximum."""
+    if family == "mixtral":
+        torch.manual_seed(0)
+        model = mixtral().eval()
+        plant_moe(model, MARK)
+        with torch.no_grad():
+            _down_rows(find_structure(model).mlp(1).experts)[EXPERT, :, UNIT] *= 4000.0
+        return model
+    base, tied = family.removesuffix("-tied"), family.endswith("-tied")
+    model = tiny_model(base)
+    if tied:
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+    if base == "gemma3":
+        plant_sandwich(model, block=1, dim=DIM, value=1.1e5)
+    else:
+        plant_massive(model, block=1, dim=DIM, gain=3000.0 if base == "gpt2" else 300.0)
+    return model
+
+
+def _inputs(bos: bool) -> QuantInputs:
+    ids = torch.randint(10, VOCAB - 1, (6, 24), generator=torch.Generator().manual_seed(0))
+    ids[ids == MARK] = 10
+    ids[:, 0 if bos else 3] = MARK
+    return QuantInputs(windows=ids[:4], calibration=ids[4:], prefix_tokens=[_word(MARK)] if bos else [])
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.to(dtype)(input_ids=ids).logits.float()
+
+
+FAMILIES = ["gemma3", "llama", "llama-tied", "qwen2", "gpt2", "mixtral"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rescale_makes_float16_finite_and_reloads_with_plain_from_pretrained(family, tmp_path):
+    model = planted(family)
+    bos = family != "gpt2"
+    inputs = _inputs(bos)
+    original = _logits(model, inputs.windows)
+    before_half = _logits(planted(family), inputs.windows, torch.float16)
+    assert not torch.isfinite(before_half).all(), "the plant must overflow float16"
+    loaded = load_model(model, tokenizer=word_tokenizer(_word, bos=bos))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run(loaded, inputs, RewriteConfig(rescale="auto", progress=False))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()), "the original must not change"
+    result.write(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    after = _logits(reloaded, inputs.windows)
+    assert (after - original).abs().max() <= 1e-5 * original.abs().max()
+    assert torch.isfinite(_logits(reloaded, inputs.windows, torch.float16)).all()
+    if family in ("gemma3", "llama-tied", "gpt2"):  # the tie is kept: the final norm absorbs the factor
+        assert reloaded.get_output_embeddings().weight is reloaded.get_input_embeddings().weight
+    data = result.to_json()
+    assert data["before"]["nonfinite_modules_float16"] > 0 and data["after"]["nonfinite_modules_float16"] == 0
+    assert data["before"]["peak"] > FP16_MAX > data["after"]["peak"]
+    factor = data["rewrites"][0]["factor"]
+    assert factor < 1 and data["after"]["peak"] == pytest.approx(factor * data["before"]["peak"], rel=1e-4)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(data["model_files"])
+    assert (tmp_path / "rewrite.json").exists() and (tmp_path / "report.md").exists()
+
+
+def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys, monkeypatch):
+    model = planted("qwen2")
+    saved = tmp_path / "model"
+    model.save_pretrained(saved)
+    word_tokenizer(_word, bos=False).save_pretrained(saved)
+    corpus = tmp_path / "corpus.txt"
+    words = torch.randint(10, VOCAB, (3000,), generator=torch.Generator().manual_seed(1))
+    corpus.write_text(" ".join(_word(int(i)) for i in words) + f" {_word(MARK)}" * 50)
+    out = tmp_path / "out"
+    argv = ["rewrite", str(saved), "--rescale", "auto", "--corpus", str(corpus), "--seq-len", "32", "--out", str(out)]
+    code, stdout, stderr = run_cli(argv, capsys)
+    assert code == 0, stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "rewrite.json", "report.md", "report.html"} <= names
+    data = json.loads((out / "rewrite.json").read_text())
+    assert data["logits_float32"]["max_rel_diff"] <= 1e-5
+    code, _, _ = run_cli(argv, capsys)  # a folder the last rewrite wrote may be rewritten
+    assert code == 0
+    code, stdout, stderr = run_cli([*argv[:-1], str(saved)], capsys)  # the input model's own folder: refused
+    assert code == 2 and "holds another model" in stderr and stdout == ""
+    hint = suggest.for_headroom(str(saved), peak_over_max=9.0, overflows=True)  # what quant / atlas print
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = run_cli([*shlex.split(hint)[1:], "--corpus", str(corpus), "--seq-len", "32"], capsys)
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "model-rewritten" / "rewrite.json").read_text())["rewrites"][0]["kind"] == "rescale"
+
+
+def test_suggestions_name_the_rewrite_that_folds_the_finding():
+    assert suggest.for_strategies(suggest.BUNDLED_NAME, ["outlier-tokens+rotate"], 0.5).startswith(
+        "massact rewrite default --rotate --check-quant w8a8 --out"
+    )
+    assert "--smooth 0.8" in suggest.for_strategies("org/model x", ["smooth"], 0.8)
+    assert suggest.for_strategies("m", ["outlier-tokens", "none"], 0.5) is None
+    assert suggest.for_headroom("m", peak_over_max=0.35, overflows=False) is None  # SmolLM2: 23,147 / 65,504
+    assert "--rescale auto" in suggest.for_headroom("m", peak_over_max=0.6, overflows=False)
+
+
+def _hidden_peaks(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Largest |h| of each block's output but the last (transformers gives that one after the final norm)."""
+    with torch.inference_mode():
+        states = model(input_ids=ids, output_hidden_states=True).hidden_states[1:-1]
+    return torch.stack([h.abs().amax() for h in states])
+
+
+@pytest.mark.parametrize("family", ["llama-tied", "qwen2-tied"])
+def test_rotate_spreads_the_massive_channel_and_keeps_the_logits(family, tmp_path, monkeypatch):
+    import planting
+
+    monkeypatch.setattr(planting, "H", 256)  # a wide enough stream: a one-hot spreads to 1/16 of itself
+    model = planted(family)
+    inputs = _inputs(bos=True)
+    original = _logits(model, inputs.windows)
+    result = run(load_model(model, tokenizer=word_tokenizer(_word, bos=True)), inputs, RewriteConfig(rotate=True))
+    result.write(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert (_logits(reloaded, inputs.windows) - original).abs().max() <= 1e-5 * original.abs().max()
+    before, after = _hidden_peaks(model, inputs.windows), _hidden_peaks(reloaded, inputs.windows)
+    massive = before > 1000.0
+    assert massive[1:].all() and not massive[0]
+    assert (after[massive] * 10 <= before[massive]).all(), (before, after)
+    assert reloaded.get_output_embeddings().weight is not reloaded.get_input_embeddings().weight
+
+
+@pytest.mark.parametrize(("family", "norm", "readers"), [
+    ("llama", "input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+    ("gemma3", "pre_feedforward_layernorm", ("mlp.gate_proj", "mlp.up_proj")),
+    ("gpt2", "ln_1", ("attn.c_attn",)),
+])  # fmt: skip
+def test_smooth_balances_activation_and_weight_maxima_exactly(family, norm, readers, tmp_path):
+    model = planted(family)
+    bos = family != "gpt2"
+    inputs = _inputs(bos)
+    original = _logits(model, inputs.windows)
+    run(load_model(model, tokenizer=word_tokenizer(_word, bos=bos)), inputs, RewriteConfig(smooth=0.5)).write(tmp_path)
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    # a (1 + w) gain divided by a large scale is stored as w close to -1: float32 keeps ~1e-4 of 1 + w there
+    tolerance = 1e-3 if family == "gemma3" else 1e-5
+    assert (_logits(reloaded, inputs.windows) - original).abs().max() <= tolerance * original.abs().max()
+    block = find_structure(reloaded).blocks[1]
+    seen = []
+    handle = block.get_submodule(norm).register_forward_hook(lambda m, a, out: seen.append(out.abs().amax((0, 1))))
+    with torch.inference_mode():
+        reloaded(input_ids=inputs.calibration)
+    handle.remove()
+    weights = [block.get_submodule(r).weight for r in readers]
+    columns = torch.cat([w.T if family == "gpt2" else w for w in weights]).abs().amax(0)  # per input channel
+    assert torch.allclose(seen[0], columns.detach(), rtol=1e-3), "alpha 0.5 makes both maxima sqrt(a * w)"
+
+
+def test_check_quant_runs_the_real_library_beside_the_simulation():
+    model = planted("qwen2")
+    inputs = _inputs(bos=False)
+    config = RewriteConfig(rescale=0.25, check_quant="w8a8", progress=False)
+    quant = run(load_model(model, tokenizer=word_tokenizer(_word, bos=False)), inputs, config).to_json()["check_quant"]
+    fp32 = torch.nn.functional.cross_entropy(
+        _logits(model, inputs.windows)[:, :-1].reshape(-1, VOCAB), inputs.windows[:, 1:].reshape(-1)
+    )
+    w8a8 = quant["schemes"]["W8A8"]
+    # int8 with per-tensor and per-channel absmax scales is blind to a power-of-two factor: the same codes
+    assert w8a8["real"]["original"] == pytest.approx(w8a8["real"]["rewritten"], rel=1e-6)
+    assert w8a8["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6), "the library must quantize"
+    assert w8a8["rewrite_helps"] is False
+    assert set(w8a8["simulated"]) == {"original", "rewritten"} and w8a8["simulated_scheme"] == "W8A8-static"
+    assert set(quant["schemes"]) == {"W8A8", "W4"}
+    assert quant["schemes"]["W4"]["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [12, 256, 576, 768, 960])
+def test_randomized_hadamard_is_orthogonal_and_flattest(size):
+    matrix, kind = hadamard.rotation(size, seed=3)
+    assert kind == "randomized Hadamard"
+    assert torch.allclose(matrix @ matrix.T, torch.eye(size, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(matrix.abs(), torch.full_like(matrix, size**-0.5))  # a one-hot spreads evenly
+    assert hadamard.rotation(size + 2)[1] == "seeded random orthogonal"  # no Hadamard order is 2 mod 4

@@ -1,4 +1,4 @@
-"""`massact train gpt2`: train a GPT-2 with default, sink or bias attention."""
+"""`massact train gpt2`: train a GPT-2 with one attention variant on text or Bigram-Backcopy."""
 
 from __future__ import annotations
 
@@ -12,18 +12,19 @@ from massact.commands.common import Opt, emit_result
 from massact.errors import MassactError
 from massact.models.loading import check_device
 from massact.outputs import check_output_dir
-from massact.progress import say, status
+from massact.progress import say
 from massact.train.checkpoint import find_checkpoint
-from massact.train.experiment import prepare_data
-from massact.train.presets import get_preset
+from massact.train.experiment import task_data
+from massact.train.gpt2 import ATTENTION_VARIANTS
+from massact.train.presets import PRESETS, get_preset
 from massact.train.trainer import train
 
-app = typer.Typer(help="Train models (GPT-2 with default / sink / bias attention).", no_args_is_help=True)
+app = typer.Typer(help="Train models (GPT-2 with a choice of attention designs).", no_args_is_help=True)
 
-AttentionOpt = Annotated[
-    str, typer.Option("--attention", help="default, sink (learnable sink token) or bias (k', v').")
+AttentionOpt = Annotated[str, typer.Option("--attention", help=f"One of {', '.join(ATTENTION_VARIANTS)}.")]
+PresetOpt = Annotated[
+    str, typer.Option("--preset", help=f"{', '.join(PRESETS)} (backcopy-*: the Bigram-Backcopy task).")
 ]
-PresetOpt = Annotated[str, typer.Option("--preset", help="cpu-small (2 CPU cores) or gpt2-124m (GPUs).")]
 CorpusOpt = Annotated[
     str, typer.Option("--corpus", help="shakespeare (offline), another corpus name, a .txt/.jsonl file or a folder.")
 ]
@@ -53,16 +54,15 @@ def gpt2_command(
     device: DeviceOpt = None,
     as_json: Opt.Json = False,
 ) -> None:
-    """Train GPT-2 (--attention default|sink|bias) with the activation monitor on."""
+    """Train GPT-2 with one attention variant (--attention) and the activation monitor on."""
     config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
     out = check_output_dir(out)
     device = check_train_device(device)
     if resume and find_checkpoint(out) is None:
         raise MassactError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start a new run there")
-    with status(f"tokenizing {corpus} ..."):
-        data = prepare_data(config, corpus, out)
+    data = task_data(config, corpus, out)
     if not as_json:
-        say(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
+        say(data.describe())
     result = train(config, data, out, resume=resume, device=device, progress=not as_json)
     if result.main_process:
         emit_result(result, out, as_json)

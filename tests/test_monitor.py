@@ -36,7 +36,7 @@ def planted_model(attention: str = "default") -> GPT2:
     return model.train()
 
 
-@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+@pytest.mark.parametrize("attention", ["default", "sink-token", "attn-bias"])
 def test_monitor_equals_a_direct_scan(tokenizer, attention):
     model = planted_model(attention)
     prompt = "the dog sat on the bone."
@@ -52,7 +52,7 @@ def test_monitor_equals_a_direct_scan(tokenizer, attention):
         assert row["top_dim"] == int(record.top_dims[0]) and row["top_token"] == int(record.top_tokens[0])
     assert [r["top_dim"] for r in rows[PLANT_BLOCK:]] == [PLANT_DIM] * (3 - PLANT_BLOCK)
     assert rows[PLANT_BLOCK]["ratio"] > 1000 and rows[0]["num_massive"] == 0
-    tokens = ids.shape[1] + (1 if attention == "sink" else 0)
+    tokens = ids.shape[1] + (1 if attention == "sink-token" else 0)
     assert rows[PLANT_BLOCK]["num_massive"] == tokens  # the plant is on every token
 
 

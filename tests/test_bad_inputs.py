@@ -290,6 +290,7 @@ row(_av, "unknown corpus", "nosuchcorpus")(
 )
 row(_av, "empty corpus file", "empty")(lambda p: ["--out", p.out, "--preset", "cpu-small", "--task", p.empty_file])
 row("train gpt2", "resume without a checkpoint", "checkpoint")(lambda p: ["--out", p.out, "--resume"])
+row("train gpt2", "unknown optimizer", "optimizer")(lambda p: ["--out", p.out, "--optimizer", "sgd"])
 row("train gpt2", "unknown attention", "attention")(lambda p: ["--out", p.out, "--attention", "nosuch"])
 
 # commands that are newer than this table get the rows every model command must pass

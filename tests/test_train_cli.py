@@ -169,3 +169,19 @@ def test_json_summary_staged_and_the_run_loads_as_a_model(tmp_path, capsys):
     for (name, a), (_, b) in zip(loaded.model.state_dict().items(), model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.tokenizer("the king")["input_ids"]
+
+
+def test_train_gpt2_on_bigram_backcopy_loads_with_its_tokenizer(tmp_path):
+    from massact.models.loading import load_model
+
+    out = tmp_path / "run"
+    args = ["train", "gpt2", "--preset", "backcopy-test", "--attention", "sink-logit", "--optimizer", "muon"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(out), "--device", "cpu"])
+    assert exit_info.value.code in (0, None)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["task"] == "bigram-backcopy" and summary["config"]["optimizer"] == "muon"
+    assert (out / "checkpoint" / "optimizer1.safetensors").is_file()  # Muon's and AdamW's states
+    loaded = load_model(str(out), device="cpu", dtype="float32")
+    assert loaded.model.config.attention == "sink-logit"
+    assert loaded.tokenizer.decode(loaded.tokenizer("<bos> t1 t2")["input_ids"]) == "<bos> t1 t2"

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import Opt, emit_result
-from massact.commands.train import CorpusOpt, DeviceOpt, SeedOpt, StepsOpt, check_train_device
+from massact.commands.train import CorpusOpt, DeviceOpt, OptimizerOpt, SeedOpt, StepsOpt, check_train_device
 from massact.errors import MassactError
 from massact.outputs import check_output_dir
 from massact.train.experiment import ExperimentConfig, run_experiment
@@ -58,7 +58,7 @@ def attention_variants_command(
     ] = "all",
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0 .. N-1 per variant.")] = 3,
     preset: PresetOpt = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adamw or muon (default: the preset's).")] = None,
+    optimizer: OptimizerOpt = None,
     max_steps: StepsOpt = None,
     device: DeviceOpt = None,
     as_json: Opt.Json = False,

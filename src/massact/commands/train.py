@@ -30,6 +30,7 @@ CorpusOpt = Annotated[
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the weights and of the batch order.")]
 StepsOpt = Annotated[int | None, typer.Option("--max-steps", min=1, help="Override the preset's number of steps.")]
+OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw or muon (default: the preset's).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
 
 
@@ -50,12 +51,13 @@ def gpt2_command(
     corpus: CorpusOpt = "shakespeare",
     seed: SeedOpt = 0,
     max_steps: StepsOpt = None,
+    optimizer: OptimizerOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
     device: DeviceOpt = None,
     as_json: Opt.Json = False,
 ) -> None:
     """Train GPT-2 with one attention variant (--attention) and the activation monitor on."""
-    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
+    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps, optimizer=optimizer)
     out = check_output_dir(out)
     device = check_train_device(device)
     if resume and find_checkpoint(out) is None:

@@ -121,7 +121,9 @@ class ExperimentResult:
         figures.mkdir(parents=True, exist_ok=True)
         for name in ("loss", *CURVES):
             curves, spreads = _mean_curves(data["rows"], name)
-            plot_curves(curves, figures / f"{name}.png", _TITLES[name], "step", name, log=False, spread=spreads)
+            colors = {variant: f"C{i}" for i, variant in enumerate(curves)}  # each band in its line's colour
+            path = figures / f"{name}.png"
+            plot_curves(curves, path, _TITLES[name], "step", name, log=False, colors=colors, spread=spreads)
         write_json(out / "experiment.json", data)
         (out / "report.md").write_text(markdown(data), encoding="utf-8")
 

@@ -160,6 +160,7 @@ BASE = {
     "rewrite": lambda p: ["--rescale", "auto", "--corpus", p.small_corpus, "--seq-len", "16", "--samples", "2"],
     "train gpt2": lambda p: ["--max-steps", "1"],
     "experiment attention-bias": lambda p: ["--max-steps", "1"],
+    "experiment attention-variants": lambda p: ["--preset", "backcopy-test", "--variants", "default", "--seeds", "1"],
 }
 
 
@@ -293,7 +294,25 @@ for _cmd in ("train gpt2", "experiment attention-bias"):
     row(_cmd, "max steps 0", "--max-steps")(lambda p: ["--out", p.out, "--max-steps", "0"])
     row(_cmd, "unknown corpus", "nosuchcorpus")(lambda p: ["--out", p.out, "--corpus", "nosuchcorpus"])
     row(_cmd, "empty corpus file", "empty")(lambda p: ["--out", p.out, "--corpus", p.empty_file])
+_av = "experiment attention-variants"
+row(_av, "out under a file", "--out")(lambda p: ["--out", p.under_a_file])
+row(_av, "out in /proc", "--out")(lambda p: ["--out", "/proc/massact-out/sub"])
+row(_av, "device cuda without cuda", "cuda")(lambda p: ["--out", p.out, "--device", "cuda"])
+row(_av, "device tpu", "tpu")(lambda p: ["--out", p.out, "--device", "tpu"])
+row(_av, "unknown preset", "preset")(lambda p: ["--out", p.out, "--preset", "nosuch"])
+row(_av, "preset of another task", "does not fit --task")(lambda p: ["--out", p.out, "--preset", "cpu-small"])
+row(_av, "max steps 0", "--max-steps")(lambda p: ["--out", p.out, "--max-steps", "0"])
+row(_av, "seeds 0", "--seeds")(lambda p: ["--out", p.out, "--seeds", "0"])
+row(_av, "unknown variant", "attention variant")(lambda p: ["--out", p.out, "--variants", "default,nosuch"])
+row(_av, "no variant", "--variants")(lambda p: ["--out", p.out, "--variants", ","])
+row(_av, "variant twice", "twice")(lambda p: ["--out", p.out, "--variants", "sink,sink-token"])
+row(_av, "unknown optimizer", "optimizer")(lambda p: ["--out", p.out, "--optimizer", "sgd"])
+row(_av, "unknown corpus", "nosuchcorpus")(
+    lambda p: ["--out", p.out, "--preset", "cpu-small", "--task", "nosuchcorpus"]
+)
+row(_av, "empty corpus file", "empty")(lambda p: ["--out", p.out, "--preset", "cpu-small", "--task", p.empty_file])
 row("train gpt2", "resume without a checkpoint", "checkpoint")(lambda p: ["--out", p.out, "--resume"])
+row("train gpt2", "unknown optimizer", "optimizer")(lambda p: ["--out", p.out, "--optimizer", "sgd"])
 row("train gpt2", "unknown attention", "attention")(lambda p: ["--out", p.out, "--attention", "nosuch"])
 
 # rewrite

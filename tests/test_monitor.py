@@ -51,7 +51,7 @@ def block_outputs(model: GPT2, ids: torch.Tensor) -> list[torch.Tensor]:
     return kept
 
 
-@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+@pytest.mark.parametrize("attention", ["default", "sink-token", "attn-bias"])
 def test_monitor_equals_plain_torch_statistics(tokenizer, attention):
     model = planted_model(attention)
     ids = tokenizer("the dog sat on the bone.", add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -70,7 +70,7 @@ def test_monitor_equals_plain_torch_statistics(tokenizer, attention):
         assert row["num_massive"] == int(((magnitudes > 100) & (magnitudes >= 1000 * median)).sum())
     assert [r["top_dim"] for r in rows[PLANT_BLOCK:]] == [PLANT_DIM] * (3 - PLANT_BLOCK)
     assert rows[PLANT_BLOCK]["ratio"] > 1000 and rows[0]["num_massive"] == 0
-    tokens = ids.shape[1] + (1 if attention == "sink" else 0)
+    tokens = ids.shape[1] + (1 if attention == "sink-token" else 0)
     assert rows[PLANT_BLOCK]["num_massive"] == tokens  # the plant is on every token
 
 

@@ -13,12 +13,11 @@ from massact.errors import MassactError
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
 from massact.scan import scan
-from massact.train import trainer as trainer_module
 from massact.train.checkpoint import CHECKPOINT, find_checkpoint, load_trained
 from massact.train.data import TokenData, train_bpe_tokenizer
-from massact.train.gpt2 import GPT2, GPT2Config
+from massact.train.gpt2 import ATTENTION_VARIANTS, GPT2, SOFTPICK_EPS, GPT2Config
 from massact.train.presets import TrainConfig, get_preset
-from massact.train.trainer import train
+from massact.train.trainer import make_optimizers, train
 
 TEXT = "the cat sat on the mat. the dog ate the bone; a bird sang in the tree.\n" * 60
 
@@ -33,17 +32,33 @@ def random_model(attention: str) -> GPT2:
     model = GPT2(tiny_config(attention)).eval()
     with torch.no_grad():  # make the extra parameters large enough to matter
         for name, param in model.named_parameters():
-            if "bias" in name.split(".")[-1] or name == "sink_token":
+            if name.split(".")[-1] in ("bias", "k_bias", "v_bias", "sink_logit", "sink_token"):
                 param.normal_(0, 1.0)
     return model
 
 
+def naive_weights(attention: str, scores: torch.Tensor, sink: torch.Tensor | None) -> torch.Tensor:
+    """Each variant's weights from its formula, on [B, T, S] scores with -inf where masked."""
+    e = torch.exp(scores)  # exp(-inf) = 0: masked keys drop out of every sum
+    if attention == "sink-logit":
+        return e / (torch.exp(sink) + e.sum(-1, keepdim=True))
+    if attention == "softmax1":
+        return e / (1 + e.sum(-1, keepdim=True))
+    if attention == "softpick":
+        visible = torch.isfinite(scores)
+        shifted = torch.where(visible, e - 1, torch.zeros_like(e))
+        return shifted.clamp_min(0) / (shifted.abs().sum(-1, keepdim=True) + SOFTPICK_EPS)
+    if attention == "sigmoid":
+        return torch.where(torch.isfinite(scores), 1 / (1 + torch.exp(-(scores - math.log(scores.shape[-1])))), 0.0)
+    return e / e.sum(-1, keepdim=True)
+
+
 def naive_forward(model: GPT2, ids: torch.Tensor) -> torch.Tensor:
-    """Logits written out by hand: explicit softmax over the keys, k'/v' and the sink token included."""
+    """Logits written out by hand: every variant's weights from its formula, k'/v', sink token and gates included."""
     cfg = model.config
     tr = model.transformer
     x = tr.wte(ids)
-    if cfg.attention == "sink":
+    if cfg.attention == "sink-token":
         x = torch.cat([model.sink_token.expand(ids.shape[0], 1, -1), x], dim=1)
     x = x + tr.wpe(torch.arange(x.shape[1]))
     for block in tr.h:
@@ -56,35 +71,47 @@ def naive_forward(model: GPT2, ids: torch.Tensor) -> torch.Tensor:
             n = x.shape[1]
             scores = qh @ kh.transpose(1, 2) / math.sqrt(cfg.head_dim)
             scores = scores.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
-            if cfg.attention == "bias":
+            if cfg.attention == "attn-bias":
                 kb, vb = block.attn.k_bias[head], block.attn.v_bias[head]
                 extra = (qh @ kb / math.sqrt(cfg.head_dim)).unsqueeze(-1)  # every query sees k'
                 scores = torch.cat([extra, scores], dim=-1)
                 vh = torch.cat([vb.expand(x.shape[0], 1, -1), vh], dim=1)
-            probs = torch.exp(scores - scores.amax(-1, keepdim=True))
-            probs = probs / probs.sum(-1, keepdim=True)
-            heads.append(probs @ vh)
+            sink = block.attn.sink_logit[head] if cfg.attention == "sink-logit" else None
+            out = naive_weights(cfg.attention, scores, sink) @ vh
+            if cfg.attention == "gated":
+                out = out * torch.sigmoid(block.attn.c_gate(h)[..., sl])
+            elif cfg.attention == "gated-head":
+                out = out * torch.sigmoid(block.attn.c_gate(h)[..., head : head + 1])
+            heads.append(out)
         x = x + block.attn.c_proj(torch.cat(heads, dim=-1))
         x = x + block.mlp(block.ln_2(x))
-    if cfg.attention == "sink":
+    if cfg.attention == "sink-token":
         x = x[:, 1:]
     return tr.ln_f(x) @ tr.wte.weight.T
 
 
-@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+@pytest.mark.parametrize("attention", ATTENTION_VARIANTS)
 def test_variants_equal_naive_reference_attention(attention):
-    model = random_model(attention)
+    model = random_model(attention).double()
     ids = torch.randint(0, 300, (3, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         fused = model(input_ids=ids).logits
         naive = naive_forward(model, ids)
+        model.set_attn_implementation("eager")
+        eager = model(input_ids=ids).logits
     assert fused.shape == (3, 12, 300)
-    torch.testing.assert_close(fused, naive, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, naive, atol=1e-6, rtol=0)
+    torch.testing.assert_close(eager, naive, atol=1e-6, rtol=0)
+
+
+def test_old_variant_names_load_as_the_new_ones():
+    assert GPT2Config.from_dict({"attention": "sink", "n_layer": 1}).attention == "sink-token"
+    assert GPT2Config.from_dict({"attention": "bias", "n_layer": 1}).attention == "attn-bias"
 
 
 def test_bias_changes_the_output():
     """k', v' are really used: zeroing v' and pushing k' far away changes the logits."""
-    model = random_model("bias")
+    model = random_model("attn-bias")
     ids = torch.randint(0, 300, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = model(input_ids=ids).logits
@@ -95,7 +122,7 @@ def test_bias_changes_the_output():
 
 
 def test_sink_token_is_excluded_from_loss_and_outputs():
-    model = random_model("sink")
+    model = random_model("sink-token")
     ids = torch.randint(0, 300, (2, 10), generator=torch.Generator().manual_seed(0))
     out = model(input_ids=ids, labels=ids)
     assert out.logits.shape == (2, 10, 300)  # one logit row per text token, none for the sink
@@ -114,7 +141,7 @@ def test_sink_token_is_excluded_from_loss_and_outputs():
     assert not torch.allclose(seen[0][:, 1:], seen[1][:, 1:])
 
 
-@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+@pytest.mark.parametrize("attention", ["default", "sink-token", "attn-bias", "sink-logit", "gated"])
 def test_structure_is_found_and_scan_sees_a_planted_activation(attention):
     model = random_model(attention)
     structure = find_structure(model)
@@ -178,8 +205,9 @@ def test_a_few_steps_lower_the_loss(tokenizer, tmp_path):
     assert model.config == config.model and len(loaded_tokenizer) == len(tokenizer)
 
 
-def test_resume_gives_the_same_next_steps(tokenizer, tmp_path):
-    config = tiny_train_config()
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_gives_the_same_next_steps(tokenizer, tmp_path, optimizer):
+    config = tiny_train_config(optimizer=optimizer)
     data = token_data(tokenizer, config)
     straight = train(config, data, tmp_path / "straight", progress=False)
     train(config, data, tmp_path / "resumed", progress=False, stop_after=3)
@@ -199,7 +227,7 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(tokenizer, tmp_path, m
     config = tiny_train_config(max_steps=6, checkpoint_interval=2)
     data = token_data(tokenizer, config)
     calls = {"n": 0}
-    real_batch = trainer_module.random_batch
+    real_batch = data.batch
 
     def interrupting_batch(*args):
         calls["n"] += 1
@@ -207,14 +235,27 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(tokenizer, tmp_path, m
             raise KeyboardInterrupt
         return real_batch(*args)
 
-    monkeypatch.setattr(trainer_module, "random_batch", interrupting_batch)
+    monkeypatch.setattr(data, "batch", interrupting_batch)
     with pytest.raises(KeyboardInterrupt, match="--resume"):
         train(config, data, tmp_path / "run", progress=False)
-    monkeypatch.setattr(trainer_module, "random_batch", real_batch)
+    monkeypatch.setattr(data, "batch", real_batch)
     checkpoint = find_checkpoint(tmp_path / "run")
     assert checkpoint is not None and checkpoint.name == CHECKPOINT
     result = train(config, data, tmp_path / "run", progress=False, resume=True)
     assert result.step == 6 and [r["step"] for r in result.val_log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = GPT2(tiny_config("attn-bias"))
+    muon, adamw = make_optimizers(model, tiny_train_config(optimizer="muon"))
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in in_muon}
+    per_block = {"attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"}
+    assert names == {f"transformer.h.{i}.{n}" for i in range(2) for n in per_block}  # not wte, wpe, k', v'
+    in_adamw = {id(p) for group in adamw.param_groups for p in group["params"]}
+    assert in_muon.isdisjoint(in_adamw) and len(in_muon | in_adamw) == len(list(model.parameters()))
+    assert [len(opt) for opt in (make_optimizers(model, tiny_train_config()),)] == [1]
 
 
 def test_checkpoint_left_mid_swap_is_found(tokenizer, tmp_path):
@@ -242,7 +283,7 @@ def test_corpus_too_small_for_one_batch(tokenizer):
 
 def test_presets():
     small = get_preset("cpu-small", attention="bias", seed=3)
-    assert small.model.attention == "bias" and small.seed == 3
+    assert small.model.attention == "attn-bias" and small.seed == 3
     big = get_preset("gpt2-124m")
     cfg = big.model  # counted, not built: 124M parameters would take seconds to initialise
     blocks = cfg.n_layer * (12 * cfg.n_embd**2 + 13 * cfg.n_embd)
@@ -255,7 +296,7 @@ def test_presets():
         get_preset("cpu-small", attention="alibi")
 
 
-@pytest.mark.parametrize("attention", ["default", "sink", "bias"])
+@pytest.mark.parametrize("attention", ["default", "sink-token", "attn-bias", "gated"])
 def test_attention_interface_route_equals_fused_sdpa(attention):
     """Through transformers' attention interface (as `massact attention` captures it) the model is unchanged."""
     from massact.attention.capture import capture_attention
@@ -273,14 +314,14 @@ def test_attention_interface_route_equals_fused_sdpa(attention):
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(eager, fused, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(captured, fused, atol=1e-5, rtol=1e-5)
-    positions = 9 + (attention == "sink")
-    keys = positions + (attention == "bias")
+    positions = 9 + (attention == "sink-token")
+    keys = positions + (attention == "attn-bias")
     assert [c.block for c in calls] == [0, 1]
     probs = calls[0].probs
     assert probs.shape == (2, 2, positions, keys)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, positions))
     assert bool((probs[..., :positions].triu(1) == 0).all())  # causal over the real keys
-    if attention == "bias":
+    if attention == "attn-bias":
         assert bool((probs[..., -1] > 0).all())  # k' is seen by every query
     with pytest.raises(ValueError, match="unknown attention implementation"):
         model.set_attn_implementation("nonexistent")

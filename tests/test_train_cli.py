@@ -1,4 +1,4 @@
-"""`massact train gpt2` and `massact experiment attention-bias` on bad input: one line, exit status 2."""
+"""`massact train gpt2` and `massact experiment attention-variants / attention-bias`: results and bad input."""
 
 from __future__ import annotations
 
@@ -22,8 +22,11 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["train", "gpt2", "--preset", "huge"], "unknown preset 'huge'; use one of cpu-small, gpt2-124m"),
-        (["train", "gpt2", "--attention", "alibi"], "unknown attention variant 'alibi'; use one of default, sink"),
+        (["train", "gpt2", "--preset", "huge"], "unknown preset 'huge'; use one of backcopy-test, backcopy-cpu"),
+        (["train", "gpt2", "--attention", "alibi"], "unknown attention variant 'alibi'; use one of default, sink-"),
+        (["experiment", "attention-variants", "--variants", "default,alibi"], "unknown attention variant 'alibi'"),
+        (["experiment", "attention-variants", "--preset", "cpu-small"], "does not fit --task bigram-backcopy"),
+        (["experiment", "attention-variants", "--variants", "bias,attn-bias"], "listed twice"),
         (["experiment", "attention-bias", "--preset", "huge"], "unknown preset 'huge'"),
     ],
 )
@@ -51,12 +54,12 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert exit_info.value.code in (0, None)
     assert (tmp_path / "run" / "checkpoint" / "model.safetensors").is_file()
     code, err = run_cli([*common, "--attention", "bias", "--resume"], capsys)
-    assert code == 2 and "another config" in err and "attention 'default' != 'bias'" in err
+    assert code == 2 and "another config" in err and "attention 'default' != 'attn-bias'" in err
     code, err = run_cli(common, capsys)
     assert code == 2 and "already holds a checkpoint" in err
 
 
-def test_experiment_trains_three_variants_and_reports(tmp_path):
+def test_attention_bias_is_the_text_case_of_attention_variants(tmp_path):
     corpus = tmp_path / "lines.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     out = tmp_path / "exp"
@@ -64,23 +67,63 @@ def test_experiment_trains_three_variants_and_reports(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--device", "cpu"])
     assert exit_info.value.code in (0, None)
-    results = json.loads((out / "results.json").read_text())
-    n_layer = get_preset("cpu-small").model.n_layer  # one monitor row per block of the preset's model
-    assert list(results["variants"]) == ["default", "sink", "bias"]
-    for variant, summary in results["variants"].items():
-        assert results["configs"][variant]["model"]["attention"] == variant
-        assert results["configs"][variant]["seed"] == 0 and summary["steps"] == 2
-        assert len(summary["blocks"]) == n_layer and [e["step"] for e in summary["emergence"]] == [0, 2]
-    losses = {v: s["final_val_loss"] for v, s in results["variants"].items()}
-    for name in ("val_loss", "top1_per_block", "ratio_per_block", "emergence"):
+    data = json.loads((out / "experiment.json").read_text())
+    n_layer = get_preset("cpu-small").model.n_layer  # one final row per block of the preset's model
+    assert data["task"] == str(corpus) and data["preset"] == "cpu-small"
+    assert [(r["variant"], r["seed"]) for r in data["rows"]] == [("default", 0), ("sink-token", 0), ("attn-bias", 0)]
+    for row in data["rows"]:
+        assert row["steps"] == 2 and len(row["blocks"]) == n_layer and row["curves"]["step"] == [0, 2]
+        run = json.loads((out / "runs" / row["variant"] / "seed0" / "summary.json").read_text())
+        assert run["config"]["model"]["attention"] == row["variant"] and run["final_val_loss"] == row["final_loss"]
+
+
+def test_attention_variants_rows_and_resume(tmp_path, monkeypatch):
+    """Bigram-Backcopy, two variants x two seeds; a second call reads the finished runs back, training nothing."""
+    out = tmp_path / "exp"
+    args = ["experiment", "attention-variants", "--preset", "backcopy-test", "--variants", "default,attn-bias"]
+    args += ["--seeds", "2", "--out", str(out), "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    data = json.loads((out / "experiment.json").read_text())
+    assert data["task"] == "bigram-backcopy" and data["config"]["task"] == "bigram-backcopy"
+    keys = ("variant", "seed", "final_loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
+    assert [(r["variant"], r["seed"]) for r in data["rows"]] == [("default", 0), ("default", 1)] + [
+        ("attn-bias", 0),
+        ("attn-bias", 1),
+    ]
+    preset = get_preset("backcopy-test")
+    for row in data["rows"]:
+        assert set(keys) <= set(row) and row["steps"] == preset.max_steps
+        assert row["curves"]["step"] == [0, 6, 12] and len(row["curves"]["sink_rate"]) == 3
+        assert 0 <= row["sink_rate"] <= 1 and row["final_loss"] == row["curves"]["loss"][-1]
+        blocks = row["blocks"]
+        assert len(blocks) == preset.model.n_layer
+        assert row["residual_peak"] == max(b["residual_peak"] for b in blocks)
+        assert row["value_drain"] == min(b["value_drain"] for b in blocks)
+    summary = data["summary"]
+    losses = [r["final_loss"] for r in data["rows"] if r["variant"] == "attn-bias"]
+    assert summary["attn-bias"]["final_loss"]["mean"] == pytest.approx(sum(losses) / 2)
+    peaks = {v: summary[v]["residual_peak"]["mean"] for v in ("default", "attn-bias")}
+    assert summary["attn-bias"]["factor_vs_default"]["residual_peak"] == pytest.approx(
+        peaks["default"] / peaks["attn-bias"]
+    )
+    for name in ("loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
-    report = (out / "report.md").read_text()
-    assert f"| default | {losses['default']:.4f} |" in report
-    # a second call finds the finished runs and reports the same numbers without training again
-    with pytest.raises(SystemExit):
-        main([*args, "--device", "cpu"])
-    again = json.loads((out / "results.json").read_text())
-    assert {v: s["final_val_loss"] for v, s in again["variants"].items()} == losses
+    assert (out / "report.html").is_file() and "| attn-bias | 1 |" in (out / "report.md").read_text()
+    state = out / "runs" / "default" / "seed0" / "checkpoint" / "state.json"
+    stamp = state.stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("massact.train.trainer.GPT2.forward", no_training)  # any training step would call it
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    again = json.loads((out / "experiment.json").read_text())
+    assert [r["final_loss"] for r in again["rows"]] == [r["final_loss"] for r in data["rows"]]
+    assert state.stat().st_mtime_ns == stamp
 
 
 def test_cuda_without_cuda_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
@@ -126,3 +169,19 @@ def test_json_summary_staged_and_the_run_loads_as_a_model(tmp_path, capsys):
     for (name, a), (_, b) in zip(loaded.model.state_dict().items(), model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert loaded.tokenizer("the king")["input_ids"]
+
+
+def test_train_gpt2_on_bigram_backcopy_loads_with_its_tokenizer(tmp_path):
+    from massact.models.loading import load_model
+
+    out = tmp_path / "run"
+    args = ["train", "gpt2", "--preset", "backcopy-test", "--attention", "sink-logit", "--optimizer", "muon"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--out", str(out), "--device", "cpu"])
+    assert exit_info.value.code in (0, None)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["task"] == "bigram-backcopy" and summary["config"]["optimizer"] == "muon"
+    assert (out / "checkpoint" / "optimizer1.safetensors").is_file()  # Muon's and AdamW's states
+    loaded = load_model(str(out), device="cpu", dtype="float32")
+    assert loaded.model.config.attention == "sink-logit"
+    assert loaded.tokenizer.decode(loaded.tokenizer("<bos> t1 t2")["input_ids"]) == "<bos> t1 t2"

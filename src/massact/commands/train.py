@@ -1,4 +1,4 @@
-"""`massact train gpt2`: train a GPT-2 with default, sink or bias attention."""
+"""`massact train gpt2`: train a GPT-2 with one attention variant on text or Bigram-Backcopy."""
 
 from __future__ import annotations
 
@@ -8,21 +8,23 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import Opt, emit_result
+from massact.defaults import ATTENTION_VARIANTS, TRAIN_PRESETS
 from massact.errors import MassactError
 from massact.outputs import check_output_dir
 from massact.progress import say, status
 
-app = typer.Typer(help="Train models (GPT-2 with default / sink / bias attention).", no_args_is_help=True)
+app = typer.Typer(help="Train models (GPT-2 with a choice of attention designs).", no_args_is_help=True)
 
-AttentionOpt = Annotated[
-    str, typer.Option("--attention", help="default, sink (learnable sink token) or bias (k', v').")
+AttentionOpt = Annotated[str, typer.Option("--attention", help=f"One of {', '.join(ATTENTION_VARIANTS)}.")]
+PresetOpt = Annotated[
+    str, typer.Option("--preset", help=f"{', '.join(TRAIN_PRESETS)} (backcopy-*: the Bigram-Backcopy task).")
 ]
-PresetOpt = Annotated[str, typer.Option("--preset", help="cpu-small (2 CPU cores) or gpt2-124m (GPUs).")]
 CorpusOpt = Annotated[
     str, typer.Option("--corpus", help="shakespeare (offline), another corpus name, a .txt/.jsonl file or a folder.")
 ]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the weights and of the batch order.")]
 StepsOpt = Annotated[int | None, typer.Option("--max-steps", min=1, help="Override the preset's number of steps.")]
+OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw or muon (default: the preset's).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
 
 
@@ -45,25 +47,26 @@ def gpt2_command(
     corpus: CorpusOpt = "shakespeare",
     seed: SeedOpt = 0,
     max_steps: StepsOpt = None,
+    optimizer: OptimizerOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the checkpoint in --out.")] = False,
     device: DeviceOpt = None,
     as_json: Opt.Json = False,
 ) -> None:
-    """Train GPT-2 (--attention default|sink|bias) with the activation monitor on."""
-    out = check_output_dir(out)
+    """Train GPT-2 with one attention variant (--attention) and the activation monitor on."""
     from massact.train.checkpoint import find_checkpoint
-    from massact.train.experiment import prepare_data
+    from massact.train.experiment import task_data
     from massact.train.presets import get_preset
     from massact.train.trainer import train
 
-    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps)
+    config = get_preset(preset, attention=attention, seed=seed, max_steps=max_steps, optimizer=optimizer)
+    out = check_output_dir(out)
     device = check_train_device(device)
     if resume and find_checkpoint(out) is None:
         raise MassactError(f"--resume: {out} holds no checkpoint to continue; drop --resume to start a new run there")
-    with status(f"tokenizing {corpus} ..."):
-        data = prepare_data(config, corpus, out)
+    with status(f"preparing {config.task if config.task != 'text' else corpus} ..."):
+        data = task_data(config, corpus, out)
     if not as_json:
-        say(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
+        say(data.describe())
     result = train(config, data, out, resume=resume, device=device, progress=not as_json)
     if result.main_process:
         emit_result(result, out, as_json)

@@ -39,18 +39,29 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], param_groups: list[di
     return {"state": state, "param_groups": param_groups}
 
 
-def save_checkpoint(run_dir: Path, model: GPT2, optimizer, scheduler, state: dict, tokenizer) -> Path:
-    """Write `run_dir/checkpoint` atomically. `state` holds step, config and logs (JSON)."""
+def _optimizer_file(index: int) -> str:
+    return f"optimizer{index or ''}.safetensors"
+
+
+def save_checkpoint(run_dir: Path, model: GPT2, optimizers: list, schedulers: list, state: dict, tokenizer) -> Path:
+    """Write `run_dir/checkpoint` atomically. `state` holds step, config and logs (JSON).
+
+    Optimizer i's tensors go to `optimizer.safetensors` (i = 0) or `optimizer<i>.safetensors`; its
+    param groups and its scheduler's state to `state.json` ("optimizers").
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / CHECKPOINT
     staging = run_dir / f".{CHECKPOINT}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_model(model, str(staging / "model.safetensors"))
-    tensors, groups = _flatten_optimizer(optimizer.state_dict())
-    save_file(tensors, str(staging / "optimizer.safetensors"))
+    saved = []
+    for index, (optimizer, scheduler) in enumerate(zip(optimizers, schedulers, strict=True)):
+        tensors, groups = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(staging / _optimizer_file(index)))
+        saved.append({"param_groups": groups, "scheduler": scheduler.state_dict()})
     write_json(staging / "config.json", {"model_type": "massact-gpt2", **model.config.to_dict()})
-    write_json(staging / "state.json", {**state, "param_groups": groups, "scheduler": scheduler.state_dict()})
+    write_json(staging / "state.json", {**state, "optimizers": saved})
     tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
     old = run_dir / f".{CHECKPOINT}.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -77,6 +88,7 @@ def read_state(checkpoint: Path) -> dict:
 def config_differences(saved: dict, wanted: TrainConfig) -> list[str]:
     """The settings where a saved run's config differs from `wanted` (e.g. ['n_layer 4 != 6'])."""
     want = wanted.to_dict()
+    saved = TrainConfig.from_dict(saved).to_dict() if saved else saved  # settings added since: their defaults
     diffs = []
     for key in sorted(set(saved) | set(want)):
         a, b = saved.get(key), want.get(key)
@@ -87,7 +99,7 @@ def config_differences(saved: dict, wanted: TrainConfig) -> list[str]:
     return diffs
 
 
-def load_checkpoint(checkpoint: Path, model: GPT2, optimizer, scheduler, config: TrainConfig) -> dict:
+def load_checkpoint(checkpoint: Path, model: GPT2, optimizers: list, schedulers: list, config: TrainConfig) -> dict:
     """Restore model, optimizer and scheduler in place from `checkpoint`; returns its state dict."""
     state = read_state(checkpoint)
     diffs = config_differences(state.get("config", {}), config)
@@ -97,9 +109,11 @@ def load_checkpoint(checkpoint: Path, model: GPT2, optimizer, scheduler, config:
             "resume with the same preset and options, or choose another --out"
         )
     load_model(model, str(checkpoint / "model.safetensors"), device=str(next(model.parameters()).device))
-    tensors = load_file(str(checkpoint / "optimizer.safetensors"))
-    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["param_groups"]))
-    scheduler.load_state_dict(state["scheduler"])
+    saved = state.get("optimizers") or [{"param_groups": state["param_groups"], "scheduler": state["scheduler"]}]
+    for index, (optimizer, scheduler, entry) in enumerate(zip(optimizers, schedulers, saved, strict=True)):
+        tensors = load_file(str(checkpoint / _optimizer_file(index)))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, entry["param_groups"]))
+        scheduler.load_state_dict(entry["scheduler"])
     return state
 
 

@@ -85,6 +85,17 @@ class TokenData:
         data.check(config)
         return data
 
+    def batch(self, batch_size: int, block_size: int, seed: int) -> torch.Tensor:
+        """One training batch, drawn from `seed` alone."""
+        return random_batch(self.train, batch_size, block_size, seed)
+
+    def windows(self, count: int, block_size: int) -> torch.Tensor:
+        """`count` fixed validation windows (evaluation and the monitor's probe)."""
+        return fixed_windows(self.val, count, block_size)
+
+    def describe(self) -> str:
+        return f"{len(self.train):,} training and {len(self.val):,} validation tokens"
+
     def check(self, config: TrainConfig) -> None:
         need = config.model.block_size + 1
         for name, ids in (("training", self.train), ("validation", self.val)):

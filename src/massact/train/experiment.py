@@ -1,26 +1,35 @@
-"""The attention-bias experiment: train default / sink / bias with equal budgets and seeds, compare.
+"""The attention-variants experiment: every variant x seed trained with the same task, preset and budget.
 
-Each variant trains into `OUT/runs/<variant>` (resumable, checkpoints written atomically, its
-summary staged); the report (`report.md`, `results.json`, `figures/`) is the result's `write(out)`.
+Each run trains into `OUT/runs/<variant>/seed<k>` (resumable: a finished run is read back, not
+retrained; checkpoints are written atomically); the report (`experiment.json`, `report.md`,
+`figures/`) is the result's `write(out)`. The task is Bigram-Backcopy (generated sequences) or a
+text corpus (Shakespeare by default), whose tokenizer is trained once and shared by every run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from massact.data.corpus import load_texts
+from massact.errors import MassactError
 from massact.outputs import check_output_dir
 from massact.progress import say, status
+from massact.train.backcopy import BackcopyData, BackcopyTask
 from massact.train.data import TokenData, load_tokenizer, make_tokenizer
 from massact.train.files import atomic_write_text
-from massact.train.gpt2 import ATTENTION_VARIANTS
-from massact.train.presets import TrainConfig, get_preset
+from massact.train.gpt2 import ATTENTION_VARIANTS, check_variant
+from massact.train.presets import OPTIMIZERS, PRESETS, TrainConfig, get_preset
 from massact.train.report import ExperimentResult
 from massact.train.trainer import train
 
+BACKCOPY = "bigram-backcopy"
+DEFAULT_PRESETS = {BACKCOPY: "backcopy-cpu", "text": "cpu-small"}
+
 
 def prepare_data(config: TrainConfig, corpus: str, work_dir: Path) -> TokenData:
-    """Tokenize the corpus once for all variants (the tokenizer is trained once and reused)."""
+    """Tokenize the corpus once for all runs (the tokenizer is trained once and reused)."""
     texts = load_texts(corpus)
     tokenizer_file = work_dir / "tokenizer.json"
     if config.tokenizer == "bpe" and tokenizer_file.is_file():
@@ -32,27 +41,84 @@ def prepare_data(config: TrainConfig, corpus: str, work_dir: Path) -> TokenData:
     return TokenData.from_texts(texts, tokenizer, config)
 
 
-def run_attention_bias(
-    out: Path,
-    preset: str = "cpu-small",
-    corpus: str = "shakespeare",
-    seed: int = 0,
-    max_steps: int | None = None,
-    device: str | None = None,
-    variants: tuple[str, ...] = ATTENTION_VARIANTS,
-) -> ExperimentResult:
-    """Train every variant of `preset` (same seed, data, steps) in `out/runs/<variant>`.
+def task_data(config: TrainConfig, corpus: str, work_dir: Path) -> TokenData | BackcopyData:
+    """The data `config.task` asks for: generated Bigram-Backcopy sequences, or `corpus` tokenized."""
+    if config.task == BACKCOPY:
+        task = BackcopyTask(config.model.vocab_size, config.triggers, config.bigram_concentration, config.task_seed)
+        return BackcopyData(task)
+    with status(f"tokenizing {corpus} ..."):
+        return prepare_data(config, corpus, work_dir)
 
-    The returned result's `write(out)` writes the comparison report.
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What the experiment trains: `task` ("bigram-backcopy" or a corpus), variants, seeds, preset.
+
+    Seeds `first_seed` .. `first_seed + seeds - 1` for every variant.
+    """
+
+    task: str = BACKCOPY
+    variants: tuple[str, ...] = ATTENTION_VARIANTS
+    seeds: int = 3
+    first_seed: int = 0
+    preset: str | None = None  # None: the task's default preset
+    optimizer: str | None = None  # None: the preset's
+    max_steps: int | None = None  # None: the preset's
+
+    def __post_init__(self) -> None:
+        variants = tuple(check_variant(v) for v in self.variants)
+        if not variants:
+            raise MassactError("give at least one attention variant")
+        if len(set(variants)) != len(variants):
+            raise MassactError(f"a variant is listed twice: {', '.join(self.variants)}")
+        object.__setattr__(self, "variants", variants)
+        if self.seeds < 1:
+            raise MassactError(f"--seeds must be at least 1 (got {self.seeds})")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise MassactError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise MassactError(f"--max-steps must be at least 1 (got {self.max_steps})")
+        if self.preset_name not in PRESETS:
+            raise MassactError(f"unknown preset {self.preset_name!r}; use one of {', '.join(PRESETS)}")
+        preset_task = PRESETS[self.preset_name].task
+        if (preset_task == BACKCOPY) != self.is_backcopy:
+            kind = "Bigram-Backcopy" if preset_task == BACKCOPY else "text"
+            raise MassactError(f"preset {self.preset_name!r} is a {kind} preset; it does not fit --task {self.task}")
+
+    @property
+    def is_backcopy(self) -> bool:
+        return self.task == BACKCOPY
+
+    @property
+    def corpus(self) -> str | None:
+        return None if self.is_backcopy else self.task
+
+    @property
+    def preset_name(self) -> str:
+        return self.preset or DEFAULT_PRESETS[BACKCOPY if self.is_backcopy else "text"]
+
+    def run_config(self, variant: str, seed: int) -> TrainConfig:
+        config = get_preset(self.preset_name, attention=variant, seed=seed, max_steps=self.max_steps)
+        return config if self.optimizer is None else dataclasses.replace(config, optimizer=self.optimizer)
+
+
+def run_experiment(out: Path, config: ExperimentConfig, device: str | None = None) -> ExperimentResult:
+    """Train every variant x seed of `config` in `out/runs/<variant>/seed<k>` (finished runs are read back).
+
+    The returned result's `write(out)` writes experiment.json, report.md and figures/.
     """
     out = check_output_dir(out)
-    configs = {v: get_preset(preset, attention=v, seed=seed, max_steps=max_steps) for v in variants}
     work_dir = out / "runs"
-    with status(f"tokenizing {corpus} ..."):
-        data = prepare_data(configs[variants[0]], corpus, work_dir)
-    say(f"{corpus}: {len(data.train):,} training and {len(data.val):,} validation tokens")
-    results = {}
-    for variant in variants:
-        results[variant] = train(configs[variant], data, work_dir / variant, resume=True, device=device)
-        results[variant].save_summary()
-    return ExperimentResult(preset=preset, corpus=corpus, configs=configs, results=results)
+    seeds = range(config.first_seed, config.first_seed + config.seeds)
+    first = config.run_config(config.variants[0], seeds[0])
+    data = task_data(first, config.corpus or "", work_dir)
+    say(data.describe())
+    runs = {}
+    for variant in config.variants:
+        for seed in seeds:
+            run = train(
+                config.run_config(variant, seed), data, work_dir / variant / f"seed{seed}", resume=True, device=device
+            )
+            run.save_summary()
+            runs[variant, seed] = run
+    return ExperimentResult(config.task, config.preset_name, first, runs)

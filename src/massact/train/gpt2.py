@@ -1,16 +1,26 @@
-"""GPT-2 with three kinds of attention, chosen by one config field.
+"""GPT-2 with its attention design chosen by one config field.
 
-- `default`: plain causal self-attention.
-- `sink`: one learnable token is prepended to every sequence; it is position 0 of every
+- `default`: plain causal softmax self-attention.
+- `sink-token`: one learnable token is prepended to every sequence; it is position 0 of every
   block output, and it is dropped before the logits (so it never enters the loss).
-- `bias`: every head attends over one extra learnable key k' and value v' that every query
+- `attn-bias`: every head attends over one extra learnable key k' and value v' that every query
   sees: softmax(Q [K; k']^T / sqrt(d)) [V; v'] (Sun et al. 2024, section 4). k', v' are the
   last key / value, so key position i is still text token i.
+- `sink-logit`: one learned logit s per head joins the softmax denominator and carries no value:
+  p_i = exp(x_i) / (exp(s) + sum_j exp(x_j)) (GPT-OSS).
+- `gated` / `gated-head`: the attention output is multiplied by sigmoid(x W_g + b_g) of the
+  block's normed input, per element or one gate per head (Qiu et al. 2025, Qwen3-Next).
+- `softmax1`: softmax with 1 added to its denominator (off-by-one; `sink-logit` with s = 0 fixed).
+- `softpick`: relu(exp(x_i) - 1) / sum_j |exp(x_j) - 1| (Zuhri et al. 2025).
+- `sigmoid`: sigmoid(x_i - log n) for the n keys, no normalisation (Ramapuram et al. 2024).
+
+`sink` and `bias` are accepted as the earlier names of `sink-token` and `attn-bias`.
 
 The module tree follows GPT-2 (`transformer.h` is the list of blocks, each with `attn` and
-`mlp`), so massact finds the blocks without any model-specific code. Attention runs through
-PyTorch's fused SDPA; `set_attn_implementation("eager")` (or any name registered with
-transformers' `AttentionInterface`) routes it through that function instead, the way
+`mlp`), so massact finds the blocks without any model-specific code. Softmax variants run
+through PyTorch's fused SDPA, the others through `eager_attention_forward`;
+`set_attn_implementation("eager")` (or any name registered with transformers'
+`AttentionInterface`) routes every variant through that function instead, the way
 transformers models do, which is how `massact attention` reads the probabilities.
 """
 
@@ -24,9 +34,20 @@ from torch import nn
 from torch.nn import functional as F
 from transformers.modeling_outputs import CausalLMOutput
 
+from massact.defaults import ATTENTION_VARIANTS
 from massact.errors import MassactError
 
-ATTENTION_VARIANTS = ("default", "sink", "bias")
+OLD_NAMES = {"sink": "sink-token", "bias": "attn-bias"}
+SOFTMAX_VARIANTS = ("default", "sink-token", "attn-bias", "gated", "gated-head")  # what SDPA computes
+SOFTPICK_EPS = 1e-6
+
+
+def check_variant(name: str) -> str:
+    """The variant's name (earlier names mapped to the current ones); an unknown name is refused."""
+    name = OLD_NAMES.get(name, name)
+    if name not in ATTENTION_VARIANTS:
+        raise MassactError(f"unknown attention variant {name!r}; use one of {', '.join(ATTENTION_VARIANTS)}")
+    return name
 
 
 @dataclass
@@ -43,10 +64,7 @@ class GPT2Config:
     _attn_implementation = "sdpa"  # not a field: how attention runs, not what the model is
 
     def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_VARIANTS:
-            raise MassactError(
-                f"unknown attention variant {self.attention!r}; use one of {', '.join(ATTENTION_VARIANTS)}"
-            )
+        self.attention = check_variant(self.attention)
         if self.n_embd % self.n_head:
             raise MassactError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
 
@@ -57,7 +75,7 @@ class GPT2Config:
     @property
     def n_positions(self) -> int:
         """Position embeddings needed: one more than `block_size` for the sink token."""
-        return self.block_size + (1 if self.attention == "sink" else 0)
+        return self.block_size + (1 if self.attention == "sink-token" else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +84,35 @@ class GPT2Config:
     def from_dict(cls, data: dict) -> GPT2Config:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def _with_extra_logit(scores: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys plus one value-less logit per head ([H]); the extra column is dropped."""
+    extra = logit.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+    return F.softmax(torch.cat([scores, extra], dim=-1), dim=-1)[..., :-1]
+
+
+def attention_weights(variant: str, scores: torch.Tensor, visible: torch.Tensor, sink_logit=None) -> torch.Tensor:
+    """Weights of `variant` from scaled scores [B, H, T, S] and the bool mask of visible keys (broadcastable).
+
+    Masked keys get weight 0. Softmax variants sum to 1 over the keys; `sink-logit` and `softmax1`
+    leave the sink's share out; `softpick` and `sigmoid` are not normalised.
+    """
+    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    if variant in SOFTMAX_VARIANTS:
+        return F.softmax(scores, dim=-1)
+    if variant == "sink-logit":
+        return _with_extra_logit(scores, sink_logit)
+    if variant == "softmax1":
+        return _with_extra_logit(scores, scores.new_zeros(scores.shape[1]))
+    if variant == "softpick":  # relu(e^x - 1) / sum|e^x - 1|, both sides times e^-m for stability
+        top = scores.amax(dim=-1, keepdim=True).detach()
+        shifted = (torch.exp(scores - top) - torch.exp(-top)) * visible
+        denominator = shifted.abs().sum(dim=-1, keepdim=True) + SOFTPICK_EPS * torch.exp(-top)
+        return F.relu(shifted) / denominator
+    if variant == "sigmoid":
+        return torch.sigmoid(scores - math.log(scores.shape[-1])) * visible
+    raise ValueError(f"unknown attention variant {variant!r}")
 
 
 def eager_attention_forward(
@@ -78,18 +125,26 @@ def eager_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention written out: softmax(q k^T * scaling + mask) v. Returns ([B, T, H, D] output, probabilities)."""
+    """Attention written out: weights(q k^T * scaling, mask) v. Returns ([B, T, H, D] output, weights).
+
+    The weights are the module's variant (`attention_weights`); `attention_mask` is additive.
+    """
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
-    if attention_mask is not None:
-        scores = scores + attention_mask
-    probs = F.softmax(scores.float(), dim=-1).to(query.dtype)
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scaling
+    if attention_mask is None:
+        visible = torch.ones(1, dtype=torch.bool, device=scores.device)
+    elif attention_mask.dtype == torch.bool:
+        visible = attention_mask
+    else:
+        visible = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    variant = getattr(getattr(module, "config", None), "attention", "default")
+    probs = attention_weights(variant, scores, visible, getattr(module, "sink_logit", None)).to(query.dtype)
     probs = F.dropout(probs, p=dropout, training=module.training)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention through PyTorch's fused SDPA; optional explicit bias k', v'."""
+    """Multi-head causal self-attention of the config's variant (its extra parameters live here)."""
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
@@ -100,11 +155,15 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
-        if config.attention == "bias":
+        self.k_bias = self.v_bias = self.sink_logit = self.c_gate = None
+        if config.attention == "attn-bias":
             self.k_bias = nn.Parameter(torch.zeros(config.n_head, config.head_dim))
             self.v_bias = nn.Parameter(torch.zeros(config.n_head, config.head_dim))
-        else:
-            self.k_bias = self.v_bias = None
+        elif config.attention == "sink-logit":
+            self.sink_logit = nn.Parameter(torch.zeros(config.n_head))
+        elif config.attention in ("gated", "gated-head"):
+            gates = config.n_embd if config.attention == "gated" else config.n_head
+            self.c_gate = nn.Linear(config.n_embd, gates)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, channels = x.shape
@@ -120,7 +179,7 @@ class CausalSelfAttention(nn.Module):
             visible = torch.ones(tokens, tokens + 1, dtype=torch.bool, device=x.device).tril()
             visible[:, -1] = True
         implementation = self.config._attn_implementation
-        if implementation == "sdpa":
+        if implementation == "sdpa" and self.config.attention in SOFTMAX_VARIANTS:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout, is_causal=visible is None)
             y = y.transpose(1, 2)
         else:
@@ -128,8 +187,11 @@ class CausalSelfAttention(nn.Module):
                 visible = torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
             mask = torch.zeros(visible.shape, dtype=q.dtype, device=x.device)
             mask = mask.masked_fill(~visible, torch.finfo(q.dtype).min)[None, None]
-            function = eager_attention_forward if implementation == "eager" else _attention_function(implementation)
+            eager = implementation in ("sdpa", "eager")
+            function = eager_attention_forward if eager else _attention_function(implementation)
             y, _ = function(self, q, k, v, mask, scaling=self.head_dim**-0.5, dropout=dropout)
+        if self.c_gate is not None:  # [B, T, H, 1] per head or [B, T, H, D] per element
+            y = y * torch.sigmoid(self.c_gate(x)).view(batch, tokens, self.n_head, -1)
         return self.resid_dropout(self.c_proj(y.reshape(batch, tokens, channels)))
 
 
@@ -181,7 +243,8 @@ class GPT2(nn.Module):
                 "ln_f": nn.LayerNorm(config.n_embd),
             }
         )
-        self.sink_token = nn.Parameter(torch.zeros(config.n_embd)) if config.attention == "sink" else None
+        sink = config.attention == "sink-token"
+        self.sink_token = nn.Parameter(torch.zeros(config.n_embd)) if sink else None
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, as in GPT-2
         self.apply(self._init_weights)
@@ -193,6 +256,7 @@ class GPT2(nn.Module):
             nn.init.normal_(param, mean=0.0, std=0.02)
 
     def _attention_biases(self) -> list[nn.Parameter]:
+        """The explicit k', v' of every block (the sink logits start at 0 and the gates as linear layers)."""
         return [p for block in self.transformer.h for p in (block.attn.k_bias, block.attn.v_bias) if p is not None]
 
     @staticmethod

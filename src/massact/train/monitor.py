@@ -2,7 +2,9 @@
 
 `ActivationMonitor` runs a fixed probe batch through the model every `every` steps and
 records, per block, the top activation magnitude, the median magnitude and their ratio,
-with the same capture code as `massact scan` (so its numbers equal a scan of the probe).
+with the same capture code as `massact scan` (so its numbers equal a scan of the probe), and
+the extreme-token measures of `massact.train.measures` (sink rate, residual peak, value drain,
+kurtosis).
 Use it from a plain loop (`monitor.step(model, step)`) or from a transformers `Trainer`
 (`monitor.trainer_callback()`). It writes `monitor.csv` / `monitor.json` and, when
 TensorBoard is installed, scalars.
@@ -25,8 +27,22 @@ from massact.detect import Thresholds
 from massact.models.structure import find_structure
 from massact.outputs import to_json_text
 from massact.train.files import atomic_write_text
+from massact.train.measures import extreme_token_measures, summarize_blocks
 
-FIELDS = ("step", "block", "top1", "median", "ratio", "top_token", "top_dim", "num_massive")
+FIELDS = (
+    "step",
+    "block",
+    "top1",
+    "median",
+    "ratio",
+    "top_token",
+    "top_dim",
+    "num_massive",
+    "sink_rate",
+    "residual_peak",
+    "value_drain",
+    "kurtosis",
+)
 
 
 def _tensorboard_writer(log_dir: Path):
@@ -100,11 +116,13 @@ class ActivationMonitor:
 
     def record(self, model: nn.Module, step: int) -> list[dict]:
         """Measure now (whatever the step) and append the rows; files are rewritten."""
-        rows = [{"step": step, **row} for row in probe_statistics(model, self.probe_ids, self.thresholds)]
+        extremes = extreme_token_measures(model, self.probe_ids)
+        stats = probe_statistics(model, self.probe_ids, self.thresholds)
+        rows = [{"step": step, **row, **extra} for row, extra in zip(stats, extremes, strict=True)]
         self.rows = [r for r in self.rows if r["step"] != step] + rows
         if self._writer is not None:
             for row in rows:
-                for name in ("top1", "median", "ratio"):
+                for name in ("top1", "median", "ratio", "sink_rate", "residual_peak", "value_drain", "kurtosis"):
                     self._writer.add_scalar(f"massact/block{row['block']:02d}/{name}", row[name], step)
             self._writer.add_scalar("massact/max_top1", max(r["top1"] for r in rows), step)
             self._writer.flush()
@@ -116,14 +134,22 @@ class ActivationMonitor:
         return self.record(model, step) if self.due(step) else None
 
     def emergence(self) -> list[dict]:
-        """Per recorded step: the largest top-1 over blocks, its block, and that block's ratio."""
+        """Per recorded step: the largest top-1 over blocks, its block and ratio, and `summarize_blocks`."""
         by_step: dict[int, list[dict]] = {}
         for row in self.rows:
             by_step.setdefault(row["step"], []).append(row)
         out = []
         for step in sorted(by_step):
             best = max(by_step[step], key=lambda r: r["top1"])
-            out.append({"step": step, "top1": best["top1"], "block": best["block"], "ratio": best["ratio"]})
+            out.append(
+                {
+                    "step": step,
+                    "top1": best["top1"],
+                    "block": best["block"],
+                    "ratio": best["ratio"],
+                    **summarize_blocks(by_step[step]),
+                }
+            )
         return out
 
     def restore(self, rows: list[dict], up_to_step: int) -> None:
@@ -134,7 +160,7 @@ class ActivationMonitor:
         if self.out_dir is None:
             return
         text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=FIELDS)
+        writer = csv.DictWriter(text, fieldnames=FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.out_dir / "monitor.csv", text.getvalue())

@@ -1,4 +1,4 @@
-"""Training configurations: one dataclass, two named presets."""
+"""Training configurations: one dataclass and named presets (natural text and Bigram-Backcopy)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from massact.errors import MassactError
 from massact.train.gpt2 import GPT2Config
 
 TOKENIZERS = ("bpe", "smollm2")
+TASKS = ("text", "bigram-backcopy")
+OPTIMIZERS = ("adamw", "muon")
 
 
 @dataclass
@@ -16,6 +18,11 @@ class TrainConfig:
     """Everything that decides a training run (two runs with equal configs see the same batches)."""
 
     model: GPT2Config = field(default_factory=GPT2Config)
+    task: str = "text"  # "text": a corpus; "bigram-backcopy": generated sequences (massact.train.backcopy)
+    triggers: int = 4  # bigram-backcopy: trigger tokens
+    bigram_concentration: float = 0.5  # bigram-backcopy: Dirichlet parameter of the bigram rows
+    task_seed: int = 0  # bigram-backcopy: seed of the bigram table and the triggers (fixed across run seeds)
+    optimizer: str = "adamw"  # "muon": Muon for the blocks' 2-D weights, AdamW for the rest
     tokenizer: str = "bpe"  # "bpe": byte-level BPE trained on the corpus; "smollm2": the bundled tokenizer
     batch_size: int = 8  # sequences per micro-batch and process
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
@@ -38,6 +45,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = GPT2Config.from_dict(self.model)
+        for name, allowed in (("task", TASKS), ("optimizer", OPTIMIZERS)):
+            if getattr(self, name) not in allowed:
+                raise MassactError(f"unknown {name} {getattr(self, name)!r}; use one of {', '.join(allowed)}")
         if self.tokenizer not in TOKENIZERS:
             raise MassactError(f"unknown tokenizer {self.tokenizer!r}; use one of {', '.join(TOKENIZERS)}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "monitor_interval"):
@@ -61,6 +71,40 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
+    # Bigram-Backcopy, seconds on one CPU core: for tests and trying the command out.
+    "backcopy-test": TrainConfig(
+        model=GPT2Config(vocab_size=16, block_size=12, n_layer=2, n_head=2, n_embd=16),
+        task="bigram-backcopy",
+        triggers=2,
+        batch_size=8,
+        max_steps=12,
+        learning_rate=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        weight_decay=0.0,
+        eval_interval=6,
+        eval_batches=2,
+        monitor_interval=6,
+        probe_sequences=4,
+        checkpoint_interval=6,
+    ),
+    # Bigram-Backcopy on 2 CPU cores (see docs/attention_variants.md for the search that chose it).
+    "backcopy-cpu": TrainConfig(
+        model=GPT2Config(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=64),
+        task="bigram-backcopy",
+        triggers=4,
+        batch_size=32,
+        max_steps=1500,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        warmup_steps=50,
+        weight_decay=0.0,
+        eval_interval=100,
+        eval_batches=4,
+        monitor_interval=100,
+        probe_sequences=16,
+        checkpoint_interval=500,
+    ),
     # 1.5M parameters, 4.1M training tokens per variant (2.3 passes over the Shakespeare plays):
     # the three variants take about 20 minutes on 2 idle CPU cores.
     "cpu-small": TrainConfig(

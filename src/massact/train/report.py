@@ -1,42 +1,26 @@
-"""The attention-bias experiment's result and its views: results.json, report.md and four figures."""
+"""The attention-variants experiment's result and its views: experiment.json, report.md and figures."""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
+from massact.format import fmt_number
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
+from massact.report.tables import numeric_column, print_table
+from massact.train.measures import summarize_blocks
 from massact.train.presets import TrainConfig
 from massact.train.trainer import TrainResult
 
-COLORS = {"default": "C3", "sink": "C1", "bias": "C2"}
-
-
-@dataclass
-class ExperimentResult:
-    """Every variant's config and training result, trained with the same data, seed and steps."""
-
-    preset: str
-    corpus: str
-    configs: dict[str, TrainConfig]
-    results: dict[str, TrainResult]
-
-    def to_json(self) -> dict:
-        """What results.json holds: preset, corpus, every variant's config and summary."""
-        configs = {v: c.to_dict() for v, c in self.configs.items()}
-        summary = {v: summarize_variant(r) for v, r in self.results.items()}
-        return {"preset": self.preset, "corpus": self.corpus, "configs": configs, "variants": summary}
-
-    def show(self, console: Console) -> None:
-        for variant, run in self.results.items():
-            console.print(f"{variant}: validation loss {run.final_val_loss:.4f}", markup=False)
-
-    def write(self, out: Path) -> None:
-        """results.json, report.md and figures/ into `out`."""
-        write_experiment_report(self, out)
+MEASURES = ("final_loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
+CURVES = ("sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
+FACTOR_MEASURES = ("residual_peak", "sink_rate")  # default / variant: how much a design lowers them
+BASELINE = "default"
 
 
 def final_blocks(rows: list[dict]) -> list[dict]:
@@ -45,117 +29,169 @@ def final_blocks(rows: list[dict]) -> list[dict]:
     return sorted((r for r in rows if r["step"] == last), key=lambda r: r["block"])
 
 
-def summarize_variant(result) -> dict:
-    blocks = final_blocks(result.monitor_rows)
-    peak = max(blocks, key=lambda r: r["top1"])
+def run_row(variant: str, seed: int, run: TrainResult) -> dict:
+    """One variant x seed: the final model's measures (`summarize_blocks`), its blocks and its curves."""
+    blocks = final_blocks(run.monitor_rows)
+    curves = {"step": [e["step"] for e in run.emergence]}
+    curves.update({name: [e[name] for e in run.emergence] for name in CURVES})
+    curves["loss_step"] = [e["step"] for e in run.val_log]
+    curves["loss"] = [e["val_loss"] for e in run.val_log]
     return {
-        "final_val_loss": result.final_val_loss,
-        "steps": result.step,
-        "train_seconds": result.train_seconds,
-        "peak": peak,
-        "max_ratio": max(r["ratio"] for r in blocks),
-        "num_massive": sum(r["num_massive"] for r in blocks),
+        "variant": variant,
+        "seed": seed,
+        "final_loss": run.final_val_loss,
+        **summarize_blocks(blocks),
+        "steps": run.step,
+        "train_seconds": run.train_seconds,
         "blocks": blocks,
-        "val_log": result.val_log,
-        "emergence": result.emergence,
+        "curves": curves,
     }
 
 
-def write_experiment_report(experiment: ExperimentResult, out: Path) -> None:
-    """Write results.json, report.md and figures/ for `experiment` into `out`."""
-    summary = {v: summarize_variant(r) for v, r in experiment.results.items()}
-    figures = out / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    plot_curves(
-        {v: ([e["step"] for e in s["val_log"]], [e["val_loss"] for e in s["val_log"]]) for v, s in summary.items()},
-        figures / "val_loss.png",
-        "validation loss",
-        "step",
-        "loss",
-        log=False,
-        colors=COLORS,
-    )
-    plot_curves(
-        {v: ([b["block"] for b in s["blocks"]], [b["top1"] for b in s["blocks"]]) for v, s in summary.items()},
-        figures / "top1_per_block.png",
-        "largest |activation| per block (end of training)",
-        "block",
-        "top-1",
-        colors=COLORS,
-    )
-    plot_curves(
-        {v: ([b["block"] for b in s["blocks"]], [b["ratio"] for b in s["blocks"]]) for v, s in summary.items()},
-        figures / "ratio_per_block.png",
-        "top-1 / median per block (end of training)",
-        "block",
-        "ratio",
-        colors=COLORS,
-    )
-    plot_curves(
-        {v: ([e["step"] for e in s["emergence"]], [e["top1"] for e in s["emergence"]]) for v, s in summary.items()},
-        figures / "emergence.png",
-        "largest |activation| over all blocks during training",
-        "step",
-        "top-1",
-        colors=COLORS,
-    )
-    write_json(out / "results.json", experiment.to_json())
-    (out / "report.md").write_text(_markdown(experiment, summary), encoding="utf-8")
+def spread(values: list[float]) -> dict:
+    """Mean, standard deviation (0 for one seed), smallest and largest."""
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+    }
 
 
-def _markdown(experiment: ExperimentResult, summary: dict) -> str:
-    any_config = next(iter(experiment.configs.values()))
-    thresholds = "|x| > 100 and |x| >= 1000 x median"
+def summarize_variants(rows: list[dict]) -> dict[str, dict]:
+    """Per variant: every measure's spread over seeds, and default's mean / this variant's mean."""
+    by_variant: dict[str, list[dict]] = {}
+    for row in rows:
+        by_variant.setdefault(row["variant"], []).append(row)
+    summary = {}
+    for variant, runs in by_variant.items():
+        summary[variant] = {"seeds": len(runs), **{m: spread([r[m] for r in runs]) for m in MEASURES}}
+    if BASELINE in summary:
+        base = summary[BASELINE]
+        for entry in summary.values():
+            entry["factor_vs_default"] = {
+                m: base[m]["mean"] / entry[m]["mean"] if entry[m]["mean"] > 0 else None for m in FACTOR_MEASURES
+            }
+            entry["loss_vs_default"] = entry["final_loss"]["mean"] / base["final_loss"]["mean"] - 1.0
+    return summary
+
+
+@dataclass
+class ExperimentResult:
+    """Every variant x seed trained with the same task, preset and budget."""
+
+    task: str
+    preset: str
+    config: TrainConfig  # the first run's (the others differ in attention and seed only)
+    runs: dict[tuple[str, int], TrainResult]
+
+    @property
+    def rows(self) -> list[dict]:
+        return [run_row(variant, seed, run) for (variant, seed), run in self.runs.items()]
+
+    def to_json(self) -> dict:
+        """What experiment.json holds: task, preset, config, one row per variant x seed, the per-variant summary."""
+        rows = self.rows
+        config = self.config.to_dict()
+        config["model"] = {k: v for k, v in config["model"].items() if k != "attention"}
+        return {
+            "task": self.task,
+            "preset": self.preset,
+            "config": {k: v for k, v in config.items() if k != "seed"},
+            "rows": rows,
+            "summary": summarize_variants(rows),
+        }
+
+    def table(self) -> Table:
+        table = Table(title=f"attention variants on {self.task} ({self.preset}): mean over seeds")
+        table.add_column("variant")
+        for name in MEASURES:
+            numeric_column(table, name)
+        for variant, entry in summarize_variants(self.rows).items():
+            table.add_row(variant, *(fmt_number(entry[m]["mean"], 3) for m in MEASURES))
+        return table
+
+    def show(self, console: Console) -> None:
+        print_table(console, self.table())
+
+    def write(self, out: Path) -> None:
+        """experiment.json, report.md and figures/ into `out`."""
+        data = self.to_json()
+        figures = out / "figures"
+        figures.mkdir(parents=True, exist_ok=True)
+        for name in ("loss", *CURVES):
+            curves, spreads = _mean_curves(data["rows"], name)
+            colors = {variant: f"C{i}" for i, variant in enumerate(curves)}  # each band in its line's colour
+            path = figures / f"{name}.png"
+            plot_curves(curves, path, _TITLES[name], "step", name, log=False, colors=colors, spread=spreads)
+        write_json(out / "experiment.json", data)
+        (out / "report.md").write_text(markdown(data), encoding="utf-8")
+
+
+_TITLES = {
+    "loss": "validation loss",
+    "sink_rate": "sink rate (share of heads with mean attention to position 0 > 0.3)",
+    "residual_peak": "residual peak (|h_0| / median |h_i|, largest over blocks)",
+    "value_drain": "value drain (|v_0| / median |v_i|, smallest over blocks)",
+    "kurtosis": "excess kurtosis of the residual (largest over blocks)",
+    "top1_median": "top-1 / median |activation| (largest over blocks)",
+}
+
+
+def _mean_curves(rows: list[dict], name: str) -> tuple[dict, dict]:
+    """Per variant, the curve `name` averaged over seeds (where they share steps) and its standard deviation."""
+    steps_key = "loss_step" if name == "loss" else "step"
+    curves, spreads = {}, {}
+    variants = dict.fromkeys(r["variant"] for r in rows)
+    for variant in variants:
+        runs = [r["curves"] for r in rows if r["variant"] == variant]
+        length = min(len(c[name]) for c in runs)
+        columns = [[c[name][i] for c in runs] for i in range(length)]
+        curves[variant] = (runs[0][steps_key][:length], [statistics.fmean(col) for col in columns])
+        spreads[variant] = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns]
+    return curves, spreads
+
+
+def _cell(entry: dict, digits: int = 2) -> str:
+    return f"{fmt_number(entry['mean'], digits)} ± {fmt_number(entry['std'], digits)}"
+
+
+def markdown(data: dict) -> str:
+    """report.md of an experiment.json."""
+    config = data["config"]
+    model = config["model"]
+    summary = data["summary"]
+    seeds = max(entry["seeds"] for entry in summary.values())
     lines = [
-        f"# Attention bias experiment ({experiment.preset}, corpus {experiment.corpus})",
+        f"# Attention variants on {data['task']} (preset {data['preset']})",
         "",
-        f"Model: {any_config.model.n_layer} blocks, hidden {any_config.model.n_embd}, {any_config.model.n_head} heads, "
-        f"context {any_config.model.block_size}; {any_config.max_steps} steps of "
-        f"{any_config.tokens_per_step:,} tokens; seed {any_config.seed} for every variant.",
-        f"Probe batch: {any_config.probe_sequences} fixed validation windows. Massive = {thresholds}.",
+        f"Model: {model['n_layer']} blocks, hidden {model['n_embd']}, {model['n_head']} heads, context "
+        f"{model['block_size']}, vocabulary {model['vocab_size']}; {config['max_steps']} steps of batch "
+        f"{config['batch_size']}, {config['optimizer']} at learning rate {config['learning_rate']:g} "
+        f"(warm-up {config['warmup_steps']}, weight decay {config['weight_decay']:g}); {seeds} seed(s) per variant.",
+        "Measures on the final model, over a fixed probe batch: sink rate over all heads of all blocks; residual "
+        "peak, top-1 / median and kurtosis the largest over blocks; value drain the smallest over blocks. "
+        "Mean ± standard deviation over seeds.",
         "",
-        "| variant | final val loss | top-1 magnitude (block, token, dim) | median there | top-1 / median "
-        "| massive entries |",
-        "|---|---|---|---|---|---|",
+        "| variant | final loss | sink rate | residual peak | value drain | kurtosis | top-1 / median "
+        "| peak: default / variant | sink rate: default / variant |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for variant, s in summary.items():
-        p = s["peak"]
-        lines.append(
-            f"| {variant} | {s['final_val_loss']:.4f} | {p['top1']:.2f} ({p['block']}, {p['top_token']}, "
-            f"{p['top_dim']}) | {p['median']:.4f} | {p['ratio']:.1f} | {s['num_massive']} |"
-        )
-    lines.append("")
-    for variant, s in summary.items():
-        found = "yes" if s["num_massive"] else "no"
-        lines.append(
-            f"- {variant}: massive activations at the end of training: {found}; largest top-1 / median "
-            f"{s['max_ratio']:.1f}; {s['steps']} steps in {s['train_seconds']:.0f} s of training"
-        )
-    lines += ["", "## Per block at the end of training (top-1 magnitude / ratio to median)", ""]
-    variants = list(summary)
-    lines.append("| block | " + " | ".join(variants) + " |")
-    lines.append("|---|" + "---|" * len(variants))
-    for index in range(len(summary[variants[0]]["blocks"])):
-        cells = [
-            f"{summary[v]['blocks'][index]['top1']:.2f} / {summary[v]['blocks'][index]['ratio']:.1f}" for v in variants
-        ]
-        lines.append(f"| {index} | " + " | ".join(cells) + " |")
-    lines += ["", "## Emergence: largest magnitude over blocks (its block) by step", ""]
-    lines.append("| step | " + " | ".join(variants) + " |")
-    lines.append("|---|" + "---|" * len(variants))
-    steps = [e["step"] for e in summary[variants[0]]["emergence"]]
-    for i, step in enumerate(steps):
-        cells = []
-        for v in variants:
-            em = summary[v]["emergence"]
-            cells.append(f"{em[i]['top1']:.2f} ({em[i]['block']})" if i < len(em) else "")
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    for variant, entry in summary.items():
+        factors = entry.get("factor_vs_default", {})
+        cells = [_cell(entry["final_loss"], 3)] + [_cell(entry[m]) for m in MEASURES[1:]]
+        cells += [fmt_number(factors.get(m), 1) if factors.get(m) is not None else "-" for m in FACTOR_MEASURES]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "![validation loss](figures/val_loss.png)",
-        "![top-1 per block](figures/top1_per_block.png)",
-        "![ratio per block](figures/ratio_per_block.png)",
-        "![emergence](figures/emergence.png)",
+        "## Every run",
         "",
+        "| variant | seed | final loss | sink rate | residual peak | value drain "
+        "| kurtosis | top-1 / median | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    for row in data["rows"]:
+        cells = [fmt_number(row[m], 3) for m in MEASURES] + [f"{row['train_seconds']:.0f}"]
+        lines.append(f"| {row['variant']} | {row['seed']} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"![{_TITLES[name]}](figures/{name}.png)" for name in ("loss", *CURVES)] + [""]
     return "\n".join(lines)

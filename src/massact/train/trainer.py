@@ -1,4 +1,4 @@
-"""Train a GPT-2 variant: AdamW, warm-up + cosine decay, clipping, accumulation, checkpoints, monitor.
+"""Train a GPT-2 variant: AdamW or Muon, warm-up + cosine decay, clipping, accumulation, checkpoints, monitor.
 
 Runs on one CPU, one GPU (bf16 autocast) or many GPUs through `accelerate` (start with
 `accelerate launch -m massact train gpt2 ...` or `torchrun --nproc_per_node N -m massact train gpt2 ...`).
@@ -22,7 +22,7 @@ from massact.errors import MassactError
 from massact.outputs import staged_output, write_json
 from massact.progress import bar as progress_bar
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from massact.train.data import TokenData, batch_seed, fixed_windows, random_batch
+from massact.train.data import TokenData, batch_seed
 from massact.train.files import atomic_write_text
 from massact.train.gpt2 import GPT2
 from massact.train.monitor import ActivationMonitor
@@ -72,12 +72,29 @@ class TrainResult:
                 self.write(staging)
 
 
-def make_optimizer(model: GPT2, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases, norms, or the 1-D k', v' and sink)."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on biases, norms, or the 1-D k', v', sink and sink logits)."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
+
+
+def make_optimizers(model: GPT2, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """[AdamW] or, for `optimizer="muon"`, [Muon on the blocks' linear weights, AdamW on the rest].
+
+    The rest: embeddings, norms, biases, and the variants' own parameters (k', v', sink logits).
+    Muon's update is scaled to AdamW's RMS (`match_rms_adamw`), so both take the same learning rate.
+    """
+    if config.optimizer == "adamw":
+        return [_adamw(list(model.parameters()), config)]
+    hidden = {id(m.weight) for m in model.transformer.h.modules() if isinstance(m, torch.nn.Linear)}
+    matrices = [p for p in model.parameters() if id(p) in hidden]
+    rest = [p for p in model.parameters() if id(p) not in hidden]
+    muon = torch.optim.Muon(
+        matrices, lr=config.learning_rate, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw"
+    )
+    return [muon, _adamw(rest, config)]
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
@@ -144,22 +161,22 @@ def train(
     accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
     torch.manual_seed(config.seed)
     model = GPT2(config.model)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config)
+    optimizers = make_optimizers(model, config)
+    schedulers = [make_scheduler(optimizer, config) for optimizer in optimizers]
     monitor = ActivationMonitor(
-        fixed_windows(data.val, config.probe_sequences, config.model.block_size),
+        data.windows(config.probe_sequences, config.model.block_size),
         every=config.monitor_interval,
         out_dir=run_dir if accelerator.is_main_process else None,
     )
     step, val_log, elapsed = 0, [], 0.0
     model = model.to(accelerator.device)
     if existing is not None:
-        state = load_checkpoint(existing, model, optimizer, scheduler, config)
+        state = load_checkpoint(existing, model, optimizers, schedulers, config)
         step, val_log, elapsed = state["step"], state["val_log"], state.get("train_seconds", 0.0)
         monitor.restore(state["monitor_rows"], step)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, *optimizers = accelerator.prepare(model, *optimizers)
     raw = accelerator.unwrap_model(model)
-    val_windows = fixed_windows(data.val, config.eval_batches * config.batch_size, config.model.block_size)
+    val_windows = data.windows(config.eval_batches * config.batch_size, config.model.block_size)
     rank = accelerator.process_index
 
     def checkpoint() -> None:
@@ -172,7 +189,7 @@ def train(
                 "monitor_rows": monitor.rows,
                 "train_seconds": elapsed,
             }
-            save_checkpoint(run_dir, raw, optimizer, scheduler, state, data.tokenizer)
+            save_checkpoint(run_dir, raw, optimizers, schedulers, state, data.tokenizer)
 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,8 +205,8 @@ def train(
             started = time.perf_counter()
             loss_sum = 0.0
             for micro in range(config.grad_accum):
-                batch = random_batch(
-                    data.train, config.batch_size, config.model.block_size, batch_seed(config.seed, step, micro, rank)
+                batch = data.batch(
+                    config.batch_size, config.model.block_size, batch_seed(config.seed, step, micro, rank)
                 ).to(accelerator.device)
                 sync = micro == config.grad_accum - 1
                 context = accelerator.no_sync(model) if not sync else nullcontext()
@@ -198,9 +215,10 @@ def train(
                     accelerator.backward(loss)
                 loss_sum += float(loss.detach())
             accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            for optimizer, scheduler in zip(optimizers, schedulers, strict=True):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
             elapsed += time.perf_counter() - started
             bar.update(1)

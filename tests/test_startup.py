@@ -39,6 +39,7 @@ def test_help_of_every_command_imports_no_heavy_package():
     commands = [["--help"], ["scan", "--help"], ["quant", "--help"], ["export", "--help"], ["atlas", "--help"]]
     commands += [[name, "--help"] for name in ("trace", "intervene", "stream", "attention", "merge")]
     commands += [["train", "gpt2", "--help"], ["experiment", "attention-bias", "--help"], ["vit", "samples", "--help"]]
+    commands += [["experiment", "attention-variants", "--help"], ["rewrite", "--help"]]
     probe = _probe(commands)
     assert probe["codes"] == [0] * len(commands)
     assert probe["heavy"] == []
@@ -54,6 +55,7 @@ def test_usage_errors_and_bad_out_import_no_heavy_package(tmp_path):
         ["export", "--out", str(blocked)],
         ["atlas", "default", "--out", str(blocked)],
         ["train", "gpt2", str(blocked)],
+        ["rewrite", "--rescale", "auto", "--out", str(blocked / "sub")],
     ]
     probe = _probe(argvs)
     assert probe["codes"] == [2] * len(argvs)

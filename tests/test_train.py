@@ -153,9 +153,12 @@ def test_structure_is_found_and_scan_sees_a_planted_activation(attention):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tokenizer = train_bpe_tokenizer([TEXT], 300)
     result = scan(load_model(model, tokenizer=tokenizer), "the cat sat on the mat.", add_special_tokens=False)
-    assert result.summary["dims"] == [5]
-    assert result.summary["first_block"] == 1
-    assert all(abs(m.value - 5000) < 50 for m in result.massive)
+    # on every token: an outlier feature (LLM.int8's kind), told apart from a few-token massive activation
+    assert result.summary["dims"] == [] and result.summary["first_block"] is None
+    (feature,) = result.summary["features"]
+    assert (feature["dim"], feature["first_block"], feature["token_share"]) == (5, 1, 1.0)
+    assert sorted(m.token for m in result.massive) == list(range(len(result.tokens)))  # block 1, every token
+    assert all(m.block == 1 and m.dim == 5 and abs(m.value - 5000) < 50 for m in result.massive)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 

@@ -7,10 +7,8 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
-from massact.data.corpus import load_texts
 from massact.errors import MassactError
-from massact.quant import load_inputs
-from massact.rewrite import RewriteConfig, parse_rescale, run
+from massact.rewrite.config import RewriteConfig, parse_rescale
 from massact.rewrite.folder import check_model_folder
 
 
@@ -81,6 +79,10 @@ def rewrite_command(
         raise MassactError(
             f"--dtype {opts.dtype}: rewrite the float32 model (--dtype float32); it checks float16 itself"
         )
+    from massact.data.corpus import load_texts
+    from massact.quant import load_inputs
+    from massact.rewrite import run
+
     load_texts(corpus)  # a bad corpus costs nothing
     loaded = opts.load(model)
     inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed)

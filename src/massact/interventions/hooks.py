@@ -10,9 +10,11 @@
 - ``original``: nothing is hooked.
 
 Sites are selected per sequence and per block by `SiteSpec`: by default the detector (the
-massive-activation criterion on this block's output of this sequence, without the outlier features:
-dims that pass it on most tokens there, `Thresholds.feature_share`), optionally restricted to given
-token positions; given dims are taken as they are; with both dims and tokens given, exactly those sites.
+massive-activation criterion on this block's output of this sequence, without the dims in
+`SiteSpec.features`: the outlier features a survey measured, dims that pass it on most tokens,
+`Thresholds.feature_share`), optionally restricted to given token positions; given dims are taken as they
+are; with both dims and tokens given, exactly those sites. What a token gets depends on that token and the
+ones before it only, never on the later tokens or on the other sequences of a batch (padding included).
 The hooks only return a rewritten copy of the block output; they come off on exit, even on error.
 """
 
@@ -44,6 +46,7 @@ class SiteSpec:
     thresholds: Thresholds = field(default_factory=Thresholds)
     dims: tuple[int, ...] | None = None
     tokens: tuple[int, ...] | None = None
+    features: tuple[int, ...] = ()  # outlier features (from a survey): never sites when dims are detected
 
     @property
     def fixed(self) -> bool:
@@ -67,9 +70,9 @@ class SiteSpec:
             mags = hidden.detach().float().abs()
             mask = self.thresholds.massive(mags, sequence_medians(mags, valid).view(batch, 1, 1))
             if cols is None:  # detected dims: an outlier feature marks no token, so it is no site
-                counted = mask if valid is None else mask & valid.unsqueeze(-1)
-                real = tokens if valid is None else valid.sum(1).view(batch, 1, 1)
-                mask &= ~self.thresholds.is_feature(counted.sum(1, keepdim=True), real)
+                skip = _positions(self.features, dims, str(device))
+                if skip.numel():
+                    mask[..., skip] = False
             else:
                 keep = torch.zeros(dims, dtype=torch.bool, device=device)
                 keep[cols] = True

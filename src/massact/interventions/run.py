@@ -183,6 +183,8 @@ def run(
     if first.source is not None and first.index is not None:
         found.means.windows = {first.source: first.index[config.samples :]}
     blocks = resolve_blocks(config.block, num_blocks, found.main_block)
+    # the survey's outlier features are no sites: a dim large on most tokens marks no token
+    sites = replace(config.sites, features=tuple(found.features)) if config.sites.dims is None else config.sites
     means = config.means if config.means is not None else found.means
     means_source = config.means.source.removeprefix("--means ") if config.means else f"{held.shape[0]} held-out windows"
     if "mean" in config.modes:
@@ -192,9 +194,9 @@ def run(
     if "zero" in config.modes:
         probe = held[:AFTER_ZERO_SAMPLES]
         log(f"surveying {probe.shape[0]} held-out windows with the zero intervention on")
-        with intervene(loaded.model, structure, config.sites, "zero", blocks, kinds=kinds):
+        with intervene(loaded.model, structure, sites, "zero", blocks, kinds=kinds):
             after_zero = survey(
-                loaded.model, structure, probe, config.sites, kinds,
+                loaded.model, structure, probe, sites, kinds,
                 batch_size=config.batch_size, progress=config.progress,
             )  # fmt: skip
 
@@ -205,7 +207,7 @@ def run(
             log(f"{corpus}: {mode}")
             with (
                 intervene(
-                    loaded.model, structure, config.sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
+                    loaded.model, structure, sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
                 ) as hooks,
                 peaks if mode == "original" else nullcontext(),
             ):
@@ -238,7 +240,7 @@ def run(
                 loaded,
                 config.tasks,
                 lambda mode=mode: intervene(
-                    loaded.model, structure, config.sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
+                    loaded.model, structure, sites, mode, blocks, means=means, kinds=kinds, seed=config.seed
                 ),
             )
             for row in rows:

@@ -2,12 +2,29 @@
 
 `run(loaded, inputs, RewriteConfig(rescale="auto"))` rescales (float16 headroom), smooths
 (SmoothQuant, folded) and/or rotates (orthogonal, folded) a copy of the model, saves it as a plain
-transformers folder, reloads it with `from_pretrained` and measures what changed.
+transformers folder, reloads it with `from_pretrained` and measures what changed. The names are imported
+on first use, so the command's option checks (`config`, `folder`) answer without torch.
 """
 
-from massact.rewrite.config import RewriteConfig, parse_rescale
-from massact.rewrite.layout import Layout, find_layout
-from massact.rewrite.result import RewriteResult
-from massact.rewrite.run import run
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
+from massact.rewrite.config import RewriteConfig, parse_rescale
+
+if TYPE_CHECKING:
+    from massact.rewrite.layout import Layout, find_layout
+    from massact.rewrite.result import RewriteResult
+    from massact.rewrite.run import run
+
+_LAZY = {"Layout": "layout", "find_layout": "layout", "RewriteResult": "result", "run": "run"}
 __all__ = ["Layout", "RewriteConfig", "RewriteResult", "find_layout", "parse_rescale", "run"]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'massact.rewrite' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"massact.rewrite.{_LAZY[name]}"), name)
+    globals()[name] = value  # importing the module `run` bound that name to the module: the function wins
+    return value

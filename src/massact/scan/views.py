@@ -162,7 +162,8 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
             continue
         ratio = f"{top1[i] / med[i]:,.0f}" if med[i] > 0 else "inf"
         lines.append(f"| {i} | {fmt(top1[i])} | {fmt(top2[i])} | {fmt(top3[i])} | {fmt(med[i])} | {ratio} |")
-    lines += ["", *result.precision.markdown()]
+    if result.precision.warning:
+        lines += ["", *result.precision.markdown()[:-1]]
     for caption, name in figures.items():
         lines += ["", f"![{caption}]({name})"]
     return "\n".join(lines) + "\n"

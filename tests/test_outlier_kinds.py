@@ -213,3 +213,33 @@ def test_the_default_block_is_the_first_of_the_largest_site():
     survey = Survey(sequences=4, num_blocks=4, hidden_size=32, blocks=blocks, means=None)
     assert survey.first_block == 0 and survey.main_block == 2
     assert survey.to_json()["main_block"] == 2
+
+
+@pytest.mark.parametrize(("family", "bos"), FAMILIES)
+def test_zeroing_a_token_depends_only_on_the_tokens_up_to_it(family, bos):
+    """The hooks skip the survey's feature dims, so a prefix gets the same rewrite alone, in a longer text, or
+    padded in a batch (a rule judged on the whole sequence would flip with what follows)."""
+    from massact.interventions import SiteSpec, mode_context
+
+    model, _, _ = two_kinds(family, massive_block=MASSIVE_BLOCK)
+    loaded = LoadedModel(model=model, tokenizer=word_tokenizer(word, bos), name=f"tiny-{family}")
+    ids = windows(1, 24, bos, seed=5)
+    short = ids[:, :3]  # too few tokens for any rule judged on them to call dim 9 a feature; 24 are enough
+    sites = SiteSpec(features=(FEATURE_DIM,))
+
+    def logits(x: torch.Tensor, spec: SiteSpec) -> torch.Tensor:
+        with torch.no_grad(), mode_context(loaded, None, spec, "zero", None, str(MASSIVE_BLOCK)):
+            return model(input_ids=x).logits
+
+    alone, within = logits(short, sites), logits(ids, sites)[:, :3]
+    torch.testing.assert_close(alone, within, rtol=1e-5, atol=1e-5)
+    padded = torch.cat([ids, torch.cat([short, torch.full((1, 21), MARK)], 1)])  # MARK padding: massive too
+    torch.testing.assert_close(logits(padded, sites)[1:, :3], alone, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    # the feature is left alone: only the MARK tokens' dim 4 is zeroed, so the tokens before the first MARK keep
+    # their plain logits; naming no feature zeroes dim 9 on every token, which changes them
+    first = marks(ids)[0]
+    if first > 0:
+        torch.testing.assert_close(logits(ids, sites)[:, :first], plain[:, :first])
+    assert not torch.allclose(logits(ids, SiteSpec())[:, : first + 1], plain[:, : first + 1])

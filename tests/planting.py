@@ -267,7 +267,7 @@ def _qwen3_next() -> nn.Module:
 SINK_AND_LINEAR: dict[str, Callable[[], nn.Module]] = {"gpt_oss": _gpt_oss, "qwen3_next": _qwen3_next}
 
 
-def _expert_rows(experts: nn.Module, name: str) -> torch.Tensor:
+def expert_rows(experts: nn.Module, name: str) -> torch.Tensor:
     """A fused expert parameter as [expert, out, in] (a view: `is_transposed` modules store [expert, in, out])."""
     weight = getattr(experts, name)
     return weight.transpose(1, 2) if getattr(experts, "is_transposed", False) else weight
@@ -300,7 +300,7 @@ def plant_expert(
                 if linear.bias is not None:
                     linear.bias[carrier] = 0.0
         experts = structure.mlp(index).get_submodule(structure.moe(index).experts)
-        _expert_rows(experts, "down_proj")[:, carrier, :] = 0.0
+        expert_rows(experts, "down_proj")[:, carrier, :] = 0.0
         if isinstance(getattr(experts, "down_proj_bias", None), torch.Tensor):
             experts.down_proj_bias[:, carrier] = 0.0
     moe = structure.moe(block)
@@ -309,7 +309,7 @@ def plant_expert(
     router.weight[:, carrier] = 0.0
     router.weight[expert, carrier] = 4.0
     experts = mlp.get_submodule(moe.experts)
-    gate_up = _expert_rows(experts, "gate_up_proj")[expert]  # [2 * inter, hidden]
+    gate_up = expert_rows(experts, "gate_up_proj")[expert]  # [2 * inter, hidden]
     inter = gate_up.shape[0] // 2
     # gate and up rows: concatenated (gates, then ups) or interleaved (gate, up, gate, up, ...)
     rows = [unit, inter + unit] if getattr(experts, "is_concatenated", True) else [2 * unit, 2 * unit + 1]
@@ -318,7 +318,7 @@ def plant_expert(
         gate_up[row, carrier] = 2.0
         if isinstance(getattr(experts, "gate_up_proj_bias", None), torch.Tensor):
             experts.gate_up_proj_bias[expert, row] = 0.0
-    down = _expert_rows(experts, "down_proj")
+    down = expert_rows(experts, "down_proj")
     down[expert, :, unit] = 0.0
     down[expert, dim, unit] = gain
     return ExpertPlant(block=block, dim=dim, expert=expert, unit=unit)

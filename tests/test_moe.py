@@ -16,6 +16,7 @@ import pytest
 import torch
 import transformers as tf
 from cli_runner import run
+from planting import expert_rows, plant_expert
 from test_trace import number_tokenizer
 
 from massact.models.loading import LoadedModel, load_model
@@ -50,38 +51,13 @@ def qwen2_moe() -> tf.PreTrainedModel:
 
 def _down_rows(experts: torch.nn.Module) -> torch.Tensor:
     """The fused down-projection as [expert, out, in] (a view)."""
-    down = experts.down_proj
-    return down.transpose(1, 2) if getattr(experts, "is_transposed", False) else down
+    return expert_rows(experts, "down_proj")
 
 
-@torch.no_grad()
 def plant_moe(model: torch.nn.Module, mark: int) -> MoeParts:
     """Make expert EXPERT of block BLOCK write GAIN-scaled massive values into DIM on token id `mark`."""
-    structure = find_structure(model)
-    embed = model.get_input_embeddings()
-    embed.weight[:, CARRIER] = 0.0
-    embed.weight[mark, CARRIER] = 1.0
-    for i in range(BLOCK + 1):
-        structure.attn(i).o_proj.weight[CARRIER] = 0.0
-        moe = structure.moe(i)
-        mlp = structure.mlp(i)
-        _down_rows(mlp.get_submodule(moe.experts))[:, CARRIER, :] = 0.0
-        for name in moe.shared:
-            mlp.get_submodule(name).down_proj.weight[CARRIER] = 0.0
-    moe = structure.moe(BLOCK)
-    mlp = structure.mlp(BLOCK)
-    router = mlp.get_submodule(moe.router)
-    router.weight[:, CARRIER] = 0.0
-    router.weight[EXPERT, CARRIER] = 4.0
-    experts = mlp.get_submodule(moe.experts)
-    inter = _down_rows(experts).shape[-1]
-    gate_up = experts.gate_up_proj[EXPERT]  # [2 * inter, hidden]: gate rows, then up rows
-    for row in (UNIT, inter + UNIT):
-        gate_up[row] = 0.0
-        gate_up[row, CARRIER] = 2.0
-    _down_rows(experts)[EXPERT, :, UNIT] = 0.0
-    _down_rows(experts)[EXPERT, DIM, UNIT] = GAIN
-    return moe
+    plant_expert(model, BLOCK, DIM, mark=mark, expert=EXPERT, unit=UNIT, carrier=CARRIER, gain=GAIN)
+    return find_structure(model).moe(BLOCK)
 
 
 def _corpus(mark: int, words: int = 2000) -> str:

@@ -33,17 +33,17 @@ def tiny_model(family: str) -> nn.Module:
     if family in SINK_AND_LINEAR:  # GPT-OSS, Qwen3-Next: built at the end of this file
         return SINK_AND_LINEAR[family]().eval()
     common = {"vocab_size": VOCAB}
+    decoder = {  # the LLaMA-style families: hidden size H, 4 blocks of 4 heads, a gated MLP of 64
+        "hidden_size": H,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 128,
+        **common,
+    }
+    gemma = {"num_key_value_heads": 1, "head_dim": 8}
     if family == "llama":
-        config = tf.LlamaConfig(
-            hidden_size=H,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            **common,
-        )
-        model = tf.LlamaForCausalLM(config)
+        model = tf.LlamaForCausalLM(tf.LlamaConfig(num_key_value_heads=2, **decoder))
     elif family == "gpt2":
         config = tf.GPT2Config(n_embd=H, n_layer=4, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0, **common)
         model = tf.GPT2LMHeadModel(config)
@@ -62,41 +62,11 @@ def tiny_model(family: str) -> nn.Module:
         )
         model = tf.OPTForCausalLM(config)
     elif family == "gemma":
-        config = tf.GemmaConfig(
-            hidden_size=H,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=8,
-            max_position_embeddings=128,
-            **common,
-        )
-        model = tf.GemmaForCausalLM(config)
+        model = tf.GemmaForCausalLM(tf.GemmaConfig(**gemma, **decoder))
     elif family == "qwen2":
-        config = tf.Qwen2Config(
-            hidden_size=H,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            **common,
-        )
-        model = tf.Qwen2ForCausalLM(config)
+        model = tf.Qwen2ForCausalLM(tf.Qwen2Config(num_key_value_heads=2, **decoder))
     elif family == "gemma3":  # sandwich norms, (1 + w) gains, embed_scale, tied embeddings, q/k norms
-        config = tf.Gemma3TextConfig(
-            hidden_size=H,
-            intermediate_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=8,
-            max_position_embeddings=128,
-            sliding_window=16,
-            **common,
-        )
-        model = tf.Gemma3ForCausalLM(config)
+        model = tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(sliding_window=16, **gemma, **decoder))
     else:
         raise ValueError(family)
     return model.eval()

@@ -16,11 +16,12 @@ import time
 import torch
 
 from massact.data.corpus import load_windows
-from massact.interventions.hooks import SiteSpec, TokenKinds, intervene
+from massact.interventions.hooks import SiteSpec, intervene
 from massact.interventions.perplexity import evaluate_perplexity
 from massact.interventions.survey import survey
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
+from massact.tokens import TokenKinds
 
 
 def plain_loop(model, windows: torch.Tensor, batch_size: int) -> float:

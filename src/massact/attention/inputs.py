@@ -10,7 +10,7 @@ from massact.data.corpus import load_texts, prefix_tokens, token_windows
 from massact.defaults import PAPER_PROMPT as PAPER_PROMPT
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.scan import tokenize_prompt
+from massact.tokens import tokenize_prompt
 
 
 @dataclass

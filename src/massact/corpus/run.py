@@ -17,35 +17,15 @@ from massact.corpus.distributed import gather_summaries, shard
 from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
-from massact.detect import Thresholds, token_kind
+from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
 from massact.progress import track
+from massact.tokens import TokenText
 
 MIN_TOP_K = 3
-
-
-class TokenText:
-    """Decoded token strings and special flags, cached per token id."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._cache: dict[int, str] = {}
-
-    def text(self, token_id: int) -> str:
-        if token_id not in self._cache:
-            self._cache[token_id] = self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
-        return self._cache[token_id]
-
-    def kinds_and_texts(self, ids: Sequence[int], first: int) -> tuple[list[str], list[str]]:
-        """Per position: token text and kind; position `first` is the sequence's first real token."""
-        texts = [self.text(i) for i in ids]
-        kinds = [token_kind(t, p - first, i in self.special) if p >= first else "padding" for p, (t, i) in
-                 enumerate(zip(texts, ids, strict=True))]  # fmt: skip
-        return texts, kinds
 
 
 def check_seq_len(loaded: LoadedModel, seq_len: int) -> None:

@@ -32,11 +32,10 @@ from torch import nn
 from massact.capture.hooks import HookSet, output_tensor, replace_output_tensor
 from massact.capture.stats import median_magnitude, nan_medians
 from massact.defaults import MODES as MODES
-from massact.detect import Thresholds, token_kind
+from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.structure import Structure
-
-KINDS = ("first", "delimiter", "special", "other")
+from massact.tokens import KINDS, TokenKinds
 
 
 @dataclass(frozen=True)
@@ -131,39 +130,6 @@ def sequence_medians(mags: torch.Tensor, valid: torch.Tensor | None = None) -> t
 def device_medians(mags: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     """`sequence_medians` on any device, without a host synchronisation (entries where `ok` is False left out)."""
     return nan_medians(torch.where(ok, mags, torch.full_like(mags, math.nan)))
-
-
-class TokenKinds:
-    """Token kind ('first', 'delimiter', 'special', 'other') of every position of a batch of ids."""
-
-    def __init__(self, table: torch.Tensor | None = None) -> None:
-        self.table = table  # [vocab] kind code of a token id at a position > 0
-
-    @classmethod
-    def from_tokenizer(cls, tokenizer) -> TokenKinds:
-        if tokenizer is None:
-            return cls()
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        size = len(tokenizer)
-        texts = tokenizer.batch_decode([[i] for i in range(size)])
-        codes = [KINDS.index(token_kind(text, 1, i in special)) for i, text in enumerate(texts)]
-        return cls(torch.tensor(codes, dtype=torch.long))
-
-    def codes(
-        self, input_ids: torch.Tensor | None, batch: int, tokens: int, device: torch.device | str = "cpu"
-    ) -> torch.Tensor:
-        """Kind codes [batch, tokens] on `device`; position 0 (a BOS, when the tokenizer adds one) is 'first'.
-
-        Without ids (or a table) every position after the first is 'other'.
-        """
-        if input_ids is None or self.table is None or tuple(input_ids.shape) != (batch, tokens):
-            codes = torch.full((batch, tokens), KINDS.index("other"), dtype=torch.long, device=device)
-        else:
-            if self.table.device != torch.device(device):
-                self.table = self.table.to(device)
-            codes = self.table[input_ids.detach().to(device).clamp(0, self.table.numel() - 1)]
-        codes[:, 0] = KINDS.index("first")
-        return codes
 
 
 @dataclass

@@ -20,7 +20,7 @@ from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_prefix, window_source
 from massact.errors import MassactError
 from massact.interventions.config import InterventionConfig, resolve_blocks
-from massact.interventions.hooks import Intervention, SiteMeans, SiteSpec, TokenKinds, blocks_span, intervene
+from massact.interventions.hooks import Intervention, SiteMeans, SiteSpec, blocks_span, intervene
 from massact.interventions.perplexity import evaluate_perplexity
 from massact.interventions.result import InterventionResult
 from massact.interventions.survey import Survey, survey
@@ -31,6 +31,7 @@ from massact.precision import Precision
 from massact.progress import say
 from massact.report.spread import spread
 from massact.tasks import evaluate as evaluate_tasks
+from massact.tokens import TokenKinds
 
 SURVEY_SAMPLES = 8
 AFTER_ZERO_SAMPLES = 4

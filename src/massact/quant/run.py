@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from massact.capture.peaks import BlockPeaks
-from massact.data.corpus import load_windows, text_prefix
+from massact.data.corpus import load_windows, prefix_tokens
 from massact.defaults import DEFAULT_SCHEMES as DEFAULT_SCHEMES
 from massact.defaults import DEFAULT_STRATEGIES as DEFAULT_STRATEGIES
 from massact.detect import Thresholds
@@ -110,7 +110,7 @@ def load_inputs(
     limit = loaded.context_length
     if limit is not None and seq_len > limit:
         raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
-    prefix = [loaded.tokenizer.convert_ids_to_tokens(i) for i in text_prefix(loaded.tokenizer)]
+    prefix = prefix_tokens(loaded.tokenizer)
     inputs = []
     for draw in range(seed, seed + seeds):
         drawn = load_windows(loaded.tokenizer, corpus, samples + calib_samples, seq_len, seed=draw)

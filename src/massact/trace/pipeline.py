@@ -13,7 +13,8 @@ from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
 from massact.quant.risk import capture_quant_risk, quant_risk
-from massact.scan import MassiveActivation, scan, tokenize_prompt
+from massact.scan import MassiveActivation, scan
+from massact.tokens import tokenize_prompt
 from massact.trace.capture import experts_input, run_capture
 from massact.trace.config import TraceConfig
 from massact.trace.result import TraceResult

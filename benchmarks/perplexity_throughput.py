@@ -17,10 +17,10 @@ import torch
 
 from massact.data.corpus import load_windows
 from massact.interventions.hooks import SiteSpec, intervene
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.interventions.survey import survey
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
+from massact.perplexity import evaluate_perplexity
 from massact.tokens import TokenKinds
 
 

@@ -19,10 +19,10 @@ from massact.errors import MassactError
 from massact.interventions import InterventionConfig, parse_modes, resolve_blocks, run
 from massact.interventions.hooks import SiteMeans, SiteSpec, intervene
 from massact.interventions.means import read_means
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.interventions.survey import survey
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
+from massact.perplexity import evaluate_perplexity
 from massact.tokens import KINDS, TokenKinds
 
 H, VOCAB, MARK, DIM, VALUE = 64, 96, 0, 7, 3000.0

@@ -16,9 +16,9 @@ only the text tokens (`evaluate_perplexity(..., prefix_len=...)`).
 from massact.interventions.config import InterventionConfig, parse_ints, parse_modes, resolve_blocks
 from massact.interventions.hooks import MODES, SiteMeans, SiteSpec, intervene
 from massact.interventions.means import read_means
-from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
 from massact.interventions.result import InterventionResult
 from massact.interventions.run import mode_context, run
+from massact.perplexity import PerplexityResult, evaluate_perplexity
 from massact.tokens import TokenKinds
 
 __all__ = [

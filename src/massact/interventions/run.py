@@ -21,12 +21,12 @@ from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, windo
 from massact.errors import MassactError
 from massact.interventions.config import InterventionConfig, resolve_blocks
 from massact.interventions.hooks import Intervention, SiteMeans, SiteSpec, blocks_span, intervene
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.interventions.result import InterventionResult
 from massact.interventions.survey import Survey, survey
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.perplexity import evaluate_perplexity
 from massact.precision import Precision
 from massact.progress import say
 from massact.report.spread import spread

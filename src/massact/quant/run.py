@@ -14,9 +14,9 @@ from massact.defaults import DEFAULT_SCHEMES as DEFAULT_SCHEMES
 from massact.defaults import DEFAULT_STRATEGIES as DEFAULT_STRATEGIES
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
+from massact.perplexity import PerplexityResult, evaluate_perplexity
 from massact.precision import Precision
 from massact.progress import say, track
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate

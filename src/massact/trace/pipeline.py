@@ -7,12 +7,12 @@ from contextlib import contextmanager
 
 import torch
 
+from massact.capture.risk import capture_quant_risk, quant_risk
 from massact.data.corpus import load_texts, prefix_tokens, token_windows, window_prefix
 from massact.errors import MassactError
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
-from massact.quant.risk import capture_quant_risk, quant_risk
 from massact.scan import MassiveActivation, scan
 from massact.tokens import tokenize_prompt
 from massact.trace.capture import experts_input, run_capture

@@ -15,6 +15,7 @@ import torch
 from massact.detect import token_kind
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
+from massact.validate import check_context, check_prompt
 
 KINDS = ("first", "delimiter", "special", "other")  # the kinds `TokenKinds` codes, in code order
 
@@ -91,23 +92,15 @@ class TextInput:
         return [token_kind(t, i, s) for i, (t, s) in enumerate(zip(self.tokens, self.special))]
 
 
-def _check_length(loaded: LoadedModel, count: int) -> None:
-    limit = loaded.context_length
-    if limit is not None and count > limit:
-        raise MassactError(f"the prompt has {count} tokens but the model takes at most {limit}; shorten the prompt")
-
-
 def tokenize_prompt(loaded: LoadedModel, prompt: str, add_special_tokens: bool = True) -> TextInput:
     """Tokenize `prompt` for `loaded`, refusing empty or over-long prompts with a clear message."""
     tokenizer = loaded.tokenizer
     if tokenizer is None:
         raise MassactError(f"{loaded.name} has no tokenizer, so it takes no text prompt; give it --images instead")
-    if not prompt or not prompt.strip():
-        raise MassactError("the prompt is empty; give --prompt TEXT (or --text-file PATH) with some text")
+    check_prompt(prompt)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]
     if ids.numel() == 0:
         raise MassactError("the prompt tokenizes to zero tokens; give a longer --prompt")
-    _check_length(loaded, ids.shape[1])
     return ids_input(loaded, ids)
 
 
@@ -116,7 +109,7 @@ def ids_input(loaded: LoadedModel, input_ids: torch.Tensor) -> TextInput:
     ids = input_ids.reshape(1, -1) if input_ids.dim() == 1 else input_ids
     if ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
         raise MassactError(f"give one non-empty sequence of token ids, not a tensor of shape {tuple(input_ids.shape)}")
-    _check_length(loaded, ids.shape[1])
+    check_context("the prompt", ids.shape[1], loaded.context_length, "shorten the prompt")
     texts = TokenText(loaded.tokenizer)
     id_list = ids[0].tolist()
     special = [i in texts.special for i in id_list]

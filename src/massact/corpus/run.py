@@ -24,16 +24,14 @@ from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
 from massact.progress import track
 from massact.tokens import TokenText
+from massact.validate import at_least, check_context
 
 MIN_TOP_K = 3
 
 
 def check_seq_len(loaded: LoadedModel, seq_len: int) -> None:
-    limit = loaded.context_length
-    if seq_len < 1:
-        raise MassactError(f"--seq-len {seq_len}: must be at least 1")
-    if limit is not None and seq_len > limit:
-        raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
+    at_least("--seq-len", seq_len)
+    check_context("--seq-len", seq_len, loaded.context_length)
 
 
 def corpus_scan(
@@ -58,8 +56,7 @@ def corpus_scan(
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise MassactError("no sequences to scan; give --samples of at least 1")
-    if batch_size < 1:
-        raise MassactError(f"--batch-size {batch_size}: must be at least 1")
+    at_least("--batch-size", batch_size)
     thresholds = thresholds or Thresholds()
     window_ids = list(range(windows.shape[0])) if window_ids is None else list(window_ids)
     structure = structure or find_structure(loaded.model, blocks_path)

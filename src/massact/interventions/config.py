@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from massact.errors import MassactError
 from massact.interventions.hooks import MODES, SiteMeans, SiteSpec
 from massact.tasks import TaskConfig
+from massact.validate import at_least
 
 
 def parse_modes(text: str) -> list[str]:
@@ -93,8 +94,7 @@ class InterventionConfig:
             ("--batch-size", self.batch_size, 1),
             ("--seeds", self.seeds, 1),
         ):
-            if value < least:
-                raise MassactError(f"{flag} {value}: must be at least {least}")
+            at_least(flag, value, least)
         if self.block is not None:
             parse_block(self.block)
         self.sites.check(None, self.seq_len)

@@ -32,6 +32,7 @@ from massact.progress import say
 from massact.report.spread import spread
 from massact.tasks import evaluate as evaluate_tasks
 from massact.tokens import TokenKinds
+from massact.validate import check_context
 
 SURVEY_SAMPLES = 8
 AFTER_ZERO_SAMPLES = 4
@@ -87,9 +88,7 @@ def check(loaded: LoadedModel, config: InterventionConfig, structure: Structure)
     config.sites.check(hidden_size, config.seq_len)
     if config.means is not None and hidden_size is not None:
         config.means.check(hidden_size, num_blocks, range(num_blocks))
-    limit = loaded.context_length
-    if limit is not None and config.seq_len > limit:
-        raise MassactError(f"--seq-len {config.seq_len} is longer than the model's context ({limit}); lower it")
+    check_context("--seq-len", config.seq_len, loaded.context_length)
     prefix = window_prefix(loaded.tokenizer, config.add_special_tokens)
     if config.seq_len <= max(1, len(prefix)):
         raise MassactError(

@@ -27,6 +27,7 @@ from massact.quant.simulate import quant_context
 from massact.quant.strategies import BEST, candidates, parse_strategy, parts
 from massact.tasks import TaskConfig
 from massact.tasks import evaluate as evaluate_tasks
+from massact.validate import at_least, check_context
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,7 @@ class QuantConfig:
             ("--best-samples", self.best_samples),
             ("--super-weights", self.super_weights),
         ):
-            if value < 1:
-                raise MassactError(f"{flag} {value}: must be at least 1")
+            at_least(flag, value)
 
     @property
     def needs_super_weights(self) -> bool:
@@ -101,15 +101,10 @@ def load_inputs(
     """`samples` windows to evaluate (exactly `load_windows(tok, corpus, samples, seq_len, seed)`) and
     `calib_samples` further windows of the same draw, never evaluated, for calibration; with `seeds` > 1,
     the same drawn again with seeds `seed + 1, ...` in `draws`."""
-    if seeds < 1:
-        raise MassactError(f"--seeds {seeds}: must be at least 1")
-    if calib_samples < 1:
-        raise MassactError(f"--calib-samples {calib_samples}: must be at least 1")
-    if samples < 1:
-        raise MassactError(f"--samples {samples}: must be at least 1")
-    limit = loaded.context_length
-    if limit is not None and seq_len > limit:
-        raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
+    at_least("--seeds", seeds)
+    at_least("--calib-samples", calib_samples)
+    at_least("--samples", samples)
+    check_context("--seq-len", seq_len, loaded.context_length)
     prefix = prefix_tokens(loaded.tokenizer)
     inputs = []
     for draw in range(seed, seed + seeds):

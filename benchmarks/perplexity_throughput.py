@@ -16,7 +16,8 @@ import time
 import torch
 
 from massact.data.corpus import load_windows
-from massact.interventions.hooks import SiteSpec, intervene
+from massact.interventions.hooks import intervene
+from massact.interventions.sites import SiteSpec
 from massact.interventions.survey import survey
 from massact.models.loading import load_model
 from massact.models.structure import find_structure

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from massact.defaults import MODES
 from massact.errors import MassactError
-from massact.interventions.hooks import MODES, SiteMeans, SiteSpec
+from massact.interventions.means import SiteMeans
+from massact.interventions.sites import SiteSpec
 from massact.tasks import TaskConfig
 from massact.validate import at_least
 

@@ -20,8 +20,11 @@ from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_prefix, window_source
 from massact.errors import MassactError
 from massact.interventions.config import InterventionConfig, resolve_blocks
-from massact.interventions.hooks import Intervention, SiteMeans, SiteSpec, blocks_span, intervene
+from massact.interventions.hooks import Intervention, intervene
+from massact.interventions.means import SiteMeans
+from massact.interventions.phrasing import blocks_span
 from massact.interventions.result import InterventionResult
+from massact.interventions.sites import SiteSpec
 from massact.interventions.survey import Survey, survey
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel

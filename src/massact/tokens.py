@@ -14,7 +14,7 @@ import torch
 
 from massact.detect import token_kind
 from massact.errors import MassactError
-from massact.models.loading import LoadedModel
+from massact.models.loaded import LoadedModel
 from massact.validate import check_context, check_prompt
 
 KINDS = ("first", "delimiter", "special", "other")  # the kinds `TokenKinds` codes, in code order

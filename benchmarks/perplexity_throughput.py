@@ -16,11 +16,13 @@ import time
 import torch
 
 from massact.data.corpus import load_windows
-from massact.interventions.hooks import SiteSpec, TokenKinds, intervene
-from massact.interventions.perplexity import evaluate_perplexity
+from massact.interventions.hooks import intervene
+from massact.interventions.sites import SiteSpec
 from massact.interventions.survey import survey
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
+from massact.perplexity import evaluate_perplexity
+from massact.tokens import TokenKinds
 
 
 def plain_loop(model, windows: torch.Tensor, batch_size: int) -> float:

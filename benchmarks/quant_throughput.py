@@ -18,8 +18,8 @@ import time
 import torch
 
 from massact.data.corpus import load_windows
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.models.loading import load_model
+from massact.perplexity import evaluate_perplexity
 from massact.quant import parse_scheme, quant_context
 
 

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.models.loading import load_model
+from massact.perplexity import evaluate_perplexity
 from massact.quant import load_inputs
 from massact.rewrite import RewriteConfig, run
 

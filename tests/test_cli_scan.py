@@ -41,7 +41,7 @@ def _bad_inputs(tmp_path, tiny_model_dir):
         "no model in directory": ([str(empty_dir)], "no config.json"),
         "corrupt gguf": ([str(junk)], "not a readable GGUF"),
         "empty prompt": ([tiny, "--prompt", "  "], "prompt is empty"),
-        "prompt too long": ([tiny, "--prompt", "word " * 200], "at most 64"),
+        "prompt too long": ([tiny, "--prompt", "word " * 200], "longer than the model's context (64 tokens)"),
         "negative abs threshold": ([tiny, "--abs-threshold", "-1"], "positive"),
         "zero ratio threshold": ([tiny, "--ratio-threshold", "0"], "positive"),
         "non-numeric threshold": ([tiny, "--abs-threshold", "abc"], "--abs-threshold"),

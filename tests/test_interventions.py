@@ -17,12 +17,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.interventions import InterventionConfig, parse_modes, resolve_blocks, run
-from massact.interventions.hooks import KINDS, SiteMeans, SiteSpec, TokenKinds, intervene
-from massact.interventions.means import read_means
-from massact.interventions.perplexity import evaluate_perplexity
+from massact.interventions.hooks import intervene
+from massact.interventions.means import SiteMeans, read_means
+from massact.interventions.sites import SiteSpec
 from massact.interventions.survey import survey
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
+from massact.perplexity import evaluate_perplexity
+from massact.tokens import KINDS, TokenKinds
 
 H, VOCAB, MARK, DIM, VALUE = 64, 96, 0, 7, 3000.0
 
@@ -257,7 +259,7 @@ def test_thresholds_select_what_the_detector_selects():
 
 
 def test_block_ranges_read_as_words():
-    from massact.interventions.hooks import blocks_phrase
+    from massact.interventions.phrasing import blocks_phrase
 
     assert blocks_phrase([28]) == "block 28"
     assert blocks_phrase([13, 11, 12]) == "blocks 11-13"

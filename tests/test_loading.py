@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from massact.errors import MassactError
-from massact.models import loading
+from massact.models import gguf, loading
 from massact.models.loading import default_gguf_path, gguf_cache_dir, load_model
 
 
@@ -43,7 +43,7 @@ def test_converted_gguf_is_cached_and_reused(smollm2, monkeypatch):
     def no_conversion(*args, **kwargs):
         raise AssertionError("the cached conversion should have been used")
 
-    monkeypatch.setattr(loading, "_convert_gguf", no_conversion)
+    monkeypatch.setattr(gguf, "convert_gguf", no_conversion)
     again = load_model("default", device="cpu")
     assert again.model.config.num_hidden_layers == 30
     name, param = next(iter(smollm2.model.named_parameters()))

@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from massact.errors import MassactError
-from massact.interventions.perplexity import evaluate_perplexity
+from massact.perplexity import evaluate_perplexity
 
 
 @pytest.fixture(scope="module")

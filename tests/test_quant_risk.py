@@ -8,9 +8,9 @@ import pytest
 import torch
 from test_trace import BLOCK, PLANT_TOKEN, planted_llama
 
+from massact.capture.risk import BlockRisk, int8_round_trip, markdown_table, quant_risk
 from massact.detect import Thresholds
 from massact.models.structure import find_structure
-from massact.quant.risk import BlockRisk, int8_round_trip, markdown_table, quant_risk
 
 
 def test_int8_round_trip_known_values():

@@ -326,7 +326,7 @@ def test_cli_writes_table_json_report_and_figure(model_dir, tmp_path, capsys):
         (["--cache", "4", "--policies", "sinks:4"], "--cache 4 is not larger than sinks:4"),
         (["--offset", "100000"], "--offset 100000 is past the end"),
         (["--offset", "290"], "runs past the end of the text"),
-        (["--tokens", "200", "--score-from", "20"], "beyond the model's context of 128 tokens"),
+        (["--tokens", "200", "--score-from", "20"], "longer than the model's context (128 tokens)"),
     ],
 )
 def test_cli_bad_inputs_fail_in_one_line_and_write_nothing(model_dir, tmp_path, capsys, extra, words):

@@ -21,7 +21,8 @@ from planting import MARK, VOCAB, plant_massive, tiny_model, word_tokenizer
 
 from massact.errors import MassactError
 from massact.format import md_escape
-from massact.interventions.hooks import SiteSpec, intervene
+from massact.interventions.hooks import intervene
+from massact.interventions.sites import SiteSpec
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.tasks import INSTALL_HINT, PAPER_TASKS, TaskConfig, TaskScores, evaluate, parse_tasks, prepare

@@ -323,7 +323,7 @@ def test_merge_paths_must_hold_a_summary(saved, tmp_path, capsys):
 
 def test_device_medians_equal_the_host_medians():
     """The sort-based median (used on accelerators, no read-back) equals the per-row host median."""
-    from massact.interventions.hooks import device_medians, sequence_medians
+    from massact.interventions.medians import device_medians, sequence_medians
 
     mags = torch.rand(3, 7, 5, generator=torch.Generator().manual_seed(0))
     mags[0, 2, 1] = float("nan")

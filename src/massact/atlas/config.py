@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from massact.defaults import ATLAS_STEPS, DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.detect import Thresholds
 from massact.errors import MassactError
+from massact.validate import at_least, check_prompt
 
 STEPS = ATLAS_STEPS
 
@@ -27,12 +28,9 @@ class AtlasConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if not self.prompt or not self.prompt.strip():
-            raise MassactError("the prompt is empty; give --prompt TEXT with some text")
-        if self.samples < 1:
-            raise MassactError(f"--samples {self.samples}: must be at least 1")
-        if self.seq_len < 2:
-            raise MassactError(f"--seq-len {self.seq_len}: must be at least 2")
+        check_prompt(self.prompt)
+        at_least("--samples", self.samples)
+        at_least("--seq-len", self.seq_len, 2)
         if not self.corpus:
             raise MassactError("--corpus is empty; give a corpus name (e.g. shakespeare) or a text file")
         unknown = [s for s in self.steps if s not in STEPS]

@@ -11,8 +11,8 @@ mean over queries, and once with it removed, from the block's own recorded input
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from massact.attention.measures import (
     replaced_output,
 )
 from massact.capture.forward import run_forward
-from massact.capture.hooks import output_tensor
+from massact.capture.hooks import HookSet, KwargsHookFn, output_tensor
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
 from massact.detect import Thresholds, feature_dims
@@ -167,17 +167,15 @@ class _Recorder:
         return hook
 
 
-@contextmanager
-def _block_hooks(structure: Structure, recorder: _Recorder) -> Iterator[None]:
-    """Block hooks with kwargs (the capture layer's hooks get none): they re-run the block on its own inputs."""
-    handles = []
-    try:
-        for index, block in enumerate(structure.blocks):
-            handles.append(block.register_forward_hook(recorder.block_hook(index), with_kwargs=True))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+class _BlockHooks(HookSet):
+    """The recorder's block hooks, with kwargs: they re-run the block on its own inputs."""
+
+    def __init__(self, model: nn.Module, structure: Structure, recorder: _Recorder) -> None:
+        super().__init__(model)
+        self.structure, self.recorder = structure, recorder
+
+    def kwargs_hooks(self) -> list[tuple[nn.Module, KwargsHookFn]]:
+        return [(block, self.recorder.block_hook(i)) for i, block in enumerate(self.structure.blocks)]
 
 
 def _forward(model: nn.Module, input_ids: torch.Tensor) -> None:
@@ -224,7 +222,7 @@ def analyze_sequence(
     if heatmap_block is None:
         heatmap_block = min(first_block + 1, len(structure) - 1) if first_block is not None else len(structure) // 2
     recorder = _Recorder(sinks, options, heatmap_block)
-    hooks = _block_hooks(structure, recorder) if options.intervene else nullcontext()
+    hooks = _BlockHooks(model, structure, recorder) if options.intervene else nullcontext()
     with capture_attention(model, structure, recorder.on_call), hooks:
         _forward(model, input_ids)
     if not recorder.records:

@@ -8,9 +8,9 @@ import torch
 
 from massact.data.corpus import load_texts, prefix_tokens, token_windows
 from massact.defaults import PAPER_PROMPT as PAPER_PROMPT
-from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.scan import tokenize_prompt
+from massact.tokens import tokenize_prompt
+from massact.validate import check_context
 
 
 @dataclass
@@ -43,8 +43,7 @@ def corpus_input(
 
     `texts` are the corpus's documents when already read (`load_texts(corpus)`), else they are read here.
     """
-    if loaded.context_length is not None and seq_len > loaded.context_length:
-        raise MassactError(f"--seq-len {seq_len}: the model takes at most {loaded.context_length} tokens")
+    check_context("--seq-len", seq_len, loaded.context_length)
     tokenizer = loaded.tokenizer
     texts = load_texts(corpus) if texts is None else texts
     ids = token_windows(tokenizer, texts, samples, seq_len, seed, add_special_tokens=add_special_tokens)

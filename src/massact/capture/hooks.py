@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 HookFn = Callable[[nn.Module, tuple, object], object]
+KwargsHookFn = Callable[[nn.Module, tuple, dict, object], object]  # a forward hook that also gets the kwargs
 
 
 def output_tensor(output: object) -> torch.Tensor:
@@ -62,7 +63,8 @@ class HookSet:
 
     The base hooks the model's own forward (a kwargs pre-hook) to remember the call's `input_ids`
     and 2-D `attention_mask`, which block hooks need to skip padding or to know token kinds.
-    Subclasses list their hooks in `forward_hooks()` (and `pre_hooks()` for kwargs pre-hooks);
+    Subclasses list their hooks in `forward_hooks()` (`kwargs_hooks()` for forward hooks that need the call's
+    kwargs, `pre_hooks()` for kwargs pre-hooks);
     everything comes off on exit, also on error.
     """
 
@@ -73,6 +75,10 @@ class HookSet:
         self._handles: list = []
 
     def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
+        return ()
+
+    def kwargs_hooks(self) -> Iterable[tuple[nn.Module, KwargsHookFn]]:
+        """(module, hook(module, args, kwargs, output)) pairs, registered with kwargs."""
         return ()
 
     def pre_hooks(self) -> Iterable[tuple[nn.Module, Callable]]:
@@ -99,6 +105,8 @@ class HookSet:
                 self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             for module, hook in self.forward_hooks():
                 self._handles.append(module.register_forward_hook(hook))
+            for module, hook in self.kwargs_hooks():
+                self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
         except BaseException:
             self.remove()
             raise

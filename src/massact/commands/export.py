@@ -40,19 +40,17 @@ def export_command(
     from massact.data.corpus import load_texts, prefix_tokens, token_windows
     from massact.detect import Thresholds
     from massact.quant.export import ExportFiles, measure_exports, parse_formats
+    from massact.validate import at_least, check_context
 
     chosen = parse_formats(formats)
     thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
     for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
-        if value < 1:
-            raise MassactError(f"{flag} {value}: must be at least 1")
+        at_least(flag, value)
     if out is None and not as_json:
         raise MassactError("give --out DIR (the directory the export files go to) or --json")
     texts = load_texts(corpus)  # a bad corpus fails before the model loads
     loaded = opts.load(model)
-    limit = loaded.context_length
-    if limit is not None and seq_len > limit:
-        raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
+    check_context("--seq-len", seq_len, loaded.context_length)
     add_special_tokens = not no_special_tokens
     windows = token_windows(loaded.tokenizer, texts, samples, seq_len, seed, add_special_tokens=add_special_tokens)
     result = measure_exports(

@@ -8,7 +8,6 @@ import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
 from massact.defaults import DEFAULT_SCHEMES, DEFAULT_STRATEGIES
-from massact.errors import MassactError
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -99,9 +98,10 @@ def quant_command(
         ("--calib-samples", calib_samples, 1),
         ("--seeds", seeds, 1),
     )
+    from massact.validate import at_least
+
     for flag, value, least in counts:
-        if value < least:
-            raise MassactError(f"{flag} {value}: must be at least {least}")
+        at_least(flag, value, least)
     loaded = opts.load(model)
     inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed, seeds)
     if config.needs_super_weights:

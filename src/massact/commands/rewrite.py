@@ -10,6 +10,7 @@ from massact.commands.common import ModelOptions, Opt, emit_result, model_comman
 from massact.errors import MassactError
 from massact.rewrite.config import RewriteConfig, parse_rescale
 from massact.rewrite.folder import check_model_folder
+from massact.validate import at_least
 
 
 @model_command
@@ -73,8 +74,7 @@ def rewrite_command(
         ("--seq-len", seq_len, 2),
         ("--calib-samples", calib_samples, 1),
     ):
-        if value < least:
-            raise MassactError(f"{flag} {value}: must be at least {least}")
+        at_least(flag, value, least)
     if opts.dtype not in ("auto", "float32", "fp32"):
         raise MassactError(
             f"--dtype {opts.dtype}: rewrite the float32 model (--dtype float32); it checks float16 itself"

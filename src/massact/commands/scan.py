@@ -13,6 +13,7 @@ import typer
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.defaults import DEFAULT_PROMPT
 from massact.errors import MassactError
+from massact.validate import at_least, check_prompt
 
 
 @model_command
@@ -89,8 +90,7 @@ def scan_command(
     if images is not None:
         if prompt is not None or text_file is not None:
             raise MassactError("give --images or --prompt/--text-file, not both")
-        if batch_size < 1:
-            raise MassactError(f"--batch-size {batch_size}: must be at least 1")
+        at_least("--batch-size", batch_size)
         from massact.vision import ImageScanConfig, find_images
         from massact.vision import run as run_images
 
@@ -102,8 +102,7 @@ def scan_command(
         emit_result(run_images(opts.load(model), image_set, image_config), out, as_json)
         return
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
-    if not text.strip():
-        raise MassactError("the prompt is empty; give --prompt TEXT (or --text-file PATH) with some text")
+    check_prompt(text)
     from massact.scan import ScanConfig, run
     from massact.vision.pipeline import refuse_prompt_for_vision
 

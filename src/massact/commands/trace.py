@@ -9,7 +9,7 @@ import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
-from massact.errors import MassactError
+from massact.validate import check_prompt
 
 
 @model_command
@@ -55,8 +55,7 @@ def trace_command(
     from massact.trace import TraceConfig, run
 
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
-    if not text.strip():
-        raise MassactError("the prompt is empty; give --prompt TEXT (or --text-file PATH) with some text")
+    check_prompt(text)
     config = TraceConfig(
         thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
         add_special_tokens=not no_special_tokens,

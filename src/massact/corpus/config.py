@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from massact.detect import Thresholds
 from massact.errors import MassactError
+from massact.validate import at_least
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -42,8 +43,7 @@ class CorpusConfig:
             ("--batch-size", self.batch_size),
             ("--top-k", self.top_k),
         ):
-            if value < 1:
-                raise MassactError(f"{flag} {value}: must be at least 1")
+            at_least(flag, value)
         if self.shard is not None:
             index, count = self.shard
             if count < 1 or not 0 <= index < count:

@@ -17,43 +17,21 @@ from massact.corpus.distributed import gather_summaries, shard
 from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
-from massact.detect import Thresholds, token_kind
+from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
 from massact.progress import track
+from massact.tokens import TokenText
+from massact.validate import at_least, check_context
 
 MIN_TOP_K = 3
 
 
-class TokenText:
-    """Decoded token strings and special flags, cached per token id."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._cache: dict[int, str] = {}
-
-    def text(self, token_id: int) -> str:
-        if token_id not in self._cache:
-            self._cache[token_id] = self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
-        return self._cache[token_id]
-
-    def kinds_and_texts(self, ids: Sequence[int], first: int) -> tuple[list[str], list[str]]:
-        """Per position: token text and kind; position `first` is the sequence's first real token."""
-        texts = [self.text(i) for i in ids]
-        kinds = [token_kind(t, p - first, i in self.special) if p >= first else "padding" for p, (t, i) in
-                 enumerate(zip(texts, ids, strict=True))]  # fmt: skip
-        return texts, kinds
-
-
 def check_seq_len(loaded: LoadedModel, seq_len: int) -> None:
-    limit = loaded.context_length
-    if seq_len < 1:
-        raise MassactError(f"--seq-len {seq_len}: must be at least 1")
-    if limit is not None and seq_len > limit:
-        raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
+    at_least("--seq-len", seq_len)
+    check_context("--seq-len", seq_len, loaded.context_length)
 
 
 def corpus_scan(
@@ -78,8 +56,7 @@ def corpus_scan(
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
         raise MassactError("no sequences to scan; give --samples of at least 1")
-    if batch_size < 1:
-        raise MassactError(f"--batch-size {batch_size}: must be at least 1")
+    at_least("--batch-size", batch_size)
     thresholds = thresholds or Thresholds()
     window_ids = list(range(windows.shape[0])) if window_ids is None else list(window_ids)
     structure = structure or find_structure(loaded.model, blocks_path)

@@ -19,6 +19,7 @@ import torch
 
 from massact.defaults import DEFAULT_CORPUS as DEFAULT_CORPUS
 from massact.errors import MassactError
+from massact.validate import at_least
 
 JOIN = "\n\n"
 
@@ -219,19 +220,14 @@ def corpus_windows(
 
     With a prefix of P ids, window i holds the prefix and stream tokens [i*(L-P), (i+1)*(L-P)).
     """
-    if samples < 1:
-        raise MassactError(f"--samples {samples}: must be at least 1")
-    if seq_len < 1:
-        raise MassactError(f"--seq-len {seq_len}: must be at least 1")
+    at_least("--samples", samples)
+    at_least("--seq-len", seq_len)
     if tokenizer is None:
         raise MassactError("the model has no tokenizer, so it cannot read a text corpus")
     prefix = window_prefix(tokenizer, add_special_tokens)
     text_len = seq_len - len(prefix)
-    if text_len < 1:
-        raise MassactError(
-            f"--seq-len {seq_len}: each window starts with {len(prefix)} special token(s), so it must be at least "
-            f"{len(prefix) + 1}; raise --seq-len or pass --no-special-tokens"
-        )
+    why = f"each window starts with {len(prefix)} special token(s); or pass --no-special-tokens"
+    at_least("--seq-len", seq_len, len(prefix) + 1, why)
     ids = _tokenize(tokenizer, texts)
     available = ids.numel() // text_len
     if available < samples:

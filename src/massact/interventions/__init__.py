@@ -13,12 +13,15 @@ Windows start as the tokenizer starts a text (its BOS, whose token kind is 'firs
 only the text tokens (`evaluate_perplexity(..., prefix_len=...)`).
 """
 
+from massact.defaults import MODES
 from massact.interventions.config import InterventionConfig, parse_ints, parse_modes, resolve_blocks
-from massact.interventions.hooks import MODES, SiteMeans, SiteSpec, TokenKinds, intervene
-from massact.interventions.means import read_means
-from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
+from massact.interventions.hooks import intervene
+from massact.interventions.means import SiteMeans, read_means
 from massact.interventions.result import InterventionResult
 from massact.interventions.run import mode_context, run
+from massact.interventions.sites import SiteSpec
+from massact.perplexity import PerplexityResult, evaluate_perplexity
+from massact.tokens import TokenKinds
 
 __all__ = [
     "MODES",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from massact.defaults import MODES
 from massact.errors import MassactError
-from massact.interventions.hooks import MODES, SiteMeans, SiteSpec
+from massact.interventions.means import SiteMeans
+from massact.interventions.sites import SiteSpec
 from massact.tasks import TaskConfig
+from massact.validate import at_least
 
 
 def parse_modes(text: str) -> list[str]:
@@ -93,8 +96,7 @@ class InterventionConfig:
             ("--batch-size", self.batch_size, 1),
             ("--seeds", self.seeds, 1),
         ):
-            if value < least:
-                raise MassactError(f"{flag} {value}: must be at least {least}")
+            at_least(flag, value, least)
         if self.block is not None:
             parse_block(self.block)
         self.sites.check(None, self.seq_len)

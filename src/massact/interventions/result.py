@@ -11,8 +11,8 @@ from rich.table import Table
 
 from massact.format import fmt_ppl, md_code, md_escape
 from massact.interventions.config import InterventionConfig
-from massact.interventions.hooks import SiteMeans, blocks_phrase, blocks_span
-from massact.interventions.means import MEANS_JSON
+from massact.interventions.means import MEANS_JSON, SiteMeans
+from massact.interventions.phrasing import blocks_phrase, blocks_span
 from massact.interventions.survey import Survey
 from massact.outputs import write_json
 from massact.precision import Precision

@@ -20,17 +20,22 @@ from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_prefix, window_source
 from massact.errors import MassactError
 from massact.interventions.config import InterventionConfig, resolve_blocks
-from massact.interventions.hooks import Intervention, SiteMeans, SiteSpec, TokenKinds, blocks_span, intervene
-from massact.interventions.perplexity import evaluate_perplexity
+from massact.interventions.hooks import Intervention, intervene
+from massact.interventions.means import SiteMeans
+from massact.interventions.phrasing import blocks_span
 from massact.interventions.result import InterventionResult
+from massact.interventions.sites import SiteSpec
 from massact.interventions.survey import Survey, survey
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
+from massact.perplexity import evaluate_perplexity
 from massact.precision import Precision
 from massact.progress import say
 from massact.report.spread import spread
 from massact.tasks import evaluate as evaluate_tasks
+from massact.tokens import TokenKinds
+from massact.validate import check_context
 
 SURVEY_SAMPLES = 8
 AFTER_ZERO_SAMPLES = 4
@@ -86,9 +91,7 @@ def check(loaded: LoadedModel, config: InterventionConfig, structure: Structure)
     config.sites.check(hidden_size, config.seq_len)
     if config.means is not None and hidden_size is not None:
         config.means.check(hidden_size, num_blocks, range(num_blocks))
-    limit = loaded.context_length
-    if limit is not None and config.seq_len > limit:
-        raise MassactError(f"--seq-len {config.seq_len} is longer than the model's context ({limit}); lower it")
+    check_context("--seq-len", config.seq_len, loaded.context_length)
     prefix = window_prefix(loaded.tokenizer, config.add_special_tokens)
     if config.seq_len <= max(1, len(prefix)):
         raise MassactError(

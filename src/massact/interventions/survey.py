@@ -21,9 +21,11 @@ from torch import nn
 from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
 from massact.detect import feature_dims
-from massact.interventions.hooks import KINDS, SiteMeans, SiteSpec, TokenKinds
+from massact.interventions.means import SiteMeans
+from massact.interventions.sites import SiteSpec
 from massact.models.structure import Structure
 from massact.progress import track
+from massact.tokens import KINDS, TokenKinds
 
 
 @dataclass

@@ -34,7 +34,6 @@ from massact.capture.forward import run_forward
 from massact.capture.hooks import forward_pre_hook
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import SequenceRecord, capture_block_stats
-from massact.corpus.run import TokenText
 from massact.corpus.summary import CorpusSummary
 from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
@@ -45,6 +44,7 @@ from massact.precision import Precision
 from massact.progress import track
 from massact.quant.export_report import export_markdown, tool_line
 from massact.quant.recipe import kept_linears, recipe, smoothing_mappings
+from massact.tokens import TokenText
 
 FILES = {
     "sites": "sites.json",

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from massact.capture.peaks import BlockPeaks
-from massact.data.corpus import load_windows, text_prefix
+from massact.data.corpus import load_windows, prefix_tokens
 from massact.defaults import DEFAULT_SCHEMES as DEFAULT_SCHEMES
 from massact.defaults import DEFAULT_STRATEGIES as DEFAULT_STRATEGIES
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.interventions.perplexity import PerplexityResult, evaluate_perplexity
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
+from massact.perplexity import PerplexityResult, evaluate_perplexity
 from massact.precision import Precision
 from massact.progress import say, track
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate
@@ -27,6 +27,7 @@ from massact.quant.simulate import quant_context
 from massact.quant.strategies import BEST, candidates, parse_strategy, parts
 from massact.tasks import TaskConfig
 from massact.tasks import evaluate as evaluate_tasks
+from massact.validate import at_least, check_context
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,7 @@ class QuantConfig:
             ("--best-samples", self.best_samples),
             ("--super-weights", self.super_weights),
         ):
-            if value < 1:
-                raise MassactError(f"{flag} {value}: must be at least 1")
+            at_least(flag, value)
 
     @property
     def needs_super_weights(self) -> bool:
@@ -101,16 +101,11 @@ def load_inputs(
     """`samples` windows to evaluate (exactly `load_windows(tok, corpus, samples, seq_len, seed)`) and
     `calib_samples` further windows of the same draw, never evaluated, for calibration; with `seeds` > 1,
     the same drawn again with seeds `seed + 1, ...` in `draws`."""
-    if seeds < 1:
-        raise MassactError(f"--seeds {seeds}: must be at least 1")
-    if calib_samples < 1:
-        raise MassactError(f"--calib-samples {calib_samples}: must be at least 1")
-    if samples < 1:
-        raise MassactError(f"--samples {samples}: must be at least 1")
-    limit = loaded.context_length
-    if limit is not None and seq_len > limit:
-        raise MassactError(f"--seq-len {seq_len} is longer than the model's context ({limit} tokens); lower --seq-len")
-    prefix = [loaded.tokenizer.convert_ids_to_tokens(i) for i in text_prefix(loaded.tokenizer)]
+    at_least("--seeds", seeds)
+    at_least("--calib-samples", calib_samples)
+    at_least("--samples", samples)
+    check_context("--seq-len", seq_len, loaded.context_length)
+    prefix = prefix_tokens(loaded.tokenizer)
     inputs = []
     for draw in range(seed, seed + seeds):
         drawn = load_windows(loaded.tokenizer, corpus, samples + calib_samples, seq_len, seed=draw)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from massact.errors import MassactError
+from massact.validate import at_least
 
 GRANULARITIES = ("tensor", "static", "token")
 DEFAULT_GROUP = 128  # input channels per weight scale for 4-bit (and lower) weights unless given
@@ -55,8 +56,10 @@ class Scheme:
         _check_bits(self.kv_bits, "KV-cache")
         if self.granularity not in GRANULARITIES:
             raise MassactError(f"activation scales {self.granularity!r}: use one of {', '.join(GRANULARITIES)}")
-        if self.group is not None and (self.group < 1 or self.weight_bits is None):
-            raise MassactError(f"weight group {self.group}: must be at least 1 and needs weight bits")
+        if self.group is not None:
+            at_least("weight group", self.group)
+            if self.weight_bits is None:
+                raise MassactError(f"weight group {self.group}: needs weight bits")
         if self.weight_bits is None and self.act_bits is None and self.kv_bits is None:
             raise MassactError(f"a scheme quantizes something; give one like {EXAMPLES}")
 

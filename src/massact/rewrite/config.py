@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from massact.errors import MassactError
+from massact.validate import at_least
 
 FP16_MAX = 65504.0
 FP8_E4M3_MAX = 448.0
@@ -60,8 +61,7 @@ class RewriteConfig:
             if name not in QUANT_SCHEMES:
                 raise MassactError(f"--check-quant {self.check_quant!r}: use {', '.join(QUANT_SCHEMES)}")
             object.__setattr__(self, "check_quant", name)
-        if self.batch_size < 1:
-            raise MassactError(f"--batch-size {self.batch_size}: must be at least 1")
+        at_least("--batch-size", self.batch_size)
         if not self.tolerance > 0:
             raise MassactError(f"tolerance {self.tolerance}: must be positive")
 

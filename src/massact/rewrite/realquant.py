@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from massact.errors import MassactError
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.models.loading import LoadedModel
+from massact.perplexity import evaluate_perplexity
 from massact.quant import QuantConfig, QuantInputs
 from massact.quant import run as simulate
 

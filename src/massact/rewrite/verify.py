@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from massact.capture.hooks import HookSet
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.models.structure import find_structure
+from massact.perplexity import evaluate_perplexity
 from massact.rewrite.measure import BlockPeaks, Nonfinite
 
 

@@ -4,9 +4,10 @@
 same with keyword options.
 """
 
+from massact.defaults import DEFAULT_PROMPT
 from massact.scan.result import MassiveActivation, ScanResult, find_massive, summarize_massive
 from massact.scan.run import ScanConfig, run, scan
-from massact.scan.tokens import DEFAULT_PROMPT, TextInput, ids_input, tokenize_prompt
+from massact.tokens import TextInput, ids_input, tokenize_prompt
 
 __all__ = [
     "DEFAULT_PROMPT",

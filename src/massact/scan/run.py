@@ -8,12 +8,13 @@ import torch
 
 from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
+from massact.defaults import DEFAULT_PROMPT
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.scan.result import ScanResult, find_massive, summarize_massive
-from massact.scan.tokens import DEFAULT_PROMPT, TextInput, ids_input, tokenize_prompt
+from massact.tokens import TextInput, ids_input, tokenize_prompt
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from massact.defaults import DEFAULT_POLICIES as DEFAULT_POLICIES
 from massact.detect import Thresholds
 from massact.errors import MassactError
+from massact.validate import at_least
 
 KINDS = ("full", "window", "sinks", "detected", "recompute")
 POSITIONS = ("original", "cache")
@@ -102,21 +103,19 @@ class StreamConfig:
             object.__setattr__(self, "policies", parse_policies(self.policies))
         if not self.policies:
             raise MassactError(f"--policies is empty; {_HELP}")
-        if self.cache < 2:
-            raise MassactError(f"--cache {self.cache}: must be at least 2 tokens")
+        at_least("--cache", self.cache, 2)
         sinks = max((p.sinks for p in self.policies), default=0)
         if sinks >= self.cache:
             raise MassactError(
                 f"--cache {self.cache} is not larger than sinks:{sinks}; give a cache larger than the sink count"
             )
-        if self.score_from is not None and self.score_from < 1:
-            raise MassactError(f"--score-from {self.score_from}: must be at least 1 (token 0 has no prediction)")
+        if self.score_from is not None:
+            at_least("--score-from", self.score_from, 1, "token 0 has no prediction")
         if self.positions not in POSITIONS:
             raise MassactError(f"--positions {self.positions!r}: use original or cache")
         if self.stride < 1 or self.stride > self.cache:
             raise MassactError(f"--stride {self.stride}: must be between 1 and --cache {self.cache}")
-        if self.max_detected < 1:
-            raise MassactError(f"max_detected {self.max_detected}: must be at least 1")
+        at_least("max_detected", self.max_detected)
         if not isinstance(self.thresholds, Thresholds):
             raise MassactError("thresholds must be a massact.detect.Thresholds")
 

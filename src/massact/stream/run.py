@@ -17,6 +17,8 @@ from massact.stream.decode import PolicyRun, check_cache_support, decode_policy,
 from massact.stream.kvcache import Rotary
 from massact.stream.policy import StreamConfig
 from massact.stream.result import StreamResult, TokenStream
+from massact.validate import at_least
+from massact.validate import check_context as fits_context
 
 
 def cut_stream(tokenizer, text: str, offset: int = 0, tokens: int = 1200, source: str = "text") -> TokenStream:
@@ -27,8 +29,7 @@ def cut_stream(tokenizer, text: str, offset: int = 0, tokens: int = 1200, source
     if offset < 0:
         raise MassactError(f"--offset {offset}: must be 0 or more")
     prefix = text_prefix(tokenizer)
-    if tokens < len(prefix) + 2:
-        raise MassactError(f"--tokens {tokens}: must be at least {len(prefix) + 2}")
+    at_least("--tokens", tokens, len(prefix) + 2)
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     needed = tokens - len(prefix)
     if offset + needed > len(ids):
@@ -53,9 +54,8 @@ def check_context(loaded: LoadedModel, tokens: int, config: StreamConfig) -> Non
         return
     bounded = [p for p in config.policies if p.kind != "full"]
     unbounded = config.positions == "original" or len(bounded) < len(config.policies)
-    if unbounded and tokens > context:
-        fix = "use --positions cache with bounded policies, or lower --tokens"
-        raise MassactError(f"--tokens {tokens} is beyond the model's context of {context} tokens; {fix}")
+    if unbounded:
+        fits_context("--tokens", tokens, context, "use --positions cache with bounded policies, or lower --tokens")
     if bounded and config.cache + 1 > context:
         raise MassactError(f"--cache {config.cache} does not fit the model's context of {context} tokens; lower it")
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from massact.data.corpus import DEFAULT_CORPUS
 from massact.detect import Thresholds
 from massact.errors import MassactError
+from massact.validate import at_least
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,7 @@ class TraceConfig:
             if value is not None and value < 0:
                 raise MassactError(f"--{name} {value}: must be 0 or more")
         for name, least in (("max_sites", 1), ("top", 1), ("samples", 1), ("seq_len", 2), ("batch_size", 1)):
-            value = getattr(self, name)
-            if value < least:
-                raise MassactError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+            at_least(f"--{name.replace('_', '-')}", getattr(self, name), least)
         if not 0 < self.share <= 1:
             raise MassactError(f"--share {self.share}: must be in (0, 1], e.g. 0.9")
         if not self.corpus:

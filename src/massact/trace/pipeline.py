@@ -7,18 +7,20 @@ from contextlib import contextmanager
 
 import torch
 
+from massact.capture.risk import capture_quant_risk, quant_risk
 from massact.data.corpus import load_texts, prefix_tokens, token_windows, window_prefix
 from massact.errors import MassactError
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
-from massact.quant.risk import capture_quant_risk, quant_risk
-from massact.scan import MassiveActivation, scan, tokenize_prompt
+from massact.scan import MassiveActivation, scan
+from massact.tokens import tokenize_prompt
 from massact.trace.capture import experts_input, run_capture
 from massact.trace.config import TraceConfig
 from massact.trace.result import TraceResult
 from massact.trace.verify import verify_trace
 from massact.trace.writer import trace_site
+from massact.validate import check_context
 
 
 def _choose_sites(
@@ -39,9 +41,7 @@ def _choose_sites(
 
 def _windows(loaded: LoadedModel, config: TraceConfig, texts: list[str] | None) -> tuple[torch.Tensor, dict]:
     """The corpus windows for perplexity and the risk table, each starting the way the tokenizer starts a text."""
-    limit = loaded.context_length
-    if limit is not None and config.seq_len > limit:
-        raise MassactError(f"--seq-len {config.seq_len}: the model takes at most {limit} tokens; lower --seq-len")
+    check_context("--seq-len", config.seq_len, loaded.context_length)
     texts = load_texts(config.corpus) if texts is None else texts
     tokenizer = loaded.tokenizer
     windows = token_windows(

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
+from massact.capture.risk import markdown_table
 from massact.format import md_code, show_token
-from massact.quant.risk import markdown_table
 from massact.trace.writer import SiteTrace
 
 if TYPE_CHECKING:

@@ -20,9 +20,9 @@ from massact.capture.forward import run_forward
 from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.capture.stats import capture_block_stats
 from massact.errors import MassactError
-from massact.interventions.perplexity import evaluate_perplexity
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
+from massact.perplexity import evaluate_perplexity
 from massact.trace.edit import EntryKey, zeroed_entries
 from massact.trace.writer import SiteTrace
 

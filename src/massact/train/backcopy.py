@@ -15,6 +15,7 @@ from functools import cached_property
 import torch
 
 from massact.errors import MassactError
+from massact.validate import at_least
 
 BOS = 0
 VALIDATION_SEED = 987_654_321  # seed of the fixed validation / probe sequences (training seeds never reach it)
@@ -32,8 +33,7 @@ class BackcopyTask:
     def __post_init__(self) -> None:
         if self.vocab_size < self.triggers + 3:
             raise MassactError(f"vocab_size {self.vocab_size} is too small for {self.triggers} trigger tokens")
-        if self.triggers < 1:
-            raise MassactError(f"triggers must be at least 1 (got {self.triggers})")
+        at_least("triggers", self.triggers)
         if self.concentration <= 0:
             raise MassactError(f"concentration must be positive (got {self.concentration})")
 

@@ -23,6 +23,7 @@ from massact.train.gpt2 import ATTENTION_VARIANTS, check_variant
 from massact.train.presets import OPTIMIZERS, PRESETS, TrainConfig, get_preset
 from massact.train.report import ExperimentResult
 from massact.train.trainer import train
+from massact.validate import at_least
 
 BACKCOPY = "bigram-backcopy"
 DEFAULT_PRESETS = {BACKCOPY: "backcopy-cpu", "text": "cpu-small"}
@@ -72,12 +73,11 @@ class ExperimentConfig:
         if len(set(variants)) != len(variants):
             raise MassactError(f"a variant is listed twice: {', '.join(self.variants)}")
         object.__setattr__(self, "variants", variants)
-        if self.seeds < 1:
-            raise MassactError(f"--seeds must be at least 1 (got {self.seeds})")
+        at_least("--seeds", self.seeds)
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise MassactError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise MassactError(f"--max-steps must be at least 1 (got {self.max_steps})")
+        if self.max_steps is not None:
+            at_least("--max-steps", self.max_steps)
         if self.preset_name not in PRESETS:
             raise MassactError(f"unknown preset {self.preset_name!r}; use one of {', '.join(PRESETS)}")
         preset_task = PRESETS[self.preset_name].task

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from massact.errors import MassactError
 from massact.train.gpt2 import GPT2Config
+from massact.validate import at_least
 
 TOKENIZERS = ("bpe", "smollm2")
 TASKS = ("text", "bigram-backcopy")
@@ -51,8 +52,7 @@ class TrainConfig:
         if self.tokenizer not in TOKENIZERS:
             raise MassactError(f"unknown tokenizer {self.tokenizer!r}; use one of {', '.join(TOKENIZERS)}")
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "monitor_interval"):
-            if getattr(self, name) < 1:
-                raise MassactError(f"{name} must be at least 1 (got {getattr(self, name)})")
+            at_least(name, getattr(self, name))
         if not 0 < self.val_fraction < 1:
             raise MassactError(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
 

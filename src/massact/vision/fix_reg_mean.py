@@ -22,6 +22,7 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
+from massact.validate import at_least
 from massact.vision import fix_reg_mean_report
 from massact.vision.images import ImageSet
 from massact.vision.pipeline import TokenLayout, VisionPipeline
@@ -158,10 +159,11 @@ class FixRegMeanConfig:
     def __post_init__(self) -> None:
         for name in ("k", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise MassactError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-        if self.samples is not None and self.samples < 1:
-            raise MassactError(f"--samples {self.samples}: must be at least 1")
+            if not isinstance(value, int):
+                raise MassactError(f"--{name.replace('_', '-')} {value}: give a whole number")
+            at_least(f"--{name.replace('_', '-')}", value)
+        if self.samples is not None:
+            at_least("--samples", self.samples)
 
 
 @dataclass

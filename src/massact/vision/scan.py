@@ -18,6 +18,7 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
 from massact.scan import ScanResult, find_massive, summarize_massive
+from massact.validate import at_least
 from massact.vision import report
 from massact.vision.images import ImageSet, open_image
 from massact.vision.pipeline import TokenLayout, VisionPipeline
@@ -54,10 +55,11 @@ class ImageScanConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise MassactError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.num_images is not None and self.num_images < 1:
-            raise MassactError(f"--num-images {self.num_images}: must be at least 1")
+        if not isinstance(self.batch_size, int):
+            raise MassactError(f"--batch-size {self.batch_size}: give a whole number")
+        at_least("--batch-size", self.batch_size)
+        if self.num_images is not None:
+            at_least("--num-images", self.num_images)
         if self.keep is not None and self.keep < 0:
             raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
 

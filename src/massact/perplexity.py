@@ -12,6 +12,7 @@ from torch import nn
 from massact.capture.forward import run_forward
 from massact.errors import MassactError
 from massact.progress import track
+from massact.validate import at_least
 
 IGNORE = -100
 
@@ -59,8 +60,7 @@ def evaluate_perplexity(
             f"perplexity needs windows of shape [N >= 1, L > {first}] (a prefix of {prefix_len}), "
             f"got {tuple(windows.shape)}"
         )
-    if batch_size < 1:
-        raise MassactError(f"--batch-size {batch_size}: must be at least 1")
+    at_least("--batch-size", batch_size)
     total = torch.zeros((), dtype=torch.float64)
     nonfinite = 0
     tokens = 0

@@ -16,14 +16,12 @@ All accumulators are sums and maxima, so results over many sequences merge exact
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from massact.capture.hooks import forward_hooks, forward_pre_hook, output_tensor
+from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.capture.stats import median_magnitude
 from massact.detect import Thresholds
 from massact.models.structure import Structure
@@ -118,26 +116,26 @@ class BlockRisk:
         }
 
 
-class QuantRiskCollector:
-    """Hooked on every block output; call `rows()` when the forward passes are done."""
+class QuantRiskCollector(HookSet):
+    """Hooks every block output (padding left out); a context manager, `rows()` when the passes are done."""
 
-    def __init__(self, structure: Structure, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, model: nn.Module, structure: Structure, thresholds: Thresholds | None = None) -> None:
+        super().__init__(model)
+        self.structure = structure
         self.thresholds = thresholds or Thresholds()
         self.blocks = [BlockRisk() for _ in structure.blocks]
-        self._mask: torch.Tensor | None = None
 
-    def _grab_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        mask = kwargs.get("attention_mask")
-        self._mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    def forward_hooks(self) -> list[tuple[nn.Module, HookFn]]:
+        return [(block, self._hook_for(i)) for i, block in enumerate(self.structure.blocks)]
 
-    def hook_for(self, index: int):
+    def _hook_for(self, index: int) -> HookFn:
         def hook(module: nn.Module, args: tuple, output: object) -> None:
             hidden = output_tensor(output)
             if hidden.dim() == 2:
                 hidden = hidden.unsqueeze(0)
-            mask = self._mask if self._mask is not None and self._mask.shape == hidden.shape[:2] else None
+            mask = self.valid_mask(hidden.shape[0], hidden.shape[1], hidden.device)
             for b in range(hidden.shape[0]):
-                x = hidden[b] if mask is None else hidden[b][mask[b].bool().to(hidden.device)]
+                x = hidden[b] if mask is None else hidden[b][mask[b]]
                 if x.numel():
                     self.blocks[index].add(x, self.thresholds)
 
@@ -147,15 +145,11 @@ class QuantRiskCollector:
         return [risk.row(i) for i, risk in enumerate(self.blocks)]
 
 
-@contextmanager
 def capture_quant_risk(
     model: nn.Module, structure: Structure, thresholds: Thresholds | None = None
-) -> Iterator[QuantRiskCollector]:
-    """Hook every block output of `model`; the yielded collector's `rows()` is the risk table."""
-    collector = QuantRiskCollector(structure, thresholds)
-    hooks = [(block, collector.hook_for(i)) for i, block in enumerate(structure.blocks)]
-    with forward_pre_hook(model, collector._grab_mask), forward_hooks(hooks):
-        yield collector
+) -> QuantRiskCollector:
+    """Hook every block output of `model` within `with`; the collector's `rows()` is the risk table."""
+    return QuantRiskCollector(model, structure, thresholds)
 
 
 def quant_risk(

@@ -22,6 +22,21 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True)
+class CorpusInputs:
+    """The corpus to scan (a name or a path), and its documents when read already."""
+
+    corpus: str = "shakespeare"
+    texts: list[str] | None = None
+
+    @classmethod
+    def read(cls, corpus: str) -> CorpusInputs:
+        """Read the corpus now, so that a bad one fails before a model loads."""
+        from massact.data.corpus import load_texts
+
+        return cls(corpus, load_texts(corpus))
+
+
+@dataclass(frozen=True)
 class CorpusConfig:
     """What one corpus scan reads and keeps."""
 
@@ -34,6 +49,7 @@ class CorpusConfig:
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
     shard: tuple[int, int] | None = None  # (i, n): scan only part i of n of the drawn windows
     progress: bool = True
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
     def __post_init__(self) -> None:
         for flag, value in (

@@ -20,6 +20,7 @@ class CorpusResult:
     summary: CorpusSummary
     command: str | None = None  # the command line, for report.md
     precision: Precision | None = None  # whether the run's dtype held the block outputs (not kept by a merge)
+    is_main: bool = True  # False on every process but the main one of a data-parallel run: it alone writes
 
     def to_json(self) -> dict:
         return derived(self.summary) | {"precision": self.precision.to_json() if self.precision else None}

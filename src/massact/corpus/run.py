@@ -1,6 +1,6 @@
 """The corpus scan: stream token windows through the model in batches, aggregate every sequence.
 
-`run(loaded, corpus, CorpusConfig)` is the entry point; `corpus_scan` scans windows already cut.
+`run(loaded, corpus_or_inputs, CorpusConfig)` is the entry point; `corpus_scan` scans windows already cut.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from massact.capture.forward import run_forward
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
-from massact.corpus.config import CorpusConfig
-from massact.corpus.distributed import gather_summaries, shard
+from massact.corpus.config import CorpusConfig, CorpusInputs
+from massact.corpus.distributed import gather_summaries, launch_state, shard
 from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
 from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
@@ -114,26 +114,23 @@ def source_name(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] =
 
 
 def run(
-    loaded: LoadedModel,
-    corpus: str = "shakespeare",
-    config: CorpusConfig | None = None,
-    *,
-    texts: list[str] | None = None,
-    structure: Structure | None = None,
-    state=None,
-) -> CorpusResult | None:
-    """Scan `config.samples` windows of `corpus` (a name or path; its documents in `texts` when read already).
+    loaded: LoadedModel, inputs: str | CorpusInputs = "shakespeare", config: CorpusConfig | None = None
+) -> CorpusResult:
+    """Scan `config.samples` windows of a corpus: `inputs` is its name or path, or `CorpusInputs` with its texts.
 
-    Under a data-parallel launch (`state`), every process scans its share and the main process gets
-    the merged result (None elsewhere); `config.shard` scans one part by hand instead.
+    Under a data-parallel launch every process scans its share and gets the merged result; only the
+    main one has `is_main` (the one that writes). `config.shard` scans one part by hand instead.
     """
     config = config or CorpusConfig()  # sizes checked when it was built
+    inputs = CorpusInputs(inputs) if isinstance(inputs, str) else inputs
+    corpus = inputs.corpus
     check_seq_len(loaded, config.seq_len)
-    texts = load_texts(corpus) if texts is None else texts
+    texts = load_texts(corpus) if inputs.texts is None else inputs.texts
     windows, window_ids = corpus_windows(
         loaded.tokenizer, texts, config.samples, config.seq_len, config.seed, config.add_special_tokens
     )
     prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
+    structure = find_structure(loaded.model, config.blocks_path)
     kwargs = dict(
         source=source_name(corpus, config.seq_len, prefix), batch_size=config.batch_size,
         thresholds=config.thresholds, top_k=config.top_k, structure=structure, prefix_tokens=prefix,
@@ -141,8 +138,9 @@ def run(
     if config.shard is not None:
         part = shard(config.samples, *config.shard)
         windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
+    state = launch_state()
     if state is None or state.num_processes == 1:
-        with BlockPeaks(loaded.model, structure or find_structure(loaded.model)) as peaks:
+        with BlockPeaks(loaded.model, structure) as peaks:
             summary = corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs)
         return CorpusResult(summary, precision=Precision.from_peaks(peaks))
     if config.shard is not None:
@@ -154,5 +152,4 @@ def run(
             loaded, windows[share.start : share.stop], window_ids[share.start : share.stop],
             progress=config.progress and state.is_main_process, **kwargs,
         )  # fmt: skip
-    summary = gather_summaries(state, part)
-    return None if summary is None else CorpusResult(summary)
+    return CorpusResult(gather_summaries(part), is_main=state.is_main_process)

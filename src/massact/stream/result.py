@@ -13,9 +13,9 @@ from rich.table import Table
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.precision import Precision
+from massact.stream.config import StreamConfig
 from massact.stream.decode import PolicyRun
 from massact.stream.figures import plot_running_perplexity
-from massact.stream.policy import StreamConfig
 
 MAX_CURVE_POINTS = 400
 DETECTION_NOTE = (

@@ -68,13 +68,9 @@ def rewrite_command(
         progress=not as_json,
     )
     check_model_folder(out)
-    for flag, value, least in (
-        ("--samples", samples, 1),
-        ("--seq-len", seq_len, 2),
-        ("--calib-samples", calib_samples, 1),
-    ):
-        if value < least:
-            raise MassactError(f"{flag} {value}: must be at least {least}")
+    from massact.quant.run import check_counts
+
+    check_counts(samples, seq_len, calib_samples)
     if opts.dtype not in ("auto", "float32", "fp32"):
         raise MassactError(
             f"--dtype {opts.dtype}: rewrite the float32 model (--dtype float32); it checks float16 itself"

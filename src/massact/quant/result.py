@@ -27,7 +27,7 @@ from massact.tasks import TaskScores
 from massact.tasks.scores import percent
 
 if TYPE_CHECKING:
-    from massact.quant.run import QuantConfig
+    from massact.quant.config import QuantConfig
 
 FORMAT = "massact-quant/1"
 WEIGHTS_NOTE = "the schemes quantize these weights again, so results are relative to them"

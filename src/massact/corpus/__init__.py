@@ -8,11 +8,12 @@ Windows start as the tokenizer starts a text (its BOS); `CorpusConfig(add_specia
 text tokens only, and `CorpusConfig(shard=(i, n))` scans part i of n so the parts merge into the whole.
 """
 
-from massact.corpus.config import CorpusConfig, CorpusInputs, parse_shard
+from massact.corpus.config import CorpusConfig, parse_shard
 from massact.corpus.merge import merge
 from massact.corpus.result import CorpusResult
 from massact.corpus.run import corpus_scan, run
 from massact.corpus.summary import CorpusSummary, SiteStats
+from massact.data.corpus import CorpusInputs
 from massact.interventions.means import read_means
 
 __all__ = [

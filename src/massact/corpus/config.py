@@ -22,21 +22,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True)
-class CorpusInputs:
-    """The corpus to scan (a name or a path), and its documents when read already."""
-
-    corpus: str = "shakespeare"
-    texts: list[str] | None = None
-
-    @classmethod
-    def read(cls, corpus: str) -> CorpusInputs:
-        """Read the corpus now, so that a bad one fails before a model loads."""
-        from massact.data.corpus import load_texts
-
-        return cls(corpus, load_texts(corpus))
-
-
-@dataclass(frozen=True)
 class CorpusConfig:
     """What one corpus scan reads and keeps."""
 

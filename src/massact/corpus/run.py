@@ -12,11 +12,11 @@ import torch
 from massact.capture.forward import run_forward
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
-from massact.corpus.config import CorpusConfig, CorpusInputs
+from massact.corpus.config import CorpusConfig
 from massact.corpus.distributed import gather_summaries, launch_state, shard
 from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
-from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
+from massact.data.corpus import CorpusInputs, corpus_windows, prefix_tokens, window_source
 from massact.detect import Thresholds, token_kind
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -125,7 +125,7 @@ def run(
     inputs = CorpusInputs(inputs) if isinstance(inputs, str) else inputs
     corpus = inputs.corpus
     check_seq_len(loaded, config.seq_len)
-    texts = load_texts(corpus) if inputs.texts is None else inputs.texts
+    texts = inputs.documents()
     windows, window_ids = corpus_windows(
         loaded.tokenizer, texts, config.samples, config.seq_len, config.seed, config.add_special_tokens
     )

@@ -171,13 +171,8 @@ def _mean(values: list) -> float | None:
 def attention_step(ctx: Context) -> dict:
     """Fraction of sink heads in the blocks up to the first massive block and in the blocks after it."""
     attention = _analysis("attention")
-    scan = _analysis("scan")
-    text = scan.tokenize_prompt(ctx.loaded, ctx.config.prompt)
-    structure = find_structure(ctx.loaded.model)
     options = attention.AttentionConfig(thresholds=ctx.config.thresholds)
-    result = attention.analyze(
-        ctx.loaded.model, structure, text.input_ids, options, name=ctx.loaded.name, tokens=text.tokens
-    )
+    result = attention.run(ctx.loaded, ctx.config.prompt, options)
     _save(result, ctx.folder / "attention", "attention.json")
     rows = result.to_json()["blocks"]
     first = result.first_massive_block

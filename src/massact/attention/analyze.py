@@ -11,7 +11,7 @@ mean over queries, and once with it removed, from the block's own recorded input
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from torch import nn
 
 from massact.attention import views
 from massact.attention.capture import AttentionCall, capture_attention, check_capturable, check_memory, num_heads
+from massact.attention.config import AttentionConfig
 from massact.attention.inputs import AttentionInput, prompt_input
 from massact.attention.measures import (
     BlockAttention,
@@ -51,34 +52,6 @@ PER_BLOCK = (
     "replace_mean_change",
     "replace_zero_change",
 )
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """What to measure and keep."""
-
-    threshold: float = 0.3  # sink-head threshold on the first token's importance
-    block: int | None = None  # heatmap block (default: the first block whose input carries massive activations)
-    logits: bool = False  # also keep the heatmap block's pre-softmax logits
-    intervene: bool = True  # measure the block-output change when the C part is replaced by its mean
-    keep_maps: Sequence[int] = ()  # blocks whose full per-head maps are kept (all blocks: range(num_blocks))
-    display_tokens: int = 64  # heatmap size (the top-left corner of the map)
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    sinks: Sequence[int] | None = None  # the token positions C, chosen by hand; default: massact's detection
-    max_memory: int | None = None  # bytes allowed for one attention map (default: what is available)
-    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself (`run` only)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1:
-            raise MassactError(f"--threshold {self.threshold}: the sink threshold is a probability in (0, 1)")
-        if self.block is not None and self.block < 0:
-            raise MassactError(f"--block {self.block}: give a block index (0 or more)")
-        if self.display_tokens < 2:
-            raise MassactError(f"--display-tokens {self.display_tokens}: show at least 2 tokens")
-        if self.sinks is not None and any(s < 0 for s in self.sinks):
-            raise MassactError(f"--tokens {list(self.sinks)}: positions are 0 or more")
-        if not isinstance(self.thresholds, Thresholds):
-            raise MassactError("thresholds must be a massact.detect.Thresholds")
 
 
 @dataclass
@@ -356,7 +329,7 @@ def _num(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def analyze(
+def _analyze(
     model: nn.Module,
     structure: Structure,
     input_ids: torch.Tensor,
@@ -408,7 +381,7 @@ def run(
         inputs = AttentionInput(ids, strings or [str(int(i)) for i in ids[0]])
     structure = find_structure(loaded.model, config.blocks_path)
     with BlockPeaks(loaded.model, structure) as peaks:
-        result = analyze(
+        result = _analyze(
             loaded.model,
             structure,
             inputs.input_ids,

@@ -13,7 +13,7 @@ from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
 from massact.quant.risk import capture_quant_risk, quant_risk
-from massact.scan import MassiveActivation, scan, tokenize_prompt
+from massact.scan import MassiveActivation, ScanConfig, scan, tokenize_prompt
 from massact.trace.capture import experts_input, run_capture
 from massact.trace.config import TraceConfig
 from massact.trace.inputs import TraceInputs
@@ -92,14 +92,13 @@ def run(loaded: LoadedModel, inputs: str | TraceInputs, config: TraceConfig | No
     inputs = TraceInputs(inputs) if isinstance(inputs, str) else inputs
     prompt = inputs.prompt
     windows, window_info = _windows(loaded, config, inputs.texts) if config.verify or config.risk else (None, None)
-    found = scan(
-        loaded,
-        prompt,
+    scan_config = ScanConfig(
         thresholds=config.thresholds,
         top_k=1,
         add_special_tokens=config.add_special_tokens,
         blocks_path=config.blocks_path,
     )
+    found = scan(loaded, prompt, scan_config)
     structure = found.structure
     hidden_size = model_dims(loaded.model).hidden_size or found.hidden_size
     _check_site_options(config, len(found.tokens), hidden_size, len(structure))

@@ -23,6 +23,7 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
 from massact.vision import fix_reg_mean_report
+from massact.vision.config import FixRegMeanConfig
 from massact.vision.images import ImageSet
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 from massact.vision.scan import batches
@@ -144,24 +145,6 @@ def model_label_ids(config, classes: list[str]) -> list[int] | None:
         else:
             return None
     return ids
-
-
-@dataclass(frozen=True)
-class FixRegMeanConfig:
-    """Fix-Reg-Mean settings."""
-
-    k: int = 5  # neighbours for the k-NN label agreement
-    batch_size: int = 8  # images per forward pass
-    samples: int | None = None  # use at most this many images for the means
-    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
-
-    def __post_init__(self) -> None:
-        for name in ("k", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise MassactError(f"--{name.replace('_', '-')} {value}: must be at least 1")
-        if self.samples is not None and self.samples < 1:
-            raise MassactError(f"--samples {self.samples}: must be at least 1")
 
 
 @dataclass

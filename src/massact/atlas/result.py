@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from massact.atlas.config import AtlasConfig
+from massact.atlas.model_run import ModelRun
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
@@ -149,6 +150,7 @@ class AtlasResult:
 
     rows: list[dict]
     config: AtlasConfig
+    runs: list[ModelRun] = field(default_factory=list)  # each model's analyses, written into its own folder
 
     @property
     def analysed(self) -> list[dict]:
@@ -238,7 +240,10 @@ class AtlasResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> None:
-        """atlas.json, atlas.md and comparison.png into `out`."""
+        """atlas.json, atlas.md and comparison.png into `out`, and a folder per analysed model."""
+        for run in self.runs:
+            if run.ok:
+                run.write(out / run.slug, self.config)
         write_json(out / ATLAS_JSON, self.to_json())
         (out / ATLAS_MD).write_text(self.markdown(), encoding="utf-8")
         curves = {}

@@ -56,7 +56,7 @@ def atlas_command(
         device=device,
         trust_remote_code=trust_remote_code,
     )
-    result = massact.atlas.run(models, config, out)
+    result = massact.atlas.run(models, out, config)  # --out keeps each finished model: a rerun reuses it
     if not result.analysed:
         reasons = "; ".join(f"{r['model']}: {r.get('reason', '?')}" for r in result.rows)
         raise MassactError(f"no model could be analysed ({reasons}); check the model paths or names")

@@ -335,3 +335,17 @@ def test_quant_page_has_a_strategy_picker(browser, tmp_path):
     (bar,) = browser.find_elements("css selector", "#quant-perplexity .barlayer .point path")
     label = _hover(browser, bar, "perplexity 11.25")
     assert "scheme W8A8" in label and "strategy outlier-tokens" in label and "vs unquantized 1.125" in label
+
+
+def test_the_view_follows_the_kind_field(scan_page):
+    """A scan's JSON gets the scan view by its `kind`; the same fields under another kind get the generic view, and
+    a JSON without `kind` (written before results carried it) is read by its fields as before."""
+    from massact.html import charts_for
+
+    data = json.loads((scan_page["folder"] / "scan.json").read_text())
+    assert data["kind"] == "scan"
+    ids = {c.id for c in charts_for(data)}
+    assert {"scan-layerwise", "scan-top-sites"} <= ids
+    assert not {"scan-layerwise", "scan-top-sites"} & {c.id for c in charts_for(data | {"kind": "corpus"})}
+    older = {k: v for k, v in data.items() if k != "kind"}
+    assert {c.id for c in charts_for(older)} == ids

@@ -332,3 +332,18 @@ def test_dim_ticks_label_every_massive_dim_without_overlap():
     assert [label for label, m in zip(labels, marked) if m] == ["3", "138", "507/510"]
     assert ticks == sorted(ticks)
     assert all(b - a >= 0.04 * 576 for a, b in zip(ticks, ticks[1:]))
+
+
+def test_sample_folder_is_written_whole_and_never_over_a_full_folder(tmp_path):
+    from massact.errors import MassactError
+    from massact.vision.images import sample_photo_paths
+    from massact.vision.samples import write_samples
+
+    written = write_samples(tmp_path / "samples", crops=2)
+    photos = sorted(p.stem for p in sample_photo_paths())
+    assert sorted(written["classes"]) == photos
+    on_disk = sorted(str(p.relative_to(tmp_path / "samples")) for p in (tmp_path / "samples").rglob("*.png"))
+    assert written["images"] == on_disk and len(on_disk) == 2 * len(photos)
+    assert find_images(tmp_path / "samples").classes == written["classes"]
+    with pytest.raises(MassactError, match="not empty"):
+        write_samples(tmp_path / "samples", crops=2)

@@ -14,6 +14,8 @@ from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
 
+KIND = "atlas"  # the `kind` field of the JSON: which result this is
+
 FORMAT = "massact-atlas/1"
 ATLAS_JSON = "atlas.json"
 ATLAS_MD = "atlas.md"
@@ -157,7 +159,7 @@ class AtlasResult:
         return [r for r in self.rows if r.get("status") == "ok"]
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "config": self.config.to_json(), "models": self.rows}
+        return {"kind": KIND, "format": FORMAT, "config": self.config.to_json(), "models": self.rows}
 
     def table(self) -> Table:
         """The terminal view: the columns that fit a screen (atlas.md has them all)."""

@@ -42,6 +42,8 @@ from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
 from massact.progress import track
 
+KIND = "attention"  # the `kind` field of the JSON: which result this is
+
 PER_HEAD = ("first_importance", "sink", "massive_mass", "c_cosine", "c_relvar", "c_share", "rest_cosine")
 PER_BLOCK = (
     "block_c_cosine",
@@ -287,6 +289,7 @@ class AttentionResult:
     def to_json(self) -> dict:
         first = self.sequences[0]
         return {
+            "kind": KIND,
             "model": self.model,
             "num_blocks": self.num_blocks,
             "num_heads": self.num_heads,

@@ -17,6 +17,8 @@ from massact.stream.config import StreamConfig
 from massact.stream.decode import PolicyRun
 from massact.stream.figures import plot_running_perplexity
 
+KIND = "stream"  # the `kind` field of the JSON: which result this is
+
 MAX_CURVE_POINTS = 400
 DETECTION_NOTE = (
     "detected = tokens whose block output passed the massive-activation criterion when they arrived "
@@ -110,6 +112,7 @@ class StreamResult:
             index, values = self.running(run)
             curves[run.policy.name] = {"token": index, "perplexity": values}
         return {
+            "kind": KIND,
             "model": self.model,
             "stream": {
                 "source": self.stream.source,

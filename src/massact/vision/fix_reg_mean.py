@@ -28,6 +28,8 @@ from massact.vision.images import ImageSet
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 from massact.vision.scan import batches
 
+KIND = "fix-reg-mean"  # the `kind` field of the JSON: which result this is
+
 SETTINGS = ("original", "fix-reg-mean", "zero-registers")
 
 
@@ -164,6 +166,7 @@ class FixRegMeanResult:
 
     def to_json(self) -> dict:
         return {
+            "kind": KIND,
             "model": self.model,
             "num_registers": self.num_registers,
             "num_blocks": self.num_blocks,

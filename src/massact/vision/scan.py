@@ -22,6 +22,7 @@ from massact.vision.config import ImageScanConfig
 from massact.vision.images import ImageSet, open_image
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 
+IMAGE_KIND = "image-scan"  # the `kind` field of an image scan's JSON
 HIGH_NORM = 150.0  # the registers paper's "high-norm token" cut-off (it varies by model)
 
 
@@ -100,6 +101,7 @@ class ImageScan:
         blocks = len(self.result.records)
         norm_block = blocks - 1 if norm_block is None else norm_block
         stats = {name: self.per_block(rank) for name, rank in (("top1", 1), ("top2", 2), ("top3", 3), ("median", None))}
+        data["kind"] = IMAGE_KIND
         data["input"] = "images"
         data["layout"] = {
             "num_cls": self.layout.num_cls,

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from massact.atlas.config import AtlasConfig
 from massact.atlas.model_run import ModelRun
+from massact.errors import MassactError
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
@@ -157,6 +158,12 @@ class AtlasResult:
     @property
     def analysed(self) -> list[dict]:
         return [r for r in self.rows if r.get("status") == "ok"]
+
+    def check_analysed(self) -> None:
+        """Refuse, in one line, a result in which no model could be analysed (nothing worth writing)."""
+        if not self.analysed:
+            reasons = "; ".join(f"{r['model']}: {r.get('reason', '?')}" for r in self.rows)
+            raise MassactError(f"no model could be analysed ({reasons}); check the model paths or names")
 
     def to_json(self) -> dict:
         return {"kind": KIND, "format": FORMAT, "config": self.config.to_json(), "models": self.rows}

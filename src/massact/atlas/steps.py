@@ -94,7 +94,8 @@ def corpus_step(ctx: Context) -> dict:
     corpora = _analysis("data.corpus")
     cfg = ctx.config
     windows = corpora.load_windows(ctx.loaded.tokenizer, cfg.corpus, cfg.samples, cfg.seq_len, seed=cfg.seed)
-    summary = corpus.corpus_scan(ctx.loaded, windows, source=cfg.corpus, thresholds=cfg.thresholds, progress=False)
+    config = corpus.CorpusConfig(thresholds=cfg.thresholds, progress=False)
+    summary = corpus.run(ctx.loaded, corpus.CorpusInputs(cfg.corpus, windows=windows), config).summary
     ctx.outputs["corpus"] = CorpusOutput(summary, "corpus.json")
     dims = set((ctx.scan or {}).get("summary", {}).get("dims", []))
     best: dict[tuple[int, str], dict] = {}

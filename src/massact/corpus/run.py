@@ -116,7 +116,8 @@ def source_name(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] =
 def run(
     loaded: LoadedModel, inputs: str | CorpusInputs = "shakespeare", config: CorpusConfig | None = None
 ) -> CorpusResult:
-    """Scan `config.samples` windows of a corpus: `inputs` is its name or path, or `CorpusInputs` with its texts.
+    """Scan `config.samples` windows of a corpus: `inputs` is its name or path, or `CorpusInputs` with its texts
+    (or with windows already cut, scanned as they are).
 
     Under a data-parallel launch every process scans its share and gets the merged result; only the
     main one has `is_main` (the one that writes). `config.shard` scans one part by hand instead.
@@ -124,19 +125,25 @@ def run(
     config = config or CorpusConfig()  # sizes checked when it was built
     inputs = CorpusInputs(inputs) if isinstance(inputs, str) else inputs
     corpus = inputs.corpus
-    check_seq_len(loaded, config.seq_len)
-    texts = inputs.documents()
-    windows, window_ids = corpus_windows(
-        loaded.tokenizer, texts, config.samples, config.seq_len, config.seed, config.add_special_tokens
-    )
-    prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
+    if inputs.windows is not None:  # cut already: scanned as they are, window ids 0..N-1
+        windows, window_ids, prefix = inputs.windows, list(range(inputs.windows.shape[0])), []
+        check_seq_len(loaded, windows.shape[1])
+        source = corpus
+    else:
+        check_seq_len(loaded, config.seq_len)
+        windows, window_ids = corpus_windows(
+            loaded.tokenizer, inputs.documents(), config.samples, config.seq_len, config.seed, config.add_special_tokens
+        )
+        prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
+        source = source_name(corpus, config.seq_len, prefix)
+    count = windows.shape[0]
     structure = find_structure(loaded.model, config.blocks_path)
     kwargs = dict(
-        source=source_name(corpus, config.seq_len, prefix), batch_size=config.batch_size,
+        source=source, batch_size=config.batch_size,
         thresholds=config.thresholds, top_k=config.top_k, structure=structure, prefix_tokens=prefix,
     )  # fmt: skip
     if config.shard is not None:
-        part = shard(config.samples, *config.shard)
+        part = shard(count, *config.shard)
         windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
     state = launch_state()
     if state is None or state.num_processes == 1:
@@ -145,7 +152,7 @@ def run(
         return CorpusResult(summary, precision=Precision.from_peaks(peaks))
     if config.shard is not None:
         raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
-    share = shard(config.samples, state.process_index, state.num_processes)
+    share = shard(count, state.process_index, state.num_processes)
     part = None
     if len(share):
         part = corpus_scan(

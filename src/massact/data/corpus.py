@@ -158,10 +158,11 @@ def load_texts(name_or_path: str = DEFAULT_CORPUS) -> list[str]:
 
 @dataclass(frozen=True)
 class CorpusInputs:
-    """A corpus (a name or a path) an analysis draws windows from, and its documents when read already."""
+    """A corpus (a name or a path) an analysis draws windows from, and its documents (or windows) when at hand."""
 
     corpus: str = DEFAULT_CORPUS
     texts: list[str] | None = None
+    windows: torch.Tensor | None = None  # windows already cut [N, L]: scanned as they are, named by `corpus`
 
     def documents(self) -> list[str]:
         """The documents: those given, else read now."""

@@ -21,9 +21,9 @@ from collections.abc import Callable
 import psutil
 import torch
 
-from massact.attention import AttentionConfig, analyze
+from massact.attention import AttentionConfig
 from massact.data.corpus import load_windows
-from massact.models.loading import load_model
+from massact.models.loading import LoadedModel, load_model
 from massact.models.structure import find_structure
 
 MIB = 2**20
@@ -86,7 +86,7 @@ def main() -> None:
     kept: list = []
 
     def capture() -> None:
-        kept.append(analyze(model, structure, ids, AttentionConfig()))
+        kept.append(run(LoadedModel(model), ids, AttentionConfig()))
 
     def all_maps() -> None:
         model.set_attn_implementation("eager")

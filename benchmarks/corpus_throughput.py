@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from massact.corpus import corpus_scan
+from massact.corpus.run import corpus_scan
 from massact.data import corpus_windows, load_texts
 from massact.models.loading import load_model
 

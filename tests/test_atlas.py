@@ -234,3 +234,39 @@ def test_corpus_cv_of_a_site_seen_in_one_window_is_not_applicable(family, plante
     (site, *_) = json.loads(stdout)["models"][0]["constancy"]["sites"]
     assert site["dim"] == PLANT[family][1] and site["sequences"] == 1 and site["cv"] is None
     assert "| n/a (1 of 1 windows) |" in (out / "atlas.md").read_text()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` but the run markers (they name the command line), by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".massact-run.json"
+    }
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_result_writes_the_same_folders_from_memory_and_from_its_cache(family, planted_dirs, tmp_path):
+    import massact.atlas
+    from massact.atlas import AtlasConfig
+
+    config = AtlasConfig(corpus=str(planted_dirs["corpus"]), samples=2, seq_len=16, steps=("scan", "corpus"))
+    model = str(planted_dirs[family])
+    in_memory = massact.atlas.run([model], None, config)
+    assert not list(tmp_path.iterdir())  # without a cache, running writes nothing
+    in_memory.write(tmp_path / "a")
+    cache = tmp_path / "cache"
+    massact.atlas.run([model], cache, config)  # analysed, kept in the cache
+    reused = massact.atlas.run([model], cache, config)  # read back from the cache
+    assert reused.runs[0].cached == cache / reused.runs[0].slug and not reused.runs[0].outputs
+    reused.write(tmp_path / "b")
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    slug = reused.runs[0].slug
+    json_files = {name for name in a if name.endswith(".json")}
+    assert {f"{slug}/row.json", f"{slug}/scan/scan.json", f"{slug}/corpus/corpus.json"} <= json_files
+    assert a.keys() == b.keys()
+    for name in json_files:
+        assert json.loads(a[name]) == json.loads(b[name]), name
+    assert json.loads(a["atlas.json"])["models"] == [reused.rows[0]] == [in_memory.rows[0]]
+    block, dim = PLANT[family]
+    assert reused.rows[0]["massive"]["dims"] == [dim] and reused.rows[0]["massive"]["first_block"] == block

@@ -10,8 +10,9 @@ import transformers as tf
 from planting import MARK, marked_input, plant_massive, word_tokenizer
 from torch import nn
 
-from massact.attention import AttentionConfig, analyze, capture_attention
+from massact.attention import AttentionConfig, capture_attention, run
 from massact.errors import MassactError
+from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 
 TOKENS = 32
@@ -81,7 +82,7 @@ def test_probabilities_equal_transformers_eager(family):
     with torch.no_grad():
         before = model(input_ids=ids).logits
     options = AttentionConfig(keep_maps=range(len(structure)), logits=True, sinks=[0, 5])
-    result = analyze(model, structure, ids, options)
+    result = run(LoadedModel(model), ids, options)
     assert hook_count(model) == 0  # checked before transformers' own output_attentions adds its hooks
     reference = eager_attentions(model, ids)
     sequence = result.sequences[0]
@@ -127,8 +128,7 @@ def planted_sink(heads: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("heads", [(0, 1), (0, 1, 2, 3)])
 def test_planted_sink_found_exactly(heads):
     model, ids = planted_sink(heads)
-    structure = find_structure(model)
-    result = analyze(model, structure, ids, AttentionConfig(threshold=0.3))
+    result = run(LoadedModel(model), ids, AttentionConfig(threshold=0.3))
     sequence = result.sequences[0]
     assert sequence.sinks == [0]  # massact's own detection finds the planted token
     assert sequence.first_massive_block == 1
@@ -153,7 +153,7 @@ def test_planted_sink_found_exactly(heads):
 
 def test_replacing_a_constant_c_part_by_its_mean_changes_little():
     model, ids = planted_sink((0, 1, 2, 3))
-    result = analyze(model, find_structure(model), ids)
+    result = run(LoadedModel(model), ids)
     planted = result.sequences[0].blocks[2]
     assert planted.replace_mean_change < 1e-2  # measured, by running the block again
     assert planted.replace_zero_change > 0.3  # the control: removing the C part does change the output
@@ -164,7 +164,7 @@ def test_replacing_a_constant_c_part_by_its_mean_changes_little():
 def test_default_keeps_no_attention_map():
     model = tiny("llama")
     ids = torch.randint(0, VOCAB, (1, TOKENS), generator=torch.Generator().manual_seed(4))
-    result = analyze(model, find_structure(model), ids, AttentionConfig(block=1, display_tokens=10, sinks=[0]))
+    result = run(LoadedModel(model), ids, AttentionConfig(block=1, display_tokens=10, sinks=[0]))
     sequence = result.sequences[0]
     assert sequence.maps == {} and sequence.logit_maps == {}
     assert sequence.heatmap.shape == (10, 10)
@@ -194,7 +194,7 @@ def test_block_out_of_range():
     model = tiny("llama")
     ids = torch.zeros(1, 8, dtype=torch.long)
     with pytest.raises(MassactError, match=r"--block 3 is out of range; the model has blocks 0\.\.2"):
-        analyze(model, find_structure(model), ids, AttentionConfig(block=3))
+        run(LoadedModel(model), ids, AttentionConfig(block=3))
 
 
 class PlainAttentionModel(nn.Module):
@@ -215,7 +215,7 @@ class PlainAttentionModel(nn.Module):
 def test_model_without_attention_interface_is_refused_with_reason():
     model = PlainAttentionModel().eval()
     with pytest.raises(MassactError, match="PlainAttentionModel is not a transformers model.*attention interface"):
-        analyze(model, find_structure(model), torch.zeros(1, 8, dtype=torch.long))
+        run(LoadedModel(model), torch.zeros(1, 8, dtype=torch.long))
 
 
 def test_too_long_for_memory_is_refused_with_the_estimate():
@@ -223,14 +223,14 @@ def test_too_long_for_memory_is_refused_with_the_estimate():
     ids = torch.zeros(1, 1024, dtype=torch.long)
     # 4 heads x 1024^2 x 4 bytes x 4 copies + a 1024^2 float mask = 68 MiB = 0.066 GiB
     with pytest.raises(MassactError, match=r"1024 tokens need about 0\.07 GiB .*4 heads x 1024\^2") as info:
-        analyze(model, find_structure(model), ids, AttentionConfig(max_memory=2**20))
+        run(LoadedModel(model), ids, AttentionConfig(max_memory=2**20))
     assert "only 0.00 GiB is available" in str(info.value)
 
 
 def test_sink_tokens_out_of_range():
     model = tiny("llama")
     with pytest.raises(MassactError, match="--tokens"):
-        analyze(model, find_structure(model), torch.zeros(1, 8, dtype=torch.long), AttentionConfig(sinks=[8]))
+        run(LoadedModel(model), torch.zeros(1, 8, dtype=torch.long), AttentionConfig(sinks=[8]))
 
 
 @pytest.mark.slow
@@ -262,7 +262,7 @@ def test_corpus_windows_on_smollm2(smollm2):
     from massact.data.corpus import load_windows
 
     ids = load_windows(smollm2.tokenizer, corpus="shakespeare", samples=2, seq_len=48, seed=0)
-    result = analyze(smollm2.model, find_structure(smollm2.model), ids, AttentionConfig(intervene=False))
+    result = run(smollm2, ids, AttentionConfig(intervene=False))
     assert len(result.sequences) == 2
     assert_sink_measures(result.block_summary(), eager_sink_measures(smollm2.model, ids))
     assert all(0 in s.sinks for s in result.sequences)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from massact.attention.analyze import AttentionConfig, analyze
-from massact.models.structure import find_structure
+from massact.attention import AttentionConfig, run
+from massact.models.loading import LoadedModel
 from massact.train.gpt2 import GPT2, GPT2Config
 
 T = 10
@@ -41,7 +41,7 @@ def _mean_inverse(offset: int, queries: int) -> float:
 def test_uniform_attention_measures_are_exact(attention, positions, first_importance, extra_mass):
     model = uniform_model(attention)
     ids = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(1))
-    result = analyze(model, find_structure(model), ids, AttentionConfig(sinks=[0]))
+    result = run(LoadedModel(model), ids, AttentionConfig(sinks=[0]))
     assert len(result.tokens) == positions
     if attention == "sink-token":
         assert result.tokens[0] == "<extra>"

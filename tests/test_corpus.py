@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from massact.cli import main
-from massact.corpus import CorpusConfig, CorpusSummary, corpus_scan, read_means, run
+from massact.corpus import CorpusConfig, CorpusInputs, CorpusSummary, read_means, run
+from massact.corpus.run import corpus_scan
 from massact.corpus.summary import MEANS_JSON
 from massact.data import corpus_windows, load_texts, load_windows, shakespeare, token_windows
 from massact.errors import MassactError
@@ -186,6 +188,17 @@ def _assert_same(a: CorpusSummary, b: CorpusSummary) -> None:
             t.count, t.sequences, t.low, t.high, t.tokens, t.per_sequence,
         )  # fmt: skip
         assert math.isclose(s.total, t.total, rel_tol=1e-12) and math.isclose(s.total_sq, t.total_sq, rel_tol=1e-12)
+
+
+def test_run_on_windows_already_cut_scans_them_as_they_are(tiny, tiny_dir):
+    texts = load_texts(str(tiny_dir / "corpus.txt"))
+    windows, _ = corpus_windows(tiny.tokenizer, texts, 6, 16, seed=2)
+    config = CorpusConfig(batch_size=4, progress=False)
+    whole = run(tiny, CorpusInputs("cut", windows=windows), config).summary
+    _assert_same(whole, corpus_scan(tiny, windows, source="cut", batch_size=2, progress=False))
+    assert whole.sources == ["cut"] and whole.seq_ids == [(0, i) for i in range(6)]
+    halves = [run(tiny, CorpusInputs("cut", windows=windows), replace(config, shard=(i, 2))).summary for i in (0, 1)]
+    _assert_same(halves[0].merge(halves[1]), whole)
 
 
 def test_merging_halves_equals_whole(tiny, tiny_dir, tmp_path):

@@ -16,7 +16,7 @@ from massact.html import write_report_html
 from massact.html.charts import number_text
 from massact.html.page import _json_for_script
 from massact.models.loading import load_model
-from massact.scan import scan
+from massact.scan import ScanConfig, scan
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -48,7 +48,9 @@ def scan_page(request, tmp_path_factory):
     plant_massive(model, block=block, dim=dim)
     bos = family == "gpt2"
     ids = marked_input(10, token=position)
-    result = scan(load_model(model, tokenizer=IdsTokenizer(bos)), " ".join(map(str, ids[0].tolist())), keep=block)
+    result = scan(
+        load_model(model, tokenizer=IdsTokenizer(bos)), " ".join(map(str, ids[0].tolist())), ScanConfig(keep=block)
+    )
     folder = tmp_path_factory.mktemp(f"scan-{family}")
     result.write(folder)  # the scan's own files: scan.json, report.md, figures
     write_report_html(folder, result)
@@ -278,14 +280,14 @@ def _choose(driver, chart_id: str, label: str) -> list[str]:
 def test_attention_page_picks_block_and_head_and_hovers_a_probability(browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
 
-    from massact.attention import AttentionConfig, analyze
-    from massact.models.structure import find_structure
+    from massact.attention import AttentionConfig, AttentionInput, run
+    from massact.models.loading import LoadedModel
 
     model = tiny_model("llama")
     plant_massive(model, block=1, dim=11)
     ids = marked_input(10, token=0)
     tokens = [f"<{i}>" for i in ids[0].tolist()]
-    result = analyze(model, find_structure(model), ids, AttentionConfig(keep_maps=(2,)), tokens=tokens)
+    result = run(LoadedModel(model), AttentionInput(ids, tokens), AttentionConfig(keep_maps=(2,)))
     write_report_html(tmp_path, result)
     logs = _open(browser, tmp_path / "report.html")
     assert [e for e in logs if e["level"] == "SEVERE"] == []
@@ -333,3 +335,17 @@ def test_quant_page_has_a_strategy_picker(browser, tmp_path):
     (bar,) = browser.find_elements("css selector", "#quant-perplexity .barlayer .point path")
     label = _hover(browser, bar, "perplexity 11.25")
     assert "scheme W8A8" in label and "strategy outlier-tokens" in label and "vs unquantized 1.125" in label
+
+
+def test_the_view_follows_the_kind_field(scan_page):
+    """A scan's JSON gets the scan view by its `kind`; the same fields under another kind get the generic view, and
+    a JSON without `kind` (written before results carried it) is read by its fields as before."""
+    from massact.html import charts_for
+
+    data = json.loads((scan_page["folder"] / "scan.json").read_text())
+    assert data["kind"] == "scan"
+    ids = {c.id for c in charts_for(data)}
+    assert {"scan-layerwise", "scan-top-sites"} <= ids
+    assert not {"scan-layerwise", "scan-top-sites"} & {c.id for c in charts_for(data | {"kind": "corpus"})}
+    older = {k: v for k, v in data.items() if k != "kind"}
+    assert {c.id for c in charts_for(older)} == ids

@@ -8,6 +8,7 @@ import pytest
 from cli_runner import run
 from planting import plant_massive, tiny_model, word_tokenizer
 
+from massact.atlas.model_run import ModelRun
 from massact.outputs import MARKER
 from massact.scan.result import ScanResult
 
@@ -67,10 +68,10 @@ def test_ctrl_c_keeps_the_earlier_run_in_the_folder(family, saved, tmp_path, cap
 
 
 def test_ctrl_c_in_atlas_names_the_models_it_keeps(tmp_path, capsys, monkeypatch):
-    def analyse(model, folder, config, label):
+    def analyse(model, slug, config, label):
         if model == "second":
             raise KeyboardInterrupt
-        return {"model": model, "status": "ok", "folder": folder.name, "reasons": {}}
+        return ModelRun(slug, {"model": model, "status": "ok", "folder": slug, "reasons": {}})
 
     monkeypatch.setattr(importlib.import_module("massact.atlas.run"), "analyse", analyse)
     out = tmp_path / "atlas"

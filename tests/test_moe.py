@@ -21,7 +21,7 @@ from test_trace import number_tokenizer
 
 from massact.models.loading import LoadedModel, load_model
 from massact.models.structure import MoeParts, find_structure
-from massact.trace import TraceConfig
+from massact.trace import TraceConfig, TraceInputs
 from massact.trace import run as trace_run
 
 H, VOCAB, BLOCK, EXPERT, UNIT, DIM, CARRIER = 32, 64, 1, 2, 5, 11, 3
@@ -232,7 +232,7 @@ def test_trace_api_leaves_the_fused_weights_bit_identical(moe_dir):
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     config = TraceConfig(samples=2, seq_len=32, corpus="corpus", progress=False)
     texts = [(folder / "corpus.txt").read_text()]
-    result = trace_run(loaded, (folder / "prompt.txt").read_text(), config, texts=texts)
+    result = trace_run(loaded, TraceInputs((folder / "prompt.txt").read_text(), texts), config)
     _check_planted_trace(result.to_json()["sites"][0], position)
     after = loaded.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)

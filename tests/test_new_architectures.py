@@ -38,7 +38,7 @@ from massact.stream import Policy, StreamConfig
 from massact.stream import run as stream_run
 from massact.stream.decode import decode_policy
 from massact.stream.kvcache import cache_layers
-from massact.trace import TraceConfig
+from massact.trace import TraceConfig, TraceInputs
 from massact.trace import run as trace_run
 
 BLOCK, DIM, EXPERT, UNIT = 1, 11, 2, 5
@@ -118,7 +118,7 @@ def test_intervene_mean_keeps_and_zero_removes_the_planted_site(case):
 
 def test_trace_names_the_planted_expert_and_its_fused_entry(case):
     config = TraceConfig(samples=2, seq_len=32, corpus="corpus", progress=False)
-    result = trace_run(case.loaded, case.prompt, config, texts=[case.corpus.read_text()])
+    result = trace_run(case.loaded, TraceInputs(case.prompt, [case.corpus.read_text()]), config)
     data = result.to_json()
     (site,) = data["sites"]
     assert (site["token"], site["dim"], site["block"]) == (case.position, DIM, BLOCK)

@@ -326,6 +326,17 @@ def test_super_weights_are_the_planted_entry(case):
 
 
 @pytest.mark.parametrize("family", ("llama", "gpt2"))
+def test_run_traces_the_super_weights_it_keeps(family):
+    loaded = planted(family)
+    inputs = QuantInputs(windows=windows(2, seed=1), calibration=windows(2, seed=2))
+    config = QuantConfig(schemes=("W16",), strategies=("keep-super-weights",), sensitivity=None, progress=False)
+    data = run(loaded, inputs, config).to_json()
+    top = data["super_weights"][0]
+    row, column = (4, 5) if family != "gpt2" else (5, 4)  # the planted entry; Conv1D stores [in, out]
+    assert top["block"] == 1 and top["value"] == pytest.approx(400.0) and tuple(top["index"]) == (row, column)
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2"))
 def test_run_reports_rows_best_and_sensitivity(family, tmp_path):
     loaded = planted(family)
     inputs = QuantInputs(windows=windows(3, seed=1), calibration=windows(2, seed=2), corpus="planted", seed=1)

@@ -8,7 +8,7 @@ from planting import MARK, marked_input, plant_massive, tiny_model
 
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
-from massact.scan import scan
+from massact.scan import ScanConfig, scan
 
 FAMILIES = ["llama", "gpt2", "opt", "gemma", "qwen2"]
 
@@ -61,7 +61,7 @@ def test_unplanted_twin_has_none(family):
 def test_json_contract():
     model = tiny_model("llama")
     plant_massive(model, block=2, dim=7)
-    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(5, token=0)), top_k=4)
+    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(5, token=0)), ScanConfig(top_k=4))
     data = result.to_json()
     assert data["num_blocks"] == 4 and data["hidden_size"] == 32
     assert data["tokens"] == [f"<{i}>" for i in marked_input(5, token=0)[0].tolist()]
@@ -85,13 +85,13 @@ def test_json_contract():
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_run_on_ids_equals_scan_on_the_prompt(family):
-    from massact.scan import ScanConfig, run
+    from massact.scan import run
 
     model = tiny_model(family)
     plant_massive(model, block=1, dim=11)
     loaded = load_model(model, tokenizer=IdsTokenizer())
     ids = marked_input(10, token=3)
-    by_prompt = scan(loaded, _prompt(ids), top_k=4).to_json()
+    by_prompt = scan(loaded, _prompt(ids), ScanConfig(top_k=4)).to_json()
     by_ids = run(loaded, ids, ScanConfig(top_k=4)).to_json()
     assert by_prompt.pop("prompt") == _prompt(ids) and by_ids.pop("prompt") is None
     assert by_ids == by_prompt
@@ -99,7 +99,6 @@ def test_run_on_ids_equals_scan_on_the_prompt(family):
 
 def test_config_refuses_bad_values():
     from massact.errors import MassactError
-    from massact.scan import ScanConfig
 
     with pytest.raises(MassactError, match="--top-k 0"):
         ScanConfig(top_k=0)
@@ -124,7 +123,7 @@ def test_block_of_nan_shows_all_nan_not_a_ranked_top(family, tmp_path):
     with torch.no_grad():
         for param in structure.mlp(2).parameters():
             param.fill_(float("nan"))
-    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), top_k=4)
+    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), ScanConfig(top_k=4))
     data = result.to_json()
     assert [b["all_nonfinite"] for b in data["blocks"]] == [False, False, True, True]
     assert data["nonfinite_blocks"] == [2, 3]
@@ -146,7 +145,7 @@ def test_block_of_nan_shows_all_nan_not_a_ranked_top(family, tmp_path):
 def test_top_k_1_report_shows_a_dash_for_top_2_and_3(family, tmp_path):
     model = tiny_model(family)
     plant_massive(model, block=1, dim=11)
-    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), top_k=1)
+    result = scan(load_model(model, tokenizer=IdsTokenizer()), _prompt(marked_input(10, token=3)), ScanConfig(top_k=1))
     _, report = _view_texts(result, tmp_path)
     rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     block_rows = rows[-4:]
@@ -172,7 +171,7 @@ def test_report_escapes_pipes_backticks_and_whitespace(family, tmp_path):
     plant_massive(model, block=1, dim=11)
     ids = marked_input(10, token=3)
     ids[0, 5], ids[0, 6] = 10, 11
-    result = scan(load_model(model, tokenizer=OddTokenizer()), _prompt(ids), top_k=2)
+    result = scan(load_model(model, tokenizer=OddTokenizer()), _prompt(ids), ScanConfig(top_k=2))
     result.prompt = "x | y `z`"
     table, report = _view_texts(result, tmp_path)
     site = next(line for line in report.splitlines() if line.startswith("| 3 |"))

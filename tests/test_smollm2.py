@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from massact.scan import scan
+from massact.scan import ScanConfig, scan
 
 PROMPT = "Summer is warm. Winter is cold.\n"
 pytestmark = pytest.mark.slow
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def result(smollm2):
-    return scan(smollm2, PROMPT, add_special_tokens=False)
+    return scan(smollm2, PROMPT, ScanConfig(add_special_tokens=False))
 
 
 def _top(result, block, rank=1):

@@ -359,9 +359,9 @@ def test_quant_tasks_score_each_setting_under_its_quantization(family, tmp_path,
     Per-token activation scales, so that the harness's batching (which sets per-tensor scales) cannot matter.
     """
     from massact.detect import Thresholds
+    from massact.quant import QuantConfig, QuantInputs
     from massact.quant import run as quant_run
     from massact.quant.calibrate import calibrate
-    from massact.quant.run import QuantConfig, QuantInputs
     from massact.quant.schemes import parse_scheme
     from massact.quant.simulate import quant_context
 

@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
-from massact.trace import TraceConfig, run, zeroed_entries
+from massact.trace import TraceConfig, TraceInputs, run, zeroed_entries
 from massact.trace.linear import find_writer_linear
 from massact.trace.verify import control_entries, measure_sites, reported_entries, verify_trace
 
@@ -46,7 +46,7 @@ QUICK = TraceConfig(add_special_tokens=False, verify=False, risk=False)
 def trace(loaded: LoadedModel, prompt: str, **options) -> object:
     """`run` without verification or risk table unless asked; windows from `number_text()`."""
     texts = options.pop("texts", None) or number_text()
-    return run(loaded, prompt, TraceConfig(**{**QUICK.__dict__, **options}), texts=texts)
+    return run(loaded, TraceInputs(prompt, texts), TraceConfig(**{**QUICK.__dict__, **options}))
 
 
 def _carrier_only_in_embedding(model, column: int) -> None:

@@ -10,7 +10,7 @@ from cli_runner import run
 from rich.console import Console
 from test_trace import PROMPT, planted_gpt2, planted_llama
 
-from massact.trace import TraceConfig
+from massact.trace import TraceConfig, TraceInputs
 from massact.trace import run as trace_run
 
 NO_MODEL = "/nonexistent/model"  # a refusal that names the option proves the model was never looked at
@@ -46,7 +46,7 @@ def test_bad_option_is_one_line_exit_2_before_loading(argv, expect, tmp_path, ca
 def test_tables_are_never_cut_when_stdout_is_not_a_terminal(build):
     loaded = build()
     config = TraceConfig(add_special_tokens=False, samples=2, seq_len=8, progress=False)
-    result = trace_run(loaded, PROMPT, config, texts=[" ".join([PROMPT] * 10)])
+    result = trace_run(loaded, TraceInputs(PROMPT, [" ".join([PROMPT] * 10)]), config)
     assert result.verification["restored_exact"] and result.quant_risk
     buffer = io.StringIO()
     result.show(Console(file=buffer, width=40, force_terminal=False))

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from massact.errors import MassactError
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
-from massact.scan import scan
+from massact.scan import ScanConfig, scan
 from massact.train.checkpoint import CHECKPOINT, find_checkpoint, load_trained
 from massact.train.data import TokenData, train_bpe_tokenizer
 from massact.train.gpt2 import ATTENTION_VARIANTS, GPT2, SOFTPICK_EPS, GPT2Config
@@ -152,7 +152,9 @@ def test_structure_is_found_and_scan_sees_a_planted_activation(attention):
         model.transformer.h[1].mlp.c_proj.bias[5] = 5000.0  # dim 5 of every token from block 1 on
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tokenizer = train_bpe_tokenizer([TEXT], 300)
-    result = scan(load_model(model, tokenizer=tokenizer), "the cat sat on the mat.", add_special_tokens=False)
+    result = scan(
+        load_model(model, tokenizer=tokenizer), "the cat sat on the mat.", ScanConfig(add_special_tokens=False)
+    )
     # on every token: an outlier feature (LLM.int8's kind), told apart from a few-token massive activation
     assert result.summary["dims"] == [] and result.summary["first_block"] is None
     (feature,) = result.summary["features"]

@@ -12,10 +12,11 @@ from massact.cli import main
 from massact.errors import MassactError
 from massact.models.loading import load_model
 from massact.scan import scan
+from massact.vision import ImageScanConfig
+from massact.vision import run as scan_images
 from massact.vision.fix_reg_mean import fix_reg_mean, knn_predict, model_label_ids
 from massact.vision.images import find_images, write_sample_folder
 from massact.vision.pipeline import TokenLayout, VisionPipeline, vision_module
-from massact.vision.scan import scan_images
 
 CLS_PLANT = Plant(block=1, token="CLS", dim=17)
 REG_PLANT = Plant(block=2, token="reg2", dim=9)
@@ -53,7 +54,7 @@ def test_token_layout_labels():
 def test_scan_finds_planted_activations_with_labels(family, photos):
     loaded, plants = _planted(family)
     before = _state(loaded.model)
-    result = scan_images(loaded, photos, keep_first_massive=True, progress=False)
+    result = scan_images(loaded, photos, ImageScanConfig(keep_first_massive=True, progress=False))
     registers = 4 if family in REGISTER_FAMILIES else 0
     assert result.layout == TokenLayout(num_cls=1, num_registers=registers, grid=(4, 4))
     assert result.result.tokens[0] == "CLS" and result.result.tokens[-1] == "patch(3,3)"
@@ -85,7 +86,7 @@ def test_image_json_follows_the_text_scan_contract(photos):
 
     text_data = scan(LoadedModel(model=tiny_model("llama"), tokenizer=Ids()), "abc").to_json()
     loaded, _ = _planted("dinov2_reg")
-    data = scan_images(loaded, photos, progress=False).to_json()
+    data = scan_images(loaded, photos, ImageScanConfig(progress=False)).to_json()
     assert set(text_data) <= set(data)
     assert set(text_data["blocks"][0]) == set(data["blocks"][0]) and set(text_data["summary"]) == set(data["summary"])
     assert {"index", "median", "top", "top1_ratio", "num_massive"} <= set(data["blocks"][0])
@@ -158,7 +159,7 @@ def test_loader_builds_vision_pipelines_from_saved_hub_layouts(tmp_path, photos)
         assert pipeline.module is vision_module(loaded.model)
         if family == "clip_full":
             assert loaded.tokenizer is not None and pipeline.module is loaded.model.vision_model
-        result = scan_images(loaded, photos, progress=False)
+        result = scan_images(loaded, photos, ImageScanConfig(progress=False))
         assert {(s["token_text"], s["dim"]) for s in result.result.summary["sites"]} == {
             (p.token, p.dim) for p in plants
         }
@@ -331,3 +332,18 @@ def test_dim_ticks_label_every_massive_dim_without_overlap():
     assert [label for label, m in zip(labels, marked) if m] == ["3", "138", "507/510"]
     assert ticks == sorted(ticks)
     assert all(b - a >= 0.04 * 576 for a, b in zip(ticks, ticks[1:]))
+
+
+def test_sample_folder_is_written_whole_and_never_over_a_full_folder(tmp_path):
+    from massact.errors import MassactError
+    from massact.vision.images import sample_photo_paths
+    from massact.vision.samples import write_samples
+
+    written = write_samples(tmp_path / "samples", crops=2)
+    photos = sorted(p.stem for p in sample_photo_paths())
+    assert sorted(written["classes"]) == photos
+    on_disk = sorted(str(p.relative_to(tmp_path / "samples")) for p in (tmp_path / "samples").rglob("*.png"))
+    assert written["images"] == on_disk and len(on_disk) == 2 * len(photos)
+    assert find_images(tmp_path / "samples").classes == written["classes"]
+    with pytest.raises(MassactError, match="not empty"):
+        write_samples(tmp_path / "samples", crops=2)

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from massact import corpus, interventions
-from massact.corpus import CorpusConfig, CorpusSummary
+from massact.corpus import CorpusConfig, CorpusInputs, CorpusSummary
 from massact.data import (
     corpus_windows,
     load_texts,
@@ -134,30 +134,30 @@ def test_scored_tokens_with_and_without_bos(bos_model):
 # -- the corpus scan -----------------------------------------------------------------------------
 def test_massive_on_bos_in_every_window_and_its_kind_is_first(bos_model):
     config = CorpusConfig(samples=6, seq_len=16, batch_size=4, progress=False)
-    result = corpus.run(bos_model, "words", config, texts=TEXTS)
+    result = corpus.run(bos_model, CorpusInputs("words", TEXTS), config)
     summary = result.summary
     assert summary.prefix_tokens == ["<s>"] and result.to_json()["prefix_tokens"] == ["<s>"]
     for block in range(PLANT_BLOCK, len(find_structure(bos_model.model))):
         site = summary.sites[(block, PLANT_DIM, "first")]
         assert site.sequences == 6 and site.count == 6 and site.tokens == {"<s>": 6}
     assert not any(kind != "first" for (_, dim, kind) in summary.sites if dim == PLANT_DIM)
-    plain = corpus.run(bos_model, "words", CorpusConfig(samples=6, seq_len=16, add_special_tokens=False,
-                                                       progress=False), texts=TEXTS)  # fmt: skip
+    plain = corpus.run(bos_model, CorpusInputs("words", TEXTS), CorpusConfig(samples=6, seq_len=16,
+                                                      add_special_tokens=False, progress=False))  # fmt: skip
     assert plain.summary.prefix_tokens == [] and not plain.summary.sites
 
 
 def test_plain_tokenizer_has_no_prefix_and_no_bos_site(plain_model):
-    result = corpus.run(plain_model, "words", CorpusConfig(samples=4, seq_len=16, progress=False), texts=TEXTS)
+    result = corpus.run(plain_model, CorpusInputs("words", TEXTS), CorpusConfig(samples=4, seq_len=16, progress=False))
     assert result.summary.prefix_tokens == [] and not result.summary.sites
     assert result.summary.sources == ["words|seq_len=16"]
 
 
 def test_shards_merge_into_the_whole(bos_model, tmp_path):
     config = CorpusConfig(samples=7, seq_len=16, batch_size=3, progress=False)
-    whole = corpus.run(bos_model, "words", config, texts=TEXTS).summary
+    whole = corpus.run(bos_model, CorpusInputs("words", TEXTS), config).summary
     parts = []
     for i in range(2):
-        part = corpus.run(bos_model, "words", CorpusConfig(**{**config.__dict__, "shard": (i, 2)}), texts=TEXTS)
+        part = corpus.run(bos_model, CorpusInputs("words", TEXTS), CorpusConfig(**{**config.__dict__, "shard": (i, 2)}))
         assert part.summary.num_sequences == (4, 3)[i]
         (tmp_path / str(i)).mkdir()
         part.summary.save(tmp_path / str(i))  # the mergeable state (the figures are not needed here)
@@ -205,7 +205,7 @@ def test_mode_context_runs_any_evaluator_under_a_mode(bos_model):
 
 
 def test_means_over_the_evaluated_windows_are_flagged(bos_model, tmp_path):
-    scan = corpus.run(bos_model, "words", CorpusConfig(samples=8, seq_len=16, progress=False), texts=TEXTS)
+    scan = corpus.run(bos_model, CorpusInputs("words", TEXTS), CorpusConfig(samples=8, seq_len=16, progress=False))
     (tmp_path / "means.json").write_text(json.dumps(scan.summary.means()))
     means = interventions.read_means(tmp_path)
     config = InterventionConfig(
@@ -300,8 +300,8 @@ def test_intervene_bad_input(saved, tmp_path, capsys, case, message):
 
 
 def test_merge_paths_must_hold_a_summary(saved, tmp_path, capsys):
-    scan = corpus.run(loaded_model("llama", bos=True), "words", CorpusConfig(samples=2, seq_len=16, progress=False),
-                      texts=TEXTS)  # fmt: skip
+    scan = corpus.run(loaded_model("llama", bos=True), CorpusInputs("words", TEXTS),
+                      CorpusConfig(samples=2, seq_len=16, progress=False))  # fmt: skip
     (tmp_path / "a").mkdir()
     scan.summary.save(tmp_path / "a")
     (tmp_path / "a" / "corpus.json").write_text("{}")
@@ -311,8 +311,8 @@ def test_merge_paths_must_hold_a_summary(saved, tmp_path, capsys):
         code, _, stderr = run_cli(["merge", str(tmp_path / "a"), str(bad), "--out", str(out)], capsys)
         assert code == 2 and str(bad) in stderr and len(stderr.strip().splitlines()) == 1
         assert not out.exists()
-    other = corpus.run(loaded_model("gemma", bos=True), "words", CorpusConfig(samples=2, seq_len=16, progress=False),
-                       texts=TEXTS)  # fmt: skip
+    other = corpus.run(loaded_model("gemma", bos=True), CorpusInputs("words", TEXTS),
+                       CorpusConfig(samples=2, seq_len=16, progress=False))  # fmt: skip
     other.summary.save(tmp_path / "empty")  # now a scan of another model
     code, _, stderr = run_cli(["merge", str(tmp_path / "a"), str(tmp_path / "empty"), "--out", str(out)], capsys)
     assert code == 2 and "different model" in stderr and not out.exists()

@@ -1,6 +1,7 @@
 """Many models side by side: massive sites, constancy, super weights, sinks, headroom and W8A8 cost per model.
 
-`run(models, AtlasConfig(...), out) -> AtlasResult`; finished models in `out` are reused on a rerun.
+`run(models, cache, AtlasConfig(...)) -> AtlasResult`; `result.write(folder)` writes the table and each model's
+runs. Finished models kept in `cache` (a folder, or None) are reused on a rerun.
 """
 
 from massact.atlas.config import STEPS, AtlasConfig

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from massact.atlas.config import AtlasConfig
+from massact.atlas.model_run import ModelRun
+from massact.errors import MassactError
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
+
+KIND = "atlas"  # the `kind` field of the JSON: which result this is
 
 FORMAT = "massact-atlas/1"
 ATLAS_JSON = "atlas.json"
@@ -149,13 +153,20 @@ class AtlasResult:
 
     rows: list[dict]
     config: AtlasConfig
+    runs: list[ModelRun] = field(default_factory=list)  # each model's analyses, written into its own folder
 
     @property
     def analysed(self) -> list[dict]:
         return [r for r in self.rows if r.get("status") == "ok"]
 
+    def check_analysed(self) -> None:
+        """Refuse, in one line, a result in which no model could be analysed (nothing worth writing)."""
+        if not self.analysed:
+            reasons = "; ".join(f"{r['model']}: {r.get('reason', '?')}" for r in self.rows)
+            raise MassactError(f"no model could be analysed ({reasons}); check the model paths or names")
+
     def to_json(self) -> dict:
-        return {"format": FORMAT, "config": self.config.to_json(), "models": self.rows}
+        return {"kind": KIND, "format": FORMAT, "config": self.config.to_json(), "models": self.rows}
 
     def table(self) -> Table:
         """The terminal view: the columns that fit a screen (atlas.md has them all)."""
@@ -238,7 +249,10 @@ class AtlasResult:
         return "\n".join(lines) + "\n"
 
     def write(self, out: Path) -> None:
-        """atlas.json, atlas.md and comparison.png into `out`."""
+        """atlas.json, atlas.md and comparison.png into `out`, and a folder per analysed model."""
+        for run in self.runs:
+            if run.ok:
+                run.write(out / run.slug, self.config)
         write_json(out / ATLAS_JSON, self.to_json())
         (out / ATLAS_MD).write_text(self.markdown(), encoding="utf-8")
         curves = {}

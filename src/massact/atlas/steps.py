@@ -1,7 +1,8 @@
 """One model through each analysis, through their public entry points; each step yields the atlas fields.
 
 A step that cannot run (an analysis missing from this install, a model it does not support) raises;
-the caller records its fields as null with the reason. Each step writes its own run folder.
+the caller records its fields as null with the reason. Each step keeps its result in `ctx.outputs`,
+written as its own run folder when the atlas is written.
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ from __future__ import annotations
 import importlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from massact.atlas.config import AtlasConfig
 from massact.atlas.headroom import headroom
-from massact.html import write_report_html
+from massact.atlas.model_run import CorpusOutput, StepOutput
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
-from massact.outputs import staged_output, write_json
 
 W8A8 = "W8A8"
 OUTLIER_STRATEGY = "outlier-tokens"
@@ -30,10 +29,10 @@ class Context:
 
     loaded: LoadedModel
     config: AtlasConfig
-    folder: Path
     scan: dict | None = None
     first_block: int | None = None
     extra: dict = field(default_factory=dict)
+    outputs: dict[str, StepOutput] = field(default_factory=dict)  # step -> its result, written as a run folder
 
 
 def _analysis(name: str):
@@ -42,16 +41,6 @@ def _analysis(name: str):
         return importlib.import_module(f"massact.{name}")
     except ImportError as exc:
         raise RuntimeError(f"massact.{name} is not available ({exc})") from None
-
-
-def _save(result, folder: Path, json_name: str) -> None:
-    """The run folder of one analysis (all files or none), with its report.html."""
-    with staged_output(folder) as staging:
-        if hasattr(result, "write"):
-            result.write(staging)
-        else:
-            write_json(staging / json_name, result.to_json())
-        write_report_html(staging, result)
 
 
 def describe(ctx: Context) -> dict:
@@ -73,7 +62,7 @@ def scan_step(ctx: Context) -> dict:
     scan = _analysis("scan")
     config = scan.ScanConfig(thresholds=ctx.config.thresholds, keep_peak=True)
     result = scan.run(ctx.loaded, ctx.config.prompt, config)
-    _save(result, ctx.folder / "scan", "scan.json")
+    ctx.outputs["scan"] = StepOutput(result, "scan.json")
     data = result.to_json()
     ctx.scan = data
     summary = data["summary"]
@@ -105,14 +94,9 @@ def corpus_step(ctx: Context) -> dict:
     corpora = _analysis("data.corpus")
     cfg = ctx.config
     windows = corpora.load_windows(ctx.loaded.tokenizer, cfg.corpus, cfg.samples, cfg.seq_len, seed=cfg.seed)
-    summary = corpus.corpus_scan(ctx.loaded, windows, source=cfg.corpus, thresholds=cfg.thresholds, progress=False)
-    if hasattr(summary, "write"):
-        _save(summary, ctx.folder / "corpus", "corpus.json")
-    else:
-        report = importlib.import_module("massact.corpus.report")
-        with staged_output(ctx.folder / "corpus") as staging:
-            report.write_corpus_outputs(summary, staging)
-            write_report_html(staging, None)
+    config = corpus.CorpusConfig(thresholds=cfg.thresholds, progress=False)
+    summary = corpus.run(ctx.loaded, corpus.CorpusInputs(cfg.corpus, windows=windows), config).summary
+    ctx.outputs["corpus"] = CorpusOutput(summary, "corpus.json")
     dims = set((ctx.scan or {}).get("summary", {}).get("dims", []))
     best: dict[tuple[int, str], dict] = {}
     for row in summary.site_rows():
@@ -144,7 +128,7 @@ def trace_step(ctx: Context) -> dict:
         thresholds=cfg.thresholds, verify=False, corpus=cfg.corpus, samples=cfg.samples, seq_len=cfg.seq_len
     )
     result = trace.run(ctx.loaded, cfg.prompt, config)
-    _save(result, ctx.folder / "trace", "trace.json")
+    ctx.outputs["trace"] = StepOutput(result, "trace.json")
     weights = []
     for site in result.to_json()["sites"]:
         entries = site.get("entries") or []
@@ -171,14 +155,9 @@ def _mean(values: list) -> float | None:
 def attention_step(ctx: Context) -> dict:
     """Fraction of sink heads in the blocks up to the first massive block and in the blocks after it."""
     attention = _analysis("attention")
-    scan = _analysis("scan")
-    text = scan.tokenize_prompt(ctx.loaded, ctx.config.prompt)
-    structure = find_structure(ctx.loaded.model)
     options = attention.AttentionConfig(thresholds=ctx.config.thresholds)
-    result = attention.analyze(
-        ctx.loaded.model, structure, text.input_ids, options, name=ctx.loaded.name, tokens=text.tokens
-    )
-    _save(result, ctx.folder / "attention", "attention.json")
+    result = attention.run(ctx.loaded, ctx.config.prompt, options)
+    ctx.outputs["attention"] = StepOutput(result, "attention.json")
     rows = result.to_json()["blocks"]
     first = result.first_massive_block
     split = first + 1 if first is not None else len(rows)
@@ -200,7 +179,7 @@ def quant_step(ctx: Context) -> dict:
         schemes=(W8A8,), strategies=("none", OUTLIER_STRATEGY), sensitivity=None, thresholds=cfg.thresholds
     )
     result = quant.run(ctx.loaded, inputs, config)
-    _save(result, ctx.folder / "quant", "quant.json")
+    ctx.outputs["quant"] = StepOutput(result, "quant.json")
     data = result.to_json()
     ratios = {row["strategy"]: row["ratio"] for row in data["rows"]}
     return {

@@ -3,15 +3,9 @@
 `run(loaded, prompt_or_ids_or_input, AttentionConfig(...)) -> AttentionResult`.
 """
 
-from massact.attention.analyze import (
-    AttentionConfig,
-    AttentionResult,
-    SequenceAttention,
-    analyze,
-    analyze_sequence,
-    run,
-)
+from massact.attention.analyze import AttentionResult, SequenceAttention, analyze_sequence, run
 from massact.attention.capture import AttentionCall, capture_attention, check_memory
+from massact.attention.config import AttentionConfig
 from massact.attention.inputs import PAPER_PROMPT, AttentionInput, corpus_input, prompt_input
 from massact.attention.measures import BlockAttention, measure_call
 
@@ -23,7 +17,6 @@ __all__ = [
     "AttentionResult",
     "BlockAttention",
     "SequenceAttention",
-    "analyze",
     "analyze_sequence",
     "capture_attention",
     "check_memory",

@@ -11,7 +11,6 @@ mean over queries, and once with it removed, from the block's own recorded input
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 
 from massact.attention import views
 from massact.attention.capture import AttentionCall, capture_attention, check_capturable, check_memory, num_heads
+from massact.attention.config import AttentionConfig
 from massact.attention.inputs import AttentionInput, prompt_input
 from massact.attention.measures import (
     BlockAttention,
@@ -41,6 +41,8 @@ from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
 from massact.progress import track
 
+KIND = "attention"  # the `kind` field of the JSON: which result this is
+
 PER_HEAD = ("first_importance", "sink", "massive_mass", "c_cosine", "c_relvar", "c_share", "rest_cosine")
 PER_BLOCK = (
     "block_c_cosine",
@@ -51,34 +53,6 @@ PER_BLOCK = (
     "replace_mean_change",
     "replace_zero_change",
 )
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """What to measure and keep."""
-
-    threshold: float = 0.3  # sink-head threshold on the first token's importance
-    block: int | None = None  # heatmap block (default: the first block whose input carries massive activations)
-    logits: bool = False  # also keep the heatmap block's pre-softmax logits
-    intervene: bool = True  # measure the block-output change when the C part is replaced by its mean
-    keep_maps: Sequence[int] = ()  # blocks whose full per-head maps are kept (all blocks: range(num_blocks))
-    display_tokens: int = 64  # heatmap size (the top-left corner of the map)
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    sinks: Sequence[int] | None = None  # the token positions C, chosen by hand; default: massact's detection
-    max_memory: int | None = None  # bytes allowed for one attention map (default: what is available)
-    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself (`run` only)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1:
-            raise MassactError(f"--threshold {self.threshold}: the sink threshold is a probability in (0, 1)")
-        if self.block is not None and self.block < 0:
-            raise MassactError(f"--block {self.block}: give a block index (0 or more)")
-        if self.display_tokens < 2:
-            raise MassactError(f"--display-tokens {self.display_tokens}: show at least 2 tokens")
-        if self.sinks is not None and any(s < 0 for s in self.sinks):
-            raise MassactError(f"--tokens {list(self.sinks)}: positions are 0 or more")
-        if not isinstance(self.thresholds, Thresholds):
-            raise MassactError("thresholds must be a massact.detect.Thresholds")
 
 
 @dataclass
@@ -312,6 +286,7 @@ class AttentionResult:
     def to_json(self) -> dict:
         first = self.sequences[0]
         return {
+            "kind": KIND,
             "model": self.model,
             "num_blocks": self.num_blocks,
             "num_heads": self.num_heads,
@@ -354,7 +329,7 @@ def _num(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def analyze(
+def _analyze(
     model: nn.Module,
     structure: Structure,
     input_ids: torch.Tensor,
@@ -406,7 +381,7 @@ def run(
         inputs = AttentionInput(ids, strings or [str(int(i)) for i in ids[0]])
     structure = find_structure(loaded.model, config.blocks_path)
     with BlockPeaks(loaded.model, structure) as peaks:
-        result = analyze(
+        result = _analyze(
             loaded.model,
             structure,
             inputs.input_ids,

@@ -3,19 +3,52 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from massact.attention.config import AttentionConfig
 from massact.attention.figures import plot_attention_map, plot_constancy, plot_sinks
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.report.tables import numeric_column, print_table
 
-if TYPE_CHECKING:
-    from massact.attention.analyze import AttentionResult
+
+class AttentionView(Protocol):
+    """What the views read of an attention result (a protocol, so that the views import no result)."""
+
+    model: str
+    num_blocks: int
+    num_heads: int
+    source: dict
+    tokens: list[str]
+    heatmap_block: int
+    options: AttentionConfig
+    sequences: list  # SequenceAttention per sequence: .blocks, .maps, .sinks, ...
+    prefix_tokens: list[str] | None
+    model_source: str | None
+    quantization: str | None
+    precision: Precision | None
+
+    @property
+    def tokens_chosen(self) -> bool: ...
+
+    @property
+    def first_massive_block(self) -> int | None: ...
+
+    @property
+    def learned_sinks(self) -> bool: ...
+
+    @property
+    def no_softmax_blocks(self) -> list[int]: ...
+
+    def block_summary(self) -> list[dict]: ...
+
+    def to_json(self) -> dict: ...
+
 
 COLUMNS = ("block", "sink", "imp 1st", "mass C", "C cos", "C var", "C share", "Δ mean", "Δ zero")
 CAPTION = (
@@ -33,7 +66,7 @@ LEARNED_CAPTION = (
 )
 
 
-def learned_sinks_table(result: AttentionResult, rows: list[dict]) -> list[str]:
+def learned_sinks_table(result: AttentionView, rows: list[dict]) -> list[str]:
     """Markdown: per block, each head's learned-sink share beside its first-token importance (the token sink)."""
     lines = [
         "## Learned sinks per head",
@@ -56,7 +89,7 @@ def _positions(positions: list[int]) -> str:
     return ", ".join(map(str, positions))
 
 
-def tokens_sentence(result: AttentionResult) -> str:
+def tokens_sentence(result: AttentionView) -> str:
     """The tokens C and where massive activations start, in plain words."""
     sinks = result.sequences[0].sinks
     count = len(result.sequences)
@@ -83,17 +116,17 @@ def tokens_sentence(result: AttentionResult) -> str:
     return f"{c}; {massive}."
 
 
-def _columns(result: AttentionResult) -> tuple[str, ...]:
+def _columns(result: AttentionView) -> tuple[str, ...]:
     """The table's columns: a learned-sink column beside the token-sink ones when the model has learned sinks."""
     return (*COLUMNS[:3], LEARNED_COLUMN, *COLUMNS[3:]) if result.learned_sinks else COLUMNS
 
 
-def _caption(result: AttentionResult) -> str:
+def _caption(result: AttentionView) -> str:
     caption = CAPTION.format(threshold=result.options.threshold)
     return f"{caption}; {LEARNED_CAPTION}" if result.learned_sinks else caption
 
 
-def _cells(result: AttentionResult, r: dict) -> list[str]:
+def _cells(result: AttentionView, r: dict) -> list[str]:
     """One block's row of the table; `-` throughout for a block without softmax attention."""
     cells = [
         str(r["index"]),
@@ -116,7 +149,7 @@ def _cells(result: AttentionResult, r: dict) -> list[str]:
     return cells
 
 
-def mixers_sentence(result: AttentionResult) -> str | None:
+def mixers_sentence(result: AttentionView) -> str | None:
     """The blocks without softmax attention, in plain words (None when every block has it)."""
     blocks = result.no_softmax_blocks
     if not blocks:
@@ -129,7 +162,7 @@ def mixers_sentence(result: AttentionResult) -> str | None:
     )
 
 
-def show_attention(result: AttentionResult, console: Console) -> None:
+def show_attention(result: AttentionView, console: Console) -> None:
     """One row per block: sink heads, first-token importance, mass on C, C-part constancy, replacement effect."""
     title = f"{escape(result.model)}: attention per block, {len(result.sequences)} sequence(s)"
     table = Table(title=title, caption=_caption(result))
@@ -145,7 +178,7 @@ def show_attention(result: AttentionResult, console: Console) -> None:
         result.precision.show(console)
 
 
-def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
+def markdown_report(result: AttentionView, figures: dict[str, str]) -> str:
     """A short report: where the inputs came from, the tokens C, one row per block, the figures."""
     source = result.source
     lines = [f"# massact attention: {md_escape(result.model)}", ""]
@@ -186,7 +219,7 @@ def markdown_report(result: AttentionResult, figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_attention(result: AttentionResult, out: Path) -> None:
+def write_attention(result: AttentionView, out: Path) -> None:
     """attention.json, the heatmap(s), the per-block figures and report.md into `out`."""
     rows = result.block_summary()
     write_json(out / "attention.json", result.to_json())

@@ -9,7 +9,6 @@ import typer
 from massact.commands.common import DeviceOpt, DtypeOpt, Opt, TrustOpt, emit_result
 from massact.defaults import ATLAS_STEPS as STEPS
 from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
-from massact.errors import MassactError
 from massact.outputs import check_output_dir
 
 
@@ -56,10 +55,8 @@ def atlas_command(
         device=device,
         trust_remote_code=trust_remote_code,
     )
-    result = massact.atlas.run(models, config, out)
-    if not result.analysed:
-        reasons = "; ".join(f"{r['model']}: {r.get('reason', '?')}" for r in result.rows)
-        raise MassactError(f"no model could be analysed ({reasons}); check the model paths or names")
+    result = massact.atlas.run(models, out, config)  # --out keeps each finished model: a rerun reuses it
+    result.check_analysed()
     emit_result(result, out, as_json)
 
 

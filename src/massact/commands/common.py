@@ -18,7 +18,6 @@ from massact.progress import console, status
 
 if TYPE_CHECKING:  # imported where used, so that help and usage errors never wait for torch
     from massact.models.loading import LoadedModel
-    from massact.models.structure import Structure
 
 ModelArg = Annotated[
     str,
@@ -100,12 +99,6 @@ class ModelOptions:
     def load(self, model: str) -> LoadedModel:
         """Load `model` with a status line while it loads."""
         return load_for_cli(model, self.dtype, self.device, self.device_map, self.trust_remote_code)
-
-    def structure(self, loaded: LoadedModel) -> Structure:
-        """The model's blocks, at `--blocks` when given."""
-        from massact.models.structure import find_structure
-
-        return find_structure(loaded.model, self.blocks)
 
 
 def model_command(fn: Callable) -> Callable:

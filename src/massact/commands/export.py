@@ -37,36 +37,24 @@ def export_command(
     opts: ModelOptions,
 ) -> None:
     """Write MODEL's massive sites, per-channel Linear input maxima and outlier tokens for other tools."""
-    from massact.data.corpus import load_texts, prefix_tokens, token_windows
     from massact.detect import Thresholds
-    from massact.quant.export import ExportFiles, measure_exports, parse_formats
-    from massact.validate import at_least, check_context
+    from massact.export import CorpusInputs, ExportConfig, run
 
-    chosen = parse_formats(formats)
-    thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
-    for flag, value in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
-        at_least(flag, value)
-    if out is None and not as_json:
-        raise MassactError("give --out DIR (the directory the export files go to) or --json")
-    texts = load_texts(corpus)  # a bad corpus fails before the model loads
-    loaded = opts.load(model)
-    check_context("--seq-len", seq_len, loaded.context_length)
-    add_special_tokens = not no_special_tokens
-    windows = token_windows(loaded.tokenizer, texts, samples, seq_len, seed, add_special_tokens=add_special_tokens)
-    result = measure_exports(
-        loaded,
-        windows,
-        corpus=corpus,
-        seed=seed,
+    config = ExportConfig(
+        formats=tuple(formats),
+        samples=samples,
+        seq_len=seq_len,
         batch_size=batch_size,
-        thresholds=thresholds,
-        act_scales="act-scales" in chosen,
-        recipe="recipe" in chosen,
+        seed=seed,
+        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        add_special_tokens=not no_special_tokens,
         blocks_path=opts.blocks,
         progress=not as_json,
-        prefix_tokens=prefix_tokens(loaded.tokenizer, add_special_tokens),
     )
-    emit_result(ExportFiles(result, chosen), out, as_json)
+    if out is None and not as_json:
+        raise MassactError("give --out DIR (the directory the export files go to) or --json")
+    inputs = CorpusInputs.read(corpus)  # a bad corpus fails before the model loads
+    emit_result(run(opts.load(model), inputs, config), out, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -81,10 +81,11 @@ def intervene_command(
         seeds=seeds,
         batch_size=batch_size,
         add_special_tokens=not no_special_tokens,
+        blocks_path=opts.blocks,
     )
     texts = {name: load_texts(name) for name in config.corpora}  # an unknown or unreadable corpus fails here
     loaded = opts.load(model)
-    result = run(loaded, texts, config, structure=opts.structure(loaded))
+    result = run(loaded, texts, config)
     result.command = shlex.join(["massact", *sys.argv[1:]])
     emit_result(result, out, as_json)
 

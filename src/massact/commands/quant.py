@@ -73,10 +73,8 @@ def quant_command(
 ) -> None:
     """What quantization costs MODEL's perplexity, and which strategy recovers it."""
     from massact.detect import Thresholds
-    from massact.quant import QuantConfig, calibration_text, load_inputs, run, super_weights_from_trace
+    from massact.quant import QuantConfig, check_counts, load_inputs, run
     from massact.tasks import task_config
-    from massact.trace import TraceConfig
-    from massact.trace import run as trace
 
     config = QuantConfig(
         schemes=_names(schemes),
@@ -92,34 +90,11 @@ def quant_command(
         progress=not as_json,
         tasks=task_config(tasks, tasks_limit, batch_size),  # bad tasks fail before the model loads
     )
-    counts = (
-        ("--samples", samples, 1),
-        ("--seq-len", seq_len, 2),
-        ("--calib-samples", calib_samples, 1),
-        ("--seeds", seeds, 1),
-    )
-    from massact.validate import at_least
-
-    for flag, value, least in counts:
-        at_least(flag, value, least)
+    check_counts(samples, seq_len, calib_samples, seeds)
     loaded = opts.load(model)
-    inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed, seeds)
-    if config.needs_super_weights:
-        text = calibration_text(loaded, inputs.calibration[0])
-        traced = trace(
-            loaded,
-            text,
-            TraceConfig(
-                thresholds=config.thresholds,
-                top=config.super_weights,
-                verify=False,
-                risk=False,
-                blocks_path=opts.blocks,
-                progress=False,
-            ),
-        )
-        inputs.super_weights = super_weights_from_trace(traced.entries(), config.super_weights)
-    emit_result(run(loaded, inputs, config), out, as_json)
+    emit_result(
+        run(loaded, load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed, seeds), config), out, as_json
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,6 @@ from massact.commands.common import ModelOptions, Opt, emit_result, model_comman
 from massact.errors import MassactError
 from massact.rewrite.config import RewriteConfig, parse_rescale
 from massact.rewrite.folder import check_model_folder
-from massact.validate import at_least
 
 
 @model_command
@@ -69,12 +68,9 @@ def rewrite_command(
         progress=not as_json,
     )
     check_model_folder(out)
-    for flag, value, least in (
-        ("--samples", samples, 1),
-        ("--seq-len", seq_len, 2),
-        ("--calib-samples", calib_samples, 1),
-    ):
-        at_least(flag, value, least)
+    from massact.quant.run import check_counts
+
+    check_counts(samples, seq_len, calib_samples)
     if opts.dtype not in ("auto", "float32", "fp32"):
         raise MassactError(
             f"--dtype {opts.dtype}: rewrite the float32 model (--dtype float32); it checks float16 itself"

@@ -13,7 +13,7 @@ import typer
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
 from massact.defaults import DEFAULT_PROMPT
 from massact.errors import MassactError
-from massact.validate import at_least, check_prompt
+from massact.validate import check_prompt
 
 
 @model_command
@@ -68,37 +68,33 @@ def scan_command(
     if corpus is not None:
         if prompt is not None or text_file is not None or keep is not None:
             raise MassactError("--corpus scans many sequences; drop --prompt/--text-file/--keep, or drop --corpus")
-        from massact.corpus import CorpusConfig, parse_shard
+        from massact.corpus import CorpusConfig, CorpusInputs, parse_shard
         from massact.corpus import run as run_corpus
-        from massact.corpus.distributed import prepare_launch
-        from massact.data.corpus import load_texts
+        from massact.corpus.distributed import launch_device, wait_for_everyone
 
         config = CorpusConfig(
             samples=samples, seq_len=seq_len, batch_size=batch_size, seed=seed, thresholds=thresholds, top_k=top_k,
-            add_special_tokens=not no_special_tokens, shard=parse_shard(shard),
+            add_special_tokens=not no_special_tokens, shard=parse_shard(shard), blocks_path=opts.blocks,
         )  # fmt: skip
-        texts = load_texts(corpus)  # a bad corpus fails before the model loads
-        state, device = prepare_launch(opts.device, opts.device_map, config.shard)
-        loaded = replace(opts, device=device).load(model)
-        result = run_corpus(loaded, corpus, config, texts=texts, structure=opts.structure(loaded), state=state)
-        if result is not None:  # None on every process but the main one of a data-parallel run
+        inputs = CorpusInputs.read(corpus)  # a bad corpus fails before the model loads
+        device = launch_device(opts.device, opts.device_map, config.shard)
+        result = run_corpus(replace(opts, device=device).load(model), inputs, config)
+        if result.is_main:  # every process of a data-parallel run has the result; the main one writes it
             result.command = shlex.join(["massact", *sys.argv[1:]])
             emit_result(result, out, as_json)
-        if state is not None:
-            state.wait_for_everyone()
+        wait_for_everyone()
         return
     if images is not None:
         if prompt is not None or text_file is not None:
             raise MassactError("give --images or --prompt/--text-file, not both")
-        at_least("--batch-size", batch_size)
         from massact.vision import ImageScanConfig, find_images
         from massact.vision import run as run_images
 
-        image_set = find_images(images)
         image_config = ImageScanConfig(
             thresholds=thresholds, top_k=top_k, keep=keep, keep_first_massive=out is not None, batch_size=batch_size,
             num_images=num_images, blocks_path=opts.blocks, progress=not as_json,
         )  # fmt: skip
+        image_set = find_images(images)
         emit_result(run_images(opts.load(model), image_set, image_config), out, as_json)
         return
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)

@@ -48,9 +48,8 @@ def stream(
     """Which tokens must stay in a bounded KV cache: perplexity per policy, decoding one token at a time."""
     if corpus is not None and text_file is not None:
         raise MassactError("give --corpus or --text-file, not both")
-    from massact.data.corpus import load_texts
     from massact.detect import Thresholds
-    from massact.stream import StreamConfig, cut_stream, run
+    from massact.stream import StreamConfig, check_offset, cut_stream, document_text, run
 
     config = StreamConfig(
         policies=policies,
@@ -60,21 +59,16 @@ def stream(
         stride=stride,
         max_detected=max_detected,
         thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        blocks_path=opts.blocks,
     )
-    if config.first_scored() >= tokens:
-        raise MassactError(f"--score-from {config.first_scored()} leaves nothing to score in --tokens {tokens}")
+    config.check_tokens(tokens)
     if text_file is not None:
         text, source = read_prompt(None, text_file, ""), str(text_file)
     else:
-        texts = load_texts(corpus or "shakespeare")
-        if not 0 <= document < len(texts):
-            raise MassactError(f"--document {document}: the corpus holds texts 0..{len(texts) - 1}")
-        text, source = texts[document], f"{corpus or 'shakespeare'}[{document}]"
-    if offset >= len(text.encode("utf-8")):  # a text of B bytes has fewer than B tokens
-        raise MassactError(f"--offset {offset} is past the end of {source}; lower --offset")
+        text, source = document_text(corpus or "shakespeare", document)
+    check_offset(text, offset, source)
     loaded = opts.load(model)
-    ids = cut_stream(loaded.tokenizer, text, offset, tokens, source)
-    emit_result(run(loaded, ids, config, opts.structure(loaded)), out, json)
+    emit_result(run(loaded, cut_stream(loaded.tokenizer, text, offset, tokens, source), config), out, json)
 
 
 def register(app: typer.Typer) -> None:

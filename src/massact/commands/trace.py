@@ -50,9 +50,8 @@ def trace_command(
     opts: ModelOptions = ModelOptions(),
 ) -> None:
     """Trace each massive activation of MODEL to the sub-layer, expert and weight entries that write it, and verify."""
-    from massact.data.corpus import load_texts
     from massact.detect import Thresholds
-    from massact.trace import TraceConfig, run
+    from massact.trace import TraceConfig, TraceInputs, run
 
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
     check_prompt(text)
@@ -75,8 +74,8 @@ def trace_command(
         blocks_path=opts.blocks,
         progress=not as_json,
     )
-    texts = load_texts(corpus) if verify or risk else None  # before the model: a bad corpus costs nothing
-    result = run(opts.load(model), text, config, texts=texts)
+    inputs = TraceInputs.read(text, config)  # before the model: a bad corpus costs nothing
+    result = run(opts.load(model), inputs, config)
     emit_result(result, out, as_json)
 
 

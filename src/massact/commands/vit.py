@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
-from massact.errors import MassactError
-from massact.outputs import check_output_dir, staged_output
 from massact.progress import say
 
 vit_app = typer.Typer(help="Vision transformers: register tokens, Fix-Reg-Mean, sample photos.", no_args_is_help=True)
@@ -63,18 +61,13 @@ def samples_command(
 ) -> None:
     """Write a labelled folder of crops of the photos bundled with scikit-image (no download)."""
     from massact.outputs import to_json_text
-    from massact.vision.images import write_sample_folder
+    from massact.vision.samples import write_samples
 
-    check_output_dir(out, option="OUT")
-    if out.exists() and any(out.iterdir()):
-        raise MassactError(f"{out}: folder is not empty; give a new folder")
-    with staged_output(out, option="OUT") as staging:
-        image_set = write_sample_folder(staging, crops=crops)
-        files = sorted(str(p.relative_to(staging)) for p in image_set.paths)
+    written = write_samples(out, crops)
     if as_json:
-        typer.echo(to_json_text({"out": str(out), "classes": image_set.classes, "images": files}))
+        typer.echo(to_json_text(written))
     else:
-        say(f"wrote {len(image_set)} images in {len(image_set.classes)} classes to {out}")
+        say(f"wrote {len(written['images'])} images in {len(written['classes'])} classes to {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -11,16 +11,17 @@ text tokens only, and `CorpusConfig(shard=(i, n))` scans part i of n so the part
 from massact.corpus.config import CorpusConfig, parse_shard
 from massact.corpus.merge import merge
 from massact.corpus.result import CorpusResult
-from massact.corpus.run import corpus_scan, run
+from massact.corpus.run import run
 from massact.corpus.summary import CorpusSummary, SiteStats
+from massact.data.corpus import CorpusInputs
 from massact.interventions.means import read_means
 
 __all__ = [
     "CorpusConfig",
+    "CorpusInputs",
     "CorpusResult",
     "CorpusSummary",
     "SiteStats",
-    "corpus_scan",
     "merge",
     "parse_shard",
     "read_means",

@@ -35,6 +35,7 @@ class CorpusConfig:
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
     shard: tuple[int, int] | None = None  # (i, n): scan only part i of n of the drawn windows
     progress: bool = True
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
     def __post_init__(self) -> None:
         for flag, value in (

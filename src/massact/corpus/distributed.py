@@ -1,7 +1,7 @@
 """Data-parallel corpus scans: `accelerate launch -m massact scan ...` (or torchrun) splits the sequences.
 
-Each process scans its share of the windows; the summaries are gathered and merged on the main
-process, which alone writes output. The merge is exact, so the result equals a one-process run.
+Each process scans its share of the windows; the summaries are gathered and merged on every process,
+and the main one alone writes output. The merge is exact, so the result equals a one-process run.
 """
 
 from __future__ import annotations
@@ -32,15 +32,13 @@ def process_state(device: str | None):
         raise MassactError(f"could not join the distributed run ({first}); check the launcher's settings") from None
 
 
-def prepare_launch(
-    device: str | None, device_map: str | None, shard_of: tuple[int, int] | None = None
-) -> tuple[object | None, str | None]:
-    """(process state, device) for a corpus scan: the state under a data-parallel launch, else None.
+def launch_device(device: str | None, device_map: str | None, shard_of: tuple[int, int] | None = None) -> str | None:
+    """The device this process loads the model on: its own under a data-parallel launch, else `device`.
 
     Checked before the model loads: a launch does not combine with --device-map or --shard.
     """
     if not launched_distributed():
-        return None, device
+        return device
     if device_map is not None:
         raise MassactError("--device-map does not combine with a data-parallel launch; drop one of them")
     if shard_of is not None:
@@ -48,7 +46,18 @@ def prepare_launch(
     state = process_state(device)
     if state.num_processes > 1:
         device = "cpu" if state.device.type == "cpu" else str(state.device)  # 'cpu:0' would pick bf16
-    return state, device
+    return device
+
+
+def launch_state():
+    """The process state of a data-parallel launch (the one `launch_device` joined), else None."""
+    return process_state(None) if launched_distributed() else None
+
+
+def wait_for_everyone() -> None:
+    """Under a data-parallel launch, wait until every process gets here (the main one has written)."""
+    if launched_distributed():
+        process_state(None).wait_for_everyone()
 
 
 def shard(count: int, rank: int, world: int) -> range:
@@ -58,12 +67,9 @@ def shard(count: int, rank: int, world: int) -> range:
     return range(start, start + base + (1 if rank < extra else 0))
 
 
-def gather_summaries(state, summary: CorpusSummary | None) -> CorpusSummary | None:
-    """Merge every process's summary; the merged one on the main process, None elsewhere."""
+def gather_summaries(summary: CorpusSummary | None) -> CorpusSummary | None:
+    """Merge every process's summary; every process gets the merged one."""
     from accelerate.utils import gather_object
 
-    parts = gather_object([summary])
-    if not state.is_main_process:
-        return None
-    parts = [p for p in parts if p is not None]
+    parts = [p for p in gather_object([summary]) if p is not None]
     return reduce(CorpusSummary.merge, parts).canonical() if parts else None

@@ -23,6 +23,8 @@ from massact.precision import Precision
 from massact.report.figures import plot_layerwise  # noqa: E402
 from massact.report.tables import numeric_column, print_table  # noqa: E402
 
+KIND = "corpus"  # the `kind` field of the JSON: which result this is
+
 CORPUS_JSON = "corpus.json"
 LAYERWISE_PNG = "layerwise.png"
 CONSTANCY_PNG = "constancy.png"
@@ -188,12 +190,17 @@ def markdown(summary: CorpusSummary, command: str | None = None, precision: Prec
     return "\n".join(lines)
 
 
+def corpus_json(summary: CorpusSummary, precision: Precision | None = None) -> dict:
+    """What corpus.json holds: the corpus-wide statistics, and whether the run's dtype held the block outputs."""
+    return {"kind": KIND} | derived(summary) | {"precision": precision.to_json() if precision else None}
+
+
 def write_corpus_outputs(
     summary: CorpusSummary, folder: Path, command: str | None = None, precision: Precision | None = None
 ) -> None:
     """Every file of a corpus scan into `folder` (a staging directory)."""
     summary.save(folder)
-    write_json(folder / CORPUS_JSON, derived(summary) | {"precision": precision.to_json() if precision else None})
+    write_json(folder / CORPUS_JSON, corpus_json(summary, precision))
     write_json(folder / MEANS_JSON, summary.means())
     bands = summary.layerwise()
     plot_layerwise(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from massact.corpus.report import derived, terminal_summary, write_corpus_outputs
+from massact.corpus.report import corpus_json, terminal_summary, write_corpus_outputs
 from massact.corpus.summary import CorpusSummary
 from massact.precision import Precision
 
@@ -20,9 +20,10 @@ class CorpusResult:
     summary: CorpusSummary
     command: str | None = None  # the command line, for report.md
     precision: Precision | None = None  # whether the run's dtype held the block outputs (not kept by a merge)
+    is_main: bool = True  # False on every process but the main one of a data-parallel run: it alone writes
 
     def to_json(self) -> dict:
-        return derived(self.summary) | {"precision": self.precision.to_json() if self.precision else None}
+        return corpus_json(self.summary, self.precision)
 
     def show(self, console: Console) -> None:
         terminal_summary(self.summary, console)

@@ -1,6 +1,6 @@
 """The corpus scan: stream token windows through the model in batches, aggregate every sequence.
 
-`run(loaded, corpus, CorpusConfig)` is the entry point; `corpus_scan` scans windows already cut.
+`run(loaded, corpus_or_inputs, CorpusConfig)` is the entry point; `corpus_scan` scans windows already cut.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from massact.capture.forward import run_forward
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
 from massact.corpus.config import CorpusConfig
-from massact.corpus.distributed import gather_summaries, shard
+from massact.corpus.distributed import gather_summaries, launch_state, shard
 from massact.corpus.result import CorpusResult
 from massact.corpus.summary import CorpusSummary
-from massact.data.corpus import corpus_windows, load_texts, prefix_tokens, window_source
+from massact.data.corpus import CorpusInputs, corpus_windows, prefix_tokens, window_source
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -91,45 +91,49 @@ def source_name(corpus: str, seq_len: int, prefix: list[str] | tuple[str, ...] =
 
 
 def run(
-    loaded: LoadedModel,
-    corpus: str = "shakespeare",
-    config: CorpusConfig | None = None,
-    *,
-    texts: list[str] | None = None,
-    structure: Structure | None = None,
-    state=None,
-) -> CorpusResult | None:
-    """Scan `config.samples` windows of `corpus` (a name or path; its documents in `texts` when read already).
+    loaded: LoadedModel, inputs: str | CorpusInputs = "shakespeare", config: CorpusConfig | None = None
+) -> CorpusResult:
+    """Scan `config.samples` windows of a corpus: `inputs` is its name or path, or `CorpusInputs` with its texts
+    (or with windows already cut, scanned as they are).
 
-    Under a data-parallel launch (`state`), every process scans its share and the main process gets
-    the merged result (None elsewhere); `config.shard` scans one part by hand instead.
+    Under a data-parallel launch every process scans its share and gets the merged result; only the
+    main one has `is_main` (the one that writes). `config.shard` scans one part by hand instead.
     """
     config = config or CorpusConfig()  # sizes checked when it was built
-    check_seq_len(loaded, config.seq_len)
-    texts = load_texts(corpus) if texts is None else texts
-    windows, window_ids = corpus_windows(
-        loaded.tokenizer, texts, config.samples, config.seq_len, config.seed, config.add_special_tokens
-    )
-    prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
+    inputs = CorpusInputs(inputs) if isinstance(inputs, str) else inputs
+    corpus = inputs.corpus
+    if inputs.windows is not None:  # cut already: scanned as they are, window ids 0..N-1
+        windows, window_ids, prefix = inputs.windows, list(range(inputs.windows.shape[0])), []
+        check_seq_len(loaded, windows.shape[1])
+        source = corpus
+    else:
+        check_seq_len(loaded, config.seq_len)
+        windows, window_ids = corpus_windows(
+            loaded.tokenizer, inputs.documents(), config.samples, config.seq_len, config.seed, config.add_special_tokens
+        )
+        prefix = prefix_tokens(loaded.tokenizer, config.add_special_tokens)
+        source = source_name(corpus, config.seq_len, prefix)
+    count = windows.shape[0]
+    structure = find_structure(loaded.model, config.blocks_path)
     kwargs = dict(
-        source=source_name(corpus, config.seq_len, prefix), batch_size=config.batch_size,
+        source=source, batch_size=config.batch_size,
         thresholds=config.thresholds, top_k=config.top_k, structure=structure, prefix_tokens=prefix,
     )  # fmt: skip
     if config.shard is not None:
-        part = shard(config.samples, *config.shard)
+        part = shard(count, *config.shard)
         windows, window_ids = windows[part.start : part.stop], window_ids[part.start : part.stop]
+    state = launch_state()
     if state is None or state.num_processes == 1:
-        with BlockPeaks(loaded.model, structure or find_structure(loaded.model)) as peaks:
+        with BlockPeaks(loaded.model, structure) as peaks:
             summary = corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs)
         return CorpusResult(summary, precision=Precision.from_peaks(peaks))
     if config.shard is not None:
         raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
-    share = shard(config.samples, state.process_index, state.num_processes)
+    share = shard(count, state.process_index, state.num_processes)
     part = None
     if len(share):
         part = corpus_scan(
             loaded, windows[share.start : share.stop], window_ids[share.start : share.stop],
             progress=config.progress and state.is_main_process, **kwargs,
         )  # fmt: skip
-    summary = gather_summaries(state, part)
-    return None if summary is None else CorpusResult(summary)
+    return CorpusResult(gather_summaries(part), is_main=state.is_main_process)

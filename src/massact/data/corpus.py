@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -154,6 +155,24 @@ def load_texts(name_or_path: str = DEFAULT_CORPUS) -> list[str]:
     if not texts:
         raise MassactError(f"--corpus {name_or_path}: holds no text")
     return texts
+
+
+@dataclass(frozen=True)
+class CorpusInputs:
+    """A corpus (a name or a path) an analysis draws windows from, and its documents (or windows) when at hand."""
+
+    corpus: str = DEFAULT_CORPUS
+    texts: list[str] | None = None
+    windows: torch.Tensor | None = None  # windows already cut [N, L]: scanned as they are, named by `corpus`
+
+    def documents(self) -> list[str]:
+        """The documents: those given, else read now."""
+        return load_texts(self.corpus) if self.texts is None else self.texts
+
+    @classmethod
+    def read(cls, corpus: str) -> CorpusInputs:
+        """Read the corpus now, so that a bad one fails before a model loads."""
+        return cls(corpus, load_texts(corpus))
 
 
 def _tokenize(tokenizer, texts: list[str]) -> torch.Tensor:

@@ -81,6 +81,7 @@ class InterventionConfig:
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
     progress: bool = True
     tasks: TaskConfig | None = None  # zero-shot tasks through lm-eval, once per mode
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
     def __post_init__(self) -> None:
         corpora = tuple(dict.fromkeys(c.strip() for c in self.corpora if c and c.strip()))

@@ -21,6 +21,8 @@ from massact.report.tables import numeric_column, print_table
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
 
+KIND = "interventions"  # the `kind` field of the JSON: which result this is
+
 INTERVENE_JSON = "intervene.json"
 REPORT_MD = "report.md"
 
@@ -56,6 +58,7 @@ class InterventionResult:
     def to_json(self) -> dict:
         cfg = self.config
         return {
+            "kind": KIND,
             "model": self.model,
             "corpora": list(cfg.corpora),
             "samples": cfg.samples,

@@ -144,20 +144,18 @@ def run(
     loaded: LoadedModel,
     inputs: Inputs = None,
     config: InterventionConfig | None = None,
-    *,
-    structure: Structure | None = None,
 ) -> InterventionResult:
     """Perplexity of `loaded` on every corpus of `config`, once per mode; see the module docstring.
 
     `inputs` names the corpora (None: `config.corpora`) or maps each name to its documents or to windows
-    already cut; names alone are read with `load_texts`. `structure` is the model's blocks (found when None).
+    already cut; names alone are read with `load_texts`.
     """
     config = config or InterventionConfig()
     if inputs is not None:
         config = replace(config, corpora=tuple(inputs))  # the corpora given here stand for config.corpora
     if config.seeds > 1:
-        return _run_seeds(loaded, inputs, config, structure)
-    structure = structure or find_structure(loaded.model)
+        return _run_seeds(loaded, inputs, config)
+    structure = find_structure(loaded.model, config.blocks_path)
     check(loaded, config, structure)
     log = say if config.progress else lambda _: None
     num_blocks = len(structure)
@@ -265,9 +263,7 @@ def run(
     )
 
 
-def _run_seeds(
-    loaded: LoadedModel, inputs: Inputs, config: InterventionConfig, structure: Structure | None
-) -> InterventionResult:
+def _run_seeds(loaded: LoadedModel, inputs: Inputs, config: InterventionConfig) -> InterventionResult:
     """The whole run on windows drawn with each seed; the first seed's result, with the spread of every row."""
     if isinstance(inputs, Mapping) and any(isinstance(v, torch.Tensor) for v in inputs.values()):
         raise MassactError("--seeds draws new windows: give corpora or their documents, not windows already cut")
@@ -276,7 +272,7 @@ def _run_seeds(
     for number, seed in enumerate(seeds, 1):
         if config.progress:
             say(f"seed {seed} ({number}/{len(seeds)}): the whole run on the windows it draws")
-        results.append(run(loaded, inputs, replace(config, seed=seed, seeds=1), structure=structure))
+        results.append(run(loaded, inputs, replace(config, seed=seed, seeds=1)))
     first = results[0]
     first.config = config
     first.spread = {

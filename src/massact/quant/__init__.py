@@ -6,8 +6,9 @@ generation of full sequences) under one of them.
 """
 
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate, calibration_text, super_weights_from_trace
+from massact.quant.config import QuantConfig
 from massact.quant.result import QuantResult
-from massact.quant.run import QuantConfig, QuantInputs, load_inputs, run
+from massact.quant.run import QuantInputs, check_counts, load_inputs, run, trace_super_weights
 from massact.quant.schemes import Scheme, parse_scheme
 from massact.quant.simulate import quant_context
 from massact.quant.strategies import parse_strategy
@@ -21,10 +22,12 @@ __all__ = [
     "SuperWeight",
     "calibrate",
     "calibration_text",
+    "check_counts",
     "load_inputs",
     "parse_scheme",
     "parse_strategy",
     "quant_context",
     "run",
     "super_weights_from_trace",
+    "trace_super_weights",
 ]

@@ -6,7 +6,7 @@
   and the token ids that carry one on most of their occurrences elsewhere; outlier features (dims that
   pass the criterion on most tokens, `Thresholds.feature_share`) are left out, since they mark no token;
 - the super weights: given (from `massact trace` on the text of a calibration window, see
-  `super_weights_from_trace`), since the trace builds on this package and not the other way round.
+  `super_weights_from_trace`; `massact.quant.run` traces them).
 """
 
 from __future__ import annotations

@@ -55,6 +55,7 @@ FILES = {
 FORMATS = tuple(FILES)
 SITES_FORMAT = "massact-sites/1"
 TOKENS_FORMAT = "massact-outlier-tokens/1"
+EXPORT_KIND = "export"  # the `kind` field of the JSON `massact export --json` prints
 MAPPING_TOKENS = 16  # tokens of the pass that finds which norm feeds which Linears
 
 
@@ -225,6 +226,7 @@ class ExportFiles:
     def to_json(self) -> dict:
         r = self.result
         data: dict = {
+            "kind": EXPORT_KIND,
             "model": r.model,
             "corpus": r.corpus,
             "windows": r.windows,

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from massact.detect import Thresholds
 from massact.format import fmt_number, md_code, md_escape
 
-if TYPE_CHECKING:
-    from massact.quant.export import ExportResult
+
+class ExportView(Protocol):
+    """What report.md reads of an export (a protocol, so that the report imports no result)."""
+
+    model: str
+    corpus: str
+    windows: list[int]
+    seed: int
+    thresholds: Thresholds
+    act_scales: dict
+    mappings: list[list]
+    kept: list[str]
+    alpha: float
+
+    @property
+    def has_massive(self) -> bool: ...
+
+    def sites(self) -> dict: ...
+
+    def outlier_tokens(self) -> dict: ...
+
 
 # format -> (the tool that reads the file, one line on what it is for)
 TOOLS = {
@@ -24,7 +44,7 @@ def tool_line(name: str, file: str) -> str:
     return f"{file}: {tool} ({what})"
 
 
-def _usage(name: str, file: str, result: ExportResult) -> list[str]:
+def _usage(name: str, file: str, result: ExportView) -> list[str]:
     if name == "act-scales":
         return [
             "A `torch.save` dict {Linear name: float32 tensor [in_features]}: the largest |x| of each input",
@@ -81,7 +101,7 @@ def _usage(name: str, file: str, result: ExportResult) -> list[str]:
     ]
 
 
-def export_markdown(result: ExportResult, formats: list[str], files: dict[str, str]) -> str:
+def export_markdown(result: ExportView, formats: list[str], files: dict[str, str]) -> str:
     """The export's report.md."""
     samples, seq_len = result.windows
     t = result.thresholds

@@ -26,8 +26,10 @@ from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
 
+KIND = "quant"  # the `kind` field of the JSON: which result this is
+
 if TYPE_CHECKING:
-    from massact.quant.run import QuantConfig
+    from massact.quant.config import QuantConfig
 
 FORMAT = "massact-quant/1"
 WEIGHTS_NOTE = "the schemes quantize these weights again, so results are relative to them"
@@ -62,6 +64,7 @@ class QuantResult:
     def to_json(self) -> dict:
         calib = self.calibration
         return {
+            "kind": KIND,
             "format": FORMAT,
             "model": self.model,
             "corpus": self.corpus,

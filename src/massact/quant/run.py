@@ -10,66 +10,21 @@ import torch
 
 from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import load_windows, prefix_tokens
-from massact.defaults import DEFAULT_SCHEMES as DEFAULT_SCHEMES
-from massact.defaults import DEFAULT_STRATEGIES as DEFAULT_STRATEGIES
-from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.perplexity import PerplexityResult, evaluate_perplexity
 from massact.precision import Precision
 from massact.progress import say, track
-from massact.quant.calibrate import Calibration, SuperWeight, calibrate
+from massact.quant.calibrate import Calibration, SuperWeight, calibrate, calibration_text, super_weights_from_trace
+from massact.quant.config import QuantConfig
 from massact.quant.result import QuantResult
 from massact.quant.schemes import Scheme, parse_scheme, qmax
 from massact.quant.seeds import summarize
 from massact.quant.simulate import quant_context
-from massact.quant.strategies import BEST, candidates, parse_strategy, parts
-from massact.tasks import TaskConfig
+from massact.quant.strategies import BEST, candidates, parts
 from massact.tasks import evaluate as evaluate_tasks
 from massact.validate import at_least, check_context
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """Every knob of a quantization run; names are parsed and checked on construction."""
-
-    schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    alpha: float = 0.5  # smoothing strength
-    seed: int = 0  # seed of the rotations
-    super_weights: int = 4  # top weight entries per traced site kept by keep-super-weights
-    sensitivity: str | None = "W8A8"  # scheme of the per-block sensitivity; None skips it
-    sensitivity_samples: int = 2  # evaluated windows used for the sensitivity
-    best_samples: int = 2  # calibration windows on which `best` compares its candidates
-    batch_size: int = 4  # windows per forward: a per-tensor activation scale spans them all
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    blocks_path: str | None = None
-    progress: bool = True
-    tasks: TaskConfig | None = None  # zero-shot tasks through lm-eval, once per (scheme, strategy)
-
-    def __post_init__(self) -> None:
-        if not self.schemes:
-            raise MassactError("give at least one scheme, e.g. --schemes W8A8")
-        if not self.strategies:
-            raise MassactError("give at least one strategy, e.g. --strategies none")
-        object.__setattr__(self, "schemes", tuple(dict.fromkeys(parse_scheme(s).name for s in self.schemes)))
-        object.__setattr__(self, "strategies", tuple(dict.fromkeys(parse_strategy(s) for s in self.strategies)))
-        if self.sensitivity is not None:
-            object.__setattr__(self, "sensitivity", parse_scheme(self.sensitivity).name)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise MassactError(f"--alpha {self.alpha}: must be between 0 and 1 (SmoothQuant uses 0.5)")
-        for flag, value in (
-            ("--batch-size", self.batch_size),
-            ("--sensitivity-samples", self.sensitivity_samples),
-            ("--best-samples", self.best_samples),
-            ("--super-weights", self.super_weights),
-        ):
-            at_least(flag, value)
-
-    @property
-    def needs_super_weights(self) -> bool:
-        return BEST in self.strategies or any("keep-super-weights" in parts(s) for s in self.strategies if s != BEST)
 
 
 @dataclass
@@ -81,7 +36,7 @@ class QuantInputs:
     corpus: str = "corpus"
     seed: int = 0
     prefix_tokens: list[str] = field(default_factory=list)  # what each window starts with, as the tokenizer does
-    super_weights: list[SuperWeight] | None = None  # for keep-super-weights: `super_weights_from_trace(...)`
+    super_weights: list[SuperWeight] | None = None  # for keep-super-weights; None: `run` traces them
     draws: list[QuantInputs] = field(default_factory=list)  # the same sizes drawn with further seeds (--seeds)
 
     def __post_init__(self) -> None:
@@ -95,15 +50,20 @@ class QuantInputs:
         return len(self.prefix_tokens)
 
 
+def check_counts(samples: int, seq_len: int, calib_samples: int, seeds: int = 1) -> None:
+    """Refuse window counts `load_inputs` cannot draw; cheap, so a command checks them before the model loads."""
+    counts = (("--samples", samples, 1), ("--seq-len", seq_len, 2), ("--calib-samples", calib_samples, 1))
+    for flag, value, least in (*counts, ("--seeds", seeds, 1)):
+        at_least(flag, value, least)
+
+
 def load_inputs(
     loaded: LoadedModel, corpus: str, samples: int, seq_len: int, calib_samples: int, seed: int = 0, seeds: int = 1
 ) -> QuantInputs:
     """`samples` windows to evaluate (exactly `load_windows(tok, corpus, samples, seq_len, seed)`) and
     `calib_samples` further windows of the same draw, never evaluated, for calibration; with `seeds` > 1,
     the same drawn again with seeds `seed + 1, ...` in `draws`."""
-    at_least("--seeds", seeds)
-    at_least("--calib-samples", calib_samples)
-    at_least("--samples", samples)
+    check_counts(samples, seq_len, calib_samples, seeds)
     check_context("--seq-len", seq_len, loaded.context_length)
     prefix = prefix_tokens(loaded.tokenizer)
     inputs = []
@@ -185,17 +145,34 @@ def _row(
     return row
 
 
+def trace_super_weights(loaded: LoadedModel, window: torch.Tensor, config: QuantConfig) -> list[SuperWeight]:
+    """The super weights `massact trace` finds on the text of one calibration window (top `config.super_weights`)."""
+    from massact.trace import TraceConfig  # the trace builds on this package: imported when used
+    from massact.trace import run as trace
+
+    trace_config = TraceConfig(
+        thresholds=config.thresholds,
+        top=config.super_weights,
+        verify=False,
+        risk=False,
+        blocks_path=config.blocks_path,
+        progress=False,
+    )
+    traced = trace(loaded, calibration_text(loaded, window), trace_config)
+    return super_weights_from_trace(traced.entries(), config.super_weights)
+
+
 def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = None) -> QuantResult:
-    """Perplexity of `loaded` on `inputs.windows` unquantized and under every (scheme, strategy) of `config`."""
+    """Perplexity of `loaded` on `inputs.windows` unquantized and under every (scheme, strategy) of `config`.
+
+    keep-super-weights (and `best`) keep `inputs.super_weights`; when None, they are traced on the
+    text of the first calibration window.
+    """
     config = config or QuantConfig()
     schemes = [parse_scheme(s) for s in config.schemes]
     structure = find_structure(loaded.model, config.blocks_path)
-    explicit = any("keep-super-weights" in parts(s) for s in config.strategies if s != BEST)
-    if explicit and inputs.super_weights is None:
-        raise MassactError(
-            "keep-super-weights needs the super weights: give QuantInputs.super_weights from "
-            "massact.quant.super_weights_from_trace(massact.trace.run(...).entries(), limit)"
-        )
+    if config.needs_super_weights and inputs.super_weights is None:
+        inputs.super_weights = trace_super_weights(loaded, inputs.calibration[0], config)
     tell = say if config.progress else _quiet
     peaks = BlockPeaks(loaded.model, structure)  # watches the unquantized pass of the first draw
     calib, evaluate, baseline, rows, choices = _measure(loaded, inputs, config, schemes, tell, peaks)

@@ -15,6 +15,8 @@ from massact.outputs import write_json
 from massact.report.tables import print_table
 from massact.rewrite.config import FP8_E4M3_MAX, FP16_MAX
 
+KIND = "rewrite"  # the `kind` field of the JSON: which result this is
+
 FORMAT = "massact-rewrite/1"
 
 
@@ -67,6 +69,7 @@ class RewriteResult:
 
     def to_json(self) -> dict:
         return {
+            "kind": KIND,
             "format": FORMAT,
             "model": self.model,
             "corpus": self.corpus,

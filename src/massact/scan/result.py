@@ -15,6 +15,8 @@ from massact.models.structure import Structure
 from massact.precision import Precision
 from massact.scan import views
 
+KIND = "scan"  # the `kind` field of the JSON: which result this is
+
 
 @dataclass
 class MassiveActivation:
@@ -197,6 +199,7 @@ class ScanResult:
                 }
             )
         return {
+            "kind": KIND,
             "model": self.model,
             "source": self.source,
             "quantization": self.quantization,

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
 from massact.defaults import DEFAULT_PROMPT
-from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
+from massact.scan.config import ScanConfig
 from massact.scan.result import ScanResult, find_massive, summarize_massive
 from massact.tokens import TextInput, ids_input, tokenize_prompt
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """What a scan measures and keeps."""
-
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    top_k: int = 16  # largest activations kept per block
-    keep: int | None = None  # keep this block's output (for the 3D figure)
-    keep_peak: bool = False  # keep the output of the block of the largest massive activation (a second pass)
-    add_special_tokens: bool = True  # tokenize a text prompt with the tokenizer's special tokens (BOS, ...)
-    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.thresholds, Thresholds):
-            raise MassactError("thresholds must be a massact.detect.Thresholds")
-        if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
-        if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 0):
-            raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
 
 
 def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: ScanConfig | None = None) -> ScanResult:
@@ -94,24 +72,6 @@ def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: Sca
     )
 
 
-def scan(
-    loaded: LoadedModel,
-    prompt: str = DEFAULT_PROMPT,
-    *,
-    thresholds: Thresholds | None = None,
-    top_k: int = 16,
-    keep: int | None = None,
-    keep_peak: bool = False,
-    add_special_tokens: bool = True,
-    blocks_path: str | None = None,
-) -> ScanResult:
-    """`run` with keyword options: scan `prompt` once and report every block and every massive activation."""
-    config = ScanConfig(
-        thresholds=thresholds or Thresholds(),
-        top_k=top_k,
-        keep=keep,
-        keep_peak=keep_peak,
-        add_special_tokens=add_special_tokens,
-        blocks_path=blocks_path,
-    )
+def scan(loaded: LoadedModel, prompt: str = DEFAULT_PROMPT, config: ScanConfig | None = None) -> ScanResult:
+    """The short form of `run` for a text: `massact.scan(loaded, "Summer is warm.")`."""
     return run(loaded, prompt, config)

@@ -4,32 +4,65 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from massact.capture.stats import BlockRecord
+from massact.detect import Thresholds
 from massact.format import fmt_activation as fmt
 from massact.format import md_code, md_escape, show_token
+from massact.models.structure import Structure
 from massact.outputs import write_json
+from massact.precision import Precision
 from massact.report.markdown import plural
 from massact.report.tables import numeric_column, print_table
 
-if TYPE_CHECKING:
-    from massact.scan.result import ScanResult
+
+class ScanView(Protocol):
+    """What the views read of a scan's result (a protocol, so that the views import no result)."""
+
+    model: str
+    structure: Structure
+    hidden_size: int
+    tokens: list[str]
+    thresholds: Thresholds
+    records: list[BlockRecord]
+    massive: list  # MassiveActivation entries: .block, .token, .dim, .value, ...
+    summary: dict
+    kept: dict[int, torch.Tensor]
+    prompt: str | None
+    dtype: str
+    source: str | None
+    quantization: str | None
+
+    @property
+    def num_blocks(self) -> int: ...
+
+    @property
+    def precision(self) -> Precision: ...
+
+    def top_magnitudes(self, rank: int) -> list[float]: ...
+
+    def medians(self) -> list[float]: ...
+
+    def to_json(self) -> dict: ...
+
 
 LAYERWISE_PNG = "layerwise.png"
 ACTIVATIONS_PNG = "activations_3d.png"
 
 
-def model_line(result: ScanResult) -> str:
+def model_line(result: ScanView) -> str:
     """The model's name, with the file it came from and how it was quantized when known."""
     extra = [part for part in (result.source, result.quantization) if part and part != result.model]
     return result.model + (f" ({'; '.join(extra)})" if extra else "")
 
 
-def show_scan(result: ScanResult, console: Console) -> None:
+def show_scan(result: ScanView, console: Console) -> None:
     """A table of every block: top activation, where it sits, the median and the ratio."""
     table = Table(title=f"massact scan: {escape(model_line(result))}", title_justify="left")
     for column in ("block", "top |x|", "value", "token", "dim", "median", "ratio", "massive"):
@@ -79,7 +112,7 @@ def show_scan(result: ScanResult, console: Console) -> None:
     result.precision.show(console)
 
 
-def _until(result: ScanResult, last: int) -> str:
+def _until(result: ScanView, last: int) -> str:
     """How the massive activations end: at a block, or where the block after it overflowed to inf/NaN."""
     following = last + 1
     if following < len(result.records) and result.records[following].nonfinite:
@@ -87,7 +120,7 @@ def _until(result: ScanResult, last: int) -> str:
     return f"last until block {last}"
 
 
-def feature_lines(result: ScanResult) -> list[str]:
+def feature_lines(result: ScanView) -> list[str]:
     """One sentence per outlier feature: a dim that passes the criterion on most tokens, not a massive activation."""
     share = result.thresholds.feature_share
     return [
@@ -98,7 +131,7 @@ def feature_lines(result: ScanResult) -> list[str]:
     ]
 
 
-def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
+def markdown_report(result: ScanView, figures: dict[str, str]) -> str:
     """A short report a person reads, figures embedded by relative path."""
     s = result.summary
     lines = [
@@ -169,7 +202,7 @@ def markdown_report(result: ScanResult, figures: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_scan(result: ScanResult, directory: Path) -> None:
+def write_scan(result: ScanView, directory: Path) -> None:
     """scan.json, the two figures and report.md into `directory`."""
     from massact.report.figures import plot_activations_3d, plot_layerwise
 

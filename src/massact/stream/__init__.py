@@ -1,8 +1,12 @@
-"""Which tokens must stay in a bounded KV cache: perplexity of token-by-token decoding under cache policies."""
+"""Which tokens must stay in a bounded KV cache: perplexity of token-by-token decoding under cache policies.
 
-from massact.stream.policy import DEFAULT_POLICIES, Policy, StreamConfig, parse_policies
+`run(loaded, cut_stream(tokenizer, text, offset, tokens), StreamConfig(cache=128)) -> StreamResult`.
+"""
+
+from massact.stream.config import StreamConfig
+from massact.stream.policy import DEFAULT_POLICIES, Policy, parse_policies
 from massact.stream.result import StreamResult, TokenStream
-from massact.stream.run import check_context, cut_stream, run
+from massact.stream.run import check_context, check_offset, cut_stream, document_text, run
 
 __all__ = [
     "DEFAULT_POLICIES",
@@ -11,7 +15,9 @@ __all__ = [
     "StreamResult",
     "TokenStream",
     "check_context",
+    "check_offset",
     "cut_stream",
+    "document_text",
     "parse_policies",
     "run",
 ]

@@ -13,9 +13,11 @@ from rich.table import Table
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.precision import Precision
+from massact.stream.config import StreamConfig
 from massact.stream.decode import PolicyRun
 from massact.stream.figures import plot_running_perplexity
-from massact.stream.policy import StreamConfig
+
+KIND = "stream"  # the `kind` field of the JSON: which result this is
 
 MAX_CURVE_POINTS = 400
 DETECTION_NOTE = (
@@ -110,6 +112,7 @@ class StreamResult:
             index, values = self.running(run)
             curves[run.policy.name] = {"token": index, "perplexity": values}
         return {
+            "kind": KIND,
             "model": self.model,
             "stream": {
                 "source": self.stream.source,

@@ -8,14 +8,14 @@ from contextlib import nullcontext
 import torch
 
 from massact.capture.peaks import BlockPeaks
-from massact.data.corpus import text_prefix
+from massact.data.corpus import load_texts, text_prefix
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.models.structure import Structure, find_structure
+from massact.models.structure import find_structure
 from massact.precision import Precision
+from massact.stream.config import StreamConfig
 from massact.stream.decode import PolicyRun, check_cache_support, decode_policy, recompute_policy
 from massact.stream.kvcache import Rotary
-from massact.stream.policy import StreamConfig
 from massact.stream.result import StreamResult, TokenStream
 from massact.validate import at_least
 from massact.validate import check_context as fits_context
@@ -60,26 +60,34 @@ def check_context(loaded: LoadedModel, tokens: int, config: StreamConfig) -> Non
         raise MassactError(f"--cache {config.cache} does not fit the model's context of {context} tokens; lower it")
 
 
-def run(
-    loaded: LoadedModel, stream: TokenStream | torch.Tensor, config: StreamConfig, structure: Structure | None = None
-) -> StreamResult:
+def document_text(corpus: str, document: int) -> tuple[str, str]:
+    """Text number `document` of `corpus`, and its name `corpus[document]`."""
+    texts = load_texts(corpus)
+    if not 0 <= document < len(texts):
+        raise MassactError(f"--document {document}: the corpus holds texts 0..{len(texts) - 1}")
+    return texts[document], f"{corpus}[{document}]"
+
+
+def check_offset(text: str, offset: int, source: str) -> None:
+    """Refuse an offset past the end of `text`, before any tokenizer is at hand."""
+    if offset >= len(text.encode("utf-8")):  # a text of B bytes has fewer than B tokens
+        raise MassactError(f"--offset {offset} is past the end of {source}; lower --offset")
+
+
+def run(loaded: LoadedModel, stream: TokenStream | torch.Tensor, config: StreamConfig) -> StreamResult:
     """Decode `stream` under every policy of `config`; perplexity over predictions config.first_scored().."""
     if isinstance(stream, torch.Tensor):
         stream = TokenStream(ids=stream.reshape(-1).long(), prefix=[], source="ids", offset=0, texts=[])
     tokens = stream.ids.numel()
+    config.check_tokens(tokens)
     score_from = config.first_scored()
-    if score_from >= tokens:
-        raise MassactError(
-            f"--score-from {score_from} leaves nothing to score in a stream of {tokens} tokens; "
-            "lower --score-from or --cache, or raise --tokens"
-        )
     model = loaded.model
     check_context(loaded, tokens, config)
     if any(p.kind != "recompute" for p in config.policies):
         check_cache_support(model)
     if config.positions == "cache" and any(p.kind not in ("full", "recompute") for p in config.policies):
         Rotary.of(model).check(model, stream.ids)
-    structure = structure or find_structure(model)
+    structure = find_structure(model, config.blocks_path)
     runs: list[PolicyRun] = []
     seconds: list[float] = []
     peaks = BlockPeaks(model, structure)

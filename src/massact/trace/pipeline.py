@@ -13,10 +13,11 @@ from massact.errors import MassactError
 from massact.models.dims import model_dims
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
-from massact.scan import MassiveActivation, scan
+from massact.scan import MassiveActivation, ScanConfig, scan
 from massact.tokens import tokenize_prompt
 from massact.trace.capture import experts_input, run_capture
 from massact.trace.config import TraceConfig
+from massact.trace.inputs import TraceInputs
 from massact.trace.result import TraceResult
 from massact.trace.verify import verify_trace
 from massact.trace.writer import trace_site
@@ -81,24 +82,23 @@ def _experts_inputs(loaded: LoadedModel, structure: Structure, input_ids: torch.
     return get
 
 
-def run(
-    loaded: LoadedModel, prompt: str, config: TraceConfig | None = None, *, texts: list[str] | None = None
-) -> TraceResult:
-    """Trace the massive sites of `prompt` to the sub-layer, expert and weight entries that write them.
+def run(loaded: LoadedModel, inputs: str | TraceInputs, config: TraceConfig | None = None) -> TraceResult:
+    """Trace the massive sites of a prompt to the sub-layer, expert and weight entries that write them.
 
-    `texts` are the corpus documents for the perplexity / risk windows (read from `config.corpus` when
-    None; a command reads them before loading the model so that a bad corpus costs nothing).
+    `inputs`: the prompt, or `TraceInputs(prompt, texts)` with the corpus documents of the perplexity /
+    risk windows (read from `config.corpus` when None; `TraceInputs.read` reads them before the model loads).
     """
     config = config or TraceConfig()
-    windows, window_info = _windows(loaded, config, texts) if config.verify or config.risk else (None, None)
-    found = scan(
-        loaded,
-        prompt,
+    inputs = TraceInputs(inputs) if isinstance(inputs, str) else inputs
+    prompt = inputs.prompt
+    windows, window_info = _windows(loaded, config, inputs.texts) if config.verify or config.risk else (None, None)
+    scan_config = ScanConfig(
         thresholds=config.thresholds,
         top_k=1,
         add_special_tokens=config.add_special_tokens,
         blocks_path=config.blocks_path,
     )
+    found = scan(loaded, prompt, scan_config)
     structure = found.structure
     hidden_size = model_dims(loaded.model).hidden_size or found.hidden_size
     _check_site_options(config, len(found.tokens), hidden_size, len(structure))

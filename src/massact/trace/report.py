@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -11,11 +11,23 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from massact.capture.risk import markdown_table
+from massact.detect import Thresholds
 from massact.format import md_code, show_token
 from massact.trace.writer import SiteTrace
 
-if TYPE_CHECKING:
-    from massact.trace.result import TraceResult
+
+class TraceView(Protocol):
+    """What the views read of a trace's result (a protocol, so that the views import no result)."""
+
+    model: str
+    prompt: str
+    tokens: list[str]
+    thresholds: Thresholds
+    sites: list[SiteTrace]
+    verification: dict | None
+    quant_risk: list[dict] | None
+    windows: dict | None
+
 
 STATES = ("original", "zeroed", "control", "restored")
 WIDE = 10_000  # measuring width: a table's natural width is never more than this
@@ -170,7 +182,7 @@ def print_table(console: Console, table: Table) -> None:
         console.width = width
 
 
-def terminal_report(result: TraceResult, console: Console, limit: int = 10) -> None:
+def terminal_report(result: TraceView, console: Console, limit: int = 10) -> None:
     """Sites, the experts and top entries of each, the verification and the quantization-risk table."""
     if not result.sites:
         console.print(
@@ -205,7 +217,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [line(header), "|" + "---:|" * len(header), *(line(row) for row in rows)]
 
 
-def markdown_report(result: TraceResult, limit: int = 10) -> str:
+def markdown_report(result: TraceView, limit: int = 10) -> str:
     lines = [
         f"# massact trace: {result.model}",
         "",

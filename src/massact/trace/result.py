@@ -13,6 +13,8 @@ from massact.precision import Precision
 from massact.trace.report import markdown_report, terminal_report
 from massact.trace.writer import SiteTrace
 
+KIND = "trace"  # the `kind` field of the JSON: which result this is
+
 
 @dataclass
 class TraceResult:
@@ -42,6 +44,7 @@ class TraceResult:
 
     def to_json(self) -> dict:
         return {
+            "kind": KIND,
             "model": self.model,
             "prompt": self.prompt,
             "tokens": self.tokens,

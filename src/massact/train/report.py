@@ -17,6 +17,8 @@ from massact.train.measures import summarize_blocks
 from massact.train.presets import TrainConfig
 from massact.train.trainer import TrainResult
 
+KIND = "experiment"  # the `kind` field of the JSON: which result this is
+
 MEASURES = ("final_loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
 CURVES = ("sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
 FACTOR_MEASURES = ("residual_peak", "sink_rate")  # default / variant: how much a design lowers them
@@ -95,6 +97,7 @@ class ExperimentResult:
         config = self.config.to_dict()
         config["model"] = {k: v for k, v in config["model"].items() if k != "attention"}
         return {
+            "kind": KIND,
             "task": self.task,
             "preset": self.preset,
             "config": {k: v for k, v in config.items() if k != "seed"},

@@ -28,6 +28,8 @@ from massact.train.gpt2 import GPT2
 from massact.train.monitor import ActivationMonitor
 from massact.train.presets import TrainConfig
 
+KIND = "train"  # the `kind` field of the JSON: which result this is
+
 
 @dataclass
 class TrainResult:
@@ -50,6 +52,7 @@ class TrainResult:
     def to_json(self) -> dict:
         """What summary.json holds."""
         return {
+            "kind": KIND,
             "config": self.config,
             "step": self.step,
             "final_val_loss": self.final_val_loss,

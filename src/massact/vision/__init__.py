@@ -4,10 +4,11 @@
 `run_fix_reg_mean(loaded, (mean_images, eval_images), FixRegMeanConfig(...)) -> FixRegMeanResult`.
 """
 
-from massact.vision.fix_reg_mean import FixRegMeanConfig, FixRegMeanResult, fix_reg_mean
+from massact.vision.config import FixRegMeanConfig, ImageScanConfig
+from massact.vision.fix_reg_mean import FixRegMeanResult, fix_reg_mean
 from massact.vision.fix_reg_mean import run as run_fix_reg_mean
 from massact.vision.images import ImageSet, find_images
-from massact.vision.scan import ImageScan, ImageScanConfig, run, scan_images
+from massact.vision.scan import ImageScan, run
 
 __all__ = [
     "FixRegMeanConfig",
@@ -19,5 +20,4 @@ __all__ = [
     "fix_reg_mean",
     "run",
     "run_fix_reg_mean",
-    "scan_images",
 ]

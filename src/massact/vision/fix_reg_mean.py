@@ -22,11 +22,13 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
-from massact.validate import at_least
 from massact.vision import fix_reg_mean_report
+from massact.vision.config import FixRegMeanConfig
 from massact.vision.images import ImageSet
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 from massact.vision.scan import batches
+
+KIND = "fix-reg-mean"  # the `kind` field of the JSON: which result this is
 
 SETTINGS = ("original", "fix-reg-mean", "zero-registers")
 
@@ -147,25 +149,6 @@ def model_label_ids(config, classes: list[str]) -> list[int] | None:
     return ids
 
 
-@dataclass(frozen=True)
-class FixRegMeanConfig:
-    """Fix-Reg-Mean settings."""
-
-    k: int = 5  # neighbours for the k-NN label agreement
-    batch_size: int = 8  # images per forward pass
-    samples: int | None = None  # use at most this many images for the means
-    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
-
-    def __post_init__(self) -> None:
-        for name in ("k", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int):
-                raise MassactError(f"--{name.replace('_', '-')} {value}: give a whole number")
-            at_least(f"--{name.replace('_', '-')}", value)
-        if self.samples is not None:
-            at_least("--samples", self.samples)
-
-
 @dataclass
 class FixRegMeanResult:
     """The three settings compared on the eval images, and the register means used."""
@@ -183,6 +166,7 @@ class FixRegMeanResult:
 
     def to_json(self) -> dict:
         return {
+            "kind": KIND,
             "model": self.model,
             "num_registers": self.num_registers,
             "num_blocks": self.num_blocks,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import torch
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -14,8 +15,25 @@ from massact.format import md_escape
 from massact.outputs import write_json
 from massact.report.tables import numeric_column, print_table
 
-if TYPE_CHECKING:
-    from massact.vision.fix_reg_mean import FixRegMeanResult
+
+class RegisterMeansView(Protocol):
+    """The register means a run keeps: [block, register, hidden], their positions, over how many images."""
+
+    means: torch.Tensor
+    positions: list[int]
+    num_images: int
+
+
+class FixRegMeanView(Protocol):
+    """What the views read of a Fix-Reg-Mean result (a protocol, so that the views import no result)."""
+
+    model: str
+    num_registers: int
+    note: str
+    means: RegisterMeansView | None
+
+    def to_json(self) -> dict: ...
+
 
 COLUMNS = (
     ("top1", "top-1"),
@@ -58,7 +76,7 @@ def markdown_table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def show_fix_reg_mean(result: FixRegMeanResult, console: Console) -> None:
+def show_fix_reg_mean(result: FixRegMeanView, console: Console) -> None:
     data = result.to_json()
     columns = _columns(data["settings"])
     table = Table(
@@ -74,7 +92,7 @@ def show_fix_reg_mean(result: FixRegMeanResult, console: Console) -> None:
         console.print(f"Note: {result.note}.", markup=False)
 
 
-def write_fix_reg_mean(result: FixRegMeanResult, out: Path) -> None:
+def write_fix_reg_mean(result: FixRegMeanView, out: Path) -> None:
     """fix_reg_mean.json, register_means.safetensors and report.md into `out`."""
     data = result.to_json()
     write_json(out / "fix_reg_mean.json", data)

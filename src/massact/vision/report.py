@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from massact.format import fmt_activation as _fmt
 from massact.format import md_escape  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.report.figures import plot_activations_3d, plot_layerwise, wrap_title  # noqa: E402
-from massact.vision.images import open_image  # noqa: E402
+from massact.scan.result import ScanResult  # noqa: E402
+from massact.vision.images import ImageSet, open_image  # noqa: E402
+from massact.vision.pipeline import TokenLayout  # noqa: E402
 
-if TYPE_CHECKING:
-    from massact.vision.scan import ImageScan
+
+class ImageScanView(Protocol):
+    """What the views read of an image scan (a protocol, so that the views import no result)."""
+
+    result: ScanResult
+    layout: TokenLayout
+    images: ImageSet
+    norms: torch.Tensor
+
+    def per_block(self, rank: int | None) -> torch.Tensor: ...
+
+    def sites_over_images(self) -> list[dict]: ...
+
+    def to_json(self, norm_block: int | None = None) -> dict: ...
+
 
 LAYERWISE_PNG = "layerwise.png"
 ACTIVATIONS_PNG = "activations_3d.png"
@@ -27,7 +43,7 @@ NORMS_PNG = "token_norms.png"
 MAX_NORM_IMAGES = 6
 
 
-def plot_token_norms(scan: ImageScan, block: int, path: Path, max_images: int = MAX_NORM_IMAGES) -> Path:
+def plot_token_norms(scan: ImageScanView, block: int, path: Path, max_images: int = MAX_NORM_IMAGES) -> Path:
     """Each image above its patch tokens' output norms at `block` on the patch grid; CLS/register norms below.
 
     The prefix tokens' norms go under each grid, one token per line, so no two panels' texts can meet.
@@ -63,14 +79,14 @@ def plot_token_norms(scan: ImageScan, block: int, path: Path, max_images: int = 
     return path
 
 
-def _tokens_for_3d(scan: ImageScan, limit: int = 24) -> list[int]:
+def _tokens_for_3d(scan: ImageScanView, limit: int = 24) -> list[int]:
     """Prefix tokens, then every flagged patch, then the first patches, up to `limit`, in sequence order."""
     flagged = [s["token"] for s in scan.result.summary["sites"]]
     order = [*range(scan.layout.num_prefix), *flagged, *range(scan.layout.num_prefix, len(scan.result.tokens))]
     return sorted(list(dict.fromkeys(order))[:limit])
 
 
-def show_image_scan(scan: ImageScan, console: Console) -> None:
+def show_image_scan(scan: ImageScanView, console: Console) -> None:
     """The first image's block table, then the sites flagged over all images."""
     scan.result.show(console)
     sites = scan.sites_over_images()
@@ -78,7 +94,7 @@ def show_image_scan(scan: ImageScan, console: Console) -> None:
     console.print(f"Over {len(scan.images)} images: {flagged or 'nothing flagged'}", markup=False)
 
 
-def markdown_report(scan: ImageScan, data: dict, figures: dict[str, str]) -> str:
+def markdown_report(scan: ImageScanView, data: dict, figures: dict[str, str]) -> str:
     result, over = scan.result, data["over_images"]
     lines = [
         f"# massact scan: {md_escape(result.model)} on {len(scan.images)} images",
@@ -125,7 +141,7 @@ def markdown_report(scan: ImageScan, data: dict, figures: dict[str, str]) -> str
     return "\n".join(lines) + "\n"
 
 
-def write_image_scan_outputs(scan: ImageScan, directory: Path, norm_block: int | None = None) -> list[Path]:
+def write_image_scan_outputs(scan: ImageScanView, directory: Path, norm_block: int | None = None) -> list[Path]:
     """scan.json, layerwise.png (mean +- std over images), activations_3d.png, token_norms.png, report.md."""
     data = scan.to_json(norm_block)
     written = [write_json(directory / "scan.json", data)]

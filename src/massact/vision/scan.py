@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,17 +12,17 @@ from rich.console import Console
 
 from massact.capture.hooks import forward_hooks, output_tensor
 from massact.capture.stats import BlockRecord, SequenceRecord, capture_block_stats
-from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
 from massact.scan import ScanResult, find_massive, summarize_massive
-from massact.validate import at_least
 from massact.vision import report
+from massact.vision.config import ImageScanConfig
 from massact.vision.images import ImageSet, open_image
 from massact.vision.pipeline import TokenLayout, VisionPipeline
 
+IMAGE_KIND = "image-scan"  # the `kind` field of an image scan's JSON
 HIGH_NORM = 150.0  # the registers paper's "high-norm token" cut-off (it varies by model)
 
 
@@ -37,31 +37,6 @@ def _records_topk(records: list[BlockRecord], rank: int) -> list[float]:
         float(r.top_magnitudes[rank - 1]) if r.top_values.numel() >= rank and not r.all_nonfinite else math.nan
         for r in records
     ]
-
-
-@dataclass(frozen=True)
-class ImageScanConfig:
-    """What an image scan measures and keeps."""
-
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    top_k: int = 16  # largest activations kept per block
-    keep: int | None = None  # keep this block's output of the first image (3D figure)
-    keep_first_massive: bool = False  # keep the first massive block's output of the first image
-    batch_size: int = 8  # images per forward pass
-    num_images: int | None = None  # scan at most this many images, spread over the set
-    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
-    progress: bool = True  # a progress bar on a terminal
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
-        if not isinstance(self.batch_size, int):
-            raise MassactError(f"--batch-size {self.batch_size}: give a whole number")
-        at_least("--batch-size", self.batch_size)
-        if self.num_images is not None:
-            at_least("--num-images", self.num_images)
-        if self.keep is not None and self.keep < 0:
-            raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
 
 
 @dataclass
@@ -126,6 +101,7 @@ class ImageScan:
         blocks = len(self.result.records)
         norm_block = blocks - 1 if norm_block is None else norm_block
         stats = {name: self.per_block(rank) for name, rank in (("top1", 1), ("top2", 2), ("top3", 3), ("median", None))}
+        data["kind"] = IMAGE_KIND
         data["input"] = "images"
         data["layout"] = {
             "num_cls": self.layout.num_cls,
@@ -180,30 +156,22 @@ def _norm_hooks(structure: Structure, store: dict[int, torch.Tensor]):
     return [(block, hook_for(i)) for i, block in enumerate(structure.blocks)]
 
 
-def scan_images(
-    loaded: LoadedModel,
-    images: ImageSet,
-    *,
-    thresholds: Thresholds | None = None,
-    top_k: int = 16,
-    keep: int | None = None,
-    keep_first_massive: bool = False,
-    batch_size: int = 8,
-    blocks_path: str | None = None,
-    progress: bool = True,
-) -> ImageScan:
-    """Scan every image; the first image's scan follows the text `ScanResult` contract."""
+def run(loaded: LoadedModel, images: ImageSet, config: ImageScanConfig | None = None) -> ImageScan:
+    """Scan a vision model on `images` (at most `config.num_images`, spread over the set); the first image's
+    scan follows the text `ScanResult` contract."""
+    config = config or ImageScanConfig()
+    images = images.spread(config.num_images)
+    thresholds, top_k, keep, batch_size = config.thresholds, config.top_k, config.keep, config.batch_size
     if len(images) == 0:
         raise MassactError("no images to scan; give --images a file or a folder with images")
-    thresholds = thresholds or Thresholds()
     pipeline = VisionPipeline(loaded)
-    structure = find_structure(pipeline.module, blocks_path)
+    structure = find_structure(pipeline.module, config.blocks_path)
     if keep is not None and not 0 <= keep < len(structure):
         raise MassactError(f"--keep {keep} is out of range; the model has blocks 0..{len(structure) - 1}")
     records: list[SequenceRecord] = []
     norms: list[torch.Tensor] = []
     pixel_shape: tuple[int, ...] = ()
-    with bar(len(images), "scanning images", unit="image", enabled=progress) as shown:
+    with bar(len(images), "scanning images", unit="image", enabled=config.progress) as shown:
         for start, batch in batches(images, batch_size):
             pixels = pipeline.pixels(batch)
             pixel_shape = tuple(pixels.shape)
@@ -223,7 +191,7 @@ def scan_images(
     massive = find_massive(first.blocks, labels, kinds)
     summary = summarize_massive(massive, labels, kinds, thresholds)
     kept = dict(first.kept)
-    if keep_first_massive and keep is None:
+    if config.keep_first_massive and keep is None:
         ratios = [
             abs(float(r.top_values[0])) / r.median if r.median > 0 and not r.all_nonfinite else 0.0
             for r in first.blocks
@@ -256,20 +224,4 @@ def scan_images(
         images=images,
         records=[r.blocks for r in records],
         norms=torch.cat(norms),
-    )
-
-
-def run(loaded: LoadedModel, images: ImageSet, config: ImageScanConfig | None = None) -> ImageScan:
-    """Scan a vision model on `images` (at most `config.num_images`, spread over the set)."""
-    config = config or ImageScanConfig()
-    return scan_images(
-        loaded,
-        images.spread(config.num_images),
-        thresholds=config.thresholds,
-        top_k=config.top_k,
-        keep=config.keep,
-        keep_first_massive=config.keep_first_massive,
-        batch_size=config.batch_size,
-        blocks_path=config.blocks_path,
-        progress=config.progress,
     )

@@ -1,0 +1,37 @@
+"""`ExportConfig`: which files `massact export` writes and the windows it measures them on, checked when made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from massact.detect import Thresholds
+from massact.errors import MassactError
+from massact.quant.export import FORMATS, parse_formats
+from massact.validate import at_least
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The formats (any of `FORMATS`, or `all`), the corpus windows and the criterion of one export."""
+
+    formats: tuple[str, ...] = FORMATS
+    samples: int = 32  # corpus windows
+    seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
+    batch_size: int = 4
+    seed: int = 0  # which windows are drawn
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        formats = (self.formats,) if isinstance(self.formats, str) else self.formats
+        object.__setattr__(self, "formats", tuple(parse_formats(formats)))
+        for flag, value in (
+            ("--samples", self.samples),
+            ("--seq-len", self.seq_len),
+            ("--batch-size", self.batch_size),
+        ):
+            at_least(flag, value)
+        if not isinstance(self.thresholds, Thresholds):
+            raise MassactError("thresholds must be a massact.detect.Thresholds")

@@ -16,7 +16,9 @@ def export_command(
     formats: Annotated[
         list[str],
         typer.Option(
-            "--format", help="sites, act-scales, outlier-tokens, recipe or all (default); repeat or comma-separate."
+            "--format",
+            help="sites, act-scales, outlier-tokens, recipe or all (default: these four), and imatrix "
+            "(llama.cpp importance matrix); repeat or comma-separate.",
         ),
     ] = ("all",),  # type: ignore[assignment]
     corpus: Annotated[
@@ -64,6 +66,7 @@ def export_command(
         thresholds=thresholds,
         act_scales="act-scales" in chosen,
         recipe="recipe" in chosen,
+        imatrix="imatrix" in chosen,
         blocks_path=opts.blocks,
         progress=not as_json,
         prefix_tokens=prefix_tokens(loaded.tokenizer, add_special_tokens),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from massact.format import fmt_number, md_code, md_escape
+from massact.quant.imatrix import usage as imatrix_usage
 
 if TYPE_CHECKING:
     from massact.quant.export import ExportResult
@@ -15,6 +16,7 @@ TOOLS = {
     "recipe": ("llm-compressor", "SmoothQuant + GPTQ W8A8 with the Linears that see massive inputs kept"),
     "sites": ("massact intervene --means", "massive sites with their mean over the windows"),
     "outlier-tokens": ("KV-cache tools, e.g. StreamingLLM's start_size", "token ids that carry massive activations"),
+    "imatrix": ("llama.cpp llama-quantize --imatrix", "importance matrix: sum of x^2 per input column of each weight"),
 }
 
 
@@ -25,6 +27,8 @@ def tool_line(name: str, file: str) -> str:
 
 
 def _usage(name: str, file: str, result: ExportResult) -> list[str]:
+    if name == "imatrix":
+        return imatrix_usage(file, result.imatrix)
     if name == "act-scales":
         return [
             "A `torch.save` dict {Linear name: float32 tensor [in_features]}: the largest |x| of each input",

@@ -70,11 +70,9 @@ def test_names_are_llama_cpp_names_of_every_block_linear(written):
             expected[f"{names.get_name(module_name)}.weight"] = module.in_features
     assert "blk.0.attn_q.weight" in expected and "blk.3.ffn_down.weight" in expected and len(expected) == 28
     tensors = {t.name: t for t in reader.tensors}
-    assert [t.name for t in reader.tensors] == [
-        f"{n}.{s}" for n in sorted(expected) for s in ("in_sum2", "counts", "in_sum")
-    ]
+    assert [t.name for t in reader.tensors] == [f"{n}.{s}" for n in sorted(expected) for s in ("in_sum2", "counts")]
     for name, columns in expected.items():
-        for suffix, shape in (("in_sum2", [columns, 1]), ("counts", [1, 1]), ("in_sum", [columns, 1])):
+        for suffix, shape in (("in_sum2", [columns, 1]), ("counts", [1, 1])):
             tensor = tensors[f"{name}.{suffix}"]
             assert tensor.tensor_type == gguf.GGMLQuantizationType.F32
             assert tensor.shape.tolist() == shape  # ggml's ne: [in_features, experts]

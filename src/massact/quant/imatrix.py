@@ -3,10 +3,11 @@ column j, in the GGUF layout `llama-imatrix` writes and `llama-quantize --imatri
 
 The layout (llama.cpp `tools/imatrix/imatrix.cpp`, `save_imatrix`): no architecture key; `general.type` =
 "imatrix"; `imatrix.datasets` (array of strings), `imatrix.chunk_count` and `imatrix.chunk_size` (uint32);
-then per weight, in sorted name order, `<name>.in_sum2` (float32, ne [in_features, 1]: sum of x^2),
-`<name>.counts` (float32, ne [1, 1]: the tokens seen) and `<name>.in_sum` (float32, ne [in_features, 1]: sum
-of x). `llama-quantize` divides `in_sum2` by `counts` to weight each column's rounding error; a 3-D expert
-weight would hold one row per expert, but fused experts are not Linear modules and are not written here.
+then per weight, in sorted name order, `<name>.in_sum2` (float32, ne [in_features, 1]: sum of x^2) and
+`<name>.counts` (float32, ne [1, 1]: the tokens seen). `llama-quantize` divides `in_sum2` by `counts` and
+weighs each column's rounding error by the result. A 3-D expert weight holds one row per expert (ne
+[in_features, experts], counts [1, experts]: the tokens routed to each); fused experts are not Linear
+modules and are not written here.
 
 Names are llama.cpp's own (`blk.N.attn_q.weight`, `blk.N.ffn_down.weight`, ...), from transformers' GGUF
 name map (built on gguf's `TensorNameMap`); only weights inside blocks (`blk.*`), as `llama-imatrix` keeps
@@ -57,10 +58,9 @@ def gguf_weight_names(model: nn.Module) -> dict[str, str]:
 
 @dataclass
 class Imatrix:
-    """Per GGUF weight name: sum of x^2 and of x per input column (float64) and the tokens seen."""
+    """Per GGUF weight name: sum of x^2 per input column (float64) and the tokens seen."""
 
     sums2: dict[str, torch.Tensor]
-    sums: dict[str, torch.Tensor]
     counts: dict[str, int]
     modules: dict[str, str]  # GGUF weight name -> module name in the model
     datasets: list[str]
@@ -104,7 +104,6 @@ class Imatrix:
         for name in sorted(self.sums2):
             writer.add_tensor(f"{name}.in_sum2", self.sums2[name].float().reshape(1, -1).numpy())
             writer.add_tensor(f"{name}.counts", torch.tensor([[float(self.counts[name])]]).numpy())
-            writer.add_tensor(f"{name}.in_sum", self.sums[name].float().reshape(1, -1).numpy())
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -117,14 +116,13 @@ class _ImatrixWriter(gguf.GGUFWriter):
 
 
 class InputSquares(HookSet):
-    """Forward pre-hooks on every Linear with a llama.cpp name: running sums of x^2 and x per input column
-    (float64, on the input's device) and the number of tokens (padding left out)."""
+    """Forward pre-hooks on every Linear with a llama.cpp name: running sums of x^2 per input column (float64,
+    on the input's device) and the number of tokens (padding left out)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self.names = gguf_weight_names(model)
         self._sums2: dict[str, torch.Tensor] = {}
-        self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, int] = {}
 
     def pre_hooks(self) -> Iterable[tuple[nn.Module, Callable]]:
@@ -135,9 +133,8 @@ class InputSquares(HookSet):
             x = (args[0] if args else next(iter(kwargs.values()))).detach()
             mask = self.valid_mask(x.shape[0], x.shape[1], x.device) if x.dim() == 3 else None
             rows = (x[mask] if mask is not None else x.reshape(-1, x.shape[-1])).double()
-            zeros = torch.zeros(rows.shape[-1], dtype=torch.float64, device=rows.device)
-            self._sums2[name] = self._sums2.get(name, zeros).to(rows.device) + rows.square().sum(0)
-            self._sums[name] = self._sums.get(name, zeros).to(rows.device) + rows.sum(0)
+            squares = rows.square().sum(0)
+            self._sums2[name] = self._sums2[name].to(rows.device) + squares if name in self._sums2 else squares
             self._counts[name] = self._counts.get(name, 0) + rows.shape[0]
 
         return hook
@@ -147,7 +144,6 @@ class InputSquares(HookSet):
         seen = [name for name in self.names if name in self._counts]
         return Imatrix(
             sums2={self.names[n]: self._sums2[n].cpu() for n in seen},
-            sums={self.names[n]: self._sums[n].cpu() for n in seen},
             counts={self.names[n]: self._counts[n] for n in seen},
             modules={self.names[n]: n for n in seen},
             datasets=datasets,
@@ -162,8 +158,8 @@ def usage(file: str, imatrix: Imatrix | None) -> list[str]:
         "A llama.cpp importance matrix in the GGUF layout `llama-imatrix` writes (`general.type` = imatrix;",
         "`imatrix.datasets`, `imatrix.chunk_count` = windows, `imatrix.chunk_size` = tokens per window): for",
         "every weight inside the blocks, under llama.cpp's tensor name, `<name>.in_sum2` (sum over tokens of",
-        "x_j^2 per input column), `<name>.counts` (tokens) and `<name>.in_sum` (sum of x_j). Quantize a GGUF of",
-        "the same model with it (convert it first with llama.cpp's `convert_hf_to_gguf.py`):",
+        "x_j^2 per input column) and `<name>.counts` (tokens). Quantize a GGUF of the same model with it",
+        "(convert the model first with llama.cpp's `convert_hf_to_gguf.py`):",
         "",
         "```",
         f"llama-quantize --imatrix {file} model-f16.gguf model-Q4_K_M.gguf Q4_K_M",

@@ -144,3 +144,24 @@ def test_cli_writes_imatrix_and_refuses_opt(saved, tmp_path, capsys):
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "model type 'opt'" in err and "Traceback" not in err
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_names_and_sizes_are_those_of_its_gguf(smollm2, tmp_path):
+    """Every 2-D block weight of the bundled GGUF, and nothing else, with its input size: what llama-quantize
+    matches an imatrix entry against (`ne[0]` of the weight)."""
+    from massact.data.corpus import load_texts, token_windows
+    from massact.models.loading import default_gguf_path
+
+    weights = {t.name: t for t in gguf.GGUFReader(default_gguf_path()).tensors}
+    windows = token_windows(smollm2.tokenizer, load_texts("shakespeare"), 2, 32, 0)
+    result = measure_exports(smollm2, windows, corpus="shakespeare", progress=False, imatrix=True, act_scales=False)
+    ExportFiles(result, ["imatrix"]).write(tmp_path)
+    reader = gguf.GGUFReader(tmp_path / "imatrix.gguf")
+    sums = {t.name.removesuffix(".in_sum2"): t for t in reader.tensors if t.name.endswith(".in_sum2")}
+    blocks = {name for name, t in weights.items() if name.startswith("blk.") and len(t.shape) == 2}
+    assert set(sums) == blocks and len(blocks) == 30 * 7
+    assert all(int(t.shape[0]) == int(weights[name].shape[0]) for name, t in sums.items())
+    # channel 1229 of block 11's down-projection input writes the massive activation (docs/trace.md)
+    down = np.asarray(next(t for t in reader.tensors if t.name == "blk.11.ffn_down.weight.in_sum2").data).reshape(-1)
+    assert int(down.argmax()) == 1229

@@ -171,8 +171,8 @@ def usage(file: str, imatrix: Imatrix | None) -> list[str]:
     if imatrix is None:
         return lines
     lines += [
-        f"{len(imatrix.sums2)} weights over {imatrix.chunk_count} windows of {imatrix.chunk_size} tokens. The",
-        "largest mean x_j^2 (`llama-quantize` weighs each column's rounding error by it):",
+        f"{len(imatrix.sums2)} weights over {imatrix.chunk_count} windows of {imatrix.chunk_size} tokens.",
+        "The largest mean x_j^2 (`llama-quantize` weighs each column's rounding error by it):",
         "",
         "| tensor | module | column | mean x^2 |",
         "|---|---|---:|---:|",

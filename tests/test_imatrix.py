@@ -72,10 +72,10 @@ def test_names_are_llama_cpp_names_of_every_block_linear(written):
     tensors = {t.name: t for t in reader.tensors}
     assert [t.name for t in reader.tensors] == [f"{n}.{s}" for n in sorted(expected) for s in ("in_sum2", "counts")]
     for name, columns in expected.items():
-        for suffix, shape in (("in_sum2", [columns, 1]), ("counts", [1, 1])):
+        for suffix, shape in (("in_sum2", [columns]), ("counts", [1])):
             tensor = tensors[f"{name}.{suffix}"]
             assert tensor.tensor_type == gguf.GGMLQuantizationType.F32
-            assert tensor.shape.tolist() == shape  # ggml's ne: [in_features, experts]
+            assert tensor.shape.tolist() == shape  # ggml's ne [in_features, 1] stored 1-D, as llama-imatrix does
     assert not any(t.name.startswith("output.") for t in reader.tensors)  # llama-imatrix leaves the head out
 
 
@@ -88,7 +88,7 @@ def test_sums_equal_plain_torch(written):
         if module_name == "lm_head":
             continue
         name = f"{names.get_name(module_name)}.weight"
-        assert tensors[f"{name}.counts"].tolist() == [[float(rows[module_name])]] == [[16.0]]
+        assert tensors[f"{name}.counts"].tolist() == [float(rows[module_name])] == [16.0]
         got = tensors[f"{name}.in_sum2"].reshape(-1)
         np.testing.assert_allclose(got, expected.float().numpy(), rtol=1e-5, atol=1e-6)
 

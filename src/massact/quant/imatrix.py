@@ -3,11 +3,11 @@ column j, in the GGUF layout `llama-imatrix` writes and `llama-quantize --imatri
 
 The layout (llama.cpp `tools/imatrix/imatrix.cpp`, `save_imatrix`): no architecture key; `general.type` =
 "imatrix"; `imatrix.datasets` (array of strings), `imatrix.chunk_count` and `imatrix.chunk_size` (uint32);
-then per weight, in sorted name order, `<name>.in_sum2` (float32, ne [in_features, 1]: sum of x^2) and
-`<name>.counts` (float32, ne [1, 1]: the tokens seen). `llama-quantize` divides `in_sum2` by `counts` and
-weighs each column's rounding error by the result. A 3-D expert weight holds one row per expert (ne
-[in_features, experts], counts [1, experts]: the tokens routed to each); fused experts are not Linear
-modules and are not written here.
+then per weight, in sorted name order, `<name>.in_sum2` (float32 [in_features]: sum of x^2) and
+`<name>.counts` (float32 [1]: the tokens seen), 1-D as ggml stores a [n, 1] tensor. `llama-quantize`
+divides `in_sum2` by `counts` and weighs each column's rounding error by the result. A 3-D expert weight
+holds one row per expert (ne [in_features, experts], counts [1, experts]: the tokens routed to each);
+fused experts are not Linear modules and are not written here.
 
 Names are llama.cpp's own (`blk.N.attn_q.weight`, `blk.N.ffn_down.weight`, ...), from transformers' GGUF
 name map (built on gguf's `TensorNameMap`); only weights inside blocks (`blk.*`), as `llama-imatrix` keeps
@@ -102,8 +102,8 @@ class Imatrix:
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_COUNT, self.chunk_count)
         writer.add_uint32(gguf.Keys.IMatrix.CHUNK_SIZE, self.chunk_size)
         for name in sorted(self.sums2):
-            writer.add_tensor(f"{name}.in_sum2", self.sums2[name].float().reshape(1, -1).numpy())
-            writer.add_tensor(f"{name}.counts", torch.tensor([[float(self.counts[name])]]).numpy())
+            writer.add_tensor(f"{name}.in_sum2", self.sums2[name].float().numpy())
+            writer.add_tensor(f"{name}.counts", torch.tensor([float(self.counts[name])]).numpy())
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -122,6 +122,16 @@ def test_unknown_architecture_is_refused_before_the_pass():
         measure_exports(loaded, WINDOWS, progress=False, imatrix=True)
 
 
+def test_non_finite_sums_are_refused_and_nothing_written(tmp_path):
+    loaded = planted_with_words("qwen2")
+    with torch.no_grad():
+        loaded.model.model.layers[2].self_attn.o_proj.weight[0, 0] = float("inf")  # overflows from block 2 on
+    result = measure_exports(loaded, WINDOWS, progress=False, imatrix=True)
+    with pytest.raises(MassactError, match=r"inputs of \d+ weights are not finite \(first blk\.2\.ffn_down"):
+        result.imatrix.write(tmp_path / "imatrix.gguf")
+    assert not (tmp_path / "imatrix.gguf").exists()
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("imatrix-cli")

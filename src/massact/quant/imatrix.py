@@ -95,7 +95,14 @@ class Imatrix:
         }
 
     def write(self, path: Path) -> None:
-        """The GGUF file, tensors and keys in the order `llama-imatrix` writes them."""
+        """The GGUF file, tensors and keys in the order `llama-imatrix` writes them; refused when a sum is not
+        finite (`llama-quantize` rejects such a file)."""
+        broken = [name for name in sorted(self.sums2) if not bool(torch.isfinite(self.sums2[name]).all())]
+        if broken:
+            raise MassactError(
+                f"--format imatrix: the inputs of {len(broken)} weights are not finite (first {broken[0]}): the "
+                "run's dtype overflowed; run in float32 or bfloat16 (--dtype)"
+            )
         writer = _ImatrixWriter(path, arch="")
         writer.add_type(gguf.GGUFType.IMATRIX)
         writer.add_array(gguf.Keys.IMatrix.DATASETS, list(self.datasets))

@@ -85,7 +85,7 @@ def test_act_scales_match_a_plain_hook_and_point_at_the_planted_channel(exported
 def test_exports_round_trip(exported, tmp_path):
     _, result = exported
     written = result.write(tmp_path, FORMATS)
-    assert sorted(p.name for p in written) == sorted(FILES.values())
+    assert sorted(p.name for p in written) == sorted(FILES[name] for name in FORMATS)
     assert read_export(tmp_path / FILES["sites"]) == json.loads(to_json_text(result.sites()))
     assert read_export(tmp_path / FILES["outlier-tokens"]) == json.loads(to_json_text(result.outlier_tokens()))
     scales = read_export(tmp_path / FILES["act-scales"])
@@ -127,8 +127,8 @@ def test_cli_writes_every_format_by_default_and_prints_json(tmp_path, capsys, ti
     code, stdout, _ = run([*argv, "--out", str(out), "--json", "--device", "cpu"], capsys)
     assert code in (0, None)
     data = json.loads(stdout)
-    assert data["formats"] == list(FORMATS) and sorted(data["files"]) == sorted(FILES.values())
-    assert set(FILES.values()) <= {p.name for p in out.iterdir()}
+    assert data["formats"] == list(FORMATS) and sorted(data["files"]) == sorted(FILES[name] for name in FORMATS)
+    assert {FILES[name] for name in FORMATS} <= {p.name for p in out.iterdir()}
     assert data["outlier_tokens"] == read_export(out / FILES["outlier-tokens"])
     scales = read_export(out / FILES["act-scales"])
     assert data["act_scales"] == pytest.approx({k: float(v.max()) for k, v in scales.items()})

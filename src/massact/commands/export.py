@@ -16,7 +16,9 @@ def export_command(
     formats: Annotated[
         list[str],
         typer.Option(
-            "--format", help="sites, act-scales, outlier-tokens, recipe or all (default); repeat or comma-separate."
+            "--format",
+            help="sites, act-scales, outlier-tokens, recipe or all (default: these four), and imatrix "
+            "(llama.cpp importance matrix); repeat or comma-separate.",
         ),
     ] = ("all",),  # type: ignore[assignment]
     corpus: Annotated[

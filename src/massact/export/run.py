@@ -33,6 +33,7 @@ def run(
         thresholds=config.thresholds,
         act_scales="act-scales" in config.formats,
         recipe="recipe" in config.formats,
+        imatrix="imatrix" in config.formats,
         blocks_path=config.blocks_path,
         progress=config.progress,
         prefix_tokens=prefix_tokens(loaded.tokenizer, config.add_special_tokens),

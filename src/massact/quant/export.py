@@ -12,7 +12,9 @@ Formats (each one file another tool can read):
   ranked by how often they do over the windows (for tools that keep such tokens as a fixed KV-cache
   prefix or never evict them);
 - `recipe` -> `recipe.yaml`: an llm-compressor recipe, SmoothQuant with the measured norm -> Linear
-  mappings, then W8A8 with the Linears that see massive inputs kept in higher precision (`ignore`).
+  mappings, then W8A8 with the Linears that see massive inputs kept in higher precision (`ignore`);
+- `imatrix` -> `imatrix.gguf`: a llama.cpp importance matrix for `llama-quantize --imatrix` (see
+  `massact.quant.imatrix`); asked for by name, not part of `all` (it needs an architecture llama.cpp knows).
 
 Every export folder also gets `report.md`, which says what each file holds and how to use it.
 """
@@ -43,6 +45,7 @@ from massact.outputs import write_json
 from massact.precision import Precision
 from massact.progress import track
 from massact.quant.export_report import export_markdown, tool_line
+from massact.quant.imatrix import IMATRIX_FILE, Imatrix, InputSquares
 from massact.quant.recipe import kept_linears, recipe, smoothing_mappings
 from massact.tokens import TokenText
 
@@ -51,8 +54,9 @@ FILES = {
     "act-scales": "act_scales.pt",
     "outlier-tokens": "outlier_tokens.json",
     "recipe": "recipe.yaml",
+    "imatrix": IMATRIX_FILE,
 }
-FORMATS = tuple(FILES)
+FORMATS = tuple(name for name in FILES if name != "imatrix")  # what `all` writes
 SITES_FORMAT = "massact-sites/1"
 TOKENS_FORMAT = "massact-outlier-tokens/1"
 EXPORT_KIND = "export"  # the `kind` field of the JSON `massact export --json` prints
@@ -68,12 +72,12 @@ def parse_formats(values: Iterable[str]) -> list[str]:
                 continue
             if name == "all":
                 chosen.extend(FORMATS)
-            elif name in FORMATS:
+            elif name in FILES:
                 chosen.append(name)
             else:
-                raise MassactError(f"--format {name!r} does not exist; use one or more of {', '.join(FORMATS)}, or all")
+                raise MassactError(f"--format {name!r} does not exist; use one or more of {', '.join(FILES)}, or all")
     if not chosen:
-        raise MassactError(f"give --format: one or more of {', '.join(FORMATS)}, or all")
+        raise MassactError(f"give --format: one or more of {', '.join(FILES)}, or all")
     return list(dict.fromkeys(chosen))
 
 
@@ -141,6 +145,7 @@ class ExportResult:
     alpha: float = 0.5
     precision: Precision | None = None  # whether the run's dtype held the block outputs
     features: dict[int, float] = field(default_factory=dict)  # outlier features: dim -> largest token share
+    imatrix: Imatrix | None = None  # llama.cpp importance matrix, when asked for
 
     @property
     def has_massive(self) -> bool:
@@ -210,6 +215,8 @@ class ExportResult:
                 header = f"# llm-compressor recipe for {self.model}, written by massact export (see report.md)\n"
                 body = yaml.safe_dump(self.recipe(), sort_keys=False, default_flow_style=None)
                 path.write_text(header + body, encoding="utf-8")
+            elif name == "imatrix" and self.imatrix is not None:
+                self.imatrix.write(path)
             else:
                 torch.save({k: v.contiguous() for k, v in self.act_scales.items()}, path)
             written.append(path)
@@ -242,6 +249,8 @@ class ExportFiles:
             data["act_scales"] = {name: float(m.max()) if m.numel() else 0.0 for name, m in r.act_scales.items()}
         if "recipe" in self.formats:
             data["recipe"] = r.recipe()
+        if "imatrix" in self.formats and r.imatrix is not None:
+            data["imatrix"] = r.imatrix.to_json()
         data["precision"] = r.precision.to_json() if r.precision else None
         return data
 
@@ -316,6 +325,7 @@ def measure_exports(
     thresholds: Thresholds | None = None,
     act_scales: bool = True,
     recipe: bool = False,
+    imatrix: bool = False,
     alpha: float = 0.5,
     blocks_path: str | None = None,
     progress: bool = True,
@@ -335,6 +345,7 @@ def measure_exports(
     structure = find_structure(model, blocks_path)
     texts = TokenText(loaded.tokenizer)
     scales = ActScales(model) if act_scales or recipe else None
+    squares = InputSquares(model) if imatrix else None  # refuses an architecture llama.cpp's names do not know
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
     features: dict[int, float] = {}
@@ -343,6 +354,8 @@ def measure_exports(
         peaks = stack.enter_context(BlockPeaks(model, structure))
         if scales is not None:
             stack.enter_context(scales.hooks())
+        if squares is not None:
+            stack.enter_context(squares)
         starts = range(0, windows.shape[0], batch_size)
         for start in track(starts, description, unit="batch") if progress else starts:
             ids = windows[start : start + batch_size]
@@ -380,6 +393,7 @@ def measure_exports(
         alpha=alpha,
         precision=Precision.from_peaks(peaks),
         features=dict(sorted(features.items())),
+        imatrix=squares.result([corpus], *windows.shape) if squares is not None else None,
     )
 
 

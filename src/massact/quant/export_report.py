@@ -6,6 +6,7 @@ from typing import Protocol
 
 from massact.detect import Thresholds
 from massact.format import fmt_number, md_code, md_escape
+from massact.quant.imatrix import usage as imatrix_usage
 
 
 class ExportView(Protocol):
@@ -20,6 +21,7 @@ class ExportView(Protocol):
     mappings: list[list]
     kept: list[str]
     alpha: float
+    imatrix: object  # `massact.quant.imatrix.Imatrix` or None
 
     @property
     def has_massive(self) -> bool: ...
@@ -35,6 +37,7 @@ TOOLS = {
     "recipe": ("llm-compressor", "SmoothQuant + GPTQ W8A8 with the Linears that see massive inputs kept"),
     "sites": ("massact intervene --means", "massive sites with their mean over the windows"),
     "outlier-tokens": ("KV-cache tools, e.g. StreamingLLM's start_size", "token ids that carry massive activations"),
+    "imatrix": ("llama.cpp llama-quantize --imatrix", "importance matrix: sum of x^2 per input column of each weight"),
 }
 
 
@@ -45,6 +48,8 @@ def tool_line(name: str, file: str) -> str:
 
 
 def _usage(name: str, file: str, result: ExportView) -> list[str]:
+    if name == "imatrix":
+        return imatrix_usage(file, result.imatrix)
     if name == "act-scales":
         return [
             "A `torch.save` dict {Linear name: float32 tensor [in_features]}: the largest |x| of each input",

@@ -32,8 +32,10 @@ def planted(family: str) -> tf.PreTrainedModel:
         torch.manual_seed(0)
         model = mixtral().eval()
         plant_moe(model, MARK)
-        with torch.no_grad():
-            _down_rows(find_structure(model).mlp(1).experts)[EXPERT, :, UNIT] *= 4000.0
+        experts = find_structure(model).mlp(1).experts
+        inter = _down_rows(experts).shape[-1]
+        with torch.no_grad():  # its up row: a hidden product near 14,000 fits float16, the write does not
+            experts.gate_up_proj[EXPERT, inter + UNIT] *= 4000.0
         return model
     base, tied = family.removesuffix("-tied"), family.endswith("-tied")
     model = tiny_model(base)
@@ -88,6 +90,52 @@ def test_rescale_makes_float16_finite_and_reloads_with_plain_from_pretrained(fam
     assert factor < 1 and data["after"]["peak"] == pytest.approx(factor * data["before"]["peak"], rel=1e-4)
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(data["model_files"])
     assert (tmp_path / "rewrite.json").exists() and (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("family", ["llama", "mixtral"])
+def test_rescale_shrinks_the_mlp_hidden_product_too(family):
+    """The input of the MLP's down projection (where super weights act) is scaled with the write: the up
+    projection is scaled in place of the writer, for a dense gated MLP and for fused experts alike."""
+    model = planted(family)
+    loaded = load_model(model, tokenizer=word_tokenizer(_word, bos=True))
+    inputs = _inputs(True)
+    result = run(loaded, inputs, RewriteConfig(rescale=0.25, progress=False))
+    rewritten = tf.AutoModelForCausalLM.from_pretrained(result.folder.name, dtype=torch.float32).eval()
+
+    def down_inputs(m: torch.nn.Module) -> torch.Tensor:
+        """The largest |input| of every down projection (fused experts: the hidden product, by hand)."""
+        largest = []
+        for block in find_structure(m).blocks:
+            mlp = block.mlp
+            if hasattr(mlp, "down_proj"):
+                seen = []
+                down = mlp.down_proj
+                handle = down.register_forward_pre_hook(lambda mod, args, to=seen: to.append(args[0].abs().max()))
+                with torch.no_grad():
+                    m(input_ids=inputs.windows)
+                handle.remove()
+                largest.append(max(seen))
+            else:  # fused experts: act(gate) x up of every expert on every token's normed input
+                normed = []
+                handle = mlp.register_forward_pre_hook(lambda mod, args, to=normed: to.append(args[0]))
+                with torch.no_grad():
+                    m(input_ids=inputs.windows)
+                handle.remove()
+                x = normed[0].reshape(-1, normed[0].shape[-1])
+                experts = mlp.experts
+                gate_up = torch.einsum("th,eoh->eto", x, experts.gate_up_proj)
+                gate, up = gate_up.chunk(2, dim=-1)
+                largest.append((experts.act_fn(gate) * up).abs().max())
+        return torch.stack(largest)
+
+    before, after = down_inputs(model), down_inputs(rewritten)
+    torch.testing.assert_close(after, 0.25 * before, rtol=1e-4, atol=1e-6)
+    if family == "mixtral":
+        inter = _down_rows(find_structure(model).mlp(1).experts).shape[-1]
+        original = find_structure(model).mlp(1).experts.gate_up_proj
+        new = find_structure(rewritten).mlp(1).experts.gate_up_proj
+        torch.testing.assert_close(new[:, :inter], original[:, :inter])  # the gates are untouched
+        torch.testing.assert_close(new[:, inter:], 0.25 * original[:, inter:])
 
 
 def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys, monkeypatch):

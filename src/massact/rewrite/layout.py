@@ -41,10 +41,15 @@ class Site:
     name: str
     axis: int
     path: str
+    index: tuple = ()  # a part of the tensor (a view: slices only), e.g. the up half of a fused gate_up
 
     @property
     def tensor(self) -> torch.Tensor:
         return getattr(self.module, self.name)
+
+    def part(self) -> torch.Tensor:
+        """The tensor, or the part of it `index` selects, as a view that in-place operations write through."""
+        return self.tensor[self.index] if self.index else self.tensor
 
 
 @dataclass
@@ -105,6 +110,7 @@ class _Probe(HookSet):
         self.order: dict[str, int] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self.calls: dict[str, tuple[tuple, dict]] = {}  # fused experts' first call, to probe their up projection
 
     def pre_hooks(self):
         return [(m, self._pre) for n, m in self.model.named_modules() if n]
@@ -117,6 +123,8 @@ class _Probe(HookSet):
         if name in self.order:
             return
         self.order[name] = len(self.order)
+        if any(p.dim() == 3 for p in module.parameters(recurse=False)):
+            self.calls[name] = (_detached(args), _detached(kwargs))
         first = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
         if isinstance(first, torch.Tensor):
             self.inputs[name] = first.detach()
@@ -157,7 +165,52 @@ def _bias(module: nn.Module, path: str) -> list[Site]:
     return [Site(module, "bias", 0, f"{path}.bias")] if getattr(module, "bias", None) is not None else []
 
 
-def _writers(sub: nn.Module, path: str, order: dict[str, int], hidden: int) -> tuple[list[Site], list[Site]]:
+def _detached(values):
+    """`values` (a tuple or dict of call arguments) with every tensor detached."""
+    if isinstance(values, dict):
+        return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+    return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values)
+
+
+def _fused_up(module: nn.Module, path: str, down: torch.Tensor, call: tuple[tuple, dict] | None) -> list[Site]:
+    """The part of a fused experts module's up projection (and its bias) whose scaling scales the module's
+    output by the same factor, so a rescale shrinks the hidden product (the input of `down`) too; [] when
+    no candidate does, tested on the module's own recorded call (gated as act(gate) x up, not clamped)."""
+    if call is None:
+        return []
+    inter = down.shape[2]
+    params = dict(module.named_parameters(recurse=False))
+    candidates = []
+    for name, param in params.items():
+        if param.dim() != 3 or "up" not in name or param is down:
+            continue
+        for axis in (1, 2):
+            size = param.shape[axis]
+            if size == 2 * inter:  # gate and up fused: the second half, or every odd row
+                candidates += [(name, axis, slice(inter, None)), (name, axis, slice(1, None, 2))]
+            elif size == inter and "gate" not in name:
+                candidates.append((name, axis, slice(None)))
+    args, kwargs = call
+    with torch.inference_mode():
+        before = output_tensor(module(*args, **kwargs)).float()
+        for name, axis, part in candidates:
+            sites = [Site(module, name, axis, _full(path, name), (slice(None),) * axis + (part,))]
+            if isinstance(params.get(f"{name}_bias"), torch.Tensor):
+                sites.append(Site(module, f"{name}_bias", axis - 1, _full(path, f"{name}_bias"), (slice(None), part)))
+            saved = [s.part().clone() for s in sites]
+            for site in sites:
+                site.part().mul_(0.5)
+            after = output_tensor(module(*args, **kwargs)).float()
+            for site, old in zip(sites, saved, strict=True):
+                site.part().copy_(old)
+            if torch.allclose(after, 0.5 * before, rtol=1e-4, atol=1e-6 * float(before.abs().max()) + 1e-12):
+                return sites
+    return []
+
+
+def _writers(
+    sub: nn.Module, path: str, order: dict[str, int], hidden: int, calls: dict[str, tuple[tuple, dict]] | None = None
+) -> tuple[list[Site], list[Site]]:
     """(writers, what a rescale multiplies) inside one sub-layer."""
     parents: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, module in sub.named_modules():
@@ -199,7 +252,8 @@ def _writers(sub: nn.Module, path: str, order: dict[str, int], hidden: int) -> t
             if param.dim() == 3 and "down" in pname and param.shape[1] == hidden:
                 site = Site(module, pname, 1, _full(path, name, pname))
                 writers.append(site)
-                scaled.append(site)
+                up = _fused_up(module, _full(path, name), param, (calls or {}).get(_full(path, name)))
+                scaled += up or [site]  # the up part scales the hidden product and the write
     return writers, scaled
 
 
@@ -285,7 +339,7 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
                 readers.setdefault(min(following)[1], npath)
         for kind, spath in subs:
             module = model.get_submodule(spath)
-            writers, scaled = _writers(module, spath, order, hidden)
+            writers, scaled = _writers(module, spath, order, hidden, probe.calls)
             sublayers.append(
                 Sublayer(
                     kind=kind,

@@ -81,7 +81,7 @@ def rescale(model: nn.Module, layout: Layout, factor: float) -> list[str]:
     changed.append(f"embeddings x{factor:g} ({', '.join(s.path for s in layout.embeddings)})")
     for sub in layout.sublayers:
         for site in sub.scaled:
-            site.tensor.mul_(factor)
+            site.part().mul_(factor)
         if sub.post_norm:
             _scale_gain(layout, sub.post_norm, factor)
     changed.append(f"every write into the residual stream x{factor:g} ({len(layout.sublayers)} sub-layers)")

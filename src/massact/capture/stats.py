@@ -8,8 +8,7 @@ themselves are dropped, except for the blocks the caller asks to keep.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -335,22 +334,8 @@ class BlockStatsCollector(HookSet):
         return records
 
 
-@contextmanager
-def capture_block_stats(
-    model: nn.Module,
-    structure: Structure,
-    *,
-    top_k: int = 16,
-    thresholds: Thresholds | None = None,
-    keep: Iterable[int] = (),
-    deferred: bool | None = None,
-) -> Iterator[BlockStatsCollector]:
-    """Hook every block of `model`; yields a collector whose `pop()` gives per-sequence records.
-
-    On an accelerator (or with `deferred=True`) the hooks keep device tensors only and make no host
-    synchronisation; everything is read back in `pop()`, after the forward.
-    """
-    with BlockStatsCollector(
-        model, structure, top_k=top_k, thresholds=thresholds, keep=keep, deferred=deferred
-    ) as collector:
-        yield collector
+# Hook every block of a model, as a context manager: `with capture_block_stats(model, structure, top_k=16,
+# thresholds=..., keep=(), deferred=None) as collector:`; `collector.pop()` gives per-sequence records. On an
+# accelerator (or with `deferred=True`) the hooks keep device tensors only and make no host synchronisation;
+# everything is read back in `pop()`, after the forward.
+capture_block_stats = BlockStatsCollector

@@ -59,6 +59,14 @@ TasksOpt = Annotated[
 TasksLimitOpt = Annotated[int | None, typer.Option("--tasks-limit", help="Only the first N items of each task.")]
 
 
+SeedsOpt = Annotated[
+    int,
+    typer.Option(
+        "--seeds", help="Repeat on windows drawn with seeds SEED..SEED+N-1 and report mean ± sd of every number."
+    ),
+]
+
+
 class Opt:
     """The option types commands share, in one place: `def cmd(model: Opt.Model = "default", out: Opt.Out = None)`."""
 
@@ -69,6 +77,7 @@ class Opt:
     RatioThreshold = RatioThresholdOpt
     Tasks = TasksOpt
     TasksLimit = TasksLimitOpt
+    Seeds = SeedsOpt
 
 
 def stdout_console() -> Console:

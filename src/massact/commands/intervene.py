@@ -27,7 +27,7 @@ def intervene_command(
     block: Annotated[
         str | None,
         typer.Option(
-            "--block", help="L, or L- for blocks L..last (default: the first block with massive activations)."
+            "--block", help="L, or L- for blocks L..last (default: where the largest massive activation first appears)."
         ),
     ] = None,
     modes: Annotated[str, typer.Option("--modes", help=f"Comma-separated, from {','.join(MODES)}.")] = ",".join(MODES),
@@ -45,9 +45,7 @@ def intervene_command(
     abs_threshold: Opt.AbsThreshold = 100.0,
     ratio_threshold: Opt.RatioThreshold = 1000.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the random control.")] = 0,
-    seeds: Annotated[
-        int, typer.Option("--seeds", help="Repeat on windows drawn with seeds SEED..SEED+N-1; report mean ± sd.")
-    ] = 1,
+    seeds: Opt.Seeds = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
     tasks: Opt.Tasks = None,
     tasks_limit: Opt.TasksLimit = None,

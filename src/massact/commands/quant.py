@@ -26,12 +26,7 @@ def quant_command(
         int, typer.Option("--calib-samples", help="Further held-out windows the strategies learn from.")
     ] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed that draws the windows (0, as in every command).")] = 0,
-    seeds: Annotated[
-        int,
-        typer.Option(
-            "--seeds", help="Repeat on windows drawn with seeds SEED..SEED+N-1 and report mean ± sd of every number."
-        ),
-    ] = 1,
+    seeds: Opt.Seeds = 1,
     schemes: Annotated[
         str,
         typer.Option(

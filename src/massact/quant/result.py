@@ -26,6 +26,14 @@ from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
 
+WINDOW_FIELDS = ("corpus", "windows", "calibration_windows", "seed", "prefix_tokens")  # what the windows were
+
+
+def window_fields(result: object) -> dict:
+    """The `WINDOW_FIELDS` of a result built on `QuantInputs` (quant, rewrite), in their JSON order."""
+    return {name: getattr(result, name) for name in WINDOW_FIELDS}
+
+
 KIND = "quant"  # the `kind` field of the JSON: which result this is
 
 if TYPE_CHECKING:
@@ -67,11 +75,7 @@ class QuantResult:
             "kind": KIND,
             "format": FORMAT,
             "model": self.model,
-            "corpus": self.corpus,
-            "windows": self.windows,
-            "calibration_windows": self.calibration_windows,
-            "seed": self.seed,
-            "prefix_tokens": self.prefix_tokens,
+            **window_fields(self),
             "thresholds": self.config.thresholds.to_json(),
             "alpha": self.config.alpha,
             "rotation_seed": self.config.seed,

@@ -49,6 +49,16 @@ class QuantInputs:
     def prefix_len(self) -> int:
         return len(self.prefix_tokens)
 
+    def describe(self) -> dict:
+        """What a result built on these windows records of them (`quant.result.WINDOW_FIELDS`)."""
+        return {
+            "corpus": self.corpus,
+            "windows": list(self.windows.shape),
+            "calibration_windows": list(self.calibration.shape),
+            "seed": self.seed,
+            "prefix_tokens": self.prefix_tokens,
+        }
+
 
 def check_counts(samples: int, seq_len: int, calib_samples: int, seeds: int = 1) -> None:
     """Refuse window counts `load_inputs` cannot draw; cheap, so a command checks them before the model loads."""
@@ -195,11 +205,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
     return QuantResult(
         model=loaded.name,
-        corpus=inputs.corpus,
-        windows=list(inputs.windows.shape),
-        calibration_windows=list(inputs.calibration.shape),
-        seed=inputs.seed,
-        prefix_tokens=inputs.prefix_tokens,
+        **inputs.describe(),
         config=config,
         schemes=[s.to_json() for s in schemes],
         baseline=baseline.to_json() | ({"tasks": evaluate.tasks(None, "none")} if config.tasks else {}),

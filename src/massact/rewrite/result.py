@@ -12,6 +12,7 @@ from rich.table import Table
 
 from massact.format import fmt_activation, fmt_ppl, md_code, md_escape
 from massact.outputs import write_json
+from massact.quant.result import window_fields
 from massact.report.tables import print_table
 from massact.rewrite.config import FP8_E4M3_MAX, FP16_MAX
 
@@ -72,11 +73,7 @@ class RewriteResult:
             "kind": KIND,
             "format": FORMAT,
             "model": self.model,
-            "corpus": self.corpus,
-            "windows": self.windows,
-            "calibration_windows": self.calibration_windows,
-            "seed": self.seed,
-            "prefix_tokens": self.prefix_tokens,
+            **window_fields(self),
             "rewrites": self.steps,
             "limits": {"float16": FP16_MAX, "fp8_e4m3": FP8_E4M3_MAX},
             "logits_float32": self.logits,

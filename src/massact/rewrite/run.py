@@ -147,11 +147,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
         quant = compare(loaded, rewritten, inputs, config.batch_size)
     return RewriteResult(
         model=loaded.description,
-        corpus=inputs.corpus,
-        windows=list(inputs.windows.shape),
-        calibration_windows=list(inputs.calibration.shape),
-        seed=inputs.seed,
-        prefix_tokens=inputs.prefix_tokens,
+        **inputs.describe(),
         steps=steps,
         logits=change,
         before=before,

@@ -26,12 +26,22 @@ from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
 
-WINDOW_FIELDS = ("corpus", "windows", "calibration_windows", "seed", "prefix_tokens")  # what the windows were
 
+@dataclass
+class OnWindows:
+    """What a result built on `QuantInputs` (quant, rewrite) records first: the model and its windows."""
 
-def window_fields(result: object) -> dict:
-    """The `WINDOW_FIELDS` of a result built on `QuantInputs` (quant, rewrite), in their JSON order."""
-    return {name: getattr(result, name) for name in WINDOW_FIELDS}
+    model: str
+    corpus: str
+    windows: list[int]  # [N, L] evaluated
+    calibration_windows: list[int]  # [M, L] held out
+    seed: int
+    prefix_tokens: list[str]
+
+    def window_fields(self) -> dict:
+        """Those fields but the model, in their JSON order."""
+        names = ("corpus", "windows", "calibration_windows", "seed", "prefix_tokens")
+        return {name: getattr(self, name) for name in names}
 
 
 KIND = "quant"  # the `kind` field of the JSON: which result this is
@@ -48,15 +58,9 @@ def _change(ratio: float) -> str:
 
 
 @dataclass
-class QuantResult:
+class QuantResult(OnWindows):
     """Baseline and simulated-quantization perplexities, the chosen strategies and the per-block sensitivity."""
 
-    model: str
-    corpus: str
-    windows: list[int]
-    calibration_windows: list[int]
-    seed: int
-    prefix_tokens: list[str]
     config: QuantConfig
     schemes: list[dict]
     baseline: dict
@@ -75,7 +79,7 @@ class QuantResult:
             "kind": KIND,
             "format": FORMAT,
             "model": self.model,
-            **window_fields(self),
+            **self.window_fields(),
             "thresholds": self.config.thresholds.to_json(),
             "alpha": self.config.alpha,
             "rotation_seed": self.config.seed,

@@ -50,7 +50,7 @@ class QuantInputs:
         return len(self.prefix_tokens)
 
     def describe(self) -> dict:
-        """What a result built on these windows records of them (`quant.result.WINDOW_FIELDS`)."""
+        """What a result built on these windows records of them (`quant.result.OnWindows`)."""
         return {
             "corpus": self.corpus,
             "windows": list(self.windows.shape),

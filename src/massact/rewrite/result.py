@@ -12,7 +12,7 @@ from rich.table import Table
 
 from massact.format import fmt_activation, fmt_ppl, md_code, md_escape
 from massact.outputs import write_json
-from massact.quant.result import window_fields
+from massact.quant.result import OnWindows
 from massact.report.tables import print_table
 from massact.rewrite.config import FP8_E4M3_MAX, FP16_MAX
 
@@ -26,15 +26,9 @@ def _over(values: list[float], limit: float) -> int:
 
 
 @dataclass
-class RewriteResult:
+class RewriteResult(OnWindows):
     """What was rewritten, and the checks before and after, with the rewritten model's files."""
 
-    model: str
-    corpus: str
-    windows: list[int]
-    calibration_windows: list[int]
-    seed: int
-    prefix_tokens: list[str]
     steps: list[dict]
     logits: dict
     before: dict
@@ -73,7 +67,7 @@ class RewriteResult:
             "kind": KIND,
             "format": FORMAT,
             "model": self.model,
-            **window_fields(self),
+            **self.window_fields(),
             "rewrites": self.steps,
             "limits": {"float16": FP16_MAX, "fp8_e4m3": FP8_E4M3_MAX},
             "logits_float32": self.logits,

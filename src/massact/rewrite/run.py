@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from massact.capture.forward import run_forward
 from massact.capture.hooks import HookSet, output_tensor
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -40,12 +41,16 @@ def scaled_modules(layout: Layout, blocks: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _peaks(model, names: list[str], windows: torch.Tensor, batch_size: int) -> dict[str, float]:
-    peaks = ModulePeaks(model, names)
-    with torch.inference_mode(), peaks:
+def _hooked_pass(hooks: HookSet, windows: torch.Tensor, batch_size: int) -> HookSet:
+    """`windows` [N, L] through the hooked model, `batch_size` at a time; the hooks, done."""
+    with hooks:
         for start in range(0, windows.shape[0], batch_size):
-            model(input_ids=windows[start : start + batch_size].to(model.device))
-    return peaks.peak
+            run_forward(hooks.model, windows[start : start + batch_size])
+    return hooks
+
+
+def _peaks(model, names: list[str], windows: torch.Tensor, batch_size: int) -> dict[str, float]:
+    return _hooked_pass(ModulePeaks(model, names), windows, batch_size).peak
 
 
 def auto_factor(peak: float, headroom: float) -> float:
@@ -76,11 +81,8 @@ class _NormMaxima(HookSet):
 
 
 def _norm_maxima(model, layout: Layout, windows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
-    hooks = _NormMaxima(model, [s.reader for s in layout.sublayers if s.reader])
-    with torch.inference_mode(), hooks:
-        for start in range(0, windows.shape[0], batch_size):
-            model(input_ids=windows[start : start + batch_size].to(model.device))
-    return hooks.maxima
+    readers = [s.reader for s in layout.sublayers if s.reader]
+    return _hooked_pass(_NormMaxima(model, readers), windows, batch_size).maxima
 
 
 def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> RewriteResult:

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import DeviceOpt, DtypeOpt, Opt, TrustOpt, emit_result
+from massact.commands.common import DeviceOpt, DtypeOpt, Opt, ThresholdOptions, TrustOpt, emit_result, model_command
 from massact.defaults import ATLAS_STEPS as STEPS
 from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
-from massact.outputs import check_output_dir
 
 
+@model_command
 def atlas_command(
     models: Annotated[list[str], typer.Argument(help="Models: 'default', .gguf files, model directories or hub ids.")],
     corpus: Annotated[
@@ -25,8 +25,7 @@ def atlas_command(
     steps: Annotated[
         str, typer.Option("--steps", help=f"Comma-separated analyses to run: {','.join(STEPS)}.")
     ] = ",".join(STEPS),
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     out: Opt.Out = None,
     as_json: Opt.Json = False,
     dtype: DtypeOpt = "auto",
@@ -38,18 +37,15 @@ def atlas_command(
     A model that fails to load is a row with the reason. With --out, each model's runs are kept in its
     own folder and a rerun skips the models already finished.
     """
-    if out is not None:
-        check_output_dir(out)
     import massact.atlas
     from massact.atlas import AtlasConfig
-    from massact.detect import Thresholds
 
     config = AtlasConfig(
         prompt=prompt,
         corpus=corpus,
         samples=samples,
         seq_len=seq_len,
-        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        thresholds=detection.thresholds(),
         steps=tuple(s.strip() for s in steps.split(",") if s.strip()),
         dtype=dtype,
         device=device,

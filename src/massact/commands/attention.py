@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
+from massact.commands.common import ModelOptions, Opt, ThresholdOptions, emit_result, model_command, read_prompt
 from massact.defaults import PAPER_PROMPT
 from massact.errors import MassactError
 from massact.progress import status
@@ -57,8 +57,7 @@ def attention_command(
         bool,
         typer.Option("--no-special-tokens", help="Tokenize without special tokens (corpus windows: no BOS first)."),
     ] = False,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     out: Opt.Out = None,
     as_json: Opt.Json = False,
     *,
@@ -69,7 +68,6 @@ def attention_command(
         raise MassactError("give --prompt/--text-file or --corpus, not both")
     from massact.attention import AttentionConfig, corpus_input, prompt_input, run
     from massact.data.corpus import load_texts
-    from massact.detect import Thresholds
 
     config = AttentionConfig(
         threshold=threshold,
@@ -77,7 +75,7 @@ def attention_command(
         logits=logits,
         intervene=intervene,
         display_tokens=display_tokens,
-        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        thresholds=detection.thresholds(),
         sinks=_parse_tokens(tokens),
         blocks_path=opts.blocks,
     )

@@ -17,7 +17,9 @@ from massact.outputs import check_output_dir, staged_output, to_json_text
 from massact.progress import console, status
 
 if TYPE_CHECKING:  # imported where used, so that help and usage errors never wait for torch
+    from massact.detect import Thresholds
     from massact.models.loading import LoadedModel
+    from massact.tasks import TaskConfig
 
 ModelArg = Annotated[
     str,
@@ -57,8 +59,6 @@ TasksOpt = Annotated[
     ),
 ]
 TasksLimitOpt = Annotated[int | None, typer.Option("--tasks-limit", help="Only the first N items of each task.")]
-
-
 SeedsOpt = Annotated[
     int,
     typer.Option(
@@ -73,10 +73,6 @@ class Opt:
     Model = ModelArg
     Out = OutOpt
     Json = JsonOpt
-    AbsThreshold = AbsThresholdOpt
-    RatioThreshold = RatioThresholdOpt
-    Tasks = TasksOpt
-    TasksLimit = TasksLimitOpt
     Seeds = SeedsOpt
 
 
@@ -110,32 +106,73 @@ class ModelOptions:
         return load_for_cli(model, self.dtype, self.device, self.device_map, self.trust_remote_code)
 
 
-def model_command(fn: Callable) -> Callable:
-    """Give a command the shared model options, defined once.
+@dataclass(frozen=True)
+class TaskOptions:
+    """Zero-shot tasks scored next to perplexity: `--tasks` and `--tasks-limit` (see `model_command`)."""
 
-    `fn` declares a parameter `opts: ModelOptions`; the command gets `--dtype`, `--device`,
-    `--device-map`, `--trust-remote-code` and `--blocks` in its place. When `fn` has an `out`
-    parameter, that path is checked before anything runs, so an unwritable `--out` costs nothing.
+    tasks: TasksOpt = None
+    tasks_limit: TasksLimitOpt = None
+
+    def config(self, batch_size: int) -> TaskConfig | None:
+        """The prepared task config, or None without --tasks; bad tasks fail here, before a model loads."""
+        from massact.tasks import task_config
+
+        return task_config(self.tasks, self.tasks_limit, batch_size)
+
+
+@dataclass(frozen=True)
+class ThresholdOptions:
+    """The detection criterion: `--abs-threshold` and `--ratio-threshold` (see `model_command`)."""
+
+    abs_threshold: AbsThresholdOpt = 100.0
+    ratio_threshold: RatioThresholdOpt = 1000.0
+
+    def thresholds(self) -> Thresholds:
+        """The criterion as `massact.detect.Thresholds`."""
+        from massact.detect import Thresholds
+
+        return Thresholds(abs=self.abs_threshold, ratio=self.ratio_threshold)
+
+
+OPTION_GROUPS = (ModelOptions, TaskOptions, ThresholdOptions)
+
+
+def _group_options(group: type) -> list[inspect.Parameter]:
+    hints = inspect.get_annotations(group, eval_str=True)
+    return [
+        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+        for f in fields(group)
+    ]
+
+
+def model_command(fn: Callable) -> Callable:
+    """Give a command the shared options, each group defined once.
+
+    A parameter of `fn` typed with an option group is expanded into the group's options in its
+    place: `opts: ModelOptions` gives `--dtype`, `--device`, `--device-map`, `--trust-remote-code`
+    and `--blocks`; `detection: ThresholdOptions` gives `--abs-threshold` and `--ratio-threshold`;
+    `tasks: TaskOptions` gives `--tasks` and `--tasks-limit`. When `fn` has an
+    `out` parameter, that path is checked before anything runs, so an unwritable `--out` costs nothing.
     """
     signature = inspect.signature(fn, eval_str=True)
-    own = [p for name, p in signature.parameters.items() if name != "opts"]
-    option_names = [f.name for f in fields(ModelOptions)]
-    hints = inspect.get_annotations(ModelOptions, eval_str=True)
-    extra = [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-        for f in fields(ModelOptions)
-    ]
-    keyword_only = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    parameters: list[inspect.Parameter] = []
+    groups: dict[str, type] = {}
+    for name, parameter in signature.parameters.items():
+        if parameter.annotation in OPTION_GROUPS:
+            groups[name] = parameter.annotation
+            parameters += _group_options(parameter.annotation)
+        else:
+            parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
     @functools.wraps(fn)
     def command(**kwargs):
         if kwargs.get("out") is not None:
             check_output_dir(kwargs["out"])
-        opts = ModelOptions(**{name: kwargs.pop(name) for name in option_names})
-        return fn(**kwargs, opts=opts)
+        built = {name: group(**{f.name: kwargs.pop(f.name) for f in fields(group)}) for name, group in groups.items()}
+        return fn(**kwargs, **built)
 
-    command.__signature__ = signature.replace(parameters=keyword_only + extra)
-    command.__annotations__ = {p.name: p.annotation for p in keyword_only + extra}
+    command.__signature__ = signature.replace(parameters=parameters)
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
     del command.__wrapped__  # typer must read the new signature, not fn's
     return command
 

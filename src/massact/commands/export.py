@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command
+from massact.commands.common import ModelOptions, Opt, ThresholdOptions, emit_result, model_command
 from massact.errors import MassactError
 
 
@@ -28,8 +28,7 @@ def export_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 512,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed that picks the windows.")] = 0,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     no_special_tokens: Annotated[
         bool, typer.Option("--no-special-tokens", help="Windows without the tokenizer's BOS (or other prefix).")
     ] = False,
@@ -39,7 +38,6 @@ def export_command(
     opts: ModelOptions,
 ) -> None:
     """Write MODEL's massive sites, per-channel Linear input maxima and outlier tokens for other tools."""
-    from massact.detect import Thresholds
     from massact.export import CorpusInputs, ExportConfig, run
 
     config = ExportConfig(
@@ -48,7 +46,7 @@ def export_command(
         seq_len=seq_len,
         batch_size=batch_size,
         seed=seed,
-        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        thresholds=detection.thresholds(),
         add_special_tokens=not no_special_tokens,
         blocks_path=opts.blocks,
         progress=not as_json,

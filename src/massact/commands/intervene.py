@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command
+from massact.commands.common import ModelOptions, Opt, TaskOptions, ThresholdOptions, emit_result, model_command
 from massact.defaults import MODES
 
 
@@ -31,6 +31,7 @@ def intervene_command(
         ),
     ] = None,
     modes: Annotated[str, typer.Option("--modes", help=f"Comma-separated, from {','.join(MODES)}.")] = ",".join(MODES),
+    tasks: TaskOptions = TaskOptions(),
     means: Annotated[
         Path | None, typer.Option("--means", help="means.json of a corpus scan for the mean mode.")
     ] = None,
@@ -42,13 +43,10 @@ def intervene_command(
         str | None,
         typer.Option("--tokens", help="Only these token positions (comma-separated; 0 is the BOS when there is one)."),
     ] = None,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the random control.")] = 0,
     seeds: Opt.Seeds = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 8,
-    tasks: Opt.Tasks = None,
-    tasks_limit: Opt.TasksLimit = None,
     out: Opt.Out = None,
     as_json: Opt.Json = False,
     *,
@@ -56,20 +54,17 @@ def intervene_command(
 ) -> None:
     """Perplexity of MODEL with its massive activations zeroed, set to their mean, or a random control zeroed."""
     from massact.data.corpus import load_texts
-    from massact.detect import Thresholds
     from massact.interventions import InterventionConfig, SiteSpec, parse_ints, parse_modes, read_means, run
-    from massact.tasks import task_config
 
-    tasks_config = task_config(tasks, tasks_limit, batch_size)  # bad tasks fail before the model loads
     config = InterventionConfig(
-        tasks=tasks_config,
+        tasks=tasks.config(batch_size),  # bad tasks fail before the model loads
         corpora=tuple(corpus.split(",")),
         samples=samples,
         seq_len=seq_len,
         block=block,
         modes=tuple(parse_modes(modes)),
         sites=SiteSpec(
-            thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+            thresholds=detection.thresholds(),
             dims=parse_ints(dims, "--dims"),
             tokens=parse_ints(tokens, "--tokens"),
         ),

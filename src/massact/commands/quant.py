@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command
+from massact.commands.common import ModelOptions, Opt, TaskOptions, ThresholdOptions, emit_result, model_command
 from massact.defaults import DEFAULT_SCHEMES, DEFAULT_STRATEGIES
 
 
@@ -41,6 +41,7 @@ def quant_command(
             help="Comma-separated: none, outlier-tokens, smooth, rotate, keep-super-weights, a+b combinations, best.",
         ),
     ] = ",".join(DEFAULT_STRATEGIES),
+    tasks: TaskOptions = TaskOptions(),
     alpha: Annotated[float, typer.Option("--alpha", help="Smoothing strength of `smooth`.")] = 0.5,
     super_weights: Annotated[
         int, typer.Option("--super-weights", help="Top traced entries per site that keep-super-weights may keep.")
@@ -57,19 +58,14 @@ def quant_command(
     batch_size: Annotated[
         int, typer.Option("--batch-size", help="Windows per forward pass (one per-tensor activation scale spans them).")
     ] = 4,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
-    tasks: Opt.Tasks = None,
-    tasks_limit: Opt.TasksLimit = None,
+    detection: ThresholdOptions = ThresholdOptions(),
     out: Opt.Out = None,
     as_json: Opt.Json = False,
     *,
     opts: ModelOptions,
 ) -> None:
     """What quantization costs MODEL's perplexity, and which strategy recovers it."""
-    from massact.detect import Thresholds
     from massact.quant import QuantConfig, check_counts, load_inputs, run
-    from massact.tasks import task_config
 
     config = QuantConfig(
         schemes=_names(schemes),
@@ -80,10 +76,10 @@ def quant_command(
         sensitivity_samples=sensitivity_samples,
         best_samples=best_samples,
         batch_size=batch_size,
-        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        thresholds=detection.thresholds(),
         blocks_path=opts.blocks,
         progress=not as_json,
-        tasks=task_config(tasks, tasks_limit, batch_size),  # bad tasks fail before the model loads
+        tasks=tasks.config(batch_size),  # bad tasks fail before the model loads
     )
     check_counts(samples, seq_len, calib_samples, seeds)
     loaded = opts.load(model)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
+from massact.commands.common import ModelOptions, Opt, ThresholdOptions, emit_result, model_command, read_prompt
 from massact.defaults import DEFAULT_PROMPT
 from massact.errors import MassactError
 from massact.validate import check_prompt
@@ -24,8 +24,7 @@ def scan_command(
     no_special_tokens: Annotated[
         bool, typer.Option("--no-special-tokens", help="Tokenize without BOS/EOS and other special tokens.")
     ] = False,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Largest activations kept per block.")] = 16,
     keep: Annotated[
         int | None,
@@ -60,9 +59,7 @@ def scan_command(
     opts: ModelOptions,
 ) -> None:
     """Find the massive activations of MODEL: blocks, dims, tokens, values, ratio to the median."""
-    from massact.detect import Thresholds
-
-    thresholds = Thresholds(abs=abs_threshold, ratio=ratio_threshold)
+    thresholds = detection.thresholds()
     if corpus is not None and images is not None:
         raise MassactError("give --corpus (text) or --images (vision), not both")
     if corpus is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
+from massact.commands.common import ModelOptions, Opt, ThresholdOptions, emit_result, model_command, read_prompt
 from massact.defaults import DEFAULT_POLICIES
 from massact.errors import MassactError
 
@@ -39,8 +39,7 @@ def stream(
     ] = "original",
     stride: Annotated[int, typer.Option("--stride", help="recompute: predictions scored per fresh forward.")] = 1,
     max_detected: Annotated[int, typer.Option("--max-detected", help="detected: most tokens kept as sinks.")] = 8,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     out: Opt.Out = None,
     json: Opt.Json = False,
     opts: ModelOptions = ModelOptions(),
@@ -48,7 +47,6 @@ def stream(
     """Which tokens must stay in a bounded KV cache: perplexity per policy, decoding one token at a time."""
     if corpus is not None and text_file is not None:
         raise MassactError("give --corpus or --text-file, not both")
-    from massact.detect import Thresholds
     from massact.stream import StreamConfig, check_offset, cut_stream, document_text, run
 
     config = StreamConfig(
@@ -58,7 +56,7 @@ def stream(
         positions=positions,
         stride=stride,
         max_detected=max_detected,
-        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        thresholds=detection.thresholds(),
         blocks_path=opts.blocks,
     )
     config.check_tokens(tokens)

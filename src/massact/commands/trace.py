@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command, read_prompt
+from massact.commands.common import ModelOptions, Opt, ThresholdOptions, emit_result, model_command, read_prompt
 from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.validate import check_prompt
 
@@ -43,20 +43,18 @@ def trace_command(
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window, the tokenizer's BOS included.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Windows per forward pass.")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the windows and the control entries.")] = 0,
-    abs_threshold: Opt.AbsThreshold = 100.0,
-    ratio_threshold: Opt.RatioThreshold = 1000.0,
+    detection: ThresholdOptions = ThresholdOptions(),
     out: Opt.Out = None,
     as_json: Opt.Json = False,
     opts: ModelOptions = ModelOptions(),
 ) -> None:
     """Trace each massive activation of MODEL to the sub-layer, expert and weight entries that write it, and verify."""
-    from massact.detect import Thresholds
     from massact.trace import TraceConfig, TraceInputs, run
 
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
     check_prompt(text)
     config = TraceConfig(
-        thresholds=Thresholds(abs=abs_threshold, ratio=ratio_threshold),
+        thresholds=detection.thresholds(),
         add_special_tokens=not no_special_tokens,
         token=token,
         dim=dim,

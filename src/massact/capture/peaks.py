@@ -1,27 +1,31 @@
-"""The largest finite |x| of each block output, and which outputs held inf/NaN, over any number of forwards.
+"""Running maxima over any number of forwards: of each block output, and of each channel of named modules.
 
-Cheap enough to leave on around a whole run: the running maxima stay on the model's device and are
-read back once, by `peaks()`.
+`BlockPeaks`: the largest finite |x| and token RMS of each block output, and which outputs held inf/NaN.
+`ChannelMaxima`: the largest |x| of each channel of named modules' inputs or outputs (SmoothQuant's
+statistic). Cheap enough to leave on around a whole run: the maxima stay on the model's device and are
+read back once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
 from torch import nn
 
 from massact.capture.hooks import HookFn, HookSet, output_tensor
-from massact.models.structure import Structure
+from massact.models.structure import Structure, in_features, is_linear
 
 
 class BlockPeaks(HookSet):
-    """Per block: the largest finite |x| of its output and whether it held inf/NaN, across all forwards."""
+    """Per block: the largest finite |x| and token RMS of its output, and whether it held inf/NaN."""
 
     def __init__(self, model: nn.Module, structure: Structure) -> None:
         super().__init__(model)
         self.structure = structure
         self._peak: dict[int, torch.Tensor] = {}
+        self._rms: dict[int, torch.Tensor] = {}
         self._bad: dict[int, torch.Tensor] = {}
         self.dtype: torch.dtype | None = None  # the dtype of the block outputs themselves
 
@@ -30,8 +34,11 @@ class BlockPeaks(HookSet):
             x = output_tensor(output).detach()
             self.dtype = x.dtype
             peak = x.abs().nan_to_num(0.0, 0.0, 0.0).amax().float()
+            norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).nan_to_num(0.0, 0.0, 0.0)
+            rms = norms.amax() / x.shape[-1] ** 0.5
             bad = ~torch.isfinite(x).all()
             self._peak[index] = torch.maximum(self._peak[index], peak) if index in self._peak else peak
+            self._rms[index] = torch.maximum(self._rms[index], rms) if index in self._rms else rms
             self._bad[index] = (self._bad[index] | bad) if index in self._bad else bad
 
         return hook
@@ -44,3 +51,58 @@ class BlockPeaks(HookSet):
         blocks = range(len(self.structure))
         peaks = [float(self._peak[i]) if i in self._peak else None for i in blocks]
         return peaks, [i for i in blocks if i in self._bad and bool(self._bad[i])]
+
+    def token_rms(self) -> list[float | None]:
+        """Per block: the largest RMS of one token's output (finite tokens only), None for a block that never ran."""
+        return [float(self._rms[i]) if i in self._rms else None for i in range(len(self.structure))]
+
+
+class ChannelMaxima(HookSet):
+    """Per named module: the running max |x| of each channel (last dim) of its `input` or its `output`.
+
+    NaN counts as 0. Modules that never run report zeros when their width is known (the inputs of a
+    Linear or Conv1D), and are left out otherwise.
+    """
+
+    def __init__(self, model: nn.Module, names: Iterable[str], where: Literal["input", "output"]) -> None:
+        super().__init__(model)
+        self.where = where
+        self.modules = {name: model.get_submodule(name) for name in names}
+        self._maxima: dict[str, torch.Tensor] = {}
+
+    def _update(self, name: str, x: torch.Tensor) -> None:
+        peak = torch.nan_to_num(x.detach().reshape(-1, x.shape[-1]).abs().float().amax(0), nan=0.0)
+        running = self._maxima.get(name)
+        self._maxima[name] = peak if running is None else torch.maximum(running.to(peak.device), peak)
+
+    def forward_hooks(self) -> Iterable[tuple[nn.Module, HookFn]]:
+        if self.where != "output":
+            return []
+        return [(m, self._output_hook(n)) for n, m in self.modules.items()]
+
+    def pre_hooks(self) -> Iterable[tuple[nn.Module, Callable]]:
+        if self.where != "input":
+            return []
+        return [(m, self._input_hook(n)) for n, m in self.modules.items()]
+
+    def _output_hook(self, name: str) -> HookFn:
+        return lambda module, args, output: self._update(name, output_tensor(output))
+
+    def _input_hook(self, name: str) -> Callable:
+        return lambda module, args, kwargs: self._update(name, args[0] if args else next(iter(kwargs.values())))
+
+    @property
+    def maxima(self) -> dict[str, torch.Tensor]:
+        """Module name -> max |x| per channel, on the CPU, in the order the modules were named."""
+        out = {}
+        for name, module in self.modules.items():
+            if name in self._maxima:
+                out[name] = self._maxima[name].cpu()
+            elif self.where == "input" and is_linear(module):
+                out[name] = torch.zeros(in_features(module))
+        return out
+
+
+def linear_inputs(model: nn.Module) -> ChannelMaxima:
+    """Per-input-channel max |x| at every Linear and Conv1D: SmoothQuant's `act_scales`."""
+    return ChannelMaxima(model, [name for name, m in model.named_modules() if is_linear(m)], "input")

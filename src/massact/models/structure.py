@@ -132,6 +132,11 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
 
+def in_features(module: nn.Module) -> int:
+    """Input size of a Linear or Conv1D."""
+    return module.in_features if isinstance(module, nn.Linear) else int(module.weight.shape[0])
+
+
 def out_features(module: nn.Module) -> int:
     """Output size of a Linear or Conv1D."""
     return module.out_features if isinstance(module, nn.Linear) else int(module.weight.shape[1])

@@ -22,25 +22,23 @@ Every export folder also gets `report.md`, which says what each file holds and h
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 from rich.console import Console
-from torch import nn
 
 from massact.capture.forward import run_forward
-from massact.capture.hooks import forward_pre_hook
-from massact.capture.peaks import BlockPeaks
+from massact.capture.peaks import BlockPeaks, linear_inputs
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.summary import CorpusSummary
 from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.models.structure import find_structure, is_linear
+from massact.models.structure import find_structure
 from massact.outputs import write_json
 from massact.precision import Precision
 from massact.progress import track
@@ -79,40 +77,6 @@ def parse_formats(values: Iterable[str]) -> list[str]:
     if not chosen:
         raise MassactError(f"give --format: one or more of {', '.join(FILES)}, or all")
     return list(dict.fromkeys(chosen))
-
-
-def in_features(module: nn.Module) -> int:
-    """Input channels of an `nn.Linear` or a `Conv1D` (stored [in, out])."""
-    return module.in_features if isinstance(module, nn.Linear) else int(module.weight.shape[0])
-
-
-class ActScales:
-    """Running per-input-channel max |x| at every Linear, from forward pre-hooks (kept on the input's device)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.modules = {name: m for name, m in model.named_modules() if is_linear(m)}
-        self._maxima = {name: torch.zeros(in_features(m)) for name, m in self.modules.items()}
-
-    def hook_for(self, name: str):
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = args[0] if args else next(iter(kwargs.values()))
-            peak = torch.nan_to_num(x.detach().reshape(-1, x.shape[-1]).abs().float().amax(0), nan=0.0)
-            running = self._maxima[name]
-            self._maxima[name] = torch.maximum(running.to(peak.device), peak)
-
-        return hook
-
-    @property
-    def maxima(self) -> dict[str, torch.Tensor]:
-        """Module name -> max |x| per input channel, on the CPU."""
-        return {name: m.cpu() for name, m in self._maxima.items()}
-
-    @contextmanager
-    def hooks(self) -> Iterator[ActScales]:
-        with ExitStack() as stack:
-            for name, module in self.modules.items():
-                stack.enter_context(forward_pre_hook(module, self.hook_for(name)))
-            yield self
 
 
 @dataclass
@@ -344,7 +308,7 @@ def measure_exports(
     model = loaded.model
     structure = find_structure(model, blocks_path)
     texts = TokenText(loaded.tokenizer)
-    scales = ActScales(model) if act_scales or recipe else None
+    scales = linear_inputs(model) if act_scales or recipe else None
     squares = InputSquares(model) if imatrix else None  # refuses an architecture llama.cpp's names do not know
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
@@ -353,7 +317,7 @@ def measure_exports(
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
         peaks = stack.enter_context(BlockPeaks(model, structure))
         if scales is not None:
-            stack.enter_context(scales.hooks())
+            stack.enter_context(scales)
         if squares is not None:
             stack.enter_context(squares)
         starts = range(0, windows.shape[0], batch_size)

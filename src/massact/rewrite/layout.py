@@ -27,7 +27,7 @@ from transformers.pytorch_utils import Conv1D
 
 from massact.capture.hooks import HookSet, output_tensor
 from massact.errors import MassactError
-from massact.models.structure import find_structure, is_linear, out_features
+from massact.models.structure import find_structure, in_features, is_linear, out_features
 
 _UP = re.compile(r"(^|_)(up|w3)(_proj)?$")
 _EPS = ("variance_epsilon", "eps")
@@ -157,10 +157,6 @@ def _weight_site(module: nn.Module, path: str, reads: bool) -> Site:
     return Site(module, "weight", 1 if reads else 0, f"{path}.weight")
 
 
-def _in_features(module: nn.Module) -> int:
-    return int(module.weight.shape[0]) if isinstance(module, Conv1D) else module.in_features
-
-
 def _bias(module: nn.Module, path: str) -> list[Site]:
     return [Site(module, "bias", 0, f"{path}.bias")] if getattr(module, "bias", None) is not None else []
 
@@ -236,7 +232,7 @@ def _writers(
             (
                 (c, m)
                 for c, m in holder.named_children()
-                if _UP.search(c) and is_linear(m) and out_features(m) == _in_features(writer)
+                if _UP.search(c) and is_linear(m) and out_features(m) == in_features(writer)
             ),
             None,
         )
@@ -270,7 +266,7 @@ def _readers(sub: nn.Module, path: str, writers: list[Site], hidden: int) -> lis
             continue
         full = _full(path, name)
         if is_linear(module):
-            if id(module.weight) not in written and _in_features(module) == hidden:
+            if id(module.weight) not in written and in_features(module) == hidden:
                 sites.append(_weight_site(module, full, reads=True))
             continue
         for pname, param in module.named_parameters(recurse=False):

@@ -1,4 +1,4 @@
-"""What the verification measures with hooks: per-block peaks, per-module peaks, non-finite module outputs."""
+"""What the verification measures with hooks: per-module peaks, non-finite module outputs."""
 
 from __future__ import annotations
 
@@ -6,28 +6,6 @@ import torch
 from torch import nn
 
 from massact.capture.hooks import HookSet, output_tensor
-from massact.models.structure import Structure
-
-
-class BlockPeaks(HookSet):
-    """Per block output: the largest |h| (one channel of one token) and the largest token RMS."""
-
-    def __init__(self, model: nn.Module, structure: Structure) -> None:
-        super().__init__(model)
-        self.structure = structure
-        self.peak = [0.0] * len(structure)
-        self.token_rms = [0.0] * len(structure)
-
-    def forward_hooks(self):
-        return [(block, self._hook(i)) for i, block in enumerate(self.structure.blocks)]
-
-    def _hook(self, index: int):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            h = output_tensor(output).detach().float()
-            self.peak[index] = max(self.peak[index], float(h.abs().max()))
-            self.token_rms[index] = max(self.token_rms[index], float(h.pow(2).mean(-1).sqrt().max()))
-
-        return hook
 
 
 class ModulePeaks(HookSet):

@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from massact.capture.forward import run_forward
-from massact.capture.hooks import HookSet, output_tensor
+from massact.capture.hooks import HookSet
+from massact.capture.peaks import ChannelMaxima
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
@@ -61,28 +62,9 @@ def auto_factor(peak: float, headroom: float) -> float:
     return 2.0 ** -math.ceil(math.log2(peak / target))
 
 
-class _NormMaxima(HookSet):
-    """Per-channel max |output| of the pre-norms (SmoothQuant's activation statistic)."""
-
-    def __init__(self, model, names: list[str]) -> None:
-        super().__init__(model)
-        self.paths = names
-        self.maxima: dict[str, torch.Tensor] = {}
-
-    def forward_hooks(self):
-        return [(self.model.get_submodule(n), self._hook(n)) for n in self.paths]
-
-    def _hook(self, name: str):
-        def hook(module, args, output) -> None:
-            peak = output_tensor(output).detach().abs().float().reshape(-1, output_tensor(output).shape[-1]).amax(0)
-            self.maxima[name] = torch.maximum(self.maxima[name], peak) if name in self.maxima else peak
-
-        return hook
-
-
 def _norm_maxima(model, layout: Layout, windows: torch.Tensor, batch_size: int) -> dict[str, torch.Tensor]:
     readers = [s.reader for s in layout.sublayers if s.reader]
-    return _hooked_pass(_NormMaxima(model, readers), windows, batch_size).maxima
+    return _hooked_pass(ChannelMaxima(model, readers, "output"), windows, batch_size).maxima
 
 
 def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> RewriteResult:

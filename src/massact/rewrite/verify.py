@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from massact.capture.hooks import HookSet
+from massact.capture.peaks import BlockPeaks
 from massact.models.structure import find_structure
 from massact.perplexity import evaluate_perplexity
-from massact.rewrite.measure import BlockPeaks, Nonfinite
+from massact.rewrite.measure import Nonfinite
 
 
 class _FirstLogits(HookSet):
@@ -63,7 +64,7 @@ def measure_model(
         "nonfinite_tokens_float16": fp16.nonfinite_tokens,
         "nonfinite_modules_float16": len(bad.bad),
         "first_nonfinite_float16": bad.bad[0] if bad.bad else None,
-        "block_peak": peaks.peak,
-        "block_token_rms": peaks.token_rms,
+        "block_peak": peaks.peaks()[0],
+        "block_token_rms": peaks.token_rms(),
     }
     return measured, first.logits

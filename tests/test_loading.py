@@ -148,3 +148,21 @@ def test_gguf_conversion_speaks_in_its_own_words(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "converting broken.Q8_0.gguf" in err and "once" in err
     assert "Converting and de-quantizing" not in err and "%|" not in err
+
+
+def test_a_conversion_finished_by_another_process_is_kept(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "config.json").write_text('{"from": "the other process"}')
+    staging = tmp_path / ".converting-1"
+    staging.mkdir()
+    (staging / "config.json").write_text('{"from": "this process"}')
+    gguf._move_into_place(staging, target)
+    assert (target / "config.json").read_text() == '{"from": "the other process"}' and not staging.exists()
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "model.safetensors").write_bytes(b"half")
+    staging.mkdir()
+    (staging / "config.json").write_text('{"from": "this process"}')
+    gguf._move_into_place(staging, incomplete)
+    assert sorted(p.name for p in incomplete.iterdir()) == ["config.json"] and not staging.exists()

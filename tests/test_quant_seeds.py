@@ -102,3 +102,26 @@ def test_gguf_header_names_the_run_dtype_and_mixed_weight_types(tmp_path):
     _write_gguf(single, [("Q8_0", 32)])
     assert gguf_quantization(single, torch.bfloat16) == "Q8_0 GGUF, de-quantized to bfloat16"
     assert gguf_quantization(single) == "Q8_0 GGUF, de-quantized to float32"
+
+
+def test_weight_types_are_read_once_and_kept_beside_the_converted_copy(tmp_path, monkeypatch):
+    from massact.models import gguf as gguf_files
+
+    mixed = tmp_path / "tiny.Q8_0.gguf"
+    _write_gguf(mixed, [("Q8_0", 96), ("F16", 32)])
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    assert gguf_files.cached_weight_types(mixed, converted) == [("Q8_0", 0.75), ("F16", 0.25)]
+    assert [p.name for p in converted.iterdir()] == [gguf_files.WEIGHT_TYPES_FILE]
+
+    def unread(path):
+        raise AssertionError("the GGUF file was read again")
+
+    monkeypatch.setattr(gguf_files, "gguf_weight_types", unread)
+    assert gguf_files.cached_weight_types(mixed, converted) == [("Q8_0", 0.75), ("F16", 0.25)]
+    text = gguf_quantization(mixed, torch.float16, gguf_files.cached_weight_types(mixed, converted))
+    assert text == "Q8_0 GGUF, de-quantized to float16; weight types Q8_0 75%, F16 25%"
+    monkeypatch.undo()
+    unwritable = tmp_path / "file"
+    unwritable.write_text("")  # a folder under a regular file cannot be made, not even by root
+    assert gguf_files.cached_weight_types(mixed, unwritable / "sub") == [("Q8_0", 0.75), ("F16", 0.25)]

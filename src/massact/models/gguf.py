@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -64,11 +65,34 @@ def gguf_weight_types(path: Path) -> list[tuple[str, float]]:
     return sorted(((name, count / total) for name, count in counts.items()), key=lambda item: -item[1])
 
 
-def gguf_quantization(path: Path, dtype: torch.dtype | str = torch.float32) -> str:
+WEIGHT_TYPES_FILE = "massact-gguf-weight-types.json"
+
+
+def cached_weight_types(path: Path, converted: Path) -> list[tuple[str, float]]:
+    """`gguf_weight_types(path)`, kept beside the file's converted copy: reading a GGUF's tables takes seconds."""
+    stored = converted / WEIGHT_TYPES_FILE
+    try:
+        return [(str(name), float(share)) for name, share in json.loads(stored.read_text())]
+    except (OSError, ValueError, TypeError):
+        pass
+    types = gguf_weight_types(path)
+    try:  # best effort, written whole or not at all: a read-only cache still loads
+        with tempfile.NamedTemporaryFile("w", dir=converted, prefix=".types-", delete=False) as handle:
+            json.dump(types, handle)
+        os.replace(handle.name, stored)
+    except OSError:
+        pass
+    return types
+
+
+def gguf_quantization(
+    path: Path, dtype: torch.dtype | str = torch.float32, types: list[tuple[str, float]] | None = None
+) -> str:
     """How a GGUF file stores its weights and what they were turned into, e.g. "Q4_1 GGUF, de-quantized to float32".
 
     The type comes from the file name; when the file mixes types (Q4_K with Q6_K, ...) each is named with
-    its share of the weight entries, since weight-quantization results are relative to them.
+    its share of the weight entries (`types`, read from the file when not given), since weight-quantization
+    results are relative to them.
     """
     match = _GGUF_TYPE.search(Path(path).stem)
     kind = match.group(1).upper() if match else None
@@ -79,7 +103,7 @@ def gguf_quantization(path: Path, dtype: torch.dtype | str = torch.float32) -> s
         text = f"{kind} GGUF, converted to {target}"
     else:
         text = f"{kind + ' ' if kind else ''}GGUF, de-quantized to {target}"
-    types = gguf_weight_types(path)
+    types = gguf_weight_types(path) if types is None else types
     if len(types) > 1:
         text += "; weight types " + ", ".join(f"{name} {share:.0%}" for name, share in types)
     return text
@@ -127,8 +151,7 @@ def convert_gguf(path: Path, target: Path) -> None:
         for item in staging.iterdir():
             if item.is_file():
                 os.chmod(item, 0o644)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
+        _move_into_place(staging, target)
     except OSError as exc:
         raise MassactError(
             f"could not write the converted model to {target} ({exc.strerror or exc}); "
@@ -136,6 +159,19 @@ def convert_gguf(path: Path, target: Path) -> None:
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`; when another process finished the same conversion first, keep its copy."""
+    if not (target / "config.json").exists():
+        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy, if any
+        try:
+            os.replace(staging, target)
+            return
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def gguf_cache_dir(path: Path) -> Path:

@@ -103,7 +103,7 @@ def load_model(
             converted = gguf_cache_dir(path)
             if not (converted / "config.json").exists():
                 gguf.convert_gguf(path, converted)
-            quantization = gguf_quantization(path, torch_dtype)
+            quantization = gguf_quantization(path, torch_dtype, gguf.cached_weight_types(path, converted))
             path = converted
         elif (loader := find_loader(path)) is not None:  # a format registered by a package (massact train)
             try:

@@ -89,8 +89,13 @@ def _carry_interrupts(group):
     return group
 
 
+@functools.cache
 def build_command():
-    """The click command behind `app`, with the help tidied and Ctrl-C carried to `main`."""
+    """The click command behind `app`, with the help tidied and Ctrl-C carried to `main`.
+
+    Built once a process: click commands keep no state between invocations, and building one
+    costs more than parsing a command line.
+    """
     return _carry_interrupts(_without_flag_metavars(typer.main.get_command(app)))
 
 

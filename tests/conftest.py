@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 import pytest
 
-from massact.models.loading import LoadedModel, load_model
+if TYPE_CHECKING:
+    from massact.models.loading import LoadedModel
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:  # one torch thread per worker: no oversubscription
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
     """The bundled default model, SmolLM2-135M-Instruct, float32 on CPU."""
+    from massact.models.loading import load_model  # imported here: pytest's own process never needs torch
+
     return load_model("default", device="cpu")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_runner import run
+from cli_runner import run, run_captured
 from planting import MARK, VOCAB, plant_massive, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -59,11 +59,12 @@ def _atlas(dirs: dict[str, Path], out: Path, *models: str, extra: tuple[str, ...
 
 @pytest.fixture(scope="module")
 def atlas_run(planted_dirs, tmp_path_factory):
-    """The command line of one atlas over the planted LLaMA, the planted GPT-2 and a path with no model."""
+    """One atlas over the planted LLaMA, the planted GPT-2 and a path with no model, run once:
+    (its command line, its --out, the missing path, (exit status, stdout, stderr))."""
     out = tmp_path_factory.mktemp("atlas") / "out"
     missing = str(out.parent / "no-such-model")
     argv = _atlas(planted_dirs, out, str(planted_dirs["llama"]), str(planted_dirs["gpt2"]), missing, extra=("--json",))
-    return argv, out, missing
+    return argv, out, missing, run_captured(argv)
 
 
 def _row(data: dict, model: Path | str) -> dict:
@@ -104,9 +105,9 @@ def reference_perplexity(folder: Path, windows: torch.Tensor) -> float:
     return math.exp(float(F.cross_entropy(logits[:, :-1].flatten(0, 1).double(), windows[:, 1:].flatten())))
 
 
-def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs, capsys):
-    argv, out, missing = atlas_run
-    code, stdout, stderr = run(argv, capsys)
+@pytest.mark.slow  # every analysis on two models
+def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs):
+    argv, out, missing, (code, stdout, stderr) = atlas_run
     assert code in (0, None), stderr
     data = json.loads(stdout)
     assert data == json.loads((out / "atlas.json").read_text())
@@ -167,8 +168,9 @@ def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs, capsys)
         assert f"{planted_dirs['llama']}: {step} ..." in stderr  # progress per model and step
 
 
+@pytest.mark.slow  # every analysis on two models
 def test_rerun_resumes_finished_models(atlas_run, planted_dirs, capsys):
-    argv, out, missing = atlas_run
+    argv, out, missing, _ = atlas_run
     first = json.loads((out / "atlas.json").read_text())
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/row.json")}
     assert len(stamps) == 2

@@ -381,6 +381,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(command, name, family,
     assert stdout == ""
     assert _snapshot(work) == before, "something was written"
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+    if name == "missing model":  # refused before any work: no corpus fetched, nothing cached
+        assert not (tmp_path / "cache").exists()
 
 
 def test_every_command_is_in_the_table():

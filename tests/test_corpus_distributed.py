@@ -20,6 +20,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow  # launches two more Python processes
 def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):  # noqa: F811
     args = ["scan", str(tiny_dir), "--corpus", str(tiny_dir / "corpus.txt"), "--samples", "7", "--seq-len", "16"]
     args += ["--batch-size", "2", "--device", "cpu", "--json"]

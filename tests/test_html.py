@@ -139,6 +139,7 @@ def _charts(driver) -> list[dict]:
     )
 
 
+@pytest.mark.slow  # drives a headless Chromium
 def test_scan_page_renders_without_console_errors(browser, scan_page):
     folder = scan_page["folder"]
     logs = _open(browser, folder / "report.html")
@@ -154,6 +155,7 @@ def test_scan_page_renders_without_console_errors(browser, scan_page):
     assert "<script src" not in (folder / "report.html").read_text()  # nothing fetched: it works offline
 
 
+@pytest.mark.slow  # drives a headless Chromium
 def test_hover_shows_the_planted_value_exactly_as_in_the_json(browser, scan_page):
     folder, block = scan_page["folder"], scan_page["block"]
     data = json.loads((folder / "scan.json").read_text())
@@ -172,6 +174,7 @@ def test_hover_shows_the_planted_value_exactly_as_in_the_json(browser, scan_page
     assert f"value {number_text(top['value'])}" in label
 
 
+@pytest.mark.slow  # drives a headless Chromium
 def test_block_picker_switches_the_tokens_by_dims_view(browser, scan_page):
     folder = scan_page["folder"]
     data = json.loads((folder / "scan.json").read_text())
@@ -228,6 +231,7 @@ def test_user_text_cannot_end_the_script_element():
     assert "</script>" not in text and json.loads(text) == {"token": "</script><script>alert(1)</script>"}
 
 
+@pytest.mark.slow  # drives a headless Chromium
 def test_atlas_page_compares_models_on_one_depth_axis(browser, tmp_path):
     from massact.atlas import AtlasConfig, AtlasResult
 
@@ -277,6 +281,7 @@ def _choose(driver, chart_id: str, label: str) -> list[str]:
     return shown
 
 
+@pytest.mark.slow  # drives a headless Chromium
 def test_attention_page_picks_block_and_head_and_hovers_a_probability(browser, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -317,6 +322,7 @@ def test_attention_page_picks_block_and_head_and_hovers_a_probability(browser, t
     assert f"p {probability:.4g}" in label
 
 
+@pytest.mark.slow  # drives a headless Chromium
 def test_quant_page_has_a_strategy_picker(browser, tmp_path):
     rows = [
         {"scheme": s, "strategy": t, "perplexity": p, "ratio": p / 10.0}

@@ -119,7 +119,6 @@ def test_unreachable_hub_is_detected_without_waiting(monkeypatch):
 
 
 def test_gguf_quantization_is_named_from_the_file():
-    assert loading.gguf_quantization(default_gguf_path()).startswith("Q4_1 GGUF, de-quantized to float32")
     assert loading.gguf_quantization(Path("m.Q4_K_M.gguf")) == "Q4_K_M GGUF, de-quantized to float32"
     assert loading.gguf_quantization(Path("model-f16.gguf")) == "F16 GGUF, converted to float32"
     assert loading.gguf_quantization(Path("model.gguf")) == "GGUF, de-quantized to float32"
@@ -136,6 +135,7 @@ def test_bundled_model_names_its_file_and_quantization(smollm2):
     assert smollm2.source == default_gguf_path().name
     # the file's matrices: Q4_1, and the 49,152 x 576 token embeddings in Q8_0 (21% of the entries)
     assert smollm2.quantization == "Q4_1 GGUF, de-quantized to float32; weight types Q4_1 79%, Q8_0 21%"
+    assert loading.gguf_quantization(default_gguf_path()) == smollm2.quantization  # the file itself, not the cache
     assert smollm2.description == f"SmolLM2-135M-Instruct ({default_gguf_path().name}, {smollm2.quantization})"
 
 

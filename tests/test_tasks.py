@@ -326,7 +326,9 @@ def test_bundled_model_on_the_docs_task(smollm2, offline):
 def test_tasks_option_refuses_unknown_tasks_before_loading(command, capsys, tmp_path):
     from cli_runner import run
 
-    code, out, err = run([command, str(tmp_path / "no-model"), "--tasks", str(tmp_path / "no-task-dir")], capsys)
+    no_model = tmp_path / "empty"  # a folder with no model: the error names the tasks, so it was never loaded
+    no_model.mkdir()
+    code, out, err = run([command, str(no_model), "--tasks", str(tmp_path / "no-task-dir")], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "no-task-dir" in err
 

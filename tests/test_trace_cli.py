@@ -13,8 +13,6 @@ from test_trace import PROMPT, planted_gpt2, planted_llama
 from massact.trace import TraceConfig, TraceInputs
 from massact.trace import run as trace_run
 
-NO_MODEL = "/nonexistent/model"  # a refusal that names the option proves the model was never looked at
-
 BEFORE_LOADING = {
     "share above 1": (["--share", "2"], "--share"),
     "share of 0": (["--share", "0"], "--share"),
@@ -36,7 +34,9 @@ BEFORE_LOADING = {
 @pytest.mark.parametrize("argv,expect", BEFORE_LOADING.values(), ids=list(BEFORE_LOADING))
 def test_bad_option_is_one_line_exit_2_before_loading(argv, expect, tmp_path, capsys):
     out = tmp_path / "x"
-    code, stdout, err = run(["trace", NO_MODEL, *argv, "--out", str(out)], capsys)
+    no_model = tmp_path / "empty"  # a folder with no model: a refusal that names the option proves it was never loaded
+    no_model.mkdir()
+    code, stdout, err = run(["trace", str(no_model), *argv, "--out", str(out)], capsys)
     assert code == 2 and stdout == ""
     assert err.strip().count("\n") == 0 and err.startswith("massact: error: ") and expect in err, err
     assert not out.exists()

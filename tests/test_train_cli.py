@@ -59,6 +59,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert code == 2 and "already holds a checkpoint" in err
 
 
+@pytest.mark.slow  # trains three GPT-2s of the cpu-small preset
 def test_attention_bias_is_the_text_case_of_attention_variants(tmp_path):
     corpus = tmp_path / "lines.txt"
     corpus.write_text(TEXT, encoding="utf-8")

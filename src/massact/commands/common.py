@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from massact.errors import MassactError
+from massact.models.names import check_local_source
 from massact.outputs import check_output_dir, staged_output, to_json_text
 from massact.progress import console, status
 
@@ -151,8 +152,8 @@ def model_command(fn: Callable) -> Callable:
     A parameter of `fn` typed with an option group is expanded into the group's options in its
     place: `opts: ModelOptions` gives `--dtype`, `--device`, `--device-map`, `--trust-remote-code`
     and `--blocks`; `detection: ThresholdOptions` gives `--abs-threshold` and `--ratio-threshold`;
-    `tasks: TaskOptions` gives `--tasks` and `--tasks-limit`. When `fn` has an
-    `out` parameter, that path is checked before anything runs, so an unwritable `--out` costs nothing.
+    `tasks: TaskOptions` gives `--tasks` and `--tasks-limit`. An `out` that cannot be written and a
+    `model` path that does not exist are refused before anything runs, so they cost nothing.
     """
     signature = inspect.signature(fn, eval_str=True)
     parameters: list[inspect.Parameter] = []
@@ -168,6 +169,8 @@ def model_command(fn: Callable) -> Callable:
     def command(**kwargs):
         if kwargs.get("out") is not None:
             check_output_dir(kwargs["out"])
+        if isinstance(kwargs.get("model"), str):
+            check_local_source(kwargs["model"])
         built = {name: group(**{f.name: kwargs.pop(f.name) for f in fields(group)}) for name, group in groups.items()}
         return fn(**kwargs, **built)
 

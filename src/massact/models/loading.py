@@ -6,7 +6,6 @@ checks), `hub` (hub probing), `names` (near-miss names), `gguf` (GGUF conversion
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from massact.models.gguf import gguf_weight_types as gguf_weight_types
 from massact.models.hub import check_hub_source
 from massact.models.hub import hub_reachable as hub_reachable
 from massact.models.loaded import LoadedModel as LoadedModel
-from massact.models.names import DEFAULT_MODEL
+from massact.models.names import DEFAULT_MODEL, check_local_source, looks_like_path
 from massact.models.quiet import quiet_loading
 from massact.models.registry import find_loader
 
@@ -61,15 +60,6 @@ def _load_input_processors(source: str, trust_remote_code: bool, **kwargs) -> tu
     return tokenizer, processor
 
 
-def _looks_like_path(source: str) -> bool:
-    return (
-        source.startswith(("/", "./", "../", "~"))
-        or source.endswith(".gguf")
-        or os.path.exists(source)
-        or source.count("/") > 1
-    )
-
-
 def load_model(
     source: str | nn.Module = DEFAULT_MODEL,
     *,
@@ -93,10 +83,9 @@ def load_model(
         name = "SmolLM2-135M-Instruct"
         shown = path.name
         source = str(path)
-    if _looks_like_path(source):
+    if looks_like_path(source):
+        check_local_source(source)
         path = Path(source).expanduser()
-        if not path.exists():
-            raise MassactError(f"{source}: no such file or directory; give a model directory, a .gguf file or a hub id")
         if path.is_file():
             if path.suffix != ".gguf":
                 raise MassactError(f"{source}: a file that is not .gguf; give a model directory or a .gguf file")

@@ -24,7 +24,7 @@ def test_block_peaks_and_token_rms_over_two_forwards_equal_the_hidden_states(fam
         plant_massive(model, block=1, dim=4, gain=900.0)
     structure = find_structure(model)
     hidden: list[list[torch.Tensor]] = [[] for _ in structure.blocks]
-    with torch.no_grad(), BlockPeaks(model, structure) as peaks:
+    with torch.no_grad(), BlockPeaks(model, structure, token_rms=True) as peaks:
         for ids in _batches():
             states = model(input_ids=ids, output_hidden_states=True).hidden_states
             for i in range(len(structure)):  # hidden_states[i + 1] is block i's output, but the last is normed
@@ -53,7 +53,7 @@ def test_token_rms_leaves_out_non_finite_tokens_and_a_block_that_never_ran_is_no
 
     handle = structure.blocks[last].register_forward_hook(poison)
     try:
-        with torch.no_grad(), BlockPeaks(model, structure) as peaks:
+        with torch.no_grad(), BlockPeaks(model, structure, token_rms=True) as peaks:
             model(input_ids=_batches()[0])
     finally:
         handle.remove()
@@ -64,6 +64,9 @@ def test_token_rms_leaves_out_non_finite_tokens_and_a_block_that_never_ran_is_no
     assert found[last] == pytest.approx(float(out.abs().nan_to_num(0.0, 0.0, 0.0).max()), rel=1e-6)
     assert peaks.token_rms()[last] == pytest.approx(float(finite.pow(2).mean(-1).sqrt().max()), rel=1e-5)
     assert BlockPeaks(model, structure).token_rms() == [None] * len(structure)
+    with torch.no_grad(), BlockPeaks(model, structure) as plain:  # no RMS unless asked
+        model(input_ids=_batches()[1])
+    assert plain.token_rms() == [None] * len(structure) and None not in plain.peaks()[0]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -1,6 +1,6 @@
 """Running maxima over any number of forwards: of each block output, and of each channel of named modules.
 
-`BlockPeaks`: the largest finite |x| and token RMS of each block output, and which outputs held inf/NaN.
+`BlockPeaks`: the largest finite |x| (and, if asked, token RMS) of each block output, and which held inf/NaN.
 `ChannelMaxima`: the largest |x| of each channel of named modules' inputs or outputs (SmoothQuant's
 statistic). Cheap enough to leave on around a whole run: the maxima stay on the model's device and are
 read back once.
@@ -19,11 +19,12 @@ from massact.models.structure import Structure, in_features, is_linear
 
 
 class BlockPeaks(HookSet):
-    """Per block: the largest finite |x| and token RMS of its output, and whether it held inf/NaN."""
+    """Per block: the largest finite |x| (and token RMS, if asked) of its output, and whether it held inf/NaN."""
 
-    def __init__(self, model: nn.Module, structure: Structure) -> None:
+    def __init__(self, model: nn.Module, structure: Structure, token_rms: bool = False) -> None:
         super().__init__(model)
         self.structure = structure
+        self.keep_rms = token_rms  # costs a float32 copy of each block output, so only when asked
         self._peak: dict[int, torch.Tensor] = {}
         self._rms: dict[int, torch.Tensor] = {}
         self._bad: dict[int, torch.Tensor] = {}
@@ -34,11 +35,11 @@ class BlockPeaks(HookSet):
             x = output_tensor(output).detach()
             self.dtype = x.dtype
             peak = x.abs().nan_to_num(0.0, 0.0, 0.0).amax().float()
-            norms = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).nan_to_num(0.0, 0.0, 0.0)
-            rms = norms.amax() / x.shape[-1] ** 0.5
             bad = ~torch.isfinite(x).all()
             self._peak[index] = torch.maximum(self._peak[index], peak) if index in self._peak else peak
-            self._rms[index] = torch.maximum(self._rms[index], rms) if index in self._rms else rms
+            if self.keep_rms:
+                rms = x.float().pow(2).mean(-1).sqrt().nan_to_num(0.0, 0.0, 0.0).amax()
+                self._rms[index] = torch.maximum(self._rms[index], rms) if index in self._rms else rms
             self._bad[index] = (self._bad[index] | bad) if index in self._bad else bad
 
         return hook
@@ -53,7 +54,8 @@ class BlockPeaks(HookSet):
         return peaks, [i for i in blocks if i in self._bad and bool(self._bad[i])]
 
     def token_rms(self) -> list[float | None]:
-        """Per block: the largest RMS of one token's output (finite tokens only), None for a block that never ran."""
+        """Per block: the largest RMS of one token's output (finite tokens only), None for a block that never ran
+        (or when the monitor was not asked for `token_rms`)."""
         return [float(self._rms[i]) if i in self._rms else None for i in range(len(self.structure))]
 
 

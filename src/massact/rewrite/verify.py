@@ -49,7 +49,7 @@ def measure_model(
 ) -> tuple[dict, torch.Tensor]:
     """(float32 perplexity and per-block peaks, float16 perplexity and non-finite modules; first batch's logits)."""
     structure = find_structure(model, blocks_path)
-    peaks = BlockPeaks(model, structure)
+    peaks = BlockPeaks(model, structure, token_rms=True)
     first = _FirstLogits(model)
     with peaks, first:
         fp32 = evaluate_perplexity(model, windows, batch_size, progress=False, prefix_len=prefix_len)

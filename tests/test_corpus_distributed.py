@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,12 +13,6 @@ from massact.cli import main
 from massact.corpus import CorpusSummary
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow  # launches two more Python processes
 def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):  # noqa: F811
     args = ["scan", str(tiny_dir), "--corpus", str(tiny_dir / "corpus.txt"), "--samples", "7", "--seq-len", "16"]
@@ -27,8 +20,8 @@ def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):  # noqa: F811
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--out", str(tmp_path / "one")])
     assert exit_info.value.code == 0
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
-    launcher += ["--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "massact"]
+    # --standalone: the launcher binds a free port itself (a port picked here could be taken before it binds)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "massact"]
     env = os.environ | {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(
         [*launcher, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env

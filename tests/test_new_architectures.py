@@ -28,7 +28,7 @@ from massact.corpus import run as corpus_run
 from massact.interventions import InterventionConfig
 from massact.interventions import run as intervene
 from massact.models.loading import LoadedModel
-from massact.models.structure import MoeParts, find_structure
+from massact.models.structure import MoeParts, find_structure, is_linear
 from massact.quant import QuantConfig
 from massact.quant import run as quant_run
 from massact.quant.run import load_inputs
@@ -286,3 +286,32 @@ def test_attention_command_marks_learned_sinks_and_blocks_without_softmax(case, 
         assert all(0 < row["learned_sink_share"] < 1 for row in data["blocks"])
     else:
         assert all("learned_sink_share" not in row for row in data["blocks"])
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "qwen3_next", "llama"])
+def test_quant_names_the_fused_expert_weights_it_leaves_in_full_precision(family, tmp_path):
+    from massact.quant.schemes import parse_scheme
+    from massact.quant.simulate import quant_context
+
+    case = _build(family, tmp_path) if family != "llama" else None
+    loaded = case.loaded if case else LoadedModel(tiny_model("llama"), number_tokenizer(VOCAB, bos=None), "tiny")
+    corpus = case.corpus if case else _corpus(tmp_path, WORD)
+    inputs = load_inputs(loaded, str(corpus), samples=2, seq_len=16, calib_samples=1, seed=0)
+    config = QuantConfig(schemes=("W4",), strategies=("none",), sensitivity=None, progress=False)
+    result = quant_run(loaded, inputs, config)
+    fused = {n: p for n, p in loaded.model.named_parameters() if p.dim() == 3}
+    if family == "llama":
+        assert not fused and result.to_json()["unquantized_weights"] is None and result.unquantized_line() is None
+        return
+    matrices = sum(
+        m.weight.numel() for n, m in loaded.model.named_modules() if n.startswith("model.layers.") and is_linear(m)
+    )
+    data = result.to_json()["unquantized_weights"]
+    assert set(data["parameters"]) == set(fused) and data["entries"] == sum(p.numel() for p in fused.values())
+    assert data["share"] == pytest.approx(data["entries"] / (data["entries"] + matrices))
+    before = {n: p.detach().clone() for n, p in fused.items()}
+    with quant_context(loaded, parse_scheme("W4")):  # what the line says: these tensors are left as they are
+        assert all(torch.equal(before[n], p) for n, p in loaded.model.named_parameters() if n in before)
+    (tmp_path / "out").mkdir()
+    result.write(tmp_path / "out")
+    assert f"{len(fused)} fused expert weight tensors" in (tmp_path / "out" / "report.md").read_text()

@@ -72,6 +72,7 @@ class QuantResult(OnWindows):
     weights: str | None = None  # how the loaded weights were stored, e.g. "Q4_1 GGUF, de-quantized to float32"
     spread: dict | None = None  # with several seeds: mean and spread of every number (`quant.seeds.summarize`)
     kept_token_share: float = 0.0  # share of the evaluated tokens outlier-tokens keeps in full precision
+    unquantized: dict | None = None  # weights the simulator leaves in full precision (fused experts)
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -100,7 +101,19 @@ class QuantResult(OnWindows):
             "seeds": self.spread,
             "dtype": self.precision.dtype if self.precision else None,
             "quantization": self.weights,
+            "unquantized_weights": self.unquantized,
         }
+
+    def unquantized_line(self) -> str | None:
+        """What the schemes leave in full precision, when anything: fused expert weights."""
+        if not self.unquantized:
+            return None
+        count = len(self.unquantized["parameters"])
+        return (
+            f"not quantized: {count} fused expert weight tensors ({self.unquantized['share']:.0%} of the blocks' "
+            "weight entries, and their inputs); the simulator quantizes Linear modules only, so every scheme "
+            "here understates what quantizing this model costs"
+        )
 
     def table(self) -> Table:
         table = Table(title=f"{self.model}: perplexity on {self.windows[0]} x {self.windows[1]} {self.corpus} windows")
@@ -146,6 +159,8 @@ class QuantResult(OnWindows):
         print_table(console, self.table())
         if self.weights:
             console.print(f"weights: {self.weights}; {WEIGHTS_NOTE}", highlight=False, markup=False, soft_wrap=True)
+        if self.unquantized_line():
+            console.print(self.unquantized_line(), style="yellow", highlight=False, markup=False, soft_wrap=True)
         if self.precision is not None:
             self.precision.show(console)
         calib = self.calibration
@@ -211,6 +226,8 @@ class QuantResult(OnWindows):
             what = "the same measurement (calibration included)"
             lines += ["", seeds_note(self.spread["seeds"], "Perplexity and vs fp", what)]
         lines += ["", *(self.precision.markdown() if self.precision else [])]
+        if line := self.unquantized_line():
+            lines += [f"**{md_escape(line[:1].upper() + line[1:])}.**", ""]
         lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
         lines += [self.rewrite_line(), ""]
         if self.sensitivity is not None:

@@ -21,7 +21,7 @@ from massact.quant.config import QuantConfig
 from massact.quant.result import QuantResult
 from massact.quant.schemes import Scheme, parse_scheme, qmax
 from massact.quant.seeds import summarize
-from massact.quant.simulate import quant_context
+from massact.quant.simulate import quant_context, unquantized_weights
 from massact.quant.strategies import BEST, candidates, parts
 from massact.tasks import evaluate as evaluate_tasks
 from massact.validate import at_least, check_context
@@ -217,6 +217,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         weights=loaded.quantization,
         spread=spread,
         kept_token_share=calib.kept_share(inputs.windows),
+        unquantized=unquantized_weights(loaded.model, [structure.block_path(i) for i in range(len(structure))]),
     )
 
 

@@ -68,6 +68,26 @@ def quantized_linears(model: nn.Module, blocks: Iterable[str] | None = None) -> 
     }
 
 
+def unquantized_weights(model: nn.Module, blocks: Iterable[str]) -> dict | None:
+    """The weights inside `blocks` the simulator leaves in full precision: 3-D expert tensors (fused experts
+    are not Linear modules, and their inputs cannot be hooked). None when there are none.
+
+    `share`: their entries against all weight-matrix entries in the blocks (Linear weights included).
+    """
+    names, entries, total = [], 0, 0
+    for block in blocks:
+        module = model.get_submodule(block)
+        for name, param in module.named_parameters():
+            if param.dim() >= 3:
+                names.append(f"{block}.{name}")
+                entries += param.numel()
+                total += param.numel()
+        total += sum(m.weight.numel() for m in module.modules() if is_linear(m))
+    if not names:
+        return None
+    return {"parameters": names, "entries": entries, "share": entries / total}
+
+
 def kv_projections(model: nn.Module, names: Iterable[str]) -> list[tuple[str, nn.Module, str]]:
     """(name, module, kind) of the key/value projections among `names`: kind is `k`, `v` or `qkv` (fused)."""
     modules = dict(model.named_modules())

@@ -13,7 +13,7 @@ from massact.cli import main
 from massact.corpus import CorpusSummary
 
 
-@pytest.mark.slow  # launches two more Python processes
+@pytest.mark.slow  # launches a two-process distributed run
 def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):  # noqa: F811
     args = ["scan", str(tiny_dir), "--corpus", str(tiny_dir / "corpus.txt"), "--samples", "7", "--seq-len", "16"]
     args += ["--batch-size", "2", "--device", "cpu", "--json"]

@@ -12,6 +12,7 @@ import torch
 from massact.errors import MassactError
 from massact.models import gguf, loading
 from massact.models.loading import default_gguf_path, gguf_cache_dir, load_model
+from massact.outputs import publish_dir
 
 
 def test_default_gguf_is_found_without_importing_its_package():
@@ -150,19 +151,19 @@ def test_gguf_conversion_speaks_in_its_own_words(tmp_path, monkeypatch, capsys):
     assert "Converting and de-quantizing" not in err and "%|" not in err
 
 
-def test_a_conversion_finished_by_another_process_is_kept(tmp_path):
+def test_a_cache_entry_finished_by_another_process_is_kept(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "config.json").write_text('{"from": "the other process"}')
     staging = tmp_path / ".converting-1"
     staging.mkdir()
     (staging / "config.json").write_text('{"from": "this process"}')
-    gguf._move_into_place(staging, target)
+    publish_dir(staging, target, "config.json")
     assert (target / "config.json").read_text() == '{"from": "the other process"}' and not staging.exists()
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     (incomplete / "model.safetensors").write_bytes(b"half")
     staging.mkdir()
     (staging / "config.json").write_text('{"from": "this process"}')
-    gguf._move_into_place(staging, incomplete)
+    publish_dir(staging, incomplete, "config.json")
     assert sorted(p.name for p in incomplete.iterdir()) == ["config.json"] and not staging.exists()

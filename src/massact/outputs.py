@@ -204,3 +204,35 @@ def to_json_text(data: dict) -> str:
 def write_json(path: Path, data: dict) -> Path:
     path.write_text(to_json_text(data) + "\n", encoding="utf-8")
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` so that a reader (or an interruption) sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def publish_dir(staging: Path, target: Path, done: str) -> None:
+    """Rename the finished folder `staging` to `target`, a cache entry that is finished when it holds `done`.
+
+    An unfinished `target` is replaced; when another process finished the same entry first, its copy is
+    kept and `staging` dropped, so readers of a finished entry never see it vanish.
+    """
+    if not (target / done).exists():
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+            return
+        except OSError:
+            if not (target / done).exists():
+                raise
+    shutil.rmtree(staging, ignore_errors=True)

@@ -8,14 +8,13 @@ trace/, attention/, quant/), each as that analysis's own command writes it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from massact.atlas.config import AtlasConfig
 from massact.html import write_report_html
-from massact.outputs import staged_output, to_json_text, write_json
+from massact.outputs import atomic_write_text, staged_output, to_json_text, write_json
 
 ROW_JSON = "row.json"
 NOT_RUN = "not run (--steps)"
@@ -73,10 +72,8 @@ class ModelRun:
         for step, output in self.outputs.items():
             output.write(folder / step)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{ROW_JSON}.partial"
         saved = {"model": self.row["model"], "config": config.to_json(), "row": self.row}
-        tmp.write_text(to_json_text(saved) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / ROW_JSON)
+        atomic_write_text(folder / ROW_JSON, to_json_text(saved) + "\n")
 
 
 def finished(folder: Path, model: str, config: AtlasConfig) -> dict | None:

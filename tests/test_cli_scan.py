@@ -96,6 +96,7 @@ def test_staged_output_leaves_nothing_on_error(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "scan.json"] and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.slow  # a corpus scan, then a scan over its folder
 def test_a_scan_over_a_corpus_run_folder_replaces_that_run_whole(tmp_path, capsys, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("MASSACT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"

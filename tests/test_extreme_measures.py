@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from scipy.stats import kurtosis
 
 from massact.train.backcopy import BOS, BackcopyTask
 from massact.train.gpt2 import GPT2, GPT2Config
@@ -25,6 +24,8 @@ def test_first_attention_by_hand():
 
 
 def test_peak_ratio_and_kurtosis_by_hand():
+    from scipy.stats import kurtosis  # imported here: scipy.stats costs every test worker 0.7 s to collect
+
     norms = torch.tensor([[10.0, 1.0, 2.0, 4.0], [3.0, 3.0, 6.0, 1.0]])
     assert peak_ratio(norms) == pytest.approx((10 / 2 + 3 / 3) / 2)
     assert excess_kurtosis(torch.tensor([1.0, -1.0, 1.0, -1.0])) == pytest.approx(-2.0)  # m4 / m2^2 = 1

@@ -72,6 +72,22 @@ def test_long_layerwise_title_stays_inside_the_figure(figures, tmp_path):
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1
 
 
+def test_log_axis_labels_decades_and_puts_minor_ticks_at_2_and_5_unless_under_2_decades(figures, tmp_path):
+    plot_layerwise({"top 1": [700.0, 2e4, 2e4], "median": [0.6, 1.0, 14.0]}, tmp_path / "wide.png", "wide")
+    plot_layerwise({"top 1": [3.0, 5.0, 8.0], "median": [2.0, 2.5, 3.0]}, tmp_path / "narrow.png", "narrow")
+    wide, narrow = (fig.axes[0] for fig in figures)
+    low, high = wide.get_ylim()
+    minor = [t for t in wide.yaxis.get_minorticklocs() if low <= t <= high]
+    mantissas = {round(t / 10 ** np.floor(np.log10(t)), 6) for t in minor}
+    assert mantissas == {2.0, 5.0}  # 0.6 .. 2e4 spans 4.5 decades: 2 and 5 of each one
+    wide.figure.canvas.draw()
+    shown = [t.get_text() for t in wide.yaxis.get_ticklabels() if low <= t.get_position()[1] <= high]
+    assert shown == ["10⁰", "10¹", "10²", "10³", "10⁴"]
+    low, high = narrow.get_ylim()
+    minor = [t for t in narrow.yaxis.get_minorticklocs() if low <= t <= high]
+    assert {2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0} <= {round(t, 6) for t in minor}  # under a decade: every one
+
+
 def test_sensitivity_blocks_are_integers(figures, tmp_path):
     result = SimpleNamespace(
         sensitivity={"scheme": "W8A8", "blocks": [{"block": b, "ratio": 1.0 + 0.1 * b} for b in range(8)]},

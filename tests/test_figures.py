@@ -15,7 +15,7 @@ from massact.corpus.report import plot_constancy
 from massact.corpus.run import corpus_scan
 from massact.models.loading import LoadedModel
 from massact.quant.result import QuantResult
-from massact.report.figures import plot_layerwise
+from massact.report.figures import plot_layerwise, save_figure
 from massact.scan import ScanConfig, run
 
 FAMILIES = {"gemma": True, "qwen2": False}  # family -> its tokenizer adds a BOS
@@ -86,6 +86,29 @@ def test_log_axis_labels_decades_and_puts_minor_ticks_at_2_and_5_unless_under_2_
     low, high = narrow.get_ylim()
     minor = [t for t in narrow.yaxis.get_minorticklocs() if low <= t <= high]
     assert {2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0} <= {round(t, 6) for t in minor}  # under a decade: every one
+
+
+def _curves(title: str):
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
+    ax.plot(np.arange(30), np.logspace(0, 4, 30), marker="o", label="top 1")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    draws: list = []
+    fig.canvas.mpl_connect("draw_event", draws.append)
+    return fig, draws
+
+
+def test_save_figure_draws_once_and_writes_what_tight_layout_and_savefig_write(tmp_path):
+    plain, plain_draws = _curves("a title long enough to move the tight layout's margins")
+    plain.tight_layout()
+    plain.savefig(tmp_path / "plain.png")
+    plt.close(plain)
+    fig, draws = _curves("a title long enough to move the tight layout's margins")
+    save_figure(fig, tmp_path / "saved.png")
+    assert (tmp_path / "saved.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    assert (len(plain_draws), len(draws)) == (2, 1)  # matplotlib's own path draws the figure twice
+    assert not plt.fignum_exists(fig.number)
 
 
 def test_sensitivity_blocks_are_integers(figures, tmp_path):

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from massact.format import show_token  # noqa: E402
-from massact.report.figures import wrap_title  # noqa: E402
+from massact.report.figures import save_figure, wrap_title  # noqa: E402
 
 
 def _label(token: str) -> str:
@@ -40,10 +40,7 @@ def plot_attention_map(
     ax.set_ylabel("query")
     ax.set_title(wrap_title(title, 90))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label=colorbar)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _series_plot(
@@ -63,10 +60,7 @@ def _series_plot(
     ax.set_title(wrap_title(title, 90))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_sinks(

@@ -20,7 +20,7 @@ from massact.format import fmt_activation as _fmt
 from massact.format import md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.precision import Precision
-from massact.report.figures import plot_layerwise  # noqa: E402
+from massact.report.figures import plot_layerwise, save_figure  # noqa: E402
 from massact.report.tables import numeric_column, print_table  # noqa: E402
 
 KIND = "corpus"  # the `kind` field of the JSON: which result this is
@@ -137,10 +137,7 @@ def plot_constancy(summary: CorpusSummary, path: Path) -> Path:
         for ax in axes[0]:
             ax.text(0.5, 0.5, "no massive site in half of the sequences", ha="center", va="center")
             ax.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def markdown(summary: CorpusSummary, command: str | None = None, precision: Precision | None = None) -> str:

@@ -20,7 +20,7 @@ from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
 from massact.precision import Precision  # noqa: E402
 from massact.quant.calibrate import Calibration  # noqa: E402
-from massact.report.figures import log_scale_or_note  # noqa: E402
+from massact.report.figures import log_scale_or_note, save_figure  # noqa: E402
 from massact.report.spread import fmt_spread, seeds_note  # noqa: E402
 from massact.report.tables import print_table  # noqa: E402
 from massact.tasks import TaskScores
@@ -278,9 +278,7 @@ class QuantResult(OnWindows):
         ax.set_title(f"{self.model}: perplexity per scheme and strategy")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
 
     def _sensitivity_plot(self, path: Path) -> None:
         s = self.sensitivity
@@ -296,9 +294,7 @@ class QuantResult(OnWindows):
         ax.set_xlabel("block (red: its output carries massive activations)")
         ax.set_ylabel("perplexity change (%)")
         ax.set_title(f"{s['scheme']} in one block at a time")
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
 
 
 def _finite(value: float) -> float:

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from massact.report.figures import log_scale_or_note  # noqa: E402
+from massact.report.figures import log_scale_or_note, save_figure  # noqa: E402
 
 
 def plot_running_perplexity(curves: dict[str, tuple[list[int], list[float]]], path: Path, title: str) -> Path:
@@ -25,7 +25,4 @@ def plot_running_perplexity(curves: dict[str, tuple[list[int], list[float]]], pa
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -16,7 +16,7 @@ from rich.console import Console  # noqa: E402
 from massact.format import fmt_activation as _fmt
 from massact.format import md_escape  # noqa: E402
 from massact.outputs import write_json  # noqa: E402
-from massact.report.figures import plot_activations_3d, plot_layerwise, wrap_title  # noqa: E402
+from massact.report.figures import plot_activations_3d, plot_layerwise, save_figure, wrap_title  # noqa: E402
 from massact.scan.result import ScanResult  # noqa: E402
 from massact.vision.images import ImageSet, open_image  # noqa: E402
 from massact.vision.pipeline import TokenLayout  # noqa: E402
@@ -74,9 +74,7 @@ def plot_token_norms(scan: ImageScanView, block: int, path: Path, max_images: in
     if image is not None:
         cax = fig.add_axes((0.92, 0.1, 0.015, 0.35))
         fig.colorbar(image, cax=cax, label="patch token output norm")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def _tokens_for_3d(scan: ImageScanView, limit: int = 24) -> list[int]:

@@ -90,7 +90,7 @@ def _unpack_probe(device: torch.device) -> None:
 def load_int4_kernel(device: torch.device, tell: Callable[[str], None]) -> None:
     """optimum-quanto's int4 kernel, which the library compiles with a C++ compiler the first time it runs."""
     _quanto()
-    tell(f"loading {LIBRARY}'s int4 kernel (the first time, the library compiles it: about a minute) ...")
+    tell(f"loading {LIBRARY}'s int4 kernel (the first time, the library compiles it: up to a minute or two) ...")
     try:
         with _scripts_first():
             _unpack_probe(device)

@@ -88,7 +88,7 @@ def _unpack_probe(device: torch.device) -> None:
 
 
 def load_int4_kernel(device: torch.device, tell: Callable[[str], None]) -> None:
-    """optimum-quanto's int4 kernel, which the library compiles with a C++ compiler the first time it runs."""
+    """Load optimum-quanto's int4 kernel (the library compiles it the first time); one clear error if it cannot."""
     _quanto()
     tell(f"loading {LIBRARY}'s int4 kernel (the first time, the library compiles it: up to a minute or two) ...")
     try:

@@ -75,7 +75,7 @@ def save_figure(fig, path: Path, dpi: float | None = None, tight: bool = True) -
     if tight:
         fig.tight_layout()
     fig.set_layout_engine(None)
-    fig.savefig(path, dpi="figure" if dpi is None else dpi)
+    fig.savefig(path, dpi=dpi)  # None: matplotlib's savefig.dpi setting, as before
     plt.close(fig)
     return path
 

@@ -4,6 +4,7 @@ with plain `from_pretrained` and comparing its float32 logits with the original'
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
@@ -264,6 +265,21 @@ def test_check_quant_without_a_compiler_is_one_clear_line_before_any_work(tmp_pa
     message = stderr.strip().splitlines()[-1]
     assert "could not build its int4 kernel (Error building extension 'quanto_cpp')" in message
     assert "C++ compiler" in message and "saving and reloading" not in stderr  # failed before the rewrite ran
+
+
+def test_the_kernel_loads_with_this_environments_scripts_first_and_path_comes_back(monkeypatch):
+    import sysconfig
+
+    from massact.rewrite import realquant
+
+    seen = []
+    monkeypatch.setattr(realquant, "_unpack_probe", lambda device: seen.append(os.environ.get("PATH")))
+    monkeypatch.setenv("PATH", "/usr/bin")
+    realquant.load_int4_kernel(torch.device("cpu"), lambda message: None)
+    monkeypatch.delenv("PATH")
+    realquant.load_int4_kernel(torch.device("cpu"), lambda message: None)
+    scripts = sysconfig.get_path("scripts")
+    assert seen == [f"{scripts}{os.pathsep}/usr/bin", scripts] and "PATH" not in os.environ
 
 
 @pytest.mark.parametrize("size", [12, 256, 576, 768, 960])

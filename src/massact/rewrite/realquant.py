@@ -74,12 +74,15 @@ def _scripts_first() -> Iterator[None]:
     hashes the command its own way): this way it is always the one installed beside optimum-quanto,
     whether massact runs from an activated environment or not.
     """
-    before = os.environ.get("PATH", "")
-    os.environ["PATH"] = sysconfig.get_path("scripts") + os.pathsep + before
+    before = os.environ.get("PATH")
+    os.environ["PATH"] = os.pathsep.join(p for p in (sysconfig.get_path("scripts"), before) if p)
     try:
         yield
     finally:
-        os.environ["PATH"] = before
+        if before is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = before
 
 
 def _unpack_probe(device: torch.device) -> None:

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from massact.capture.forward import run_forward
+from massact.capture.forward import walk_windows
 from massact.errors import MassactError
-from massact.progress import track
 from massact.validate import at_least
 
 IGNORE = -100
@@ -64,22 +63,24 @@ def evaluate_perplexity(
     total = torch.zeros((), dtype=torch.float64)
     nonfinite = 0
     tokens = 0
-    batches = range(0, windows.shape[0], batch_size)
+
+    def consume(start: int, batch: torch.Tensor, output: object) -> None:
+        nonlocal total, nonfinite, tokens
+        logits = _logits(output)  # full windows: no padding
+        # shift the targets, not the logits (no copy): position i predicts token i + 1, the last predicts nothing
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        targets = batch.to(logits.device)[:, first:]
+        targets = F.pad(targets, (first - 1, 1), value=IGNORE).reshape(-1)
+        summed = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum")
+        if not torch.isfinite(summed):
+            per_token = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="none")[targets != IGNORE]
+            nonfinite += int((~torch.isfinite(per_token)).sum())
+            summed = per_token.double().sum()
+        total += summed.double().cpu()
+        tokens += batch.shape[0] * (batch.shape[1] - first)
+
     with torch.inference_mode():
-        for start in track(batches, "perplexity", unit="batch") if progress else batches:
-            batch = windows[start : start + batch_size]
-            logits = _logits(run_forward(model, batch))  # full windows: no padding
-            # shift the targets, not the logits (no copy): position i predicts token i + 1, the last predicts nothing
-            flat = logits.float().reshape(-1, logits.shape[-1])
-            targets = batch.to(logits.device)[:, first:]
-            targets = F.pad(targets, (first - 1, 1), value=IGNORE).reshape(-1)
-            summed = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum")
-            if not torch.isfinite(summed):
-                per_token = F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="none")[targets != IGNORE]
-                nonfinite += int((~torch.isfinite(per_token)).sum())
-                summed = per_token.double().sum()
-            total += summed.double().cpu()
-            tokens += batch.shape[0] * (batch.shape[1] - first)
+        walk_windows(model, windows, batch_size, consume, description="perplexity", progress=progress)
     mean = float(total) / tokens
     perplexity = math.exp(mean) if mean < 709.0 else (math.inf if mean == mean else math.nan)
     return PerplexityResult(perplexity=perplexity, nll=mean, tokens=tokens, nonfinite_tokens=nonfinite)

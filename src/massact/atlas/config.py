@@ -7,9 +7,12 @@ from dataclasses import asdict, dataclass, field
 from massact.defaults import ATLAS_STEPS, DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.detect import Thresholds
 from massact.errors import MassactError
+from massact.models.loading import OFFLOADS
+from massact.models.memory import parse_size
 from massact.validate import at_least, check_prompt
 
 STEPS = ATLAS_STEPS
+EXECUTION = ("offload", "max_memory")  # how models run, not what is computed
 
 
 @dataclass(frozen=True)
@@ -26,9 +29,15 @@ class AtlasConfig:
     dtype: str = "auto"
     device: str | None = None
     trust_remote_code: bool = False
+    offload: str = "auto"  # each model in memory ("none"), block by block ("blocks"), or blocks when it does not fit
+    max_memory: str | None = None  # the budget "auto" and block execution keep to (default: what is available)
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
+        if self.offload not in OFFLOADS:
+            raise MassactError(f"--offload {self.offload}: give {', '.join(OFFLOADS[:-1])} or {OFFLOADS[-1]}")
+        if self.max_memory is not None:
+            parse_size(self.max_memory, "--max-memory")
         at_least("--samples", self.samples)
         at_least("--seq-len", self.seq_len, 2)
         if not self.corpus:
@@ -38,7 +47,14 @@ class AtlasConfig:
             raise MassactError(f"--steps {','.join(unknown)}: unknown; choose from {', '.join(STEPS)}")
 
     def to_json(self) -> dict:
+        """What each row was computed with; how models ran (`execution`) is left out: it changes no number."""
         data = asdict(self)
+        for name in EXECUTION:
+            data.pop(name)
         data["thresholds"] = self.thresholds.to_json()
         data["steps"] = list(self.steps)
         return data
+
+    def execution(self) -> dict:
+        """How models are run: `offload` and `max_memory` as asked (each row's `execution` says what ran)."""
+        return {name: getattr(self, name) for name in EXECUTION}

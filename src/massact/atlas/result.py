@@ -166,7 +166,16 @@ class AtlasResult:
             raise MassactError(f"no model could be analysed ({reasons}); check the model paths or names")
 
     def to_json(self) -> dict:
-        return {"kind": KIND, "format": FORMAT, "config": self.config.to_json(), "models": self.rows}
+        from massact.models.memory import peak_resident_memory
+
+        execution = {**self.config.execution(), "peak_memory_bytes": peak_resident_memory()}  # each row: its own
+        return {
+            "kind": KIND,
+            "format": FORMAT,
+            "config": self.config.to_json(),
+            "models": self.rows,
+            "execution": execution,
+        }
 
     def table(self) -> Table:
         """The terminal view: the columns that fit a screen (atlas.md has them all)."""

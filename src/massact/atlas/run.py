@@ -14,7 +14,8 @@ from massact.atlas.model_run import NOT_RUN, ModelRun, finished
 from massact.atlas.result import AtlasResult
 from massact.atlas.steps import STEP_FIELDS, STEP_FUNCTIONS, Context, describe
 from massact.errors import MassactError
-from massact.models.loading import load_model
+from massact.models.loading import LoadedModel, load_model
+from massact.models.memory import Workload
 from massact.progress import say
 
 
@@ -39,10 +40,32 @@ def analyse(model: str, slug: str, config: AtlasConfig, label: str) -> ModelRun:
     null, with the reason."""
     say(f"{label} loading {model} ...")
     try:
-        loaded = load_model(model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code)
+        loaded = load_model(
+            model, dtype=config.dtype, device=config.device, trust_remote_code=config.trust_remote_code,
+            offload=config.offload, max_memory=config.max_memory, workload=_workload(config),
+        )  # fmt: skip
     except Exception as exc:  # any model that does not load is a row, not an abort
         return ModelRun(slug, {"model": model, "status": "failed", "reason": _one_line(exc)})
     loaded.name = model
+    try:
+        return _steps(loaded, model, slug, config, label)
+    finally:
+        if loaded.offload is not None:  # its reader thread and temporary folder go with the model, not at exit
+            loaded.offload.close()
+            loaded.offload.checkpoint.close()
+        del loaded
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _workload(config: AtlasConfig) -> Workload:
+    """The atlas's largest forward pass, for `offload="auto"`: a batch of corpus windows."""
+    from massact.corpus import CorpusConfig
+
+    return Workload(batch=min(CorpusConfig.batch_size, config.samples), tokens=config.seq_len)
+
+
+def _steps(loaded: LoadedModel, model: str, slug: str, config: AtlasConfig, label: str) -> ModelRun:
     row: dict = {"model": model, "status": "ok", "folder": slug, "reasons": {}}
     try:
         row.update(describe(Context(loaded, config)))
@@ -63,11 +86,8 @@ def analyse(model: str, slug: str, config: AtlasConfig, label: str) -> ModelRun:
         for name in STEP_FIELDS[step]:
             row[name] = None
             row["reasons"][name] = f"{step}: {NOT_RUN}"
-    outputs = ctx.outputs
-    del loaded, ctx
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return ModelRun(slug, row, outputs)
+    row["execution"] = loaded.execution()
+    return ModelRun(slug, row, ctx.outputs)
 
 
 def run(models: Sequence[str], cache: Path | None = None, config: AtlasConfig | None = None) -> AtlasResult:

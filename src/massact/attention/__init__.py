@@ -3,7 +3,7 @@
 `run(loaded, prompt_or_ids_or_input, AttentionConfig(...)) -> AttentionResult`.
 """
 
-from massact.attention.analyze import AttentionResult, SequenceAttention, analyze_sequence, run
+from massact.attention.analyze import AttentionResult, SequenceAttention, analyze_sequence, analyze_sequences, run
 from massact.attention.capture import AttentionCall, capture_attention, check_memory
 from massact.attention.config import AttentionConfig
 from massact.attention.inputs import PAPER_PROMPT, AttentionInput, corpus_input, prompt_input
@@ -18,6 +18,7 @@ __all__ = [
     "BlockAttention",
     "SequenceAttention",
     "analyze_sequence",
+    "analyze_sequences",
     "capture_attention",
     "check_memory",
     "corpus_input",

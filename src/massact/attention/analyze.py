@@ -1,17 +1,18 @@
 """Attention analysis of token sequences: find the massive-activation tokens, then measure every block's attention.
 
-Per sequence: one forward pass with massact's block statistics finds the massive-activation tokens C
-(or the caller names them); a second pass runs the model's eager attention through
-`capture_attention` and measures each block as its attention runs, keeping no attention map
-except the one block shown in the heatmap (head-averaged) and any blocks asked for. With
-`intervene`, each block is run once more with the C part of its attention output replaced by its
-mean over queries, and once with it removed, from the block's own recorded inputs.
+Two walks over the sequences (one sequence per forward pass): the first, with massact's block statistics,
+finds each sequence's massive-activation tokens C (or the caller names them); the second runs the model's
+eager attention through `capture_attention` and measures each block as its attention runs, keeping no
+attention map except the one block shown in the heatmap (head-averaged) and any blocks asked for. With
+`intervene`, each block is run once more with the C part of its attention output replaced by its mean over
+queries, and once with it removed, from the block's own recorded inputs. Both walks go through
+`walk_windows`, so a model that runs block by block is read once per walk, not once per sequence.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,16 +31,16 @@ from massact.attention.measures import (
     no_softmax_record,
     replaced_output,
 )
-from massact.capture.forward import run_forward
+from massact.capture.forward import walk_windows
 from massact.capture.hooks import HookSet, KwargsHookFn, output_tensor
 from massact.capture.peaks import BlockPeaks
-from massact.capture.stats import capture_block_stats
+from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
+from massact.models.offload import offload_of
 from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
-from massact.progress import track
 
 KIND = "attention"  # the `kind` field of the JSON: which result this is
 
@@ -120,52 +121,83 @@ class _Recorder:
                 self.result.logits_error = float((rebuilt - call.probs[0].float()).abs().max())
         return None
 
-    def block_hook(self, index: int):
+    def after_block(self, index: int, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        """Re-run block `index` on its own inputs with the C part replaced by its mean, and removed."""
+        if self.mode is not None or not self.sinks or index not in self.records:
+            return
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        hidden_out = output_tensor(output)
+        update = (hidden_out.float() - hidden_in.float()).norm().clamp_min(1e-30)
+        changes = {}
+        for mode in ("mean", "zero"):
+            self.mode = mode
+            try:
+                changed = output_tensor(module(*args, **kwargs))
+            finally:
+                self.mode = None
+            changes[mode] = float((changed.float() - hidden_out.float()).norm() / update)
+        self.records[index].replace_mean_change = changes["mean"]
+        self.records[index].replace_zero_change = changes["zero"]
+
+
+class _AttentionPass(HookSet):
+    """Hands each forward pass's attention calls (and, with `intervene`, block outputs) to its sequence's recorder.
+
+    Pass n is sequence n: the model's pre-hook numbers a pass as it starts (`_current`, one pass's state).
+    Block by block every sequence reaches block i before any reaches block i + 1, and the runner keeps
+    `_current` per batch, so each stage still reaches the right recorder.
+    """
+
+    per_forward = ("_current",)
+
+    def __init__(self, model: nn.Module, structure: Structure, recorders: list[_Recorder], intervene: bool) -> None:
+        super().__init__(model)
+        self.structure, self.recorders, self.intervene = structure, recorders, intervene
+        self._current: int | None = None
+        self._started = 0
+
+    def pre_hooks(self) -> list[tuple[nn.Module, Callable]]:
+        return [(self.model, self._start)]
+
+    def kwargs_hooks(self) -> list[tuple[nn.Module, KwargsHookFn]]:
+        if not self.intervene:
+            return []
+        return [(block, self._block_hook(i)) for i, block in enumerate(self.structure.blocks)]
+
+    def _start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._current is None:
+            self._current, self._started = self._started, self._started + 1
+
+    def finish(self, start: int, input_ids: torch.Tensor, output: object) -> None:
+        """The end of pass `start` (a `walk_windows` consumer): the next pass is the next sequence."""
+        assert self._current == start, (self._current, start)
+        self._current = None
+
+    def on_call(self, call: AttentionCall) -> torch.Tensor | None:
+        return self.recorders[self._current].on_call(call)
+
+    def _block_hook(self, index: int) -> KwargsHookFn:
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
-            if self.mode is not None or not self.sinks or index not in self.records:
-                return
-            hidden_in = args[0] if args else kwargs["hidden_states"]
-            hidden_out = output_tensor(output)
-            update = (hidden_out.float() - hidden_in.float()).norm().clamp_min(1e-30)
-            changes = {}
-            for mode in ("mean", "zero"):
-                self.mode = mode
-                try:
-                    changed = output_tensor(module(*args, **kwargs))
-                finally:
-                    self.mode = None
-                changes[mode] = float((changed.float() - hidden_out.float()).norm() / update)
-            self.records[index].replace_mean_change = changes["mean"]
-            self.records[index].replace_zero_change = changes["zero"]
+            self.recorders[self._current].after_block(index, module, args, kwargs, output)
 
         return hook
 
 
-class _BlockHooks(HookSet):
-    """The recorder's block hooks, with kwargs: they re-run the block on its own inputs."""
-
-    def __init__(self, model: nn.Module, structure: Structure, recorder: _Recorder) -> None:
-        super().__init__(model)
-        self.structure, self.recorder = structure, recorder
-
-    def kwargs_hooks(self) -> list[tuple[nn.Module, KwargsHookFn]]:
-        return [(block, self.recorder.block_hook(i)) for i, block in enumerate(self.structure.blocks)]
+def _forward_kwargs(model: nn.Module) -> dict:
+    return {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
 
 
-def _forward(model: nn.Module, input_ids: torch.Tensor) -> None:
-    kwargs = {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
-    run_forward(model, input_ids, **kwargs)
+@dataclass
+class _Detected:
+    """What the first walk finds in one sequence."""
+
+    sinks: list[int]  # positions with massive activations in any block (outlier features left out)
+    first_block: int | None  # the first block with any
+    positions: int  # positions in the block outputs (more than the input ids when the model prepends its own)
+    features: dict[int, float]  # outlier features: dim -> share of tokens
 
 
-def find_sinks(
-    model: nn.Module, structure: Structure, input_ids: torch.Tensor, thresholds: Thresholds
-) -> tuple[list[int], int | None, int, dict[int, float]]:
-    """The positions that carry massive activations in any block, the first such block, the number of
-    positions in the block outputs (more than the input ids when the model prepends tokens of its own), and
-    the outlier features (dim -> share of tokens), which are left out of the first two."""
-    with capture_block_stats(model, structure, top_k=1, thresholds=thresholds) as collector:
-        _forward(model, input_ids)
-        (record,) = collector.pop()
+def _detected(record: SequenceRecord, thresholds: Thresholds) -> _Detected:
     positions = int(record.positions.numel())
     features = feature_dims((b.massive_dims for b in record.blocks), positions, thresholds)
     per_block = [
@@ -173,7 +205,27 @@ def find_sinks(
         for b in record.blocks
     ]
     found = [i for i, tokens in enumerate(per_block) if tokens]
-    return sorted(set().union(*per_block)), (found[0] if found else None), positions, features
+    return _Detected(sorted(set().union(*per_block)), found[0] if found else None, positions, features)
+
+
+def find_sinks(
+    model: nn.Module, structure: Structure, input_ids: torch.Tensor, thresholds: Thresholds, progress: bool = False
+) -> list[_Detected]:
+    """Per sequence of `input_ids` [sequences, tokens]: the positions that carry massive activations in any
+    block, the first such block, the number of positions in the block outputs and the outlier features
+    (dim -> share of tokens), which are left out of the first two."""
+    detected: list[_Detected] = []
+    with capture_block_stats(model, structure, top_k=1, thresholds=thresholds) as collector:
+
+        def consume(start: int, ids: torch.Tensor, output: object) -> None:
+            (record,) = collector.pop()
+            detected.append(_detected(record, thresholds))
+
+        walk_windows(
+            model, input_ids, 1, consume, description="attention: massive tokens", progress=progress,
+            **_forward_kwargs(model),
+        )  # fmt: skip
+    return detected
 
 
 def check_block(block: int | None, structure: Structure, what: str = "--block") -> None:
@@ -181,24 +233,19 @@ def check_block(block: int | None, structure: Structure, what: str = "--block") 
         raise MassactError(f"{what} {block} is out of range; the model has blocks 0..{len(structure) - 1}")
 
 
-def analyze_sequence(
-    model: nn.Module, structure: Structure, input_ids: torch.Tensor, options: AttentionConfig
-) -> SequenceAttention:
-    """Attention measures of every block on one sequence `input_ids` [1, tokens]."""
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError("analyze_sequence takes one sequence of shape [1, tokens]")
-    detected, first_block, positions, features = find_sinks(model, structure, input_ids, options.thresholds)
-    sinks = sorted(set(options.sinks)) if options.sinks is not None else detected
-    bad = [s for s in sinks if not 0 <= s < positions]
+def _recorder(found: _Detected, structure: Structure, options: AttentionConfig) -> _Recorder:
+    sinks = sorted(set(options.sinks)) if options.sinks is not None else found.sinks
+    bad = [s for s in sinks if not 0 <= s < found.positions]
     if bad:
-        raise MassactError(f"--tokens {bad}: out of range; the sequence has positions 0..{positions - 1}")
+        raise MassactError(f"--tokens {bad}: out of range; the sequence has positions 0..{found.positions - 1}")
     heatmap_block = options.block
     if heatmap_block is None:
-        heatmap_block = min(first_block + 1, len(structure) - 1) if first_block is not None else len(structure) // 2
-    recorder = _Recorder(sinks, options, heatmap_block)
-    hooks = _BlockHooks(model, structure, recorder) if options.intervene else nullcontext()
-    with capture_attention(model, structure, recorder.on_call), hooks:
-        _forward(model, input_ids)
+        first = found.first_block
+        heatmap_block = min(first + 1, len(structure) - 1) if first is not None else len(structure) // 2
+    return _Recorder(sinks, options, heatmap_block)
+
+
+def _sequence(model: nn.Module, structure: Structure, found: _Detected, recorder: _Recorder) -> SequenceAttention:
     if not recorder.records:
         raise MassactError(
             f"{type(model).__name__}: no block ran attention through transformers' attention interface, "
@@ -210,12 +257,37 @@ def analyze_sequence(
             mixer = structure.attn(index)
             recorder.records[index] = no_softmax_record(heads, type(mixer).__name__ if mixer is not None else None)
     result = recorder.result
-    result.first_massive_block = first_block
-    result.features = features
-    result.positions = positions
+    result.first_massive_block = found.first_block
+    result.features = found.features
+    result.positions = found.positions
     result.heatmap_block = recorder.heatmap_block
     result.blocks = [recorder.records[i] for i in range(len(structure))]
     return result
+
+
+def analyze_sequences(
+    model: nn.Module, structure: Structure, input_ids: torch.Tensor, options: AttentionConfig, progress: bool = False
+) -> list[SequenceAttention]:
+    """Attention measures of every block on each sequence of `input_ids` [sequences, tokens]."""
+    if input_ids.dim() != 2:
+        raise ValueError("analyze_sequences takes sequences of shape [sequences, tokens]")
+    found = find_sinks(model, structure, input_ids, options.thresholds, progress)
+    recorders = [_recorder(f, structure, options) for f in found]
+    passes = _AttentionPass(model, structure, recorders, options.intervene)
+    with capture_attention(model, structure, passes.on_call), passes:
+        walk_windows(
+            model, input_ids, 1, passes.finish, description="attention", progress=progress, **_forward_kwargs(model)
+        )
+    return [_sequence(model, structure, f, r) for f, r in zip(found, recorders, strict=True)]
+
+
+def analyze_sequence(
+    model: nn.Module, structure: Structure, input_ids: torch.Tensor, options: AttentionConfig
+) -> SequenceAttention:
+    """Attention measures of every block on one sequence `input_ids` [1, tokens]."""
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError("analyze_sequence takes one sequence of shape [1, tokens]")
+    return analyze_sequences(model, structure, input_ids, options)[0]
 
 
 @dataclass
@@ -234,6 +306,7 @@ class AttentionResult:
     model_source: str | None = None  # the file the model came from (e.g. a GGUF), when the loader says
     quantization: str | None = None  # e.g. "Q4_1 GGUF, de-quantized to float32"
     precision: Precision | None = None  # whether the run's dtype held the block outputs
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     @property
     def tokens_chosen(self) -> bool:
@@ -313,6 +386,7 @@ class AttentionResult:
             "logits_error": first.logits_error,
             "blocks": self.block_summary(),
             "precision": self.precision.to_json() if self.precision else None,
+            "execution": self.execution,
         }
 
     def show(self, console: Console) -> None:
@@ -349,8 +423,8 @@ def _analyze(
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     check_memory(model, 1, input_ids.shape[1], options.logits, options.max_memory)
-    rows = track(input_ids, "attention", total=len(input_ids), unit="seq", enabled=progress and len(input_ids) > 1)
-    sequences = [analyze_sequence(model, structure, row[None], options) for row in rows]
+    progress = progress and (len(input_ids) > 1 or offload_of(model) is not None)  # block by block: show blocks
+    sequences = analyze_sequences(model, structure, input_ids, options, progress)
     first = sequences[0]
     tokens = tokens or [str(int(i)) for i in input_ids[0]]
     if first.positions > len(tokens):  # the model prepends positions of its own (e.g. a learned sink token)
@@ -395,4 +469,5 @@ def run(
     result.prefix_tokens = inputs.prefix_tokens
     result.model_source = getattr(loaded, "source", None)
     result.quantization = getattr(loaded, "quantization", None)
+    result.execution = loaded.execution()
     return result

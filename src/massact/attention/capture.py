@@ -15,7 +15,6 @@ the callback keeps it.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,8 +23,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from massact.capture.forward import input_device
 from massact.errors import MassactError
 from massact.models.dims import model_dims
+from massact.models.memory import available_memory
 from massact.models.structure import Structure
 
 CAPTURE_NAME = "massact_capture"
@@ -170,21 +171,6 @@ def num_heads(model: nn.Module) -> int | None:
     return model_dims(model).num_heads
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on `device` (MemAvailable on CPU)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def attention_map_bytes(heads: int, batch: int, tokens: int, logits: bool = False) -> int:
     """Working memory of one block's full attention map in float32, as the eager path and the measures need it."""
     copies = WORKING_COPIES + (2 if logits else 0)
@@ -196,7 +182,7 @@ def check_memory(model: nn.Module, batch: int, tokens: int, logits: bool = False
     heads = num_heads(model) or 1
     copies = WORKING_COPIES + (2 if logits else 0)
     need = attention_map_bytes(heads, batch, tokens, logits)
-    device = next(model.parameters()).device
+    device = input_device(model)  # the run's device, also when the model runs block by block
     have = limit if limit is not None else available_memory(device)
     if need > have:
         gib = 2**30

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 HookFn = Callable[[nn.Module, tuple, object], object]
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[HookSet]] = weakref.WeakKeyDictionary()
 KwargsHookFn = Callable[[nn.Module, tuple, dict, object], object]  # a forward hook that also gets the kwargs
 
 
@@ -66,7 +70,14 @@ class HookSet:
     Subclasses list their hooks in `forward_hooks()` (`kwargs_hooks()` for forward hooks that need the call's
     kwargs, `pre_hooks()` for kwargs pre-hooks);
     everything comes off on exit, also on error.
+
+    `per_forward` names the attributes that hold one forward pass's state (read back after that pass):
+    when a model runs block by block, every window reaches block i before any reaches block i + 1, so
+    the runner keeps these apart per batch (`forward_state` / `restore_forward_state`). Everything else a
+    hook set holds accumulates over passes, module by module, in the same batch order either way.
     """
+
+    per_forward: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -98,8 +109,21 @@ class HookSet:
             return None
         return mask.to(device=device, dtype=torch.bool)
 
+    def forward_state(self) -> dict[str, object]:
+        """The current values of the `per_forward` attributes."""
+        return {name: getattr(self, name) for name in self.per_forward}
+
+    def fresh_forward_state(self) -> dict[str, object]:
+        """A copy of the `per_forward` attributes as they are now (before any pass): a new batch's start."""
+        return copy.deepcopy(self.forward_state())
+
+    def restore_forward_state(self, state: dict[str, object]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
     def __enter__(self) -> HookSet:
         try:
+            _ACTIVE.setdefault(self.model, []).append(self)
             self._handles.append(self.model.register_forward_pre_hook(self._grab_inputs, with_kwargs=True))
             for module, hook in self.pre_hooks():
                 self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
@@ -116,7 +140,15 @@ class HookSet:
         self.remove()
 
     def remove(self) -> None:
+        active = _ACTIVE.get(self.model, [])
+        if self in active:
+            active.remove(self)
         for handle in self._handles:
             handle.remove()
         self._handles = []
         self.input_ids = self.attention_mask = None
+
+
+def active_hook_sets(model: nn.Module) -> list[HookSet]:
+    """The hook sets entered on `model` and not yet left, in the order they were entered."""
+    return list(_ACTIVE.get(model, []))

@@ -3,7 +3,8 @@
 `BlockPeaks`: the largest finite |x| (and, if asked, token RMS) of each block output, and which held inf/NaN.
 `ChannelMaxima`: the largest |x| of each channel of named modules' inputs or outputs (SmoothQuant's
 statistic). Cheap enough to leave on around a whole run: the maxima stay on the model's device and are
-read back once.
+read back once. Both only accumulate, module by module, so a model run block by block needs nothing of them
+(no `HookSet.per_forward` state).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from massact.capture.forward import run_forward
 from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.capture.stats import median_magnitude
 from massact.detect import Thresholds
@@ -155,11 +156,13 @@ def capture_quant_risk(
 def quant_risk(
     model: nn.Module, structure: Structure, batches: list[torch.Tensor], thresholds: Thresholds | None = None
 ) -> list[dict]:
-    """The risk table over `batches` of input ids (no padding), one row per block."""
-    device = next(model.parameters()).device
-    with capture_quant_risk(model, structure, thresholds) as collector, torch.no_grad():
+    """The risk table over `batches` of input ids (no padding, lengths may differ), one row per block.
+
+    Each batch is one `run_forward` (block by block: one read of the model per batch).
+    """
+    with capture_quant_risk(model, structure, thresholds) as collector:
         for ids in batches:
-            model(input_ids=ids.to(device), attention_mask=torch.ones_like(ids).to(device))
+            run_forward(model, ids)
     return collector.rows()
 
 

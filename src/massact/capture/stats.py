@@ -267,6 +267,8 @@ def summarize_deferred(
 class BlockStatsCollector(HookSet):
     """Hooks every block's output and turns it into `SequenceRecord`s (padding left out via the grabbed mask)."""
 
+    per_forward = ("_pending", "_kept")
+
     def __init__(
         self,
         model: nn.Module,

@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import DeviceOpt, DtypeOpt, Opt, ThresholdOptions, TrustOpt, emit_result, model_command
+from massact.commands.common import (
+    DeviceOpt,
+    DtypeOpt,
+    MaxMemoryOpt,
+    OffloadOpt,
+    Opt,
+    ThresholdOptions,
+    TrustOpt,
+    emit_result,
+    model_command,
+)
 from massact.defaults import ATLAS_STEPS as STEPS
 from massact.defaults import DEFAULT_CORPUS, DEFAULT_PROMPT
 
@@ -31,6 +41,8 @@ def atlas_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = None,
     trust_remote_code: TrustOpt = False,
+    offload: OffloadOpt = "auto",
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Analyse each MODEL (scan, corpus constancy, super weights, sinks, headroom, W8A8) into one table.
 
@@ -50,6 +62,8 @@ def atlas_command(
         dtype=dtype,
         device=device,
         trust_remote_code=trust_remote_code,
+        offload=offload,
+        max_memory=max_memory,
     )
     result = massact.atlas.run(models, out, config)  # --out keeps each finished model: a rerun reuses it
     result.check_analysed()

@@ -81,14 +81,14 @@ def attention_command(
     )
     text = None if corpus is not None else read_prompt(prompt, text_file, PAPER_PROMPT)
     texts = load_texts(corpus) if corpus is not None else None  # a bad corpus fails before the model loads
-    loaded = opts.load(model)
+    loaded = opts.load(model, batch=1, tokens=seq_len if corpus is not None else None)  # one sequence per pass
     if corpus is not None:
         inputs = corpus_input(
             loaded, corpus, samples, seq_len, seed, add_special_tokens=not no_special_tokens, texts=texts
         )
     else:
         inputs = prompt_input(loaded, text, add_special_tokens=not no_special_tokens)
-    one = len(inputs.input_ids) == 1  # several windows show a progress bar instead
+    one = len(inputs.input_ids) == 1 and loaded.offload is None  # several windows, or blocks, show progress bars
     with status(f"measuring attention on {inputs.input_ids.shape[-1]} tokens ...") if one else nullcontext():
         result = run(loaded, inputs, config)
     emit_result(result, out, as_json)

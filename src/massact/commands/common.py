@@ -37,6 +37,22 @@ TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow model
 BlocksOpt = Annotated[
     str | None, typer.Option("--blocks", help="Dotted path of the model's list of blocks, when not found by itself.")
 ]
+OffloadOpt = Annotated[
+    str,
+    typer.Option(
+        "--offload",
+        help="none: load the whole model; blocks: read it from its checkpoint one block at a time (models larger "
+        "than memory); auto: blocks when the weights and the run do not fit --max-memory.",
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory the run may use on its device, e.g. 20GB or 1.5GiB (default: what is available, less 10%, "
+        "at least 1 GiB).",
+    ),
+]
 OUT_HELP = (
     "Directory for the results (made if missing). It holds one run: the files of an earlier massact run "
     "there are replaced; files massact did not write are kept."
@@ -92,8 +108,18 @@ class ModelOptions:
     device_map: DeviceMapOpt = None
     trust_remote_code: TrustOpt = False
     blocks: BlocksOpt = None
+    offload: OffloadOpt = "auto"
+    max_memory: MaxMemoryOpt = None
 
     def __post_init__(self) -> None:
+        if self.offload not in ("none", "blocks", "auto"):
+            raise MassactError(f"--offload {self.offload}: give none, blocks or auto")
+        if self.offload == "blocks" and self.device_map is not None:
+            raise MassactError("--offload blocks and --device-map both place the weights; give one of them")
+        if self.max_memory is not None:
+            from massact.models.memory import parse_size
+
+            parse_size(self.max_memory, "--max-memory")
         if self.dtype == "auto" and self.device is None:
             return  # nothing to check, and no reason to import torch
         from massact.models.loading import check_device, check_dtype
@@ -102,9 +128,15 @@ class ModelOptions:
         if self.device is not None:
             check_device(self.device)
 
-    def load(self, model: str) -> LoadedModel:
-        """Load `model` with a status line while it loads."""
-        return load_for_cli(model, self.dtype, self.device, self.device_map, self.trust_remote_code)
+    def load(self, model: str, batch: int | None = None, tokens: int | None = None) -> LoadedModel:
+        """Load `model` with a status line while it loads; `batch` x `tokens` is the run's largest pass."""
+        from massact.models.memory import Workload
+
+        workload = Workload(batch or Workload.batch, tokens or Workload.tokens)
+        return load_for_cli(
+            model, self.dtype, self.device, self.device_map, self.trust_remote_code, self.offload, self.max_memory,
+            workload,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -208,13 +240,29 @@ def emit_result(result: Result, out: Path | None, as_json: bool) -> None:
 
 
 def load_for_cli(
-    model: str, dtype: str, device: str | None, device_map: str | None, trust_remote_code: bool
+    model: str,
+    dtype: str,
+    device: str | None,
+    device_map: str | None,
+    trust_remote_code: bool,
+    offload: str = "auto",
+    max_memory: str | None = None,
+    workload: object = None,
 ) -> LoadedModel:
     """Load a model for a command, with a status line while it loads."""
     from massact.models.loading import load_model
 
     with status(f"loading {model} ..."):
-        return load_model(model, dtype=dtype, device=device, device_map=device_map, trust_remote_code=trust_remote_code)
+        return load_model(
+            model,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+            offload=offload,
+            max_memory=max_memory,
+            workload=workload,  # type: ignore[arg-type]
+        )
 
 
 def read_prompt(prompt: str | None, text_file: Path | None, default: str) -> str:

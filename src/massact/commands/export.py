@@ -54,7 +54,7 @@ def export_command(
     if out is None and not as_json:
         raise MassactError("give --out DIR (the directory the export files go to) or --json")
     inputs = CorpusInputs.read(corpus)  # a bad corpus fails before the model loads
-    emit_result(run(opts.load(model), inputs, config), out, as_json)
+    emit_result(run(opts.load(model, batch=batch_size, tokens=seq_len), inputs, config), out, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,7 @@ import typer
 
 from massact.commands.common import ModelOptions, Opt, TaskOptions, ThresholdOptions, emit_result, model_command
 from massact.defaults import MODES
+from massact.errors import MassactError
 
 
 @model_command
@@ -55,7 +56,10 @@ def intervene_command(
     """Perplexity of MODEL with its massive activations zeroed, set to their mean, or a random control zeroed."""
     from massact.data.corpus import load_texts
     from massact.interventions import InterventionConfig, SiteSpec, parse_ints, parse_modes, read_means, run
+    from massact.interventions.run import TASKS_BLOCKWISE_REFUSAL
 
+    if tasks.tasks and opts.offload == "blocks":  # before the tasks' data is fetched
+        raise MassactError(TASKS_BLOCKWISE_REFUSAL)
     config = InterventionConfig(
         tasks=tasks.config(batch_size),  # bad tasks fail before the model loads
         corpora=tuple(corpus.split(",")),
@@ -77,7 +81,7 @@ def intervene_command(
         blocks_path=opts.blocks,
     )
     texts = {name: load_texts(name) for name in config.corpora}  # an unknown or unreadable corpus fails here
-    loaded = opts.load(model)
+    loaded = opts.load(model, batch=batch_size, tokens=seq_len)
     result = run(loaded, texts, config)
     result.command = shlex.join(["massact", *sys.argv[1:]])
     emit_result(result, out, as_json)

@@ -82,7 +82,7 @@ def quant_command(
         tasks=tasks.config(batch_size),  # bad tasks fail before the model loads
     )
     check_counts(samples, seq_len, calib_samples, seeds)
-    loaded = opts.load(model)
+    loaded = opts.load(model, batch=batch_size, tokens=seq_len)
     emit_result(
         run(loaded, load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed, seeds), config), out, as_json
     )

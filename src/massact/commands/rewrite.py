@@ -8,7 +8,7 @@ import typer
 
 from massact.commands.common import ModelOptions, Opt, emit_result, model_command
 from massact.errors import MassactError
-from massact.rewrite.config import RewriteConfig, parse_rescale
+from massact.rewrite.config import CHECK_QUANT_BLOCKS, RewriteConfig, parse_rescale
 from massact.rewrite.folder import check_model_folder
 
 
@@ -68,6 +68,8 @@ def rewrite_command(
         progress=not as_json,
     )
     check_model_folder(out)
+    if check_quant is not None and opts.offload == "blocks":
+        raise MassactError(CHECK_QUANT_BLOCKS)
     from massact.quant.run import check_counts
 
     check_counts(samples, seq_len, calib_samples)
@@ -80,7 +82,7 @@ def rewrite_command(
     from massact.rewrite import run
 
     load_texts(corpus)  # a bad corpus costs nothing
-    loaded = opts.load(model)
+    loaded = opts.load(model, batch=batch_size, tokens=seq_len)
     inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed)
     emit_result(run(loaded, inputs, config), out, as_json)
 

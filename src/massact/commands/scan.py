@@ -75,7 +75,8 @@ def scan_command(
         )  # fmt: skip
         inputs = CorpusInputs.read(corpus)  # a bad corpus fails before the model loads
         device = launch_device(opts.device, opts.device_map, config.shard)
-        result = run_corpus(replace(opts, device=device).load(model), inputs, config)
+        loaded = replace(opts, device=device).load(model, batch=min(batch_size, samples), tokens=seq_len)
+        result = run_corpus(loaded, inputs, config)
         if result.is_main:  # every process of a data-parallel run has the result; the main one writes it
             result.command = shlex.join(["massact", *sys.argv[1:]])
             emit_result(result, out, as_json)
@@ -92,7 +93,8 @@ def scan_command(
             num_images=num_images, blocks_path=opts.blocks, progress=not as_json,
         )  # fmt: skip
         image_set = find_images(images)
-        emit_result(run_images(opts.load(model), image_set, image_config), out, as_json)
+        loaded = opts.load(model, batch=batch_size)  # images: tokens per image unknown until preprocessed
+        emit_result(run_images(loaded, image_set, image_config), out, as_json)
         return
     text = read_prompt(prompt, text_file, DEFAULT_PROMPT)
     check_prompt(text)
@@ -107,7 +109,7 @@ def scan_command(
         add_special_tokens=not no_special_tokens,
         blocks_path=opts.blocks,
     )
-    loaded = opts.load(model)
+    loaded = opts.load(model, batch=1)  # one prompt; its length is known once tokenized
     refuse_prompt_for_vision(loaded)
     emit_result(run(loaded, text, config), out, as_json)
 

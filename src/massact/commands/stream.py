@@ -60,6 +60,10 @@ def stream(
         blocks_path=opts.blocks,
     )
     config.check_tokens(tokens)
+    if opts.offload == "blocks":
+        from massact.stream.run import BLOCKWISE_REFUSAL
+
+        raise MassactError(BLOCKWISE_REFUSAL)
     if text_file is not None:
         text, source = read_prompt(None, text_file, ""), str(text_file)
     else:

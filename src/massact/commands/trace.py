@@ -73,7 +73,7 @@ def trace_command(
         progress=not as_json,
     )
     inputs = TraceInputs.read(text, config)  # before the model: a bad corpus costs nothing
-    result = run(opts.load(model), inputs, config)
+    result = run(opts.load(model, batch=batch_size, tokens=seq_len), inputs, config)
     emit_result(result, out, as_json)
 
 

@@ -187,17 +187,23 @@ def markdown(summary: CorpusSummary, command: str | None = None, precision: Prec
     return "\n".join(lines)
 
 
-def corpus_json(summary: CorpusSummary, precision: Precision | None = None) -> dict:
-    """What corpus.json holds: the corpus-wide statistics, and whether the run's dtype held the block outputs."""
-    return {"kind": KIND} | derived(summary) | {"precision": precision.to_json() if precision else None}
+def corpus_json(summary: CorpusSummary, precision: Precision | None = None, execution: dict | None = None) -> dict:
+    """What corpus.json holds: the corpus-wide statistics, whether the run's dtype held the block outputs, and
+    how the run executed (`LoadedModel.execution`; a merge has none)."""
+    data = {"kind": KIND} | derived(summary) | {"precision": precision.to_json() if precision else None}
+    return data | ({"execution": execution} if execution is not None else {})
 
 
 def write_corpus_outputs(
-    summary: CorpusSummary, folder: Path, command: str | None = None, precision: Precision | None = None
+    summary: CorpusSummary,
+    folder: Path,
+    command: str | None = None,
+    precision: Precision | None = None,
+    execution: dict | None = None,
 ) -> None:
     """Every file of a corpus scan into `folder` (a staging directory)."""
     summary.save(folder)
-    write_json(folder / CORPUS_JSON, corpus_json(summary, precision))
+    write_json(folder / CORPUS_JSON, corpus_json(summary, precision, execution))
     write_json(folder / MEANS_JSON, summary.means())
     bands = summary.layerwise()
     plot_layerwise(

@@ -21,9 +21,10 @@ class CorpusResult:
     command: str | None = None  # the command line, for report.md
     precision: Precision | None = None  # whether the run's dtype held the block outputs (not kept by a merge)
     is_main: bool = True  # False on every process but the main one of a data-parallel run: it alone writes
+    execution: dict | None = None  # how the run executed (`LoadedModel.execution`); None for a merge
 
     def to_json(self) -> dict:
-        return corpus_json(self.summary, self.precision)
+        return corpus_json(self.summary, self.precision, self.execution)
 
     def show(self, console: Console) -> None:
         terminal_summary(self.summary, console)
@@ -31,4 +32,4 @@ class CorpusResult:
             self.precision.show(console)
 
     def write(self, out: Path) -> None:
-        write_corpus_outputs(self.summary, out, self.command, self.precision)
+        write_corpus_outputs(self.summary, out, self.command, self.precision, self.execution)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from massact.capture.forward import run_forward
+from massact.capture.forward import walk_windows
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
 from massact.corpus.config import CorpusConfig
@@ -22,7 +22,6 @@ from massact.errors import MassactError
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
-from massact.progress import track
 from massact.tokens import TokenText
 from massact.validate import at_least, check_context
 
@@ -63,24 +62,25 @@ def corpus_scan(
     texts = TokenText(loaded.tokenizer)
     summary: CorpusSummary | None = None
     top_k = max(top_k, MIN_TOP_K)
-    starts = range(0, windows.shape[0], batch_size)
+    masks = torch.ones_like(windows) if attention_mask is None else attention_mask
+
+    def consume(start: int, ids: torch.Tensor, output: object) -> None:
+        nonlocal summary
+        for offset, record in enumerate(collector.pop()):
+            row = start + offset
+            if summary is None:
+                hidden = int(record.blocks[0].dim_max.numel())
+                summary = CorpusSummary(
+                    loaded.name, hidden, len(structure), thresholds, top_k, windows.shape[1],
+                    prefix_tokens=list(prefix_tokens),
+                )  # fmt: skip
+            valid = masks[row].bool()
+            first = int(valid.nonzero()[0]) if valid.any() else 0
+            tokens, kinds = texts.kinds_and_texts(windows[row].tolist(), first)
+            summary.add(record, source, window_ids[row], tokens, kinds)
+
     with capture_block_stats(loaded.model, structure, top_k=top_k, thresholds=thresholds) as collector:
-        for start in track(starts, "corpus scan", unit="batch") if progress else starts:
-            ids = windows[start : start + batch_size]
-            mask = torch.ones_like(ids) if attention_mask is None else attention_mask[start : start + batch_size]
-            run_forward(loaded.model, ids, mask)
-            for offset, record in enumerate(collector.pop()):
-                row = start + offset
-                if summary is None:
-                    hidden = int(record.blocks[0].dim_max.numel())
-                    summary = CorpusSummary(
-                        loaded.name, hidden, len(structure), thresholds, top_k, windows.shape[1],
-                        prefix_tokens=list(prefix_tokens),
-                    )  # fmt: skip
-                valid = mask[offset].bool()
-                first = int(valid.nonzero()[0]) if valid.any() else 0
-                tokens, kinds = texts.kinds_and_texts(ids[offset].tolist(), first)
-                summary.add(record, source, window_ids[row], tokens, kinds)
+        walk_windows(loaded.model, windows, batch_size, consume, masks, "corpus scan", progress)
     assert summary is not None
     return summary.canonical()
 
@@ -126,7 +126,7 @@ def run(
     if state is None or state.num_processes == 1:
         with BlockPeaks(loaded.model, structure) as peaks:
             summary = corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs)
-        return CorpusResult(summary, precision=Precision.from_peaks(peaks))
+        return CorpusResult(summary, precision=Precision.from_peaks(peaks), execution=loaded.execution())
     if config.shard is not None:
         raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
     share = shard(count, state.process_index, state.num_processes)

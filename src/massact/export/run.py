@@ -38,4 +38,4 @@ def run(
         progress=config.progress,
         prefix_tokens=prefix_tokens(loaded.tokenizer, config.add_special_tokens),
     )
-    return ExportFiles(result, list(config.formats))
+    return ExportFiles(result, list(config.formats), execution=loaded.execution())

@@ -6,7 +6,8 @@
 - ``mean``: they are set to their mean over many sequences (`SiteMeans`), looked up by
   (block, dim, token kind);
 - ``random``: the control: the same number of *other* (non-selected) entries of the same
-  sequence, chosen at random with a seeded generator, are set to 0;
+  sequence, chosen at random, are set to 0; each hooked block draws from its own generator, seeded from
+  (seed, block), so the draws do not depend on the order blocks run in (in memory, or block by block);
 - ``original``: nothing is hooked.
 
 Sites are selected per sequence and per block by `SiteSpec`: by default the detector (the
@@ -20,6 +21,7 @@ The hooks only return a rewritten copy of the block output; they come off on exi
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +60,8 @@ class Intervention(HookSet):
 
     The hooks keep their counts on the device and never read a value back during the forward, except
     the random control, which draws its positions on the host (it needs each sequence's site count).
+    Nothing here is one pass's state (`HookSet.per_forward`): counts add up, and each block's generator
+    is consumed in batch order whether the model runs in memory or block by block.
     """
 
     def __init__(
@@ -78,7 +82,7 @@ class Intervention(HookSet):
         self.sites = sites
         self.means = means
         self.kinds = kinds or TokenKinds()
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generators = {block: block_generator(seed, block) for block in self.blocks}
         self._pending: list[tuple[int, torch.Tensor, int, torch.Tensor | None]] = []
         self._counts = InterventionCounts()
         self._tables: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -113,7 +117,7 @@ class Intervention(HookSet):
                 new, without = self._write_means(block, x, selected)
             else:
                 new = x.clone()
-                self._zero_random(new, selected, valid)
+                self._zero_random(new, selected, valid, self.generators[block])
             self._pending.append((block, selected.sum(), batch, without))
             return replace_output_tensor(output, new.squeeze(0) if flat else new)
 
@@ -136,7 +140,10 @@ class Intervention(HookSet):
         new = torch.where(write, values, x)
         return new, (selected & ~known).sum()
 
-    def _zero_random(self, new: torch.Tensor, selected: torch.Tensor, valid: torch.Tensor | None) -> None:
+    @staticmethod
+    def _zero_random(
+        new: torch.Tensor, selected: torch.Tensor, valid: torch.Tensor | None, generator: torch.Generator
+    ) -> None:
         batch = new.shape[0]
         counts = selected.reshape(batch, -1).sum(1).tolist()  # the one read-back: how many to draw per sequence
         for index, count in enumerate(counts):
@@ -146,9 +153,15 @@ class Intervention(HookSet):
             if valid is not None:
                 ordinary &= valid[index].unsqueeze(-1)
             candidates = ordinary.reshape(-1).nonzero().reshape(-1)
-            pick = torch.randperm(candidates.numel(), generator=self.generator)[:count].to(candidates.device)
+            pick = torch.randperm(candidates.numel(), generator=generator)[:count].to(candidates.device)
             flat = candidates[pick]
             new[index].view(-1)[flat] = 0
+
+
+def block_generator(seed: int, block: int) -> torch.Generator:
+    """The random control's generator for `block`: seeded from (seed, block), the same whatever runs first."""
+    digest = hashlib.sha256(f"massact-random-control:{seed}:{block}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 @contextmanager

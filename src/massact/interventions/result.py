@@ -45,6 +45,7 @@ class InterventionResult:
     command: str | None = None  # the command line, for report.md
     precision: Precision | None = None  # whether the run's dtype held the unchanged model's block outputs
     spread: dict | None = None  # with --seeds N: every row's perplexity over the N draws (mean, sd, values)
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     @property
     def scored_per_window(self) -> int:
@@ -76,6 +77,7 @@ class InterventionResult:
             "notes": self.notes,
             "precision": self.precision.to_json() if self.precision else None,
             "seeds": self.spread,
+            "execution": self.execution,
         }
 
     # -- views -----------------------------------------------------------------------------------

@@ -39,6 +39,11 @@ from massact.validate import check_context
 
 SURVEY_SAMPLES = 8
 AFTER_ZERO_SAMPLES = 4
+TASKS_BLOCKWISE_REFUSAL = (
+    "--tasks runs the model through lm-evaluation-harness, which needs every block for every batch, so it does not "
+    "run block by block (the model does not fit the memory budget, or --offload blocks was given): drop --tasks, "
+    "or use a device that holds the model (--offload none, --max-memory, --device cuda)"
+)
 
 # per corpus: its documents, or windows [N, L] already cut (the first `samples` are evaluated)
 Inputs = Mapping[str, Sequence[str] | torch.Tensor] | Sequence[str] | None
@@ -84,6 +89,8 @@ def mode_context(
 
 def check(loaded: LoadedModel, config: InterventionConfig, structure: Structure) -> None:
     """Everything about `config` that needs the model, checked before any forward pass."""
+    if config.tasks is not None and loaded.offload is not None:
+        raise MassactError(TASKS_BLOCKWISE_REFUSAL)
     num_blocks = len(structure)
     if config.block is not None:
         resolve_blocks(config.block, num_blocks, 0)
@@ -260,6 +267,7 @@ def run(
         prefix_tokens=prefix,
         means_computed=config.means is None,
         precision=Precision.from_peaks(peaks),
+        execution=loaded.execution(),
     )
 
 
@@ -275,6 +283,7 @@ def _run_seeds(loaded: LoadedModel, inputs: Inputs, config: InterventionConfig) 
         results.append(run(loaded, inputs, replace(config, seed=seed, seeds=1)))
     first = results[0]
     first.config = config
+    first.execution = loaded.execution()  # the peak over every seed's run
     first.spread = {
         "seeds": seeds,
         "rows": [

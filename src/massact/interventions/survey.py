@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from massact.capture.forward import run_forward
+from massact.capture.forward import walk_windows
 from massact.capture.stats import capture_block_stats
 from massact.detect import feature_dims
 from massact.interventions.means import SiteMeans
 from massact.interventions.sites import SiteSpec
 from massact.models.structure import Structure
-from massact.progress import track
 from massact.tokens import KINDS, TokenKinds
 
 
@@ -119,45 +118,50 @@ def survey(
     progress: bool = True,
     model_name: str | None = None,
 ) -> Survey:
-    """Run `windows` [N, L] through the model once, with every block summarised by the capture."""
+    """Run `windows` [N, L] through the model once, with every block summarised by the capture.
+
+    Each batch's records are read in `consume`, after its pass (block by block: after the last block).
+    """
     tallies = [_BlockTally() for _ in structure.blocks]
     sums: dict[tuple[int, int, str], float] = defaultdict(float)
     counts: Counter = Counter()
     keep = range(len(structure)) if sites.fixed else ()
     hidden_size = 0
     features: dict[int, float] = {}
-    starts = range(0, windows.shape[0], batch_size)
+
+    def consume(start: int, input_ids: torch.Tensor, output: object) -> None:
+        nonlocal hidden_size
+        batch = windows[start : start + input_ids.shape[0]]
+        codes = kinds.codes(batch, *batch.shape)
+        for row, record in enumerate(collector.pop()):
+            hidden_size = int(record.blocks[0].dim_max.numel())
+            for block, summary in enumerate(record.blocks):
+                massive = summary.massive_dims.tolist()
+                found = feature_dims([massive], len(record.positions), sites.thresholds)  # as the hooks see it
+                for dim, share in found.items():
+                    features[dim] = max(features.get(dim, 0.0), share)
+                skip = set(found) if sites.dims is None else set()  # named dims are taken as they are
+                tally = tallies[block]
+                top = float(summary.top_values[0])
+                tally.top_dims.append(int(summary.top_dims[0]))
+                tally.top_values.append(abs(top))
+                tally.top_ratios.append(abs(top) / summary.median if summary.median > 0 else float("inf"))
+                for t, d, v in _selected(summary, record.kept.get(block), sites, skip):
+                    kind = KINDS[int(codes[row, t])]
+                    sums[(block, d, kind)] += v
+                    counts[(block, d, kind)] += 1
+                for dim in set(massive) - set(found):
+                    tally.dims[dim] += 1
+                for t, d, v in zip(
+                    summary.massive_tokens.tolist(), massive, summary.massive_values.tolist(), strict=True
+                ):
+                    if d in found:
+                        continue
+                    tally.kinds[d][KINDS[int(codes[row, t])]] += 1
+                    tally.peak[d] = max(tally.peak.get(d, 0.0), abs(v))
+
     with capture_block_stats(model, structure, top_k=1, thresholds=sites.thresholds, keep=keep) as collector:
-        for start in track(starts, "survey", unit="batch") if progress else starts:
-            batch = windows[start : start + batch_size]
-            run_forward(model, batch)
-            codes = kinds.codes(batch, *batch.shape)
-            for row, record in enumerate(collector.pop()):
-                hidden_size = int(record.blocks[0].dim_max.numel())
-                for block, summary in enumerate(record.blocks):
-                    massive = summary.massive_dims.tolist()
-                    found = feature_dims([massive], len(record.positions), sites.thresholds)  # as the hooks see it
-                    for dim, share in found.items():
-                        features[dim] = max(features.get(dim, 0.0), share)
-                    skip = set(found) if sites.dims is None else set()  # named dims are taken as they are
-                    tally = tallies[block]
-                    top = float(summary.top_values[0])
-                    tally.top_dims.append(int(summary.top_dims[0]))
-                    tally.top_values.append(abs(top))
-                    tally.top_ratios.append(abs(top) / summary.median if summary.median > 0 else float("inf"))
-                    for t, d, v in _selected(summary, record.kept.get(block), sites, skip):
-                        kind = KINDS[int(codes[row, t])]
-                        sums[(block, d, kind)] += v
-                        counts[(block, d, kind)] += 1
-                    for dim in set(massive) - set(found):
-                        tally.dims[dim] += 1
-                    for t, d, v in zip(
-                        summary.massive_tokens.tolist(), massive, summary.massive_values.tolist(), strict=True
-                    ):
-                        if d in found:
-                            continue
-                        tally.kinds[d][KINDS[int(codes[row, t])]] += 1
-                        tally.peak[d] = max(tally.peak.get(d, 0.0), abs(v))
+        walk_windows(model, windows, batch_size, consume, description="survey", progress=progress)
     sequences = windows.shape[0]
     blocks = [_block_json(b, tally, sequences) for b, tally in enumerate(tallies)]
     entries = {key: (sums[key] / counts[key], counts[key]) for key in counts}

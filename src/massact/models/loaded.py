@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from massact.models.offload import BlockOffload
+
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
@@ -20,6 +22,7 @@ class LoadedModel:
     name: str = "model"
     source: str | None = None  # what was loaded: a file name, a directory or a hub id
     quantization: str | None = None  # e.g. "Q4_1 GGUF, de-quantized to float32"; None for plain weights
+    offload: BlockOffload | None = None  # set when the model runs block by block from its checkpoint
 
     @property
     def description(self) -> str:
@@ -33,7 +36,26 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where the model runs (block by block: where each block is read to)."""
+        if self.offload is not None:
+            return self.offload.device
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of most of the model's floating-point weights."""
+        floats = [p.dtype for p in self.model.parameters() if p.is_floating_point()]
+        return max(set(floats), key=floats.count) if floats else torch.float32
+
+    def execution(self) -> dict:
+        """How the run executed, for the JSON: `offload` ("none" or "blocks"), device, peak resident memory."""
+        from massact.models.memory import peak_resident_memory
+
+        info: dict = {"offload": "blocks" if self.offload is not None else "none", "device": str(self.device)}
+        if self.device.type == "cuda":
+            info["peak_device_memory_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
+        info["peak_memory_bytes"] = peak_resident_memory()
+        return info
 
     @property
     def context_length(self) -> int | None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from massact.errors import MassactError
 from massact.models import gguf
+from massact.models.checkpoint import open_checkpoint
 from massact.models.device import check_device as check_device
 from massact.models.device import check_dtype as check_dtype
 from massact.models.device import default_device as default_device
@@ -25,9 +26,13 @@ from massact.models.gguf import gguf_weight_types as gguf_weight_types
 from massact.models.hub import check_hub_source
 from massact.models.hub import hub_reachable as hub_reachable
 from massact.models.loaded import LoadedModel as LoadedModel
+from massact.models.memory import Workload, default_budget, gib, module_bytes, parse_size
 from massact.models.names import DEFAULT_MODEL, check_local_source, looks_like_path
+from massact.models.offload import BlockOffload
 from massact.models.quiet import quiet_loading
 from massact.models.registry import find_loader
+from massact.models.structure import find_structure
+from massact.progress import say
 
 
 def _model_class(config, trust_remote_code: bool):
@@ -68,9 +73,25 @@ def load_model(
     device: str | None = None,
     device_map: str | dict | None = None,
     trust_remote_code: bool = False,
+    offload: str = "auto",
+    max_memory: str | int | None = None,
+    workload: Workload | None = None,
 ) -> LoadedModel:
-    """Load `source`: 'default', a .gguf file, a model directory, a hub id, or a model object."""
+    """Load `source`: 'default', a .gguf file, a model directory, a hub id, or a model object.
+
+    `offload`: "none" loads every weight; "blocks" builds the model without weights and reads it from its
+    checkpoint one block at a time for each forward analysis (`capture.blockwise`); "auto" (the default)
+    picks "blocks" when the weights plus one `workload` pass do not fit `max_memory` (default: the memory
+    available on the device, less 10%, at least 1 GiB) and says so in one line.
+    """
+    check_offload(offload, device_map)
+    budget = parse_size(max_memory) if max_memory is not None else None
     if isinstance(source, nn.Module):
+        if offload == "blocks":
+            raise MassactError(
+                "offload='blocks' reads a model from its checkpoint; a model object already in memory runs in "
+                "memory: give its folder or hub id instead, or use offload='none'"
+            )
         return LoadedModel(model=source.eval(), tokenizer=tokenizer, name=type(source).__name__)
     check_dtype(dtype)
     device = check_device(device)
@@ -95,6 +116,8 @@ def load_model(
             quantization = gguf_quantization(path, torch_dtype, gguf.cached_weight_types(path, converted))
             path = converted
         elif (loader := find_loader(path)) is not None:  # a format registered by a package (massact train)
+            if offload == "blocks":
+                raise MassactError(f"{source}: a {loader.name} folder runs in memory; use offload='none'")
             try:
                 return loader.load(path, tokenizer=tokenizer, dtype=torch_dtype, device=device, name=name)
             except MassactError:
@@ -119,8 +142,14 @@ def load_model(
             kwargs["local_files_only"] = True
         if device_map is not None:
             kwargs["device_map"] = device_map
+        blocks = device_map is None and _runs_blockwise(
+            cls, config, offload, torch_dtype, torch.device(device), budget, workload
+        )
         with quiet_loading():
-            model = cls.from_pretrained(source, config=config, **kwargs)
+            if blocks:
+                model, checkpoint = open_checkpoint(cls, source, config, **kwargs)
+            else:
+                model = cls.from_pretrained(source, config=config, **kwargs)
     except MassactError:
         raise
     except Exception as exc:
@@ -128,7 +157,10 @@ def load_model(
             f"could not load model {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
             "offline? give a local model directory or a .gguf file"
         ) from None
-    if device_map is None:
+    block_offload = None
+    if blocks:
+        block_offload = BlockOffload.attach(model, checkpoint, torch.device(device), _budget(budget, device))
+    elif device_map is None:
         model = model.to(device)
     model.eval()
     if tokenizer is None:
@@ -142,5 +174,72 @@ def load_model(
             method = config.quantization_config.get("quant_method")
         quantization = f"{method} quantized" if method else None
     return LoadedModel(
-        model=model, tokenizer=tokenizer, processor=processor, name=name, source=shown, quantization=quantization
+        model=model,
+        tokenizer=tokenizer,
+        processor=processor,
+        name=name,
+        source=shown,
+        quantization=quantization,
+        offload=block_offload,
     )
+
+
+OFFLOADS = ("none", "blocks", "auto")
+
+
+def check_offload(offload: str, device_map: str | dict | None = None) -> None:
+    """Refuse an unknown offload, or block execution together with a device map."""
+    if offload not in OFFLOADS:
+        raise MassactError(f"offload {offload!r}: give one of none, blocks, auto")
+    if offload == "blocks" and device_map is not None:
+        raise MassactError(
+            "offload='blocks' and a device map both place the weights; give one of them (a device map spreads "
+            "the model over devices, blocks read it one block at a time)"
+        )
+
+
+def _budget(budget: int | None, device: str) -> int:
+    return budget if budget is not None else default_budget(device)
+
+
+def _is_text_model(config) -> bool:
+    return getattr(config, "vision_config", None) is None and getattr(config, "image_size", None) is None
+
+
+def _runs_blockwise(
+    cls, config, offload: str, dtype: torch.dtype, device: torch.device, budget: int | None, workload
+) -> bool:
+    """Whether to run block by block: asked for, or ("auto") when the weights and one pass exceed the budget."""
+    if offload == "none":
+        return False
+    if not _is_text_model(config):
+        if offload == "blocks":
+            raise MassactError(
+                f"offload='blocks' runs text models; {config.model_type} has a vision part: use offload='none' "
+                "or a device map"
+            )
+        return False
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(), quiet_loading():
+        build = getattr(cls, "from_config", None) or cls._from_config
+        meta = build(config, dtype=dtype)
+    weights = module_bytes(meta)
+    limit = _budget(budget, str(device))
+    needed = weights + (workload or Workload()).working_bytes(meta, dtype)
+    block = max(module_bytes(b) for b in find_structure(meta).blocks)
+    if offload == "auto" and needed <= limit:
+        return False
+    line = (
+        f"weights {gib(weights)} ({str(dtype).removeprefix('torch.')}), budget {gib(limit)}, block {gib(block)}: "
+        "running block by block"
+    )
+    if offload == "auto":
+        line += " (the model does not fit; --offload none to load it whole)"
+    say(line)
+    if limit < 2 * block:
+        say(
+            f"warning: the budget {gib(limit)} is under two blocks ({gib(2 * block)}); reading will not overlap "
+            "computing, and the run may use more than the budget"
+        )
+    return True

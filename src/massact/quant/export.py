@@ -31,7 +31,7 @@ import torch
 import yaml
 from rich.console import Console
 
-from massact.capture.forward import run_forward
+from massact.capture.forward import walk_windows
 from massact.capture.peaks import BlockPeaks, linear_inputs
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.corpus.summary import CorpusSummary
@@ -41,7 +41,6 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.outputs import write_json
 from massact.precision import Precision
-from massact.progress import track
 from massact.quant.export_report import export_markdown, tool_line
 from massact.quant.imatrix import IMATRIX_FILE, Imatrix, InputSquares
 from massact.quant.recipe import kept_linears, recipe, smoothing_mappings
@@ -193,6 +192,7 @@ class ExportFiles:
 
     result: ExportResult
     formats: list[str]
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     def to_json(self) -> dict:
         r = self.result
@@ -216,6 +216,7 @@ class ExportFiles:
         if "imatrix" in self.formats and r.imatrix is not None:
             data["imatrix"] = r.imatrix.to_json()
         data["precision"] = r.precision.to_json() if r.precision else None
+        data["execution"] = self.execution
         return data
 
     def show(self, console: Console) -> None:
@@ -313,6 +314,22 @@ def measure_exports(
     summary: CorpusSummary | None = None
     counts: dict[int, TokenCount] = {}
     features: dict[int, float] = {}
+
+    def consume(start: int, ids: torch.Tensor, output: object) -> None:
+        nonlocal summary
+        for offset, record in enumerate(collector.pop()):
+            row_ids = windows[start + offset].tolist()
+            if summary is None:
+                hidden = int(record.blocks[0].dim_max.numel())
+                summary = CorpusSummary(
+                    loaded.name, hidden, len(structure), thresholds, 3, windows.shape[1],
+                    prefix_tokens=list(prefix_tokens or []),
+                )  # fmt: skip
+            tokens, kinds = texts.kinds_and_texts(row_ids, 0)
+            summary.add(record, corpus, start + offset, tokens, kinds)
+            for dim, share in _count_tokens(record, row_ids, counts, thresholds).items():
+                features[dim] = max(features.get(dim, 0.0), share)
+
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
         peaks = stack.enter_context(BlockPeaks(model, structure))
@@ -320,22 +337,7 @@ def measure_exports(
             stack.enter_context(scales)
         if squares is not None:
             stack.enter_context(squares)
-        starts = range(0, windows.shape[0], batch_size)
-        for start in track(starts, description, unit="batch") if progress else starts:
-            ids = windows[start : start + batch_size]
-            run_forward(model, ids)
-            for offset, record in enumerate(collector.pop()):
-                row_ids = ids[offset].tolist()
-                if summary is None:
-                    hidden = int(record.blocks[0].dim_max.numel())
-                    summary = CorpusSummary(
-                        loaded.name, hidden, len(structure), thresholds, 3, windows.shape[1],
-                        prefix_tokens=list(prefix_tokens or []),
-                    )  # fmt: skip
-                tokens, kinds = texts.kinds_and_texts(row_ids, 0)
-                summary.add(record, corpus, start + offset, tokens, kinds)
-                for dim, share in _count_tokens(record, row_ids, counts, thresholds).items():
-                    features[dim] = max(features.get(dim, 0.0), share)
+        walk_windows(model, windows, batch_size, consume, description=description, progress=progress)
     maxima = scales.maxima if scales is not None else {}
     mappings = smoothing_mappings(model, structure, windows[:1, :MAPPING_TOKENS]) if recipe else []
     kept = kept_linears(maxima, model, thresholds.abs) if recipe else []

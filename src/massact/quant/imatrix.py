@@ -124,7 +124,7 @@ class _ImatrixWriter(gguf.GGUFWriter):
 
 class InputSquares(HookSet):
     """Forward pre-hooks on every Linear with a llama.cpp name: running sums of x^2 per input column (float64,
-    on the input's device) and the number of tokens (padding left out)."""
+    on the input's device) and the number of tokens (padding left out). Sums only: nothing per forward pass."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

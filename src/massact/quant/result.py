@@ -73,6 +73,7 @@ class QuantResult(OnWindows):
     spread: dict | None = None  # with several seeds: mean and spread of every number (`quant.seeds.summarize`)
     kept_token_share: float = 0.0  # share of the evaluated tokens outlier-tokens keeps in full precision
     unquantized: dict | None = None  # weights the simulator leaves in full precision (fused experts)
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -102,6 +103,7 @@ class QuantResult(OnWindows):
             "dtype": self.precision.dtype if self.precision else None,
             "quantization": self.weights,
             "unquantized_weights": self.unquantized,
+            "execution": self.execution,
         }
 
     def unquantized_line(self) -> str | None:

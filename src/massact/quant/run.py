@@ -179,6 +179,11 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
     text of the first calibration window.
     """
     config = config or QuantConfig()
+    if config.tasks is not None and loaded.offload is not None:
+        raise MassactError(
+            "--tasks is not available under block execution (--offload blocks): the task harness runs the whole "
+            "model for each request; run with --offload none, or leave --tasks out"
+        )
     schemes = [parse_scheme(s) for s in config.schemes]
     structure = find_structure(loaded.model, config.blocks_path)
     if config.needs_super_weights and inputs.super_weights is None:
@@ -218,6 +223,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         spread=spread,
         kept_token_share=calib.kept_share(inputs.windows),
         unquantized=unquantized_weights(loaded.model, [structure.block_path(i) for i in range(len(structure))]),
+        execution=loaded.execution(),
     )
 
 

@@ -1,17 +1,20 @@
 """Simulated quantization as a context manager around any forward: `quant_context(loaded, scheme, strategy, calib)`.
 
 On entry each Linear's weight (except the output head's) is replaced by its transformed and fake-quantized
-version (the original tensor is kept and put back bit-exactly on exit, also on error); a forward
+version through `edited_parameters` (the original tensor comes back bit-exactly on exit, also on error; a model
+run block by block gets the new weight as each block is read); a forward
 pre-hook on each Linear transforms and fake-quantizes its input; a forward hook on each key and value
 projection fake-quantizes the KV cache (per token and head, around the projection's bias, which every
 token shares and the cache holds once in full precision). Nothing else of the model changes, and no forward is replaced.
+Smoothing scales depend on the weight, so they are computed from the real tensor as it is edited.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -19,6 +22,7 @@ from torch import nn
 from massact.capture.hooks import HookFn, HookSet
 from massact.errors import MassactError
 from massact.models.dims import model_dims
+from massact.models.edits import edited_parameters
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
 from massact.quant.calibrate import Calibration
@@ -36,7 +40,9 @@ class LinearPlan:
 
     name: str
     module: nn.Module
-    smooth: torch.Tensor | None = None  # [in]: input / s, weight columns * s
+    smooth_maxima: torch.Tensor | None = None  # `smooth`: the calibration's max |x| per input channel
+    alpha: float = 0.5  # `smooth`: its strength
+    smooth: torch.Tensor | None = None  # [in]: input / s, weight columns * s (set from the weight: `fit`)
     rotate: torch.Tensor | None = None  # [in, in] orthogonal: input @ H, weight rows @ H
     static_scale: torch.Tensor | None = None  # scalar scale for static per-tensor activations
     keep: tuple[tuple[int, ...], ...] = ()  # weight entries (stored index) kept in full precision
@@ -45,9 +51,21 @@ class LinearPlan:
     def conv1d(self) -> bool:
         return not isinstance(self.module, nn.Linear)
 
+    @property
+    def transforms_input(self) -> bool:
+        """Whether the input is smoothed or rotated (so not shared with the other readers of the same tensor)."""
+        return self.smooth_maxima is not None or self.rotate is not None
+
     def rows(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight as [out, in] (Conv1D stores [in, out])."""
         return weight.t() if self.conv1d else weight
+
+    def fit(self, weight: torch.Tensor) -> None:
+        """Set the smoothing scales from the real weight (in memory on entry; block by block as it is read)."""
+        if self.smooth_maxima is not None:
+            self.smooth = smooth_scales(self.smooth_maxima, self.rows(weight), self.alpha).to(
+                weight.device, weight.dtype
+            )
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is not None:
@@ -101,7 +119,13 @@ def kv_projections(model: nn.Module, names: Iterable[str]) -> list[tuple[str, nn
 
 
 class QuantHooks(HookSet):
-    """The input pre-hooks and KV output hooks of one simulated scheme (weights are swapped separately)."""
+    """The input pre-hooks and KV output hooks of one simulated scheme (weights are swapped separately).
+
+    `keep` (the kept tokens) belongs to one forward pass; the model's own pre-hook sets it, and clears the
+    one-tensor cache `_last_input` / `_last_output`, on every call of the model, block by block included.
+    """
+
+    per_forward = ("keep",)
 
     def __init__(
         self,
@@ -159,7 +183,7 @@ class QuantHooks(HookSet):
     def _input_hook(self, plan: LinearPlan) -> Callable:
         bits = self.scheme.act_bits
 
-        shared = plan.smooth is None and plan.rotate is None and plan.static_scale is None and self.record is None
+        shared = not plan.transforms_input and plan.static_scale is None and self.record is None
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             if not args:
@@ -211,6 +235,7 @@ class QuantHooks(HookSet):
 
 @torch.no_grad()
 def _new_weight(plan: LinearPlan, weight: torch.Tensor, bits: int | None, group: int | None) -> torch.Tensor:
+    plan.fit(weight)
     if plan.smooth is None and plan.rotate is None and bits is None:
         return weight
     rows = plan.rows(weight)
@@ -233,24 +258,16 @@ def _new_weight(plan: LinearPlan, weight: torch.Tensor, bits: int | None, group:
     return new.contiguous()
 
 
-@contextmanager
-def swapped_weights(plans: list[LinearPlan], bits: int | None, group: int | None = None) -> Iterator[None]:
+def swapped_weights(
+    model: nn.Module, plans: list[LinearPlan], bits: int | None, group: int | None = None
+) -> AbstractContextManager[None]:
     """Each plan's weight replaced by its transformed (and, with `bits`, quantized) version until exit.
 
-    The original tensors are kept and put back on exit, also on error, so the model ends bit-identical.
+    The original tensors come back on exit, also on error, so the model ends bit-identical (`edited_parameters`).
     """
-    originals: list[tuple[nn.Parameter, torch.Tensor]] = []
-    try:
-        for plan in plans:
-            parameter = plan.module.weight
-            new = _new_weight(plan, parameter.data, bits, group)
-            if new is not parameter.data:
-                originals.append((parameter, parameter.data))
-                parameter.data = new
-        yield
-    finally:
-        for parameter, original in reversed(originals):
-            parameter.data = original
+    return edited_parameters(
+        model, [(plan.module.weight, partial(_new_weight, plan, bits=bits, group=group)) for plan in plans]
+    )
 
 
 def build_plans(
@@ -279,12 +296,10 @@ def build_plans(
             if weight.parameter == f"{weight.module}.weight":
                 supers.setdefault(weight.module, []).append(weight.index)
     for name, module in quantized_linears(loaded.model, blocks).items():
-        plan = LinearPlan(name=name, module=module, keep=tuple(supers.get(name, ())))
-        device = module.weight.device
+        plan = LinearPlan(name=name, module=module, keep=tuple(supers.get(name, ())), alpha=alpha)
+        device = loaded.device if module.weight.is_meta else module.weight.device  # meta: read block by block
         if "smooth" in chosen and calibration is not None:
-            maxima = calibration.act_maxima.get(name)
-            if maxima is not None:
-                plan.smooth = smooth_scales(maxima, plan.rows(module.weight), alpha).to(device, module.weight.dtype)
+            plan.smooth_maxima = calibration.act_maxima.get(name)
         if "rotate" in chosen:
             size = plan.rows(module.weight).shape[1]
             if size not in rotations:
@@ -351,6 +366,6 @@ def quant_context(
     hooks = QuantHooks(loaded.model, scheme, plans, kv, head_dim, keep_first, keep_ids, record)
     with ExitStack() as stack:
         bits = scheme.weight_bits if record is None else None  # recording: transforms only, no rounding
-        stack.enter_context(swapped_weights(plans, bits, scheme.group))
+        stack.enter_context(swapped_weights(loaded.model, plans, bits, scheme.group))
         stack.enter_context(hooks)
         yield

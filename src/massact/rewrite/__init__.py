@@ -2,8 +2,10 @@
 
 `run(loaded, inputs, RewriteConfig(rescale="auto"))` rescales (float16 headroom), smooths
 (SmoothQuant, folded) and/or rotates (orthogonal, folded) a copy of the model, saves it as a plain
-transformers folder, reloads it with `from_pretrained` and measures what changed. The names are imported
-on first use, so the command's option checks (`config`, `folder`) answer without torch.
+transformers folder, reloads it with `from_pretrained` and measures what changed. A model loaded with
+`offload="blocks"` is rewritten one block at a time (`plan`, `save`) and reloaded block by block; only
+`check_quant` needs the whole model in memory. The names are imported on first use, so the command's option
+checks (`config`, `folder`) answer without torch.
 """
 
 from __future__ import annotations

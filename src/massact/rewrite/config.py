@@ -11,6 +11,10 @@ from massact.validate import at_least
 FP16_MAX = 65504.0
 FP8_E4M3_MAX = 448.0
 QUANT_SCHEMES = ("w8a8",)
+CHECK_QUANT_BLOCKS = (
+    "--check-quant is not available under block execution (--offload blocks): it quantizes whole copies of the "
+    "model in memory; run it with --offload none, or leave --check-quant out"
+)
 
 
 def parse_rescale(text: str | None) -> str | float | None:

@@ -13,6 +13,9 @@ reads the map off the recorded tensors:
   Linears (so every expert of a mixture has its own); fused experts write through their `down` parameter;
 - a norm inside attention (q/k norms) reads the Linear whose output equals its input;
 - the final norm is the norm whose output is the LM head's input.
+
+Block by block, the probe is one pass of the block-by-block runner, and the few checks that run a module on
+its own weights (a fused up projection, a norm's form) read those weights first (`materialized`).
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from massact.capture.forward import run_forward
 from massact.capture.hooks import HookSet, output_tensor
 from massact.errors import MassactError
+from massact.models.offload import materialized
 from massact.models.structure import find_structure, in_features, is_linear, out_features
 
 _UP = re.compile(r"(^|_)(up|w3)(_proj)?$")
@@ -82,6 +87,7 @@ class Layout:
     qk_sources: list[Site]  # Linears whose output a norm inside attention reads
     post_norm_blocks: list[int] = field(default_factory=list)
     unknown_norms: list[str] = field(default_factory=list)
+    unprobed_norms: list[str] = field(default_factory=list)  # norms whose forward takes more than the hidden states
 
     @property
     def sandwich(self) -> bool:
@@ -168,7 +174,9 @@ def _detached(values):
     return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values)
 
 
-def _fused_up(module: nn.Module, path: str, down: torch.Tensor, call: tuple[tuple, dict] | None) -> list[Site]:
+def _fused_up(
+    model: nn.Module, module: nn.Module, path: str, down: torch.Tensor, call: tuple[tuple, dict] | None
+) -> list[Site]:
     """The part of a fused experts module's up projection (and its bias) whose scaling scales the module's
     output by the same factor, so a rescale shrinks the hidden product (the input of `down`) too; [] when
     no candidate does, tested on the module's own recorded call (gated as act(gate) x up, not clamped)."""
@@ -187,7 +195,7 @@ def _fused_up(module: nn.Module, path: str, down: torch.Tensor, call: tuple[tupl
             elif size == inter and "gate" not in name:
                 candidates.append((name, axis, slice(None)))
     args, kwargs = call
-    with torch.inference_mode():
+    with torch.inference_mode(), materialized(model, [module]):
         before = output_tensor(module(*args, **kwargs)).float()
         for name, axis, part in candidates:
             sites = [Site(module, name, axis, _full(path, name), (slice(None),) * axis + (part,))]
@@ -205,9 +213,14 @@ def _fused_up(module: nn.Module, path: str, down: torch.Tensor, call: tuple[tupl
 
 
 def _writers(
-    sub: nn.Module, path: str, order: dict[str, int], hidden: int, calls: dict[str, tuple[tuple, dict]] | None = None
+    model: nn.Module,
+    sub: nn.Module,
+    path: str,
+    order: dict[str, int],
+    hidden: int,
+    calls: dict[str, tuple[tuple, dict]] | None = None,
 ) -> tuple[list[Site], list[Site]]:
-    """(writers, what a rescale multiplies) inside one sub-layer."""
+    """(writers, what a rescale multiplies) inside one sub-layer `sub` of `model`."""
     parents: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, module in sub.named_modules():
         if is_linear(module) and out_features(module) == hidden:
@@ -248,7 +261,7 @@ def _writers(
             if param.dim() == 3 and "down" in pname and param.shape[1] == hidden:
                 site = Site(module, pname, 1, _full(path, name, pname))
                 writers.append(site)
-                up = _fused_up(module, _full(path, name), param, (calls or {}).get(_full(path, name)))
+                up = _fused_up(model, module, _full(path, name), param, (calls or {}).get(_full(path, name)))
                 scaled += up or [site]  # the up part scales the hidden product and the write
     return writers, scaled
 
@@ -276,14 +289,17 @@ def _readers(sub: nn.Module, path: str, writers: list[Site], hidden: int) -> lis
 
 
 @torch.no_grad()
-def _form(norm: nn.Module) -> tuple[str, bool]:
-    """("w" or "1+w", subtracts the mean) of a norm, probed on its own forward."""
+def _form(norm: nn.Module) -> tuple[str, bool] | None:
+    """("w" or "1+w", subtracts the mean) of a norm, probed on its own forward; None for a norm whose forward
+    takes more than the hidden states (a gated norm)."""
     width = norm.weight.shape[-1]
     x = torch.randn(2, width, generator=torch.Generator().manual_seed(0)).to(norm.weight)
     saved = norm.weight.detach().clone()
     try:
         norm.weight.zero_()
         zero = norm(x)
+    except TypeError:
+        return None
     finally:
         norm.weight.copy_(saved)
     bias = getattr(norm, "bias", None)
@@ -300,7 +316,7 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
     hidden = int(embed.embedding_dim)
     probe = _Probe(model)
     with torch.inference_mode(), probe:
-        model(input_ids=ids.to(embed.weight.device))
+        run_forward(model, ids)
     order, inputs, outputs = probe.order, probe.inputs, probe.outputs
     names = {id(m): n for n, m in model.named_modules()}
     norms = {n: m for n, m in model.named_modules() if is_norm(m)}
@@ -335,7 +351,7 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
                 readers.setdefault(min(following)[1], npath)
         for kind, spath in subs:
             module = model.get_submodule(spath)
-            writers, scaled = _writers(module, spath, order, hidden, probe.calls)
+            writers, scaled = _writers(model, module, spath, order, hidden, probe.calls)
             sublayers.append(
                 Sublayer(
                     kind=kind,
@@ -369,8 +385,12 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
     ]
     forms = {}
     centred = {}
-    for name, norm in norms.items():
-        forms[name], centred[name] = _form(norm)
+    unprobed = []
+    with materialized(model, norms.values()):
+        for name, norm in norms.items():
+            probed = _form(norm)
+            unprobed += [] if probed else [name]
+            forms[name], centred[name] = probed or ("w", False)
     tied = head is not None and head.tensor is embed.weight
     return Layout(
         hidden=hidden,
@@ -385,6 +405,7 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
         qk_sources=qk_sources,
         post_norm_blocks=post_blocks,
         unknown_norms=[n for n in norms if n not in known and n in order],
+        unprobed_norms=unprobed,
     )
 
 
@@ -414,6 +435,11 @@ def check_known(layout: Layout, what: str) -> None:
         raise MassactError(
             f"{what}: the blocks normalise the residual stream after adding to it (post-norm, block "
             f"{layout.post_norm_blocks[0]}), so it is not scale-invariant; the rewrite would not be exact"
+        )
+    if layout.unprobed_norms:
+        raise MassactError(
+            f"{what}: the norm {layout.unprobed_norms[0]} takes more than the hidden states (a gated norm), so the "
+            "rewrite cannot account for it"
         )
     if layout.unknown_norms:
         raise MassactError(

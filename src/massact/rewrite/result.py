@@ -35,6 +35,7 @@ class RewriteResult(OnWindows):
     after: dict
     quant: dict | None
     folder: tempfile.TemporaryDirectory
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     @property
     def model_files(self) -> list[str]:
@@ -76,6 +77,7 @@ class RewriteResult(OnWindows):
             "blocks": self.blocks(),
             "check_quant": self.quant,
             "model_files": self.model_files,
+            "execution": self.execution,
         }
 
     def _rows(self) -> list[tuple[str, str, str]]:

@@ -1,72 +1,93 @@
-"""The three exact rewrites, each applied in place to a copy of the model through its `Layout`."""
+"""The three exact rewrites, each written as edits of single tensors into a `Plan` through the model's `Layout`.
+
+Every edit is a function of the tensor it edits (and of numbers fixed when it is planned), so the same plan
+rewrites a model in memory and one read block by block from its checkpoint, bit for bit alike. The few
+values a rewrite reads from other tensors (norm gains folded into Linears, SmoothQuant's weight maxima) are
+read while those tensors are `materialized`.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from massact.errors import MassactError
+from massact.models.offload import materialized
 from massact.rewrite.layout import Layout, Site, norm_eps
+from massact.rewrite.plan import Edit, Plan, text_config
 
 _EPS_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps", "layernorm_epsilon")
 
 
-def _scale_gain(layout: Layout, path: str, factor: torch.Tensor | float) -> None:
-    """Multiply a norm's output by `factor` (a number or one per channel): through `w`, or `1 + w` for Gemma."""
+def _norm_site(layout: Layout, path: str, name: str = "weight") -> Site | None:
     norm = layout.norms[path]
-    weight = norm.weight
-    if layout.forms[path] == "1+w":
-        weight.copy_(((1.0 + weight.double()) * factor - 1.0).to(weight.dtype))
-    else:
-        weight.copy_((weight.double() * factor).to(weight.dtype))
-    bias = getattr(norm, "bias", None)
+    return Site(norm, name, 0, f"{path}.{name}") if getattr(norm, name, None) is not None else None
+
+
+def times(factor: float) -> Edit:
+    return lambda tensor: tensor * factor
+
+
+def _scaled_gain(form: str, factor: torch.Tensor | float) -> Edit:
+    """Multiply a norm's output by `factor` through its gain `w` (or `1 + w`, Gemma)."""
+
+    def edit(weight: torch.Tensor) -> torch.Tensor:
+        f = factor.to(weight.device) if isinstance(factor, torch.Tensor) else factor
+        if form == "1+w":
+            return ((1.0 + weight.double()) * f - 1.0).to(weight.dtype)
+        return (weight.double() * f).to(weight.dtype)
+
+    return edit
+
+
+def _scaled_bias(factor: torch.Tensor | float) -> Edit:
+    def edit(bias: torch.Tensor) -> torch.Tensor:
+        f = factor.to(bias.device) if isinstance(factor, torch.Tensor) else factor
+        return (bias.double() * f).to(bias.dtype)
+
+    return edit
+
+
+def _scale_gain(plan: Plan, layout: Layout, path: str, factor: torch.Tensor | float) -> None:
+    """Multiply a norm's output by `factor` (a number or one per channel): through `w`, or `1 + w` for Gemma."""
+    plan.edit(_norm_site(layout, path), _scaled_gain(layout.forms[path], factor))
+    bias = _norm_site(layout, path, "bias")
     if bias is not None:
-        bias.copy_((bias.double() * factor).to(bias.dtype))
+        plan.edit(bias, _scaled_bias(factor))
 
 
-def _unit_gain(layout: Layout, path: str) -> None:
+def _unit_gain(plan: Plan, layout: Layout, path: str) -> None:
     """Set a norm's gain to 1 (after it was folded into the Linears that read the norm)."""
-    weight = layout.norms[path].weight
-    weight.fill_(0.0 if layout.forms[path] == "1+w" else 1.0)
+    value = 0.0 if layout.forms[path] == "1+w" else 1.0
+    plan.edit(_norm_site(layout, path), lambda weight: torch.full_like(weight, value))
 
 
-def _gain(layout: Layout, path: str) -> torch.Tensor:
-    weight = layout.norms[path].weight.detach().double()
+def _gain(plan: Plan, layout: Layout, path: str) -> torch.Tensor:
+    weight = plan.value(_norm_site(layout, path)).double()
     return 1.0 + weight if layout.forms[path] == "1+w" else weight
 
 
-def _along(site: Site, vector: torch.Tensor) -> None:
-    """Multiply a parameter along its hidden axis by `vector`."""
-    tensor = site.tensor
-    shape = [1] * tensor.dim()
-    shape[site.axis] = -1
-    tensor.copy_((tensor.double() * vector.to(tensor.device).view(shape)).to(tensor.dtype))
+def along(axis: int, vector: torch.Tensor) -> Edit:
+    """Multiply a tensor along `axis` by `vector`."""
+
+    def edit(tensor: torch.Tensor) -> torch.Tensor:
+        shape = [1] * tensor.dim()
+        shape[axis] = -1
+        return (tensor.double() * vector.to(tensor.device).view(shape)).to(tensor.dtype)
+
+    return edit
 
 
-def _rotate(site: Site, matrix: torch.Tensor) -> None:
-    """Replace the hidden axis `h` of a parameter by `h @ matrix`."""
-    tensor = site.tensor
-    moved = tensor.double().movedim(site.axis, -1) @ matrix.to(tensor.device)
-    tensor.copy_(moved.movedim(-1, site.axis).to(tensor.dtype))
+def rotated(axis: int, matrix: torch.Tensor) -> Edit:
+    """Replace the axis `h` of a tensor by `h @ matrix`."""
+
+    def edit(tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.double().movedim(axis, -1) @ matrix.to(tensor.device)
+        return moved.movedim(-1, axis).to(tensor.dtype)
+
+    return edit
 
 
-def _text_config(model: nn.Module):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def untie(model: nn.Module, layout: Layout) -> None:
-    """Give the LM head its own copy of the tied embedding, and say so in the config."""
-    head = layout.head.module
-    head.weight = nn.Parameter(head.weight.detach().clone())
-    for config in {id(c): c for c in (model.config, _text_config(model))}.values():
-        config.tie_word_embeddings = False
-    layout.head = Site(head, "weight", 1, layout.head.path)
-    layout.tied = False
-
-
-@torch.no_grad()
-def rescale(model: nn.Module, layout: Layout, factor: float) -> list[str]:
+def rescale(plan: Plan, layout: Layout, factor: float) -> list[str]:
     """Multiply the residual stream by `factor`; returns what was changed, in words.
 
     Embeddings and every write are scaled; every norm's epsilon is scaled by factor^2 and every norm's
@@ -77,40 +98,39 @@ def rescale(model: nn.Module, layout: Layout, factor: float) -> list[str]:
         raise MassactError("--rescale: no final norm before the LM head was found, so the logits would be rescaled too")
     changed = []
     for site in layout.embeddings:
-        site.tensor.mul_(factor)
+        plan.edit(site, times(factor))
     changed.append(f"embeddings x{factor:g} ({', '.join(s.path for s in layout.embeddings)})")
     for sub in layout.sublayers:
         for site in sub.scaled:
-            site.part().mul_(factor)
+            plan.edit(site, times(factor))
         if sub.post_norm:
-            _scale_gain(layout, sub.post_norm, factor)
+            _scale_gain(plan, layout, sub.post_norm, factor)
     changed.append(f"every write into the residual stream x{factor:g} ({len(layout.sublayers)} sub-layers)")
     if any(s.post_norm for s in layout.sublayers):
         changed.append("each sandwich post-norm's gain x" + f"{factor:g}, its input x{factor:g}")
     for site in layout.qk_sources:
-        site.tensor.mul_(factor)
+        plan.edit(site, times(factor))
     if layout.qk_sources:
         changed.append(f"q/k projections feeding q/k norms x{factor:g}")
     for norm in layout.norms.values():
         name, value = norm_eps(norm)
-        setattr(norm, name, value * factor * factor)
-    config = _text_config(model)
+        plan.attributes.append((norm, name, value * factor * factor))
+    config = text_config(plan.model.config)
     keys = [k for k in _EPS_KEYS if isinstance(getattr(config, k, None), float)]
     if not keys and factor != 1.0:
         raise MassactError(
             "the model's config names no norm epsilon (rms_norm_eps, layer_norm_eps...), so it cannot be rescaled"
         )
-    for key in keys:
-        setattr(config, key, getattr(config, key) * factor * factor)
+    values = {key: getattr(config, key) * factor * factor for key in keys}
+    plan.config_edits.append(lambda config: [setattr(text_config(config), k, v) for k, v in values.items()])
     changed.append(f"norm epsilon x{factor * factor:g} ({', '.join(keys)})")
     if layout.tied:
-        _scale_gain(layout, layout.final_norm, 1.0 / factor)
+        _scale_gain(plan, layout, layout.final_norm, 1.0 / factor)
         changed.append(f"final norm gain x{1 / factor:g} (the LM head is tied to the embedding)")
     return changed
 
 
-@torch.no_grad()
-def rotate(model: nn.Module, layout: Layout, matrix: torch.Tensor) -> list[str]:
+def rotate(plan: Plan, layout: Layout, matrix: torch.Tensor) -> list[str]:
     """Rotate the residual stream by the orthogonal `matrix` (h -> h Q), norm gains folded first."""
     if layout.sandwich:
         raise MassactError(
@@ -121,32 +141,33 @@ def rotate(model: nn.Module, layout: Layout, matrix: torch.Tensor) -> list[str]:
         raise MassactError(f"--rotate: {centred[0]} subtracts the mean (LayerNorm); only RMSNorm models rotate exactly")
     if layout.final_norm is None or layout.head is None:
         raise MassactError("--rotate: no final norm before the LM head was found; the rotation would not be exact")
+    missing = next((sub.path for sub in layout.sublayers if sub.reader is None), None)
+    if missing is not None:
+        raise MassactError(f"--rotate: {missing} reads the residual stream through no norm")
     changed = []
     if layout.tied:
-        untie(model, layout)
+        plan.untie(layout)
         changed.append("LM head untied from the embedding")
-    for sub in layout.sublayers:
-        if sub.reader is None:
-            raise MassactError(f"--rotate: {sub.path} reads the residual stream through no norm")
-        gain = _gain(layout, sub.reader)
-        for site in sub.readers:
-            _along(site, gain)
-        _unit_gain(layout, sub.reader)
-    gain = _gain(layout, layout.final_norm)
-    _along(layout.head, gain)
-    _unit_gain(layout, layout.final_norm)
+    with materialized(plan.model, layout.norms.values()):  # the gains folded into the readers
+        for sub in layout.sublayers:
+            gain = _gain(plan, layout, sub.reader)
+            for site in sub.readers:
+                plan.edit(site, along(site.axis, gain))
+            _unit_gain(plan, layout, sub.reader)
+        gain = _gain(plan, layout, layout.final_norm)
+    plan.edit(layout.head, along(layout.head.axis, gain))
+    _unit_gain(plan, layout, layout.final_norm)
     changed.append("every norm's gain folded into the Linears that read it")
     sites = [*layout.embeddings, layout.head]
     for sub in layout.sublayers:
         sites += sub.readers + sub.writers
     for site in sites:
-        _rotate(site, matrix)
+        plan.edit(site, rotated(site.axis, matrix))
     changed.append(f"embedding, {len(sites) - len(layout.embeddings) - 1} readers and writers, LM head rotated")
     return changed
 
 
-@torch.no_grad()
-def smooth(layout: Layout, act_max: dict[str, torch.Tensor], alpha: float) -> list[str]:
+def smooth(plan: Plan, layout: Layout, act_max: dict[str, torch.Tensor], alpha: float) -> list[str]:
     """SmoothQuant: each pre-norm's output divided by s per channel, its readers' columns multiplied by s."""
     from massact.quant.strategies import smooth_scales
 
@@ -154,10 +175,11 @@ def smooth(layout: Layout, act_max: dict[str, torch.Tensor], alpha: float) -> li
     for sub in layout.sublayers:
         if sub.reader is None or sub.reader not in act_max or not sub.readers:
             continue
-        rows = torch.cat([s.tensor.detach().movedim(s.axis, -1).reshape(-1, layout.hidden).abs() for s in sub.readers])
-        scales = smooth_scales(act_max[sub.reader], rows, alpha).double().cpu()
-        _scale_gain(layout, sub.reader, 1.0 / scales)
+        with materialized(plan.model, {id(s.module): s.module for s in sub.readers}.values()):
+            values = [plan.value(s).movedim(s.axis, -1).reshape(-1, layout.hidden).abs() for s in sub.readers]
+            scales = smooth_scales(act_max[sub.reader], torch.cat(values), alpha).double().cpu()
+        _scale_gain(plan, layout, sub.reader, 1.0 / scales)
         for site in sub.readers:
-            _along(site, scales)
+            plan.edit(site, along(site.axis, scales))
         done += 1
     return [f"SmoothQuant scales (alpha {alpha:g}) folded into {done} pre-norms and the Linears that read them"]

@@ -1,18 +1,23 @@
 """The checks every rewrite passes: float32 logits and perplexity unchanged, float16 and peaks before/after.
 
 Each model is run once in float32 (perplexity, per-block peaks, and the logits of the first batch kept for
-the comparison) and once in float16 (perplexity and the modules whose output holds inf or NaN).
+the comparison) and once in float16 (perplexity and the modules whose output holds inf or NaN): its weights
+and buffers in float16 as `.half()` makes them, put in place for that pass only, so that a model read block
+by block from its checkpoint is measured the same way.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from massact.capture.hooks import HookSet
 from massact.capture.peaks import BlockPeaks
+from massact.errors import MassactError
+from massact.models.edits import edited_parameters
 from massact.models.structure import find_structure
 from massact.perplexity import evaluate_perplexity
 from massact.rewrite.measure import Nonfinite
@@ -31,6 +36,34 @@ class _FirstLogits(HookSet):
     def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
         if self.logits is None:
             self.logits = output.logits.detach().float().cpu()
+
+
+def _half(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.half()
+
+
+@contextmanager
+def half_precision(model: nn.Module) -> Iterator[None]:
+    """`model`'s floating-point parameters and buffers in float16 inside the block (as `.half()` makes them)."""
+    buffers = [
+        (module, name, buffer)
+        for module in model.modules()
+        for name, buffer in module._buffers.items()
+        if buffer is not None and buffer.is_floating_point()
+    ]
+    meta = next((name for _, name, buffer in buffers if buffer.is_meta), None)
+    if meta is not None:
+        raise MassactError(
+            f"the float16 check cannot convert the buffer {meta} of a model read block by block; use --offload none"
+        )
+    try:
+        for module, name, buffer in buffers:
+            module._buffers[name] = buffer.half()
+        with edited_parameters(model, [(p, _half) for p in model.parameters() if p.is_floating_point()]):
+            yield
+    finally:
+        for module, name, buffer in buffers:
+            module._buffers[name] = buffer
 
 
 def logits_change(original: torch.Tensor, rewritten: torch.Tensor) -> dict:
@@ -53,11 +86,9 @@ def measure_model(
     first = _FirstLogits(model)
     with peaks, first:
         fp32 = evaluate_perplexity(model, windows, batch_size, progress=False, prefix_len=prefix_len)
-    half = copy.deepcopy(model).half()
-    bad = Nonfinite(half)
-    with bad:
-        fp16 = evaluate_perplexity(half, windows, batch_size, progress=False, prefix_len=prefix_len)
-    del half
+    bad = Nonfinite(model)
+    with half_precision(model), bad:
+        fp16 = evaluate_perplexity(model, windows, batch_size, progress=False, prefix_len=prefix_len)
     measured = {
         "perplexity_float32": fp32.perplexity,
         "perplexity_float16": fp16.perplexity,

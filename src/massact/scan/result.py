@@ -151,6 +151,7 @@ class ScanResult:
     dtype: str = "float32"
     source: str | None = None  # the file the model came from (e.g. a GGUF), when the loader says
     quantization: str | None = None  # e.g. "Q4_1 GGUF, de-quantized to float32"
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     @property
     def num_blocks(self) -> int:
@@ -216,6 +217,7 @@ class ScanResult:
             "summary": self.summary,
             "nonfinite_blocks": [b["index"] for b in blocks if b["nonfinite"]],
             "precision": self.precision.to_json(),
+            "execution": self.execution,
         }
 
     def show(self, console: Console) -> None:

@@ -66,9 +66,10 @@ def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: Sca
         summary=summary,
         kept=kept,
         prompt=prompt,
-        dtype=str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        dtype=str(loaded.dtype).removeprefix("torch."),
         source=getattr(loaded, "source", None),
         quantization=getattr(loaded, "quantization", None),
+        execution=loaded.execution(),
     )
 
 

@@ -74,8 +74,17 @@ def check_offset(text: str, offset: int, source: str) -> None:
         raise MassactError(f"--offset {offset} is past the end of {source}; lower --offset")
 
 
+BLOCKWISE_REFUSAL = (
+    "stream decodes token by token and needs every block for every token, so it does not run block by block "
+    "(the model does not fit the memory budget, or --offload blocks was given): use a device that holds the "
+    "model (--device cuda, --max-memory), or --device-map auto to spread it over GPUs, CPU and disk"
+)
+
+
 def run(loaded: LoadedModel, stream: TokenStream | torch.Tensor, config: StreamConfig) -> StreamResult:
     """Decode `stream` under every policy of `config`; perplexity over predictions config.first_scored().."""
+    if loaded.offload is not None:
+        raise MassactError(BLOCKWISE_REFUSAL)
     if isinstance(stream, torch.Tensor):
         stream = TokenStream(ids=stream.reshape(-1).long(), prefix=[], source="ids", offset=0, texts=[])
     tokens = stream.ids.numel()

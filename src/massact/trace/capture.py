@@ -6,7 +6,8 @@ module's input and routing. When a norm of the block takes a sub-layer's output 
 norms, as Gemma 2/3: `h + norm(attn(h))`), what the block adds is that norm's output: the norm is
 then recorded as the sub-layer's post-norm, with its input and output. Everything stays on the
 model's device until the forward ends (no host synchronisation inside the pass); `run_capture`
-moves the small result to the CPU afterwards.
+moves the small result to the CPU afterwards. The pass runs the model in memory or block by block
+alike (`run_forward`): the hooks sit on the blocks and their parts only.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def writer_linears(structure: Structure, block: int, hidden_size: int) -> dict[s
 
 @dataclass
 class TraceCapture:
-    """What the hooks keep: vectors at the traced tokens only, plus per-channel medians of writer inputs."""
+    """What the hooks keep: vectors at the traced tokens, per-channel medians of writer inputs, experts inputs."""
 
     tokens: list[int]
     block_in: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -52,6 +53,7 @@ class TraceCapture:
     writer_median: dict[Key, torch.Tensor] = field(default_factory=dict)
     writer_out: dict[Key, torch.Tensor] = field(default_factory=dict)
     routing_raw: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    experts_in: dict[int, torch.Tensor] = field(default_factory=dict)  # the experts module's input, every token
     post_norm: dict[Key, str] = field(default_factory=dict)  # the norm applied to a sub-layer's output
     norm_in: dict[Key, torch.Tensor] = field(default_factory=dict)
     norm_median: dict[Key, torch.Tensor] = field(default_factory=dict)  # per channel, median |input| over tokens
@@ -71,6 +73,8 @@ class TraceCapture:
                 store[key] = value.float().cpu()
         for key, (hidden, index, weights) in self.routing_raw.items():
             self.routing_raw[key] = (hidden.cpu(), index.cpu(), weights.cpu())
+        for key, hidden in self.experts_in.items():
+            self.experts_in[key] = hidden.cpu()
 
 
 def block_norms(structure: Structure, block: int) -> dict[str, nn.Module]:
@@ -91,6 +95,8 @@ def _first_sequence(tensor: torch.Tensor) -> torch.Tensor:
 
 class TraceHooks(HookSet):
     """Hooks on every block, sub-layer, writer Linear and experts module of `structure`."""
+
+    per_forward = ("_outputs", "_norm_of")  # one pass's sub-layer outputs and open norms (the capture is per block)
 
     def __init__(self, model: nn.Module, structure: Structure, tokens: list[int], hidden_size: int) -> None:
         super().__init__(model)
@@ -179,6 +185,7 @@ class TraceHooks(HookSet):
                 hidden, index, weights = found
                 rows = self._rows(hidden.device)
                 self.capture.routing_raw[block] = (hidden[rows].detach(), index[rows], weights[rows].detach())
+                self.capture.experts_in[block] = hidden.detach()
 
         return hook
 
@@ -220,28 +227,3 @@ def run_capture(
         raise MassactError(f"blocks {missing[:5]} did not run or took no hidden state; check --blocks")
     capture.to_cpu()
     return capture
-
-
-class ExpertInputs(HookSet):
-    """Keeps the whole input of one block's experts module (all tokens), for per-channel medians."""
-
-    def __init__(self, model: nn.Module, experts: nn.Module) -> None:
-        super().__init__(model)
-        self.experts = experts
-        self.hidden: torch.Tensor | None = None
-
-    def _grab(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        found = routing_args(args, kwargs)
-        if found is not None:
-            self.hidden = found[0].detach()
-
-    def pre_hooks(self) -> Iterable[tuple[nn.Module, object]]:
-        yield self.experts, self._grab
-
-
-def experts_input(model: nn.Module, experts: nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
-    """The input [tokens, hidden] of `experts` on `input_ids` ([1, T]), from one more forward pass."""
-    with ExpertInputs(model, experts) as hooks:
-        run_forward(model, input_ids)
-        hidden = hooks.hidden
-    return hidden

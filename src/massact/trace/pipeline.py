@@ -7,7 +7,8 @@ from contextlib import contextmanager
 
 import torch
 
-from massact.capture.risk import capture_quant_risk, quant_risk
+from massact.capture.forward import walk_windows
+from massact.capture.risk import capture_quant_risk
 from massact.data.corpus import load_texts, prefix_tokens, token_windows, window_prefix
 from massact.errors import MassactError
 from massact.models.dims import model_dims
@@ -15,7 +16,7 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import Structure
 from massact.scan import MassiveActivation, ScanConfig, scan
 from massact.tokens import tokenize_prompt
-from massact.trace.capture import experts_input, run_capture
+from massact.trace.capture import run_capture
 from massact.trace.config import TraceConfig
 from massact.trace.inputs import TraceInputs
 from massact.trace.result import TraceResult
@@ -68,18 +69,11 @@ def _check_site_options(config: TraceConfig, num_tokens: int, hidden_size: int, 
         raise MassactError(f"--block {config.block} is out of range; the model has blocks 0..{num_blocks - 1}")
 
 
-def _experts_inputs(loaded: LoadedModel, structure: Structure, input_ids: torch.Tensor):
-    """block -> the whole input of that block's experts module (one more forward pass per block, cached)."""
-    cache: dict[int, torch.Tensor | None] = {}
-
-    def get(block: int) -> torch.Tensor | None:
-        if block not in cache:
-            moe = structure.moe(block)
-            experts = structure.mlp(block).get_submodule(moe.experts) if moe is not None else None
-            cache[block] = experts_input(loaded.model, experts, input_ids) if experts is not None else None
-        return cache[block]
-
-    return get
+def _risk_table(loaded: LoadedModel, structure: Structure, windows: torch.Tensor, config: TraceConfig) -> list[dict]:
+    """The int8 risk table of the windows' block outputs, from a pass of its own (no perplexity run to share)."""
+    with capture_quant_risk(loaded.model, structure, config.thresholds) as collector:
+        walk_windows(loaded.model, windows, config.batch_size, description="int8 risk", progress=config.progress)
+    return collector.rows()
 
 
 def run(loaded: LoadedModel, inputs: str | TraceInputs, config: TraceConfig | None = None) -> TraceResult:
@@ -119,7 +113,6 @@ def run(loaded: LoadedModel, inputs: str | TraceInputs, config: TraceConfig | No
     )
     if chosen:
         capture = run_capture(loaded.model, structure, input_ids, sorted({t for t, _ in chosen}), hidden_size)
-        expert_inputs = _experts_inputs(loaded, structure, input_ids)
         result.sites = [
             trace_site(
                 capture,
@@ -132,11 +125,13 @@ def run(loaded: LoadedModel, inputs: str | TraceInputs, config: TraceConfig | No
                 block=config.block,
                 top=config.top,
                 share=config.share,
-                experts_input=expert_inputs,
+                experts_input=capture.experts_in.get,
+                model=loaded.model,
             )
             for t, d in chosen
         ]
     if windows is None:
+        result.execution = loaded.execution()
         return result
     risk: dict = {}
 
@@ -161,7 +156,6 @@ def run(loaded: LoadedModel, inputs: str | TraceInputs, config: TraceConfig | No
             on_original=collect_risk if config.risk else None,
         )
     if config.risk:
-        result.quant_risk = risk.get("rows") or quant_risk(
-            loaded.model, structure, list(windows.split(config.batch_size)), config.thresholds
-        )
+        result.quant_risk = risk.get("rows") or _risk_table(loaded, structure, windows, config)
+    result.execution = loaded.execution()  # after every pass: the peak memory is the run's
     return result

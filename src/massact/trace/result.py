@@ -33,6 +33,7 @@ class TraceResult:
     windows: dict | None = None  # corpus, samples, seq_len, seed, prefix_tokens of the perplexity / risk windows
     top: int = 10  # entries shown per site in the terminal and report.md
     precision: Precision | None = None  # whether the run's dtype held the prompt's block outputs
+    execution: dict | None = None  # how the run executed: `LoadedModel.execution`
 
     def entries(self) -> list[dict]:
         """Every reported weight entry, flat, with its site."""
@@ -58,6 +59,7 @@ class TraceResult:
             "windows": self.windows,
             "prefix_tokens": (self.windows or {}).get("prefix_tokens", []),
             "precision": self.precision.to_json() if self.precision else None,
+            "execution": self.execution,
         }
 
     def show(self, console: Console) -> None:

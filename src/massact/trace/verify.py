@@ -4,7 +4,8 @@ States measured: `original`; `zeroed` (the entries that explain the target share
 `control` (the same number of random entries of the same parameters, seeded); `restored` (after the
 edit is undone). Each state records the traced sites' values on the prompt and, when corpus windows
 are given, the perplexity on their text tokens. Entries of fused expert parameters ([expert, row, col])
-are edited the same way as any other entry.
+are edited the same way as any other entry. A model that runs block by block gets the edit as each block
+is read from its checkpoint; `restored_exact` compares the weights read before the edits and after them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.capture.stats import capture_block_stats
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
+from massact.models.offload import materialized
 from massact.models.structure import Structure
 from massact.perplexity import evaluate_perplexity
 from massact.trace.edit import EntryKey, zeroed_entries
@@ -56,6 +58,8 @@ def control_entries(model: nn.Module, chosen: list[EntryKey], seed: int = 0) -> 
 
 class SiteValues(HookSet):
     """Every block's output at the traced sites' tokens and dims (kept on the device during the pass)."""
+
+    per_forward = ("values",)  # one pass's values, read back after it
 
     def __init__(self, model: nn.Module, structure: Structure, sites: list[tuple[int, int]]) -> None:
         super().__init__(model)
@@ -113,6 +117,24 @@ def measure_sites(
     return {"sites": rows, "num_massive": int(sum(b.massive_values.numel() for b in record.blocks))}
 
 
+def _owners(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    return [model.get_submodule(name.rpartition(".")[0]) for name in names]
+
+
+def _weights(model: nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """A copy of each named parameter as the model holds it now (block by block: as read, with any edits)."""
+    params = dict(model.named_parameters())
+    with materialized(model, _owners(model, names)):
+        return {name: params[name].detach().clone() for name in names}
+
+
+def _unchanged(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    """Whether each named parameter equals its copy in `before`, bit for bit (block by block: as read)."""
+    params = dict(model.named_parameters())
+    with materialized(model, _owners(model, list(before))):
+        return all(torch.equal(params[name], value) for name, value in before.items())
+
+
 def verify_trace(
     loaded: LoadedModel,
     structure: Structure,
@@ -137,8 +159,8 @@ def verify_trace(
     model = loaded.model
     chosen = reported_entries(sites)
     control = control_entries(model, chosen, seed)
-    params = dict(model.named_parameters())
-    before = {name: params[name].detach().clone() for name in {name for name, _ in chosen + control}}
+    edited = sorted({name for name, _ in chosen + control})
+    before = _weights(model, edited)
 
     def state(extra: Callable[[], AbstractContextManager] | None = None) -> dict:
         data = measure_sites(loaded, structure, input_ids, sites, thresholds)
@@ -158,7 +180,7 @@ def verify_trace(
     with zeroed_entries(model, control):
         states["control"] = state()
     states["restored"] = state()
-    exact = all(torch.equal(params[name], value) for name, value in before.items())
+    exact = _unchanged(model, before)
     if not exact:  # pragma: no cover - zeroed_entries guarantees this; checked, never assumed
         raise MassactError("the model weights differ after restoring them; this is a bug, please report it")
     return {

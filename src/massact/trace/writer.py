@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 
 from massact.errors import MassactError
+from massact.models.offload import materialized
 from massact.models.structure import Structure
 from massact.trace.capture import TraceCapture, writer_linears
 from massact.trace.experts import checked_hidden, expert_output
@@ -220,8 +223,8 @@ def _moe_writer(
         return _Writer("mlp", None, note=note), [], None
     path = f"{structure.mlp_path(block)}.{moe.experts}"
     module = structure.mlp(block).get_submodule(moe.experts)
-    dtype = next(module.parameters()).dtype
-    device = next(module.parameters()).device
+    weight = next(module.parameters())  # a real tensor: `trace_site` has the jump block's weights read
+    dtype, device = weight.dtype, weight.device
     x = routing.hidden.to(device=device, dtype=dtype)[None]
     rows = []
     for expert, weight in zip(routing.experts, routing.weights, strict=True):
@@ -271,8 +274,12 @@ def trace_site(
     top: int = 10,
     share: float = 0.9,
     experts_input: ExpertsInput = lambda block: None,
+    model: nn.Module | None = None,
 ) -> SiteTrace:
-    """Trace the site (`token_position`, `dim`) from a capture that recorded that token."""
+    """Trace the site (`token_position`, `dim`) from a capture that recorded that token.
+
+    `model` (the model the capture ran) lets the weights of the jump block be read when it runs block by block.
+    """
     row = capture.tokens.index(token_position)
     n = len(structure)
     value_in = [float(capture.block_in[i][row, dim]) for i in range(n)]
@@ -288,64 +295,65 @@ def trace_site(
     other = jump - sum(updates.values())
     sign = math.copysign(1.0, jump) if jump else 1.0
     sublayer = max(SUBLAYERS, key=lambda name: sign * updates[name]) if any(updates.values()) else None
-    writers = writer_linears(structure, block, hidden_size)
-    experts: list[dict] = []
-    shared_update = None
-    post_norm = capture.post_norm.get((block, sublayer)) if sublayer else None
-    if sublayer is not None and not sign * updates[sublayer] >= MIN_SHARE * abs(jump):
-        writer = _Writer(
-            "-",
-            None,
-            note=f"no sub-layer writes this jump: attention adds {updates['attention']:.4g} and the MLP "
-            f"{updates['mlp']:.4g} of {jump:.4g}; the rest ({other:.4g}) comes from outside both "
-            "(a norm after the residual sum, or the residual path itself)",
-        )
-        sublayer = None
-    elif post_norm is not None:
-        writer = _norm_writer(capture, structure, (block, sublayer), row, dim, post_norm)
-    elif sublayer == "mlp" and structure.moe(block) is not None:
-        writer, experts, shared_update = _moe_writer(
-            capture, structure, block, row, dim, sign, updates["mlp"], writers, experts_input
-        )
-    elif sublayer is not None and writers.get(sublayer) is not None and (block, sublayer) in capture.writer_in:
-        writer = _dense_writer(capture, (block, sublayer), writers[sublayer], row, dim)
-    else:
-        writer = _Writer(
-            sublayer or "-", None, note=f"no Linear with output size {hidden_size} in the {sublayer} of block {block}"
-        )
-    entries: list[WeightEntry] = []
-    needed: dict[str, int | None] = {"of_jump": None, "of_update": None}
-    channels: list[dict] = []
-    bias = 0.0
-    if isinstance(writer.matrix, NormGain):
-        bias = writer.matrix.bias(dim)
-        entries = [_norm_entry(block, writer, dim, writer.output - bias, jump)]
-        reached = abs(entries[0].contribution) >= share * abs(jump) if jump else False
-        needed = {"of_jump": 1 if reached else None, "of_update": 1}
-    elif writer.matrix is not None and writer.x is not None:
-        bias = writer.scale * writer.matrix.bias(dim)
-        update = writer.output - bias
-        row_w = writer.matrix.matrix()[dim].detach().double().cpu()
-        contributions = writer.scale * row_w * writer.x.double()
-        order = torch.argsort(
-            contributions * (math.copysign(1.0, update) if update else 1.0), descending=True, stable=True
-        )
-        ranked = contributions[order]
-        needed = {"of_jump": _needed(ranked, jump, share), "of_update": _needed(ranked, update, share)}
-        wide = max(top, 1)
-        keep = max(wide, min(needed["of_jump"] or 0, MAX_ENTRIES))
-        entries = _entries(block, writer, dim, order[:keep], contributions, update, jump)
-        spikes = torch.argsort(writer.x.abs(), descending=True)[:wide]
-        channels = [
-            {
-                "channel": int(c),
-                "input": float(writer.x[c]),
-                "ratio_to_median": abs(float(writer.x[c])) / float(writer.medians[c])
-                if float(writer.medians[c]) > 0
-                else math.inf,
-            }
-            for c in spikes
-        ]
+    weights = materialized(model, [structure.blocks[block]]) if model is not None else nullcontext()
+    with weights:  # block by block, the jump block's weights are read for the attribution
+        writers = writer_linears(structure, block, hidden_size)
+        experts: list[dict] = []
+        shared_update = None
+        post_norm = capture.post_norm.get((block, sublayer)) if sublayer else None
+        if sublayer is not None and not sign * updates[sublayer] >= MIN_SHARE * abs(jump):
+            writer = _Writer(
+                "-",
+                None,
+                note=f"no sub-layer writes this jump: attention adds {updates['attention']:.4g} and the MLP "
+                f"{updates['mlp']:.4g} of {jump:.4g}; the rest ({other:.4g}) comes from outside both "
+                "(a norm after the residual sum, or the residual path itself)",
+            )
+            sublayer = None
+        elif post_norm is not None:
+            writer = _norm_writer(capture, structure, (block, sublayer), row, dim, post_norm)
+        elif sublayer == "mlp" and structure.moe(block) is not None:
+            writer, experts, shared_update = _moe_writer(
+                capture, structure, block, row, dim, sign, updates["mlp"], writers, experts_input
+            )
+        elif sublayer is not None and writers.get(sublayer) is not None and (block, sublayer) in capture.writer_in:
+            writer = _dense_writer(capture, (block, sublayer), writers[sublayer], row, dim)
+        else:
+            note = f"no Linear with output size {hidden_size} in the {sublayer} of block {block}"
+            writer = _Writer(sublayer or "-", None, note=note)
+        entries: list[WeightEntry] = []
+        needed: dict[str, int | None] = {"of_jump": None, "of_update": None}
+        channels: list[dict] = []
+        bias = 0.0
+        if isinstance(writer.matrix, NormGain):
+            bias = writer.matrix.bias(dim)
+            entries = [_norm_entry(block, writer, dim, writer.output - bias, jump)]
+            reached = abs(entries[0].contribution) >= share * abs(jump) if jump else False
+            needed = {"of_jump": 1 if reached else None, "of_update": 1}
+        elif writer.matrix is not None and writer.x is not None:
+            bias = writer.scale * writer.matrix.bias(dim)
+            update = writer.output - bias
+            row_w = writer.matrix.matrix()[dim].detach().double().cpu()
+            contributions = writer.scale * row_w * writer.x.double()
+            order = torch.argsort(
+                contributions * (math.copysign(1.0, update) if update else 1.0), descending=True, stable=True
+            )
+            ranked = contributions[order]
+            needed = {"of_jump": _needed(ranked, jump, share), "of_update": _needed(ranked, update, share)}
+            wide = max(top, 1)
+            keep = max(wide, min(needed["of_jump"] or 0, MAX_ENTRIES))
+            entries = _entries(block, writer, dim, order[:keep], contributions, update, jump)
+            spikes = torch.argsort(writer.x.abs(), descending=True)[:wide]
+            channels = [
+                {
+                    "channel": int(c),
+                    "input": float(writer.x[c]),
+                    "ratio_to_median": abs(float(writer.x[c])) / float(writer.medians[c])
+                    if float(writer.medians[c]) > 0
+                    else math.inf,
+                }
+                for c in spikes
+            ]
     return SiteTrace(
         token=token_position,
         token_text=token_text,

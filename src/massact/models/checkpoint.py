@@ -1,0 +1,135 @@
+"""A model with no weights in memory, and where each of its tensors lives on disk: `open_checkpoint`.
+
+transformers builds the model on the meta device and maps every parameter to its tensor in the checkpoint
+(its key conversions included, e.g. Mixtral's per-expert weights fused into 3-D tensors, which it writes
+once to the offload folder); `Checkpoint.read` then loads any set of tensors, one `safe_open` per file.
+The offload folder is a temporary folder, removed when the checkpoint is closed or the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import weakref
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from massact.errors import MassactError
+
+TEMP_PREFIX = "massact-offload-"
+
+
+class Checkpoint:
+    """Where each tensor of a meta-device model is stored: a safetensors file and key, or the offload folder."""
+
+    def __init__(self, index: dict[str, dict], folder: Path) -> None:
+        self.index = index
+        self.folder = folder
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(folder), True)
+
+    def close(self) -> None:
+        """Remove the temporary offload folder (also done at exit)."""
+        self._cleanup()
+
+    def file_of(self, name: str) -> str:
+        entry = self.index[name]
+        return entry.get("safetensors_file") or str(self.folder / f"{name}.dat")
+
+    def read(self, names: Iterable[str], dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
+        """The tensors `names` on the CPU, each in `dtypes[name]`; a damaged file stops with one line."""
+        by_file: dict[str | None, list[str]] = defaultdict(list)
+        for name in names:
+            if name not in self.index:
+                raise MassactError(
+                    f"the checkpoint has no tensor for {name}; it is incomplete or made for another model"
+                )
+            by_file[self.index[name].get("safetensors_file")].append(name)
+        tensors: dict[str, torch.Tensor] = {}
+        for file, members in by_file.items():
+            if file is None:
+                for name in members:
+                    tensors[name] = self._read_offloaded(name).to(dtypes[name])
+            else:
+                tensors.update(self._read_safetensors(file, members, dtypes))
+        return tensors
+
+    def _read_safetensors(self, file: str, names: list[str], dtypes: dict[str, torch.dtype]) -> dict:
+        from safetensors import safe_open
+
+        name = names[0]
+        try:
+            out = {}
+            with safe_open(file, framework="pt", device="cpu") as handle:
+                for name in names:
+                    out[name] = handle.get_tensor(self.index[name]["weight_name"]).to(dtypes[name])
+            return out
+        except MassactError:
+            raise
+        except Exception as exc:
+            raise _damaged(file, self.index[name].get("weight_name", name), exc) from None
+
+    def _read_offloaded(self, name: str) -> torch.Tensor:
+        from accelerate.utils.offload import load_offloaded_weight
+
+        path = self.folder / f"{name}.dat"
+        try:
+            return load_offloaded_weight(str(path), self.index[name])
+        except Exception as exc:
+            raise _damaged(str(path), name, exc) from None
+
+
+def _damaged(file: str, key: str, exc: Exception) -> MassactError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return MassactError(
+        f"{file}: cannot read tensor {key} ({detail}); the checkpoint is damaged: download or convert it again"
+    )
+
+
+def open_checkpoint(cls: type, source: str, config: object, **kwargs) -> tuple[nn.Module, Checkpoint]:
+    """`cls.from_pretrained(source)` built on the meta device, and the `Checkpoint` of its tensors."""
+    from accelerate.hooks import remove_hook_from_module
+
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    note = logging.getLogger("accelerate.big_modeling")  # "some parameters are on the meta device": the point
+    level = note.level
+    note.setLevel(logging.ERROR)
+    try:
+        model = cls.from_pretrained(
+            source, config=config, device_map={"": "disk"}, offload_folder=str(folder), **kwargs
+        )
+        index = _weights_index(model)
+        remove_hook_from_module(model, recurse=True)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        note.setLevel(level)
+    checkpoint = Checkpoint(index, folder)
+    missing = [
+        name
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+        if tensor.is_meta and name not in index
+    ]
+    if missing:
+        checkpoint.close()
+        raise MassactError(
+            f"{source}: the checkpoint has no tensor for {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; it is incomplete or made for another model"
+        )
+    return model, checkpoint
+
+
+def _weights_index(model: nn.Module) -> dict[str, dict]:
+    """Parameter name -> its entry (file and key, or offload file), from the offload hooks accelerate put on it."""
+    for module in model.modules():
+        weights = getattr(getattr(module, "_hf_hook", None), "weights_map", None)
+        index = getattr(getattr(weights, "dataset", None), "index", None)
+        if index is not None:
+            return {key: dict(entry) for key, entry in index.items()}
+    return {}

@@ -102,3 +102,18 @@ def differences(memory: object, blocks: object, rel: float = 1e-6, path: str = "
             return []
         return [f"{path}: {memory} in memory, {blocks} block by block"]
     return [] if memory == blocks else [f"{path}: {memory!r} in memory, {blocks!r} block by block"]
+
+
+def count_spills(monkeypatch) -> list[int]:
+    """After each block output is stored, how many have gone to disk so far (`ActivationStore.spilled`)."""
+    from massact.capture import blockwise
+
+    spills: list[int] = []
+    put = blockwise.ActivationStore.put
+
+    def counted(self, batch, output, generation):
+        put(self, batch, output, generation)
+        spills.append(self.spilled)
+
+    monkeypatch.setattr(blockwise.ActivationStore, "put", counted)
+    return spills

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 from cli_runner import run
-from offload_models import FAMILIES, PLANT_BLOCK, PLANT_DIM, differences, saved_family
+from offload_models import FAMILIES, PLANT_BLOCK, PLANT_DIM, count_spills, differences, saved_family
 from planting import MARK
 
 import massact.capture.blockwise as blockwise
@@ -123,14 +123,7 @@ def test_best_static_scales_and_super_weights_block_by_block(folders, capsys):
 
 
 def test_spilled_block_outputs_give_the_same_quantization(folders, capsys, monkeypatch):
-    spills = []
-    put = blockwise.ActivationStore.put
-
-    def counted(self, batch, output, generation):
-        put(self, batch, output, generation)
-        spills.append(self.spilled)
-
-    monkeypatch.setattr(blockwise.ActivationStore, "put", counted)
+    spills = count_spills(monkeypatch)
     extra = ("--schemes", "W8A8", "--strategies", "outlier-tokens+smooth")
     memory = quant(folders["gemma3"], "none", capsys, *extra)
     spilled = quant(folders["gemma3"], "blocks", capsys, *extra, "--max-memory", "1KB")  # the models are < 1 MB

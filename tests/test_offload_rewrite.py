@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import run
-from offload_models import FAMILIES, PLANT_BLOCK, differences, planted_family, saved_family
+from offload_models import FAMILIES, PLANT_BLOCK, count_spills, differences, planted_family, saved_family
 from planting import MARK, VOCAB
 from safetensors import safe_open
 from test_trace import number_tokenizer
 
-import massact.capture.blockwise as blockwise
 from massact.errors import MassactError
 from massact.models.edits import edited_parameters
 from massact.models.loading import load_model
@@ -137,14 +136,7 @@ def test_refusals_are_alike(family, reason, folders, capsys, tmp_path):
 
 
 def test_spilled_block_outputs_give_the_same_rewrite(folders, capsys, tmp_path, monkeypatch):
-    spills = []
-    put = blockwise.ActivationStore.put
-
-    def counted(self, batch, output, generation):
-        put(self, batch, output, generation)
-        spills.append(self.spilled)
-
-    monkeypatch.setattr(blockwise.ActivationStore, "put", counted)
+    spills = count_spills(monkeypatch)
     extra = REWRITES["gemma3"]
     memory = rewritten(folders["gemma3"], "none", tmp_path / "none", capsys, *extra)
     spilled = rewritten(folders["gemma3"], "blocks", tmp_path / "blocks", capsys, *extra, "--max-memory", "1KB")

@@ -13,10 +13,9 @@ import json
 import pytest
 import torch
 from cli_runner import run
-from offload_models import FAMILIES, PLANT_BLOCK, PLANT_DIM, differences, saved_family
+from offload_models import FAMILIES, PLANT_BLOCK, PLANT_DIM, count_spills, differences, saved_family
 from planting import MARK
 
-import massact.capture.blockwise as blockwise
 from massact.models.loading import load_model
 from massact.models.offload import materialized
 from massact.trace import zeroed_entries
@@ -79,14 +78,7 @@ def test_trace_blocks_equals_memory(family, folders, capsys):
 
 
 def test_spilled_block_outputs_give_the_same_trace(folders, capsys, monkeypatch):
-    spills = []
-    put = blockwise.ActivationStore.put
-
-    def counted(self, batch, output, generation):
-        put(self, batch, output, generation)
-        spills.append(self.spilled)
-
-    monkeypatch.setattr(blockwise.ActivationStore, "put", counted)
+    spills = count_spills(monkeypatch)
     memory = trace(folders["mixtral"], "none", capsys)
     spilled = trace(folders["mixtral"], "blocks", capsys, "--max-memory", "1KB")
     assert spills and max(spills) > 0  # the block outputs went to disk

@@ -36,10 +36,6 @@ class Checkpoint:
         """Remove the temporary offload folder (also done at exit)."""
         self._cleanup()
 
-    def file_of(self, name: str) -> str:
-        entry = self.index[name]
-        return entry.get("safetensors_file") or str(self.folder / f"{name}.dat")
-
     def read(self, names: Iterable[str], dtypes: dict[str, torch.dtype]) -> dict[str, torch.Tensor]:
         """The tensors `names` on the CPU, each in `dtypes[name]`; a damaged file stops with one line."""
         by_file: dict[str | None, list[str]] = defaultdict(list)

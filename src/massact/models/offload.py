@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from massact.models.checkpoint import Checkpoint
-from massact.models.memory import gib, module_bytes
+from massact.models.memory import module_bytes
 from massact.models.structure import Structure, find_structure
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -199,13 +199,6 @@ class BlockOffload:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-    def describe(self) -> str:
-        trunk, embedding, head = self.parts()
-        return (
-            f"block {gib(self.block_bytes())}, embedding and head "
-            f"{gib(self.bytes_of([m for m in (embedding, head) if m is not None]))}"
-        )
 
 
 @contextmanager

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -11,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from cli_runner import run, run_captured
 from planting import MARK, VOCAB, plant_massive, tiny_model
+from rich.console import Console
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from massact.atlas.config import AtlasConfig
 from massact.atlas.headroom import FORMATS, headroom
-from massact.atlas.result import COLUMNS, cells
+from massact.atlas.result import COLUMNS, PIPED_WIDTH, TERMINAL_COLUMNS, AtlasResult, cells
 from massact.data import load_windows
 
 PROMPT = "Summer is warm. Winter is cold."
@@ -169,6 +174,15 @@ def test_atlas_two_families_and_a_failing_model(atlas_run, planted_dirs):
 
 
 @pytest.mark.slow  # every analysis on two models
+def _run_facts_aside(data: object) -> object:
+    """`data` without any `execution` entry: how a run executed and its peak memory, which differ from run to run."""
+    if isinstance(data, dict):
+        return {key: _run_facts_aside(value) for key, value in data.items() if key != "execution"}
+    if isinstance(data, list):
+        return [_run_facts_aside(value) for value in data]
+    return data
+
+
 def test_rerun_resumes_finished_models(atlas_run, planted_dirs, capsys):
     argv, out, missing, _ = atlas_run
     first = json.loads((out / "atlas.json").read_text())
@@ -179,7 +193,7 @@ def test_rerun_resumes_finished_models(atlas_run, planted_dirs, capsys):
     assert stderr.count("finished earlier") == 2 and ": scan ..." not in stderr
     assert f"[3/3] loading {missing}" in stderr  # a model that failed is tried again
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/row.json")} == stamps
-    assert json.loads(stdout) == first
+    assert _run_facts_aside(json.loads(stdout)) == _run_facts_aside(first)
     code, _, stderr = run([*argv, "--steps", "scan"], capsys)  # other settings: the models are redone
     assert code in (0, None) and "finished earlier" not in stderr and f"{planted_dirs['gpt2']}: scan ..." in stderr
 
@@ -269,7 +283,58 @@ def test_a_result_writes_the_same_folders_from_memory_and_from_its_cache(family,
     assert {f"{slug}/row.json", f"{slug}/scan/scan.json", f"{slug}/corpus/corpus.json"} <= json_files
     assert a.keys() == b.keys()
     for name in json_files:
-        assert json.loads(a[name]) == json.loads(b[name]), name
-    assert json.loads(a["atlas.json"])["models"] == [reused.rows[0]] == [in_memory.rows[0]]
+        assert _run_facts_aside(json.loads(a[name])) == _run_facts_aside(json.loads(b[name])), name
+    assert _run_facts_aside(json.loads(a["atlas.json"])["models"]) == _run_facts_aside([reused.rows[0]])
+    assert _run_facts_aside(reused.rows[0]) == _run_facts_aside(in_memory.rows[0])
     block, dim = PLANT[family]
     assert reused.rows[0]["massive"]["dims"] == [dim] and reused.rows[0]["massive"]["first_block"] == block
+
+
+NUMBER = re.compile(r"\d[\d,.]*\d|\d")
+
+
+def _assert_numbers_whole(result: AtlasResult, printed: str, width: int) -> None:
+    """Every number of every column shown is printed whole, the table fits in `width`, left-out columns named."""
+    table = [line for line in printed.splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and max(len(line) for line in table) <= width
+    printed_numbers = set(NUMBER.findall(printed))
+    shown = [name for name in TERMINAL_COLUMNS if name not in result.left_out(width)]
+    assert {"model", "massive dims", "peak value"} <= set(shown)
+    for row in result.rows:
+        text = dict(zip(COLUMNS, cells(row)))
+        for name in shown:
+            for number in NUMBER.findall(text[name]) if name != "model" else []:
+                assert number in printed_numbers, (name, number, printed)
+    note = " ".join(printed.split())
+    for name in result.left_out(width):
+        assert name in note.split("left out to fit")[1]
+
+
+def _wide(row: dict) -> dict:
+    """The row with numbers as long as a large model's: more digits in every count, dim and peak."""
+    row = copy.deepcopy(row)
+    row["model"] = row["model"] + "-with-a-long-quantized-name-Q4_K_M.gguf"
+    row["hidden_size"] *= 1000
+    row["num_blocks"] *= 16
+    massive = row["massive"]
+    massive["dims"] = [d * 49 + 1 for d in massive["dims"]] + [row["hidden_size"] - 1]
+    massive["peak_value"] *= 1000
+    massive["peak_ratio"] *= 1000
+    return row
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_terminal_table_never_cuts_a_number(planted_dirs, tmp_path, capsys, width):
+    out = tmp_path / "out"
+    models = (str(planted_dirs["llama"]), str(planted_dirs["gpt2"]))
+    code, stdout, stderr = run(_atlas(planted_dirs, out, *models, extra=("--steps", "scan,corpus")), capsys)
+    assert code in (0, None), stderr
+    rows = json.loads((out / "atlas.json").read_text())["models"]
+    piped = AtlasResult(rows, AtlasConfig())
+    _assert_numbers_whole(piped, stdout, PIPED_WIDTH)  # stdout is not a terminal: no column is narrowed
+    assert piped.left_out(PIPED_WIDTH) == [] and "left out" not in stdout
+    for result in (piped, AtlasResult(rows + [_wide(r) for r in rows], AtlasConfig())):
+        console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+        result.show(console)
+        _assert_numbers_whole(result, console.file.getvalue(), width)
+    assert AtlasResult([_wide(rows[0])], AtlasConfig()).left_out(80)  # too wide for 80 columns: some left out

@@ -105,7 +105,7 @@ def test_float16_overflow_is_written_and_explained_by_every_command(folders, com
         data = json.loads((out / JSON_FILE[command]).read_text())
     precision = data["precision"]
     assert precision["dtype"] == "float16" and precision["overflow_block"] == PLANT_BLOCK
-    assert precision["nonfinite_blocks"] == [1, 2, 3]
+    assert precision["nonfinite_blocks"] == [1, 2, 3] and precision["exceeds_float16"]
     if command != "export":  # export writes no report.md
         assert "**Precision.** float16 overflow" in (out / "report.md").read_text()
     for figure in out.glob("*.png"):
@@ -118,7 +118,7 @@ def test_float16_overflow_without_bos_gpt2(folders, command, tmp_path, capsys):
     code, stdout, stderr = run_cli(_argv(folders, "gpt2", command, out, "float16"), capsys)
     assert code == 0, stderr[-2000:]
     precision = json.loads((out / JSON_FILE[command]).read_text())["precision"]
-    assert precision["overflow_block"] == PLANT_BLOCK
+    assert precision["overflow_block"] == PLANT_BLOCK and precision["exceeds_float16"]
     assert "float16 overflow" in re.sub(r"\s+", " ", stdout)
 
 
@@ -134,6 +134,20 @@ def test_float32_run_says_the_peak_exceeds_float16(folders, family, tmp_path, ca
         assert precision["peak"] == pytest.approx(1e5, rel=1e-3)
     assert "exceeds float16's largest value (65,504)" in re.sub(r"\s+", " ", stdout)
     assert "exceeds float16's largest value" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt2"])
+def test_float16_run_whose_blocks_overflow_exceeds_float16(folders, family, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(_argv(folders, family, "scan", out, "float16"), capsys)
+    assert code == 0, stderr[-2000:]
+    data = json.loads((out / "scan.json").read_text())
+    blocks = [b for b in data["blocks"] if b["nonfinite"] > 0]
+    assert [b["index"] for b in blocks] == list(range(PLANT_BLOCK, len(data["blocks"])))  # inf, then NaN downstream
+    precision = data["precision"]
+    assert precision["nonfinite_blocks"] == [b["index"] for b in blocks]
+    assert precision["peak"] is None or precision["peak"] <= FP16_MAX  # float16 holds no larger finite value
+    assert precision["exceeds_float16"]
 
 
 def test_intervene_says_why_when_nothing_can_be_measured(folders, tmp_path, capsys):
@@ -165,3 +179,6 @@ def test_precision_note_names_the_first_bad_block_and_is_silent_when_the_dtype_f
     wide = Precision.measure("bfloat16", [3.0, 70000.0, 2.0], [])
     assert wide.exceeds_float16 and "this run is bfloat16" in wide.warning and wide.peak_block == 1
     assert wide.to_json()["warning"] == wide.warning
+    assert overflow.exceeds_float16 and overflow.to_json()["exceeds_float16"]  # inf/NaN in float16: it overflowed
+    broken = Precision.measure("float32", [3.0, None], [1])  # NaN in float32 says nothing of float16's range
+    assert not broken.exceeds_float16 and "check the model's weights" in broken.warning

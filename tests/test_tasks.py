@@ -269,8 +269,8 @@ def test_without_the_harness_one_line_says_how_to_install(monkeypatch, tmp_path)
     loaded = planted("gpt2")
     with pytest.raises(MassactError) as info:
         parse_tasks("arc_easy")
-    assert str(info.value) == INSTALL_HINT and "pip install massact[eval]" in INSTALL_HINT
-    with pytest.raises(MassactError, match=r"pip install massact\[eval\]"):
+    assert str(info.value) == INSTALL_HINT and "pip install 'massact[eval]'" in INSTALL_HINT
+    with pytest.raises(MassactError, match=r"pip install 'massact\[eval\]'"):
         evaluate(loaded, TaskConfig((str(tmp_path),)))
 
 

@@ -41,9 +41,12 @@ def check_output_dir(out: Path, option: str = "--out") -> Path:
     """Fail early, before any work, when `out` cannot be created or written (`option` names it in errors).
 
     The check is truthful for every user (root ignores permission bits): the missing folders are
-    made, a probe file is written in `out`, and everything the check made is removed again.
+    made, a probe file is written in `out`, and everything the check made is removed again. Under a
+    data-parallel launch only the main process checks: two checks at once would trip over each other's probe.
     """
     out = Path(out).expanduser()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
+        return out  # another process of a torchrun / accelerate launch: the main one alone writes, and checks
     if out.exists() and not out.is_dir():
         raise MassactError(f"{option} {out}: exists and is not a directory; give a directory path")
     existing = out

@@ -60,7 +60,9 @@ class Precision:
 
     @property
     def exceeds_float16(self) -> bool:
-        return self.peak is not None and self.peak > FLOAT16_MAX
+        """Whether the activations outgrow float16: a peak above 65,504, or inf/NaN in a float16 run (an overflow)."""
+        overflowed = self.dtype == "float16" and bool(self.nonfinite_blocks)
+        return overflowed or (self.peak is not None and self.peak > FLOAT16_MAX)
 
     @property
     def warning(self) -> str | None:

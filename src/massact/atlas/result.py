@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -14,6 +15,7 @@ from massact.errors import MassactError
 from massact.format import md_code, md_escape
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
+from massact.report.tables import print_table
 
 KIND = "atlas"  # the `kind` field of the JSON: which result this is
 
@@ -55,6 +57,22 @@ TERMINAL_COLUMNS = (
     "fp16 peak / max",
     "W8A8 ppl ratio (outlier tokens kept)",
 )
+
+# the order in which terminal columns are left out when the screen is too narrow for them all
+DROP_ORDER = (
+    "corpus cv",
+    "sink heads before / after",
+    "architecture",
+    "massive blocks",
+    "blocks",
+    "peak ratio",
+    "W8A8 ppl ratio (outlier tokens kept)",
+    "fp16 peak / max",
+    "peak value",
+    "massive dims",
+)
+MODEL_MIN_WIDTH = 24  # a longer model name folds over lines
+PIPED_WIDTH = 10_000  # under a pipe nothing is wrapped or left out: each row is one line
 
 SHORT = {
     "architecture": "arch",
@@ -177,26 +195,75 @@ class AtlasResult:
             "execution": execution,
         }
 
-    def table(self) -> Table:
-        """The terminal view: the columns that fit a screen (atlas.md has them all)."""
+    def table(self, width: int = 200) -> Table:
+        """The terminal view in `width` characters: whole numbers, cells wrapped at spaces (atlas.md has all columns).
+
+        Columns that cannot fit are left out (see `left_out`), never cut.
+        """
+        keep, widths = self.layout(width)
         table = Table(title="massact atlas", title_justify="left")
-        for name in TERMINAL_COLUMNS:
+        for name, size in zip(keep, widths):
             left = name in ("model", "architecture")
-            header = SHORT.get(name, name)
-            table.add_column(header, overflow="fold", no_wrap=True, justify="left" if left else "right")
-        keep = [COLUMNS.index(name) for name in TERMINAL_COLUMNS]
-        for row in self.rows:
-            if row.get("status") == "ok":
-                text = cells(row)
-                table.add_row(*(text[i] for i in keep))
-            else:
-                table.add_row(row["model"], "failed", *["-"] * (len(TERMINAL_COLUMNS) - 2), style="red")
+            overflow = "fold" if name == "model" else "ellipsis"  # a long model name folds; numbers always fit
+            table.add_column(SHORT.get(name, name), width=size, overflow=overflow, justify="left" if left else "right")
+        for row in self._terminal_rows():
+            table.add_row(*(row[name] for name in keep), style=None if row["ok"] else "red")
         return table
 
+    def _terminal_rows(self) -> list[dict]:
+        """Each row's terminal cells by column name (`ok`: whether the model was analysed)."""
+        rows = []
+        for row in self.rows:
+            if row.get("status") == "ok":
+                text = dict(zip(COLUMNS, cells(row)))
+            else:
+                text = {name: "-" for name in TERMINAL_COLUMNS} | {"model": row["model"], "architecture": "failed"}
+            rows.append({name: text[name] for name in TERMINAL_COLUMNS} | {"ok": row.get("status") == "ok"})
+        return rows
+
+    def layout(self, width: int) -> tuple[list[str], list[int]]:
+        """The terminal columns that fit in `width` characters and each one's text width.
+
+        A column is never narrower than its longest word, so no number is cut; columns that cannot fit are
+        left out in DROP_ORDER, the model column never.
+        """
+        rows = self._terminal_rows()
+        shortest, longest = {}, {}
+        for name in TERMINAL_COLUMNS:
+            texts = [SHORT.get(name, name)] + [row[name] for row in rows]
+            shortest[name] = max(cell_len(word) for text in texts for word in text.split())
+            longest[name] = max(cell_len(text) for text in texts)
+        shortest["model"] = min(shortest["model"], MODEL_MIN_WIDTH)
+
+        def frame(columns: list[str]) -> int:  # one space each side of every cell, a border between and around
+            return 3 * len(columns) + 1
+
+        keep = list(TERMINAL_COLUMNS)
+        for name in DROP_ORDER:
+            if sum(shortest[c] for c in keep) + frame(keep) <= width:
+                break
+            keep.remove(name)
+        spare = width - sum(shortest[c] for c in keep) - frame(keep)
+        sizes = dict(shortest)
+        for name in sorted(keep, key=lambda c: longest[c] - shortest[c]):  # widen the nearly whole columns first
+            grow = max(0, min(longest[name] - shortest[name], spare))
+            sizes[name] += grow
+            spare -= grow
+        return keep, [sizes[name] for name in keep]
+
+    def left_out(self, width: int) -> list[str]:
+        """The terminal columns that do not fit in `width` characters."""
+        keep, _ = self.layout(width)
+        return [name for name in TERMINAL_COLUMNS if name not in keep]
+
     def show(self, console: Console) -> None:
-        if not console.is_terminal:
-            console.width = max(console.width, 160)
-        console.print(self.table())
+        """The table (in a terminal, at its width; under a pipe, every column at full width), then the notes."""
+        width = console.width if console.is_terminal else PIPED_WIDTH
+        print_table(console, self.table(width))
+        dropped = self.left_out(width)
+        if dropped:
+            note = f"left out to fit {width} columns: {', '.join(dropped)} (atlas.md and --json have every column)"
+            console.print(note, highlight=False, markup=False, soft_wrap=True)
         for row in self.rows:
             if row.get("status") != "ok":
                 console.print(f"{row['model']}: failed: {row.get('reason')}", highlight=False, markup=False)

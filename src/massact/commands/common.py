@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Protocol
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from massact.errors import MassactError
+from massact.errors import MassactError, install_hint
 from massact.models.names import check_local_source
 from massact.outputs import check_output_dir, staged_output, to_json_text
 from massact.progress import console, status
@@ -67,11 +68,16 @@ RatioThresholdOpt = Annotated[
 TABLE_WIDTH = 200  # columns used for tables when stdout is not a terminal, so no number is cut
 
 
+def install_help(extra: str) -> str:
+    """`install_hint(extra)` for help text, whose square brackets would otherwise be read as markup."""
+    return escape(install_hint(extra))
+
+
 TasksOpt = Annotated[
     str | None,
     typer.Option(
         "--tasks",
-        help="Zero-shot accuracy through lm-eval (pip install massact[eval]): comma-separated task names "
+        help=f"Zero-shot accuracy through lm-eval ({install_help('eval')}): comma-separated task names "
         "(arc_easy,piqa,...) and/or local task directories.",
     ),
 ]

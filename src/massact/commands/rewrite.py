@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command
+from massact.commands.common import ModelOptions, Opt, emit_result, install_help, model_command
 from massact.errors import MassactError
 from massact.rewrite.config import CHECK_QUANT_BLOCKS, RewriteConfig, parse_rescale
 from massact.rewrite.folder import check_model_folder
@@ -34,7 +34,7 @@ def rewrite_command(
     check_quant: Annotated[
         str | None,
         typer.Option(
-            "--check-quant", help="w8a8: quantize both models with optimum-quanto (pip install massact[quant])."
+            "--check-quant", help=f"w8a8: quantize both models with optimum-quanto ({install_help('quant')})."
         ),
     ] = None,
     corpus: Annotated[

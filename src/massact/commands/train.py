@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import Opt, emit_result
+from massact.commands.common import Opt, emit_result, install_help
 from massact.defaults import ATTENTION_VARIANTS, TRAIN_PRESETS
 from massact.errors import MassactError
 from massact.outputs import check_output_dir
@@ -40,7 +40,12 @@ def check_train_device(device: str | None) -> str | None:
 @app.command("gpt2")
 def gpt2_command(
     out: Annotated[
-        Path, typer.Option("--out", help="Run directory: checkpoint, val_log.csv, monitor.csv/json, summary.json.")
+        Path,
+        typer.Option(
+            "--out",
+            help="Run directory: checkpoint, val_log.csv, monitor.csv/json, summary.json; TensorBoard logs in "
+            f"tensorboard/ with {install_help('tensorboard')}.",
+        ),
     ],
     attention: AttentionOpt = "default",
     preset: PresetOpt = "cpu-small",

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from massact.defaults import DEFAULT_CORPUS as DEFAULT_CORPUS
-from massact.errors import MassactError
+from massact.errors import MassactError, install_hint
 from massact.validate import at_least
 
 JOIN = "\n\n"
@@ -30,7 +30,8 @@ def _datasets():
         import datasets
     except ImportError:
         raise MassactError(
-            "this corpus is read with the `datasets` package: `pip install datasets`, or use --corpus shakespeare"
+            f"this corpus is read with the `datasets` package: run `{install_hint('online')}`, "
+            "or use --corpus shakespeare"
         ) from None
     return datasets
 

@@ -224,6 +224,7 @@ def _runs_blockwise(
     with init_empty_weights(), quiet_loading():
         build = getattr(cls, "from_config", None) or cls._from_config
         meta = build(config, dtype=dtype)
+    meta.tie_weights()  # a tied head is not a second copy of the embedding
     weights = module_bytes(meta)
     limit = _budget(budget, str(device))
     needed = weights + (workload or Workload()).working_bytes(meta, dtype)

@@ -21,7 +21,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from massact.errors import MassactError
+from massact.errors import MassactError, install_hint
 from massact.models.loading import LoadedModel
 from massact.perplexity import evaluate_perplexity
 from massact.quant import QuantConfig, QuantInputs
@@ -35,7 +35,7 @@ def _quanto():
     try:
         import optimum.quanto as quanto
     except ImportError:
-        raise MassactError("--check-quant needs optimum-quanto: pip install 'massact[quant]'") from None
+        raise MassactError(f"--check-quant needs optimum-quanto: run `{install_hint('quant')}`") from None
     return quanto
 
 

@@ -6,9 +6,9 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from massact.errors import MassactError
+from massact.errors import MassactError, install_hint
 
-INSTALL_HINT = "zero-shot tasks need lm-evaluation-harness: run `pip install massact[eval]`"
+INSTALL_HINT = f"zero-shot tasks need lm-evaluation-harness: run `{install_hint('eval')}`"
 PAPER_TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande")
 
 

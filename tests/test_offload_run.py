@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from cli_runner import run
 from offload_models import saved_family
 from safetensors import safe_open
@@ -175,3 +176,73 @@ def test_stream_refuses_blocks_before_any_work(folders, family, tmp_path, capsys
     line = _one_error_line(err)
     assert "does not run block by block" in line and "--device-map auto" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_model_accelerate_offloaded_to_disk_takes_its_inputs_on_the_cpu(folders, family, tmp_path):
+    """A device map that puts every weight on disk leaves them on the meta device; inputs still go to the CPU."""
+    import transformers
+
+    from massact.corpus import CorpusConfig
+    from massact.corpus import run as corpus_run
+    from massact.models.loaded import LoadedModel
+
+    folder = folders[family]
+    disk = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, device_map={"": "disk"}, offload_folder=str(tmp_path / "offload")
+    )
+    assert next(disk.parameters()).is_meta
+    loaded = LoadedModel(model=disk.eval(), tokenizer=load_model(str(folder), offload="none").tokenizer)
+    assert loaded.device.type == "cpu"
+    config = CorpusConfig(samples=4, seq_len=16, batch_size=2, progress=False)
+    on_disk = corpus_run(loaded, str(folder / "corpus.txt"), config).to_json()
+    in_memory = corpus_run(load_model(str(folder), offload="none"), str(folder / "corpus.txt"), config).to_json()
+    assert on_disk["sites"] == in_memory["sites"] and on_disk["sites"]
+
+
+@pytest.mark.parametrize(("family", "by_names"), [("llama", True), ("gpt2", True), ("mixtral", False)])
+def test_opening_reads_headers_only_when_keys_are_the_names(family, by_names, tmp_path, monkeypatch):
+    """A checkpoint whose keys are the model's names is opened from its headers (no tensor read); Mixtral's
+    per-expert keys go through transformers, which fuses them; both read the same weights."""
+    import safetensors
+    import transformers
+
+    folder = saved_family(family, tmp_path)
+    reads: list[str] = []
+    opened = safetensors.safe_open
+
+    class Counted:
+        def __init__(self, *args, **kwargs):
+            self.handle = opened(*args, **kwargs)
+
+        def __enter__(self):
+            self.handle.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+        def keys(self):
+            return self.handle.keys()
+
+        def get_tensor(self, key):
+            reads.append(key)
+            return self.handle.get_tensor(key)
+
+    monkeypatch.setattr(safetensors, "safe_open", Counted)
+    through, fallback = [], checkpoint_module._open_through_transformers
+    monkeypatch.setattr(
+        checkpoint_module, "_open_through_transformers", lambda *a, **k: through.append(1) or fallback(*a, **k)
+    )
+    config = transformers.AutoConfig.from_pretrained(folder)
+    cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    model, checkpoint = checkpoint_module.open_checkpoint(cls, str(folder), config, dtype=None)
+    assert reads == [] and (through == []) == by_names  # no tensor read by massact; transformers' path or not
+    try:
+        whole = load_model(str(folder), offload="none").model.state_dict()
+        names = list(checkpoint.index)
+        values = checkpoint.read(names, {name: whole[name].dtype for name in names})
+        assert all(torch.equal(values[name], whole[name]) for name in names)
+        assert {n for n, t in model.named_parameters() if t.is_meta} <= set(names)
+    finally:
+        checkpoint.close()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from massact.models.loaded import running_device
 from massact.models.offload import offload_of
 from massact.progress import track
 
@@ -25,8 +26,16 @@ def input_device(model: nn.Module) -> torch.device:
         return offload.device
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
-        return embeddings.weight.device
-    return next(model.parameters()).device
+        return running_device(model, embeddings.weight.device)
+    return running_device(model, next(model.parameters()).device)
+
+
+def without_logits(model: nn.Module) -> dict:
+    """Keyword arguments that make `model` compute logits for the last position only (none if it cannot), for
+    passes that read hidden states alone: the head's output is the largest tensor of a long window."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def _inputs(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict) -> dict:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from massact.capture.forward import walk_windows
+from massact.capture.forward import walk_windows, without_logits
 from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import capture_block_stats
 from massact.corpus.config import CorpusConfig
@@ -80,7 +80,9 @@ def corpus_scan(
             summary.add(record, source, window_ids[row], tokens, kinds)
 
     with capture_block_stats(loaded.model, structure, top_k=top_k, thresholds=thresholds) as collector:
-        walk_windows(loaded.model, windows, batch_size, consume, masks, "corpus scan", progress)
+        walk_windows(
+            loaded.model, windows, batch_size, consume, masks, "corpus scan", progress, **without_logits(loaded.model)
+        )
     assert summary is not None
     return summary.canonical()
 

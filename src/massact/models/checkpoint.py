@@ -87,10 +87,55 @@ def _damaged(file: str, key: str, exc: Exception) -> MassactError:
 
 
 def open_checkpoint(cls: type, source: str, config: object, **kwargs) -> tuple[nn.Module, Checkpoint]:
-    """`cls.from_pretrained(source)` built on the meta device, and the `Checkpoint` of its tensors."""
+    """`cls.from_pretrained(source)` built on the meta device, and the `Checkpoint` of its tensors.
+
+    When `source` is a folder whose safetensors files hold every tensor under the model's own names, only the
+    files' headers are read; otherwise transformers maps (and where needed converts) the tensors.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    try:
+        direct = _open_by_names(cls, Path(source), config, kwargs.get("dtype"))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if direct is not None:
+        model, index = direct
+        return model, Checkpoint(index, folder)
+    return _open_through_transformers(cls, source, config, folder, **kwargs)
+
+
+def _open_by_names(cls: type, folder: Path, config: object, dtype: torch.dtype | None):
+    """(meta model, index) from the safetensors headers alone, or None when a tensor's key is not its name."""
+    if not folder.is_dir() or getattr(config, "quantization_config", None) is not None:
+        return None
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    from accelerate import init_empty_weights
+    from safetensors import safe_open
+
+    keys: dict[str, str] = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt", device="cpu") as handle:
+                keys.update({key: str(file) for key in handle.keys()})  # noqa: SIM118 (not iterable)
+        except Exception as exc:
+            raise _damaged(str(file), "(header)", exc) from None
+    with init_empty_weights():  # parameters on the meta device; buffers computed at build time are real
+        build = getattr(cls, "from_config", None) or cls._from_config  # an Auto class, or the model's own
+        model = build(config, dtype=dtype) if dtype is not None else build(config)
+    model.tie_weights()
+    meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if not meta or any(name not in keys for name in meta):
+        return None
+    return model.eval(), {name: {"safetensors_file": keys[name], "weight_name": name} for name in meta}
+
+
+def _open_through_transformers(
+    cls: type, source: str, config: object, folder: Path, **kwargs
+) -> tuple[nn.Module, Checkpoint]:
     from accelerate.hooks import remove_hook_from_module
 
-    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
     note = logging.getLogger("accelerate.big_modeling")  # "some parameters are on the meta device": the point
     level = note.level
     note.setLevel(logging.ERROR)

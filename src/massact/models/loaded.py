@@ -12,6 +12,15 @@ from massact.models.offload import BlockOffload
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
 
 
+def running_device(model: nn.Module, device: torch.device) -> torch.device:
+    """Where a weight of `model` stored on `device` is used: one offloaded to disk by a device map (on the meta
+    device until its forward) is used on the map's first device, or the CPU."""
+    if device.type != "meta":
+        return device
+    placed = [d for d in getattr(model, "hf_device_map", {}).values() if d not in ("disk", "meta")]
+    return torch.device(placed[0] if placed else "cpu")
+
+
 @dataclass
 class LoadedModel:
     """A model ready for analysis, with whatever turns inputs into tensors for it."""
@@ -39,7 +48,7 @@ class LoadedModel:
         """Where the model runs (block by block: where each block is read to)."""
         if self.offload is not None:
             return self.offload.device
-        return next(self.model.parameters()).device
+        return running_device(self.model, next(self.model.parameters()).device)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -148,15 +148,13 @@ def _target_bytes(folder: str, samples: int, batch: int, seq_len: int) -> dict:
     """Block execution's memory target: largest block + embedding + activations + 300 MB (float32)."""
     import torch
     import transformers
-    from accelerate import init_empty_weights
 
+    from massact.models.checkpoint import empty_model
     from massact.models.memory import Workload, module_bytes
     from massact.models.structure import find_structure
 
     config = transformers.AutoConfig.from_pretrained(folder)
-    with init_empty_weights():
-        meta = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    meta.tie_weights()
+    meta = empty_model(transformers.AutoModelForCausalLM, config, torch.float32)
     block = max(module_bytes(b) for b in find_structure(meta).blocks)
     embedding = module_bytes(meta.get_input_embeddings())
     outputs = samples * seq_len * config.hidden_size * 4  # every window's block output, held between blocks
@@ -216,8 +214,9 @@ def write_large(folder: Path, tokenizer_from: str) -> tuple[int, float]:
     """Write the random 13B-shaped LLaMA (bfloat16), one shard per block; (bytes written, seconds)."""
     import torch
     import transformers
-    from accelerate import init_empty_weights
     from safetensors.torch import save_file
+
+    from massact.models.checkpoint import empty_model
 
     began = time.perf_counter()
     shutil.rmtree(folder, ignore_errors=True)
@@ -229,8 +228,7 @@ def write_large(folder: Path, tokenizer_from: str) -> tuple[int, float]:
         dtype="bfloat16", **SHAPES_13B,
     )  # fmt: skip
     config.save_pretrained(folder)
-    with init_empty_weights():
-        meta = transformers.LlamaForCausalLM(config)
+    meta = empty_model(transformers.LlamaForCausalLM, config)
     names = [name for name, _ in meta.named_parameters()]
     groups: dict[str, list[str]] = {}
     for name in names:

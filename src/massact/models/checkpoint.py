@@ -92,16 +92,24 @@ def open_checkpoint(cls: type, source: str, config: object, **kwargs) -> tuple[n
     When `source` is a folder whose safetensors files hold every tensor under the model's own names, only the
     files' headers are read; otherwise transformers maps (and where needed converts) the tensors.
     """
+    direct = _open_by_names(cls, Path(source), config, kwargs.get("dtype"))
     folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
-    try:
-        direct = _open_by_names(cls, Path(source), config, kwargs.get("dtype"))
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
     if direct is not None:
         model, index = direct
         return model, Checkpoint(index, folder)
     return _open_through_transformers(cls, source, config, folder, **kwargs)
+
+
+def empty_model(cls: type, config: object, dtype: torch.dtype | None = None) -> nn.Module:
+    """`cls` built from `config` with its parameters on the meta device (buffers computed at build time are real),
+    tied weights tied."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        build = getattr(cls, "from_config", None) or cls._from_config  # an Auto class, or the model's own
+        model = build(config, dtype=dtype) if dtype is not None else build(config)
+    model.tie_weights()  # a tied head is not a second copy of the embedding
+    return model
 
 
 def _open_by_names(cls: type, folder: Path, config: object, dtype: torch.dtype | None):
@@ -111,7 +119,6 @@ def _open_by_names(cls: type, folder: Path, config: object, dtype: torch.dtype |
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
-    from accelerate import init_empty_weights
     from safetensors import safe_open
 
     keys: dict[str, str] = {}
@@ -121,10 +128,7 @@ def _open_by_names(cls: type, folder: Path, config: object, dtype: torch.dtype |
                 keys.update({key: str(file) for key in handle.keys()})  # noqa: SIM118 (not iterable)
         except Exception as exc:
             raise _damaged(str(file), "(header)", exc) from None
-    with init_empty_weights():  # parameters on the meta device; buffers computed at build time are real
-        build = getattr(cls, "from_config", None) or cls._from_config  # an Auto class, or the model's own
-        model = build(config, dtype=dtype) if dtype is not None else build(config)
-    model.tie_weights()
+    model = empty_model(cls, config, dtype)
     meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if not meta or any(name not in keys for name in meta):
         return None

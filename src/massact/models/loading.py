@@ -13,7 +13,7 @@ from torch import nn
 
 from massact.errors import MassactError
 from massact.models import gguf
-from massact.models.checkpoint import open_checkpoint
+from massact.models.checkpoint import empty_model, open_checkpoint
 from massact.models.device import check_device as check_device
 from massact.models.device import check_dtype as check_dtype
 from massact.models.device import default_device as default_device
@@ -219,12 +219,8 @@ def _runs_blockwise(
                 "or a device map"
             )
         return False
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(), quiet_loading():
-        build = getattr(cls, "from_config", None) or cls._from_config
-        meta = build(config, dtype=dtype)
-    meta.tie_weights()  # a tied head is not a second copy of the embedding
+    with quiet_loading():
+        meta = empty_model(cls, config, dtype)
     weights = module_bytes(meta)
     limit = _budget(budget, str(device))
     needed = weights + (workload or Workload()).working_bytes(meta, dtype)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.massact-installed
 TEST_STAMP := $(VENV)/.massact-test-installed
 
-.PHONY: setup test-setup scan test lint bench
+.PHONY: setup test-setup docs scan test lint bench
 
 setup: $(STAMP)
 
@@ -20,13 +20,14 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The tests also need lm-evaluation-harness (the `eval` extra), optimum-quanto (the `quant` extra, whose
-# int4 kernel is compiled here once, not inside a test) and, for the report.html tests, a
-# headless Chromium with its driver (Debian's packages; installed when running as root). Without them the
-# browser tests skip, except in CI (`CI` or `MASSACT_REQUIRE_BROWSER` set), where they fail.
+# int4 kernel is compiled here once, not inside a test), mkdocs (the `docs` extra: tests/test_docs.py builds the
+# site with --strict) and, for the report.html tests, a headless Chromium with its driver (Debian's packages;
+# installed when running as root). Without them the browser and docs tests skip, except in CI (`CI`, or
+# `MASSACT_REQUIRE_BROWSER` / `MASSACT_REQUIRE_DOCS` set), where they fail.
 test-setup: $(TEST_STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,eval,quant]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,eval,quant,vision,docs]'
 	$(BIN)/python -c "from massact.rewrite.realquant import load_int4_kernel; load_int4_kernel('cpu', print)"
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -35,6 +36,17 @@ $(TEST_STAMP): $(STAMP)
 		else echo "note: no chromium/chromedriver; the browser tests will be skipped, and fail in CI (apt-get install chromium chromium-driver)"; fi; \
 	fi
 	touch $(TEST_STAMP)
+
+# The documentation site (docs/, mkdocs.yml) into site/, with warnings as errors: a renamed or removed public name
+# breaks the build, not the page.
+DOCS_STAMP := $(VENV)/.massact-docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 scan: setup
 	$(BIN)/massact scan --out out/scan

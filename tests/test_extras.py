@@ -26,8 +26,10 @@ COMMANDS = [
     ["stream"],
     ["trace"],
     ["train", "gpt2"],
+    ["vit", "samples"],
+    ["vit", "fix-reg-mean"],
 ]
-NEEDS = {"quant": "eval", "intervene": "eval", "rewrite": "quant", "train": "tensorboard"}  # in their help
+NEEDS = {"quant": "eval", "intervene": "eval", "rewrite": "quant", "train": "tensorboard", "vit": "vision"}  # in help
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
@@ -39,7 +41,8 @@ def test_help_names_the_extra_each_install_needs(command, capsys, monkeypatch):
     assert all(re.fullmatch(r"'massact\[(\w+)\]'", found) for found in installs), installs
     named = {re.fullmatch(r"'massact\[(\w+)\]'", found).group(1) for found in installs}
     assert named <= EXTRAS.keys()
-    assert named == ({NEEDS[command[0]]} if command[0] in NEEDS else set())
+    expected = {NEEDS[command[0]]} if command[0] in NEEDS else set()
+    assert named == (expected | {"vision"} if command == ["scan"] else expected)  # scan --images samples
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +55,15 @@ def saved(tmp_path_factory) -> Path:
     return root
 
 
+TEXT_RUN = ["--seq-len", "16", "--out", "{out}"]
 CASES = {  # extra: (the module it brings, the command line that needs it)
-    "online": ("datasets", ["scan", "{model}", "--corpus", "wikitext"]),
-    "eval": ("lm_eval", ["quant", "{model}", "--corpus", "{corpus}", "--tasks", "arc_easy"]),
+    "online": ("datasets", ["scan", "{model}", "--corpus", "wikitext", *TEXT_RUN]),
+    "eval": ("lm_eval", ["quant", "{model}", "--corpus", "{corpus}", "--tasks", "arc_easy", *TEXT_RUN]),
     "quant": (
         "optimum.quanto",
-        ["rewrite", "{model}", "--rescale", "0.5", "--check-quant", "w8a8", "--corpus", "{corpus}"],
+        ["rewrite", "{model}", "--rescale", "0.5", "--check-quant", "w8a8", "--corpus", "{corpus}", *TEXT_RUN],
     ),
+    "vision": ("skimage", ["vit", "samples", "{out}"]),
 }
 
 
@@ -66,9 +71,9 @@ CASES = {  # extra: (the module it brings, the command line that needs it)
 def test_a_missing_extra_is_one_line_naming_it(extra, saved, tmp_path, capsys, monkeypatch):
     module, argv = CASES[extra]
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails as if it were not installed
-    fill = {"model": str(saved / "model"), "corpus": str(saved / "corpus.txt")}
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli([*(a.format(**fill) for a in argv), "--seq-len", "16", "--out", str(out)], capsys)
+    fill = {"model": str(saved / "model"), "corpus": str(saved / "corpus.txt"), "out": str(out)}
+    code, stdout, stderr = run_cli([a.format(**fill) for a in argv], capsys)
     message = stderr.strip().splitlines()[-1]
     assert code == 2 and not out.exists() and "Traceback" not in stderr
     assert message.startswith("massact: error: ") and f"`{install_hint(extra)}`" in message

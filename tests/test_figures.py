@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from planting import MARK, VOCAB, plant_massive, tiny_model, word_tokenizer
 
 from massact.corpus.report import plot_constancy
@@ -23,13 +23,16 @@ FAMILIES = {"gemma": True, "qwen2": False}  # family -> its tokenizer adds a BOS
 
 @pytest.fixture
 def figures(monkeypatch) -> list:
-    """Every figure the code under test closes, kept open for inspection."""
+    """Every figure the code under test saves, kept for inspection."""
     kept: list = []
-    close = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: kept.append(fig))
-    yield kept
-    for fig in kept:
-        close(fig)
+    savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        kept.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return kept
 
 
 def _loaded(family: str, plants: list[tuple[int, int, float]]) -> LoadedModel:
@@ -89,7 +92,8 @@ def test_log_axis_labels_decades_and_puts_minor_ticks_at_2_and_5_unless_under_2_
 
 
 def _curves(title: str):
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
+    fig = Figure(figsize=(7, 4), dpi=150)
+    ax = fig.subplots()
     ax.plot(np.arange(30), np.logspace(0, 4, 30), marker="o", label="top 1")
     ax.set_yscale("log")
     ax.set_title(title)
@@ -103,12 +107,10 @@ def test_save_figure_draws_once_and_writes_what_tight_layout_and_savefig_write(t
     plain, plain_draws = _curves("a title long enough to move the tight layout's margins")
     plain.tight_layout()
     plain.savefig(tmp_path / "plain.png")
-    plt.close(plain)
     fig, draws = _curves("a title long enough to move the tight layout's margins")
     save_figure(fig, tmp_path / "saved.png")
     assert (tmp_path / "saved.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
     assert (len(plain_draws), len(draws)) == (2, 1)  # matplotlib's own path draws the figure twice
-    assert not plt.fignum_exists(fig.number)
 
 
 def test_sensitivity_blocks_are_integers(figures, tmp_path):

@@ -365,7 +365,7 @@ def test_run_reports_rows_best_and_sensitivity(family, tmp_path):
     assert data["outlier_tokens"]["first_positions"] == 1 and data["prefix_tokens"] == []
     result.write(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"quant.json", "report.md", "perplexity.png", "sensitivity.png"}
-    assert "| A8 | outlier-tokens |" in (tmp_path / "report.md").read_text()
+    assert "| A8 | dynamic per-tensor | outlier-tokens |" in (tmp_path / "report.md").read_text()
 
 
 def test_static_scales_need_calibration_and_the_best_is_not_a_context():

@@ -163,7 +163,7 @@ def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_mode
     monkeypatch.chdir(tmp_path)
     code, _, stderr = run_cli([*shlex.split(hint)[1:], "--corpus", str(corpus), "--seq-len", "32"], capsys)
     assert code == 0, stderr
-    assert json.loads((tmp_path / "model-rewritten" / "rewrite.json").read_text())["rewrites"][0]["kind"] == "rescale"
+    assert json.loads((tmp_path / "model-rescaled" / "rewrite.json").read_text())["rewrites"][0]["kind"] == "rescale"
 
 
 def test_suggestions_name_the_rewrite_that_folds_the_finding():

@@ -33,7 +33,6 @@ _LAZY = {
     "capture_block_stats": "massact.capture.stats",
     "find_structure": "massact.models.structure",
     "load_model": "massact.models.loading",
-    "scan": "massact.scan",
     "summarize_hidden": "massact.capture.stats",
 }
 __all__ = [
@@ -50,8 +49,13 @@ __all__ = [
 ]
 
 
+_CALLABLE_PACKAGES = {"scan"}  # packages that are also their own short form: `massact.scan(loaded, prompt)`
+
+
 def __getattr__(name: str) -> object:
     """Import a public name's module when the name is first used."""
+    if name in _CALLABLE_PACKAGES:
+        return importlib.import_module(f"massact.{name}")  # importing sets the attribute on this package too
     if name not in _LAZY:
         raise AttributeError(f"module 'massact' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
@@ -60,4 +64,4 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _CALLABLE_PACKAGES)

@@ -33,9 +33,9 @@ class Thresholds:
     `FEATURE_MIN_TOKENS` of them) in one block is an outlier feature, not a massive activation.
     """
 
-    abs: float = 100.0
-    ratio: float = 1000.0
-    feature_share: float = 0.5
+    abs: float = 100.0  # |x| must exceed this
+    ratio: float = 1000.0  # and reach this multiple of the block's median |x|
+    feature_share: float = 0.5  # a dim passing on more than this share of tokens is an outlier feature
 
     def __post_init__(self) -> None:
         for name in ("abs", "ratio"):

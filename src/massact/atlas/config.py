@@ -19,16 +19,16 @@ EXECUTION = ("offload", "max_memory")  # how models run, not what is computed
 class AtlasConfig:
     """What each model goes through: the scan prompt, the corpus windows, and which analyses run."""
 
-    prompt: str = DEFAULT_PROMPT
-    corpus: str = DEFAULT_CORPUS
-    samples: int = 8
-    seq_len: int = 128
-    seed: int = 0
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    steps: tuple[str, ...] = STEPS
-    dtype: str = "auto"
-    device: str | None = None
-    trust_remote_code: bool = False
+    prompt: str = DEFAULT_PROMPT  # the text each model's scan reads
+    corpus: str = DEFAULT_CORPUS  # corpus name or text file of the windows
+    samples: int = 8  # corpus windows per model
+    seq_len: int = 128  # tokens per window
+    seed: int = 0  # which windows are drawn
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion
+    steps: tuple[str, ...] = STEPS  # the analyses run on each model, any of `STEPS`
+    dtype: str = "auto"  # the dtype each model is loaded in
+    device: str | None = None  # cpu, cuda, cuda:N or mps (default: the default device)
+    trust_remote_code: bool = False  # let models run code of their own from their folder or hub id
     offload: str = "auto"  # each model in memory ("none"), block by block ("blocks"), or blocks when it does not fit
     max_memory: str | None = None  # the budget "auto" and block execution keep to (default: what is available)
 

@@ -273,20 +273,30 @@ class AtlasResult:
             console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def rewrite_lines(self) -> list[str]:
-        """Per analysed model, the `massact rewrite` to try: rescale for float16, rotate for a costly W8A8."""
-        from massact.rewrite.suggest import command, for_headroom, line
+        """Per analysed model, the `massact rewrite` commands to try (rescale for float16, rotate or smooth for a
+        costly W8A8), each one the rewrite accepts for that model (`row["rewrites"]`), each with its own --out."""
+        from massact.rewrite.suggest import HEADROOM, for_headroom, for_int8, line
 
+        flags = "--trust-remote-code" if self.config.trust_remote_code else ""
         lines = []
         for row in self.analysed:
+            model, refused = row["model"], row.get("rewrites")
+            if refused is None:  # a row cached by a massact that did not record it
+                lines.append(f"{model}: No rewrite suggested: the row does not say which rewrites the model accepts.")
+                continue
             fp16 = (row.get("headroom") or {}).get("fp16") or {}
-            found = [
-                for_headroom(row["model"], fp16.get("peak_over_max"), fp16.get("first_overflow_block") is not None)
-            ]
+            peak, overflows = fp16.get("peak_over_max"), fp16.get("first_overflow_block") is not None
+            found = [for_headroom(model, peak, overflows, refused, flags)]
+            why = []
+            if refused.get("rescale") and (overflows or (peak is not None and peak > HEADROOM)):
+                why.append(f"float16 needs headroom, but {refused['rescale']}")
             ratio = (row.get("w8a8") or {}).get("ratio")
             if isinstance(ratio, (int, float)) and ratio > W8A8_COSTLY:
-                found.append(command(row["model"], "--rotate --check-quant w8a8"))
-            none = "float16 has room and simulated W8A8 costs little"
-            lines.append(f"{row['model']}: " + line([c for c in found if c], none))
+                suggestion, refusal = for_int8(model, refused, flags)
+                found.append(suggestion)
+                why += [refusal] if refusal else []
+            none = "; ".join(why) or "float16 has room and simulated W8A8 costs little"
+            lines.append(f"{model}: " + line([c for c in found if c], none))
         return lines
 
     def markdown(self) -> str:

@@ -19,7 +19,7 @@ class AttentionConfig:
     intervene: bool = True  # measure the block-output change when the C part is replaced by its mean
     keep_maps: Sequence[int] = ()  # blocks whose full per-head maps are kept (all blocks: range(num_blocks))
     display_tokens: int = 64  # heatmap size (the top-left corner of the map)
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion that finds the massive tokens
     sinks: Sequence[int] | None = None  # the token positions C, chosen by hand; default: massact's detection
     max_memory: int | None = None  # bytes allowed for one attention map (default: what is available)
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself (`run` only)

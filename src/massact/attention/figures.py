@@ -5,16 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from massact.format import show_token  # noqa: E402
-from massact.report.figures import save_figure, wrap_title  # noqa: E402
+from massact.format import show_token
+from massact.report.figures import save_figure, wrap_title
 
 
 def _label(token: str) -> str:
@@ -29,7 +26,8 @@ def plot_attention_map(
     n = data.shape[0]
     labels = [_label(t) for t in tokens[:n]]
     size = max(5.0, min(16.0, 0.22 * n + 2.5))
-    fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=150)
+    fig = Figure(figsize=(size, size * 0.9), dpi=150)
+    ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="equal")
     ax.set_xticks(np.arange(n))
     ax.set_yticks(np.arange(n))
@@ -46,7 +44,8 @@ def plot_attention_map(
 def _series_plot(
     series: dict[str, Sequence[float | None]], path: Path, title: str, ylabel: str, first_massive: int | None
 ) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=150)
+    fig = Figure(figsize=(9, 4), dpi=150)
+    ax = fig.subplots()
     for name, values in series.items():
         y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
         ax.plot(np.arange(len(y)), y, marker="o", markersize=3, label=name)

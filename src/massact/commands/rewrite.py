@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated
 
 import typer
@@ -82,9 +83,11 @@ def rewrite_command(
     from massact.rewrite import run
 
     load_texts(corpus)  # a bad corpus costs nothing
-    loaded = opts.load(model, batch=batch_size, tokens=seq_len)
+    float32 = replace(opts, dtype="float32")  # --dtype auto too: the rewrite is made on the float32 model
+    loaded = float32.load(model, batch=batch_size, tokens=seq_len)
     inputs = load_inputs(loaded, corpus, samples, seq_len, calib_samples, seed)
-    emit_result(run(loaded, inputs, config), out, as_json)
+    result = replace(run(loaded, inputs, config), argument=model, out=str(out))
+    emit_result(result, out, as_json)
 
 
 def register(app: typer.Typer) -> None:

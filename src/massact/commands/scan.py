@@ -10,7 +10,15 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, ThresholdOptions, emit_result, model_command, read_prompt
+from massact.commands.common import (
+    ModelOptions,
+    Opt,
+    ThresholdOptions,
+    emit_result,
+    install_help,
+    model_command,
+    read_prompt,
+)
 from massact.defaults import DEFAULT_PROMPT
 from massact.errors import MassactError
 from massact.validate import check_prompt
@@ -50,7 +58,10 @@ def scan_command(
     ] = None,
     images: Annotated[
         str | None,
-        typer.Option("--images", help="Scan a vision model on an image, a folder of images, or 'samples'."),
+        typer.Option(
+            "--images",
+            help=f"Scan a vision model on an image, a folder of images, or 'samples' ({install_help('vision')}).",
+        ),
     ] = None,
     num_images: Annotated[
         int | None, typer.Option("--num-images", min=1, help="Images: scan at most this many.")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from massact.commands.common import ModelOptions, Opt, emit_result, model_command
+from massact.commands.common import ModelOptions, Opt, emit_result, install_help, model_command
 from massact.progress import say
 
 vit_app = typer.Typer(help="Vision transformers: register tokens, Fix-Reg-Mean, sample photos.", no_args_is_help=True)
@@ -25,7 +25,13 @@ VisionModelArg = Annotated[
 @model_command
 def fix_reg_mean_command(
     model: VisionModelArg,
-    images: Annotated[str, typer.Option("--images", help="Images whose register means are collected (or 'samples').")],
+    images: Annotated[
+        str,
+        typer.Option(
+            "--images",
+            help=f"Images whose register means are collected (or 'samples': {install_help('vision')}).",
+        ),
+    ],
     eval_images: Annotated[
         str | None,
         typer.Option("--eval", help="Images to evaluate on; a labelled folder gives accuracies (default: --images)."),
@@ -53,13 +59,17 @@ def fix_reg_mean_command(
     emit_result(result, out, as_json)
 
 
-@vit_app.command("samples")
+@vit_app.command(
+    "samples",
+    help="Write a labelled folder of crops of the photos bundled with scikit-image (no download; "
+    f"{install_help('vision')}).",
+)
 def samples_command(
     out: Annotated[Path, typer.Argument(help="Folder to write: one sub-folder (class) per bundled photo.")],
     crops: Annotated[int, typer.Option("--crops", min=2, help="Random crops per photo (seeded).")] = 6,
     as_json: Opt.Json = False,
 ) -> None:
-    """Write a labelled folder of crops of the photos bundled with scikit-image (no download)."""
+    """Write a labelled folder of crops of the photos bundled with scikit-image."""
     from massact.outputs import to_json_text
     from massact.vision.samples import write_samples
 

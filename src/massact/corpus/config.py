@@ -28,13 +28,13 @@ class CorpusConfig:
 
     samples: int = 64  # windows drawn from the corpus
     seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
-    batch_size: int = 8
+    batch_size: int = 8  # windows per forward pass
     seed: int = 0  # which windows are drawn
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    top_k: int = 16
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion (|x| > abs and >= ratio x the median)
+    top_k: int = 16  # largest activations kept per block and window
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
     shard: tuple[int, int] | None = None  # (i, n): scan only part i of n of the drawn windows
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
     def __post_init__(self) -> None:

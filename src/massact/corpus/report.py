@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from rich.text import Text  # noqa: E402
-
-from massact.corpus.summary import MEANS_JSON, CorpusSummary  # noqa: E402
-from massact.detect import MASSIVE  # noqa: E402
+from massact.corpus.summary import MEANS_JSON, CorpusSummary
+from massact.detect import MASSIVE
 from massact.format import fmt_activation as _fmt
-from massact.format import md_code, md_escape, show_token  # noqa: E402
-from massact.outputs import write_json  # noqa: E402
+from massact.format import md_code, md_escape, show_token
+from massact.outputs import write_json
 from massact.precision import Precision
-from massact.report.figures import plot_layerwise, save_figure  # noqa: E402
-from massact.report.tables import numeric_column, print_table  # noqa: E402
+from massact.report.figures import plot_layerwise, save_figure
+from massact.report.tables import numeric_column, print_table
 
 KIND = "corpus"  # the `kind` field of the JSON: which result this is
 
@@ -112,7 +109,8 @@ def plot_constancy(summary: CorpusSummary, path: Path) -> Path:
     """Per-sequence value of the main massive (dim, kind) pairs at their peak block, with a histogram."""
     groups = [g for g in summary.groups() if g["kind"] == MASSIVE][:MAX_CONSTANCY_PANELS]
     panels = max(len(groups), 1)
-    fig, axes = plt.subplots(panels, 2, figsize=(9, 2.4 * panels), dpi=150, squeeze=False)
+    fig = Figure(figsize=(9, 2.4 * panels), dpi=150)
+    axes = fig.subplots(panels, 2, squeeze=False)
     for row, g in enumerate(groups):
         site = summary.sites[(g["peak_block"], g["dim"], g["token_kind"])]
         rows = np.asarray(list(site.per_sequence.keys()))

@@ -162,8 +162,8 @@ def load_texts(name_or_path: str = DEFAULT_CORPUS) -> list[str]:
 class CorpusInputs:
     """A corpus (a name or a path) an analysis draws windows from, and its documents (or windows) when at hand."""
 
-    corpus: str = DEFAULT_CORPUS
-    texts: list[str] | None = None
+    corpus: str = DEFAULT_CORPUS  # a corpus name or a path; names the windows in every result
+    texts: list[str] | None = None  # the documents, when already read (None: read `corpus`)
     windows: torch.Tensor | None = None  # windows already cut [N, L]: scanned as they are, named by `corpus`
 
     def documents(self) -> list[str]:

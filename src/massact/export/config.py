@@ -14,15 +14,15 @@ from massact.validate import at_least
 class ExportConfig:
     """The formats (any of `FORMATS`, or `all`), the corpus windows and the criterion of one export."""
 
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = FORMATS  # any of `FORMATS`, `imatrix`, or `all`
     samples: int = 32  # corpus windows
     seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
-    batch_size: int = 4
+    batch_size: int = 4  # windows per forward pass
     seed: int = 0  # which windows are drawn
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion that finds the massive sites
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal
 
     def __post_init__(self) -> None:
         formats = (self.formats,) if isinstance(self.formats, str) else self.formats

@@ -5,7 +5,9 @@ from __future__ import annotations
 from massact.data.corpus import CorpusInputs, prefix_tokens, token_windows
 from massact.export.config import ExportConfig
 from massact.models.loading import LoadedModel
+from massact.progress import say
 from massact.quant.export import ExportFiles, measure_exports
+from massact.quant.imatrix import gguf_weight_names
 from massact.validate import check_context
 
 
@@ -24,6 +26,13 @@ def run(
         config.seed,
         add_special_tokens=config.add_special_tokens,
     )
+    if "imatrix" in config.formats:
+        gguf_weight_names(loaded.model)  # refuses an architecture llama.cpp does not name, before any word of progress
+    if config.progress:
+        say(
+            f"export: {windows.shape[0]} windows of {windows.shape[1]} tokens from {inputs.corpus} through "
+            f"{loaded.name}, {config.batch_size} per forward pass"
+        )
     result = measure_exports(
         loaded,
         windows,

@@ -67,19 +67,19 @@ def resolve_blocks(spec: str | None, num_blocks: int, default: int | None) -> li
 class InterventionConfig:
     """What one intervention run does: which windows, which blocks and sites, which modes."""
 
-    corpora: tuple[str, ...] = ("shakespeare",)
+    corpora: tuple[str, ...] = ("shakespeare",)  # corpus names or text-file paths, each evaluated
     samples: int = 16  # windows evaluated per corpus
     seq_len: int = 512  # tokens per window, the tokenizer's prefix (BOS) included
     block: str | None = None  # None: where the largest massive activation first appears; "L"; or "L-" (L..last)
-    modes: tuple[str, ...] = MODES
-    sites: SiteSpec = field(default_factory=SiteSpec)
+    modes: tuple[str, ...] = MODES  # any of original, zero, mean, random (each once, in this order)
+    sites: SiteSpec = field(default_factory=SiteSpec)  # which (token, dim) sites are rewritten; default: detected
     means: SiteMeans | None = None  # from a file; else computed on `means_samples` held-out windows
-    means_samples: int = 32
-    seed: int = 0
+    means_samples: int = 32  # held-out windows the `mean` mode's means are computed on
+    seed: int = 0  # which windows are drawn
     seeds: int = 1  # with N > 1, the whole run repeated on windows drawn with seeds seed..seed+N-1
-    batch_size: int = 8
+    batch_size: int = 8  # windows per forward pass
     add_special_tokens: bool = True  # windows start as the tokenizer starts a text (its BOS)
-    progress: bool = True
+    progress: bool = True  # progress lines on a terminal
     tasks: TaskConfig | None = None  # zero-shot tasks through lm-eval, once per mode
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 

@@ -21,9 +21,9 @@ from massact.interventions.medians import sequence_medians
 class SiteSpec:
     """Which (token, dim) sites of a block output to rewrite."""
 
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    dims: tuple[int, ...] | None = None
-    tokens: tuple[int, ...] | None = None
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion that detects the sites
+    dims: tuple[int, ...] | None = None  # feature dims to rewrite; None: those detected
+    tokens: tuple[int, ...] | None = None  # token positions to rewrite; None: those detected
     features: tuple[int, ...] = ()  # outlier features (from a survey): never sites when dims are detected
 
     @property

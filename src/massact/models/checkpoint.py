@@ -2,13 +2,15 @@
 
 transformers builds the model on the meta device and maps every parameter to its tensor in the checkpoint
 (its key conversions included, e.g. Mixtral's per-expert weights fused into 3-D tensors, which it writes
-once to the offload folder); `Checkpoint.read` then loads any set of tensors, one `safe_open` per file.
+once to the offload folder); `Checkpoint.read` then loads any set of tensors, each read whole into memory.
 The offload folder is a temporary folder, removed when the checkpoint is closed or the process exits.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import tempfile
 import weakref
@@ -55,14 +57,13 @@ class Checkpoint:
         return tensors
 
     def _read_safetensors(self, file: str, names: list[str], dtypes: dict[str, torch.dtype]) -> dict:
-        from safetensors import safe_open
-
         name = names[0]
         try:
             out = {}
-            with safe_open(file, framework="pt", device="cpu") as handle:
+            with open(file, "rb", buffering=0) as handle:
+                header, start = _safetensors_header(handle)
                 for name in names:
-                    out[name] = handle.get_tensor(self.index[name]["weight_name"]).to(dtypes[name])
+                    out[name] = _read_tensor(handle, start, header[self.index[name]["weight_name"]]).to(dtypes[name])
             return out
         except MassactError:
             raise
@@ -77,6 +78,57 @@ class Checkpoint:
             return load_offloaded_weight(str(path), self.index[name])
         except Exception as exc:
             raise _damaged(str(path), name, exc) from None
+
+
+# safetensors' dtype names (https://github.com/huggingface/safetensors, the format's README)
+SAFETENSORS_DTYPES = {
+    "BOOL": torch.bool,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _safetensors_header(handle) -> tuple[dict, int]:
+    """A safetensors file's header (tensor key -> dtype, shape, byte range) and where its data starts."""
+    length = int.from_bytes(handle.read(8), "little")
+    header = json.loads(handle.read(length))
+    size = (
+        8
+        + length
+        + max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    )
+    short = size - os.fstat(handle.fileno()).st_size
+    if short > 0:  # cut short (a partial download, a full disk): refuse the file, as safetensors does
+        raise EOFError(f"the file is {short} bytes shorter than its header says")
+    return header, 8 + length
+
+
+def _read_tensor(handle, start: int, entry: dict) -> torch.Tensor:
+    """One tensor of an open safetensors file, read into fresh memory.
+
+    Plain reads, not a memory map: the pages of a mapped file count in the process's resident memory until
+    the file is closed, which for a block of a 13B model is most of a gigabyte more at the peak.
+    """
+    begin, end = entry["data_offsets"]
+    raw = torch.empty(end - begin, dtype=torch.uint8)
+    view = memoryview(raw.numpy())
+    handle.seek(start + begin)
+    done = 0
+    while done < len(view):  # one read returns at most about 2 GB
+        got = handle.readinto(view[done:])
+        if not got:
+            raise EOFError(f"the file ends {len(view) - done} bytes before this tensor does")  # cut while read
+        done += got
+    return raw.view(SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
 def _damaged(file: str, key: str, exc: Exception) -> MassactError:

@@ -17,8 +17,8 @@ from massact.validate import at_least
 class QuantConfig:
     """Every knob of a quantization run; names are parsed and checked on construction."""
 
-    schemes: tuple[str, ...] = DEFAULT_SCHEMES
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    schemes: tuple[str, ...] = DEFAULT_SCHEMES  # names such as "W8A8", "W8A8-token", "W4A8", "KV4"
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES  # none, best, or parts joined by +: outlier-tokens+smooth
     alpha: float = 0.5  # smoothing strength
     seed: int = 0  # seed of the rotations
     super_weights: int = 4  # top weight entries per traced site kept by keep-super-weights
@@ -26,9 +26,9 @@ class QuantConfig:
     sensitivity_samples: int = 2  # evaluated windows used for the sensitivity
     best_samples: int = 2  # calibration windows on which `best` compares its candidates
     batch_size: int = 4  # windows per forward: a per-tensor activation scale spans them all
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    blocks_path: str | None = None
-    progress: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion that finds the outlier tokens
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+    progress: bool = True  # progress lines on a terminal
     tasks: TaskConfig | None = None  # zero-shot tasks through lm-eval, once per (scheme, strategy)
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.outputs import write_json
 from massact.precision import Precision
+from massact.progress import say, steps
 from massact.quant.export_report import export_markdown, tool_line
 from massact.quant.imatrix import IMATRIX_FILE, Imatrix, InputSquares
 from massact.quant.recipe import kept_linears, recipe, smoothing_mappings
@@ -330,6 +331,8 @@ def measure_exports(
             for dim, share in _count_tokens(record, row_ids, counts, thresholds).items():
                 features[dim] = max(features.get(dim, 0.0), share)
 
+    count = windows.shape[0]
+    blockwise = loaded.offload is not None  # block by block, windows arrive after the last block: its own bar
     with ExitStack() as stack:
         collector = stack.enter_context(capture_block_stats(model, structure, top_k=3, thresholds=thresholds))
         peaks = stack.enter_context(BlockPeaks(model, structure))
@@ -337,8 +340,18 @@ def measure_exports(
             stack.enter_context(scales)
         if squares is not None:
             stack.enter_context(squares)
-        walk_windows(model, windows, batch_size, consume, description=description, progress=progress)
+        shown = stack.enter_context(steps(count, description, unit="windows", enabled=progress and not blockwise))
+
+        def consume_shown(start: int, ids: torch.Tensor, output: object) -> None:
+            consume(start, ids, output)
+            shown.advance(len(ids), note=f"{len(counts)} token ids carry massive activations so far")
+
+        walk_windows(
+            model, windows, batch_size, consume_shown, description=description, progress=progress and blockwise
+        )
     maxima = scales.maxima if scales is not None else {}
+    if recipe and progress:
+        say(f"{description}: which norm feeds which Linears (one more pass over {MAPPING_TOKENS} tokens)")
     mappings = smoothing_mappings(model, structure, windows[:1, :MAPPING_TOKENS]) if recipe else []
     kept = kept_linears(maxima, model, thresholds.abs) if recipe else []
     all_ids, frequency = torch.unique(windows, return_counts=True)

@@ -7,22 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator
+from rich.console import Console
+from rich.table import Table
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogFormatter, MaxNLocator  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from massact.format import fmt_ppl, md_code, md_escape, show_token  # noqa: E402
-from massact.outputs import write_json  # noqa: E402
-from massact.precision import Precision  # noqa: E402
-from massact.quant.calibrate import Calibration  # noqa: E402
-from massact.report.figures import log_scale_or_note, save_figure  # noqa: E402
-from massact.report.spread import fmt_spread, seeds_note  # noqa: E402
-from massact.report.tables import print_table  # noqa: E402
+from massact.format import fmt_ppl, md_code, md_escape, show_token
+from massact.outputs import write_json
+from massact.precision import Precision
+from massact.quant.calibrate import Calibration
+from massact.quant.schemes import parse_scheme
+from massact.report.figures import log_scale_or_note, save_figure
+from massact.report.spread import fmt_spread, seeds_note
+from massact.report.tables import print_table
 from massact.tasks import TaskScores
 from massact.tasks.scores import percent
 
@@ -74,6 +71,7 @@ class QuantResult(OnWindows):
     kept_token_share: float = 0.0  # share of the evaluated tokens outlier-tokens keeps in full precision
     unquantized: dict | None = None  # weights the simulator leaves in full precision (fused experts)
     execution: dict | None = None  # how the run executed: `LoadedModel.execution`
+    rewrites: dict | None = None  # per rewrite, None when `massact rewrite` accepts it for the model, else why not
 
     def to_json(self) -> dict:
         calib = self.calibration
@@ -120,16 +118,17 @@ class QuantResult(OnWindows):
     def table(self) -> Table:
         table = Table(title=f"{self.model}: perplexity on {self.windows[0]} x {self.windows[1]} {self.corpus} windows")
         table.add_column("scheme", no_wrap=True)
+        table.add_column("activation scales", overflow="fold")
         table.add_column("strategy", overflow="fold")
         tasks = "tasks" in self.baseline
         for name in ("perplexity", "vs fp", *self._spread_columns(), *(["mean acc %"] if tasks else [])):
             table.add_column(name, justify="right", no_wrap=True)  # print_table makes room: never cut
         base = self._spread_cells(None)
-        table.add_row("unquantized", "", fmt_ppl(self.baseline["perplexity"]), "", *base, *self._acc(self.baseline))
+        table.add_row("unquantized", "", "", fmt_ppl(self.baseline["perplexity"]), "", *base, *self._acc(self.baseline))
         for index, row in enumerate(self.rows):
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
             cells = (fmt_ppl(row["perplexity"]), _change(row["ratio"]), *self._spread_cells(index), *self._acc(row))
-            table.add_row(row["scheme"], strategy, *cells)
+            table.add_row(row["scheme"], _scales(row["scheme"]), strategy, *cells)
         return table
 
     def _spread_columns(self) -> list[str]:
@@ -174,18 +173,17 @@ class QuantResult(OnWindows):
             worst = sorted(self.sensitivity["blocks"], key=lambda r: -_finite(r["ratio"]))[:3]
             blocks = ", ".join(f"{r['block']} ({_change(r['ratio'])})" for r in worst)
             console.print(
-                f"most sensitive blocks under {self.sensitivity['scheme']} alone: {blocks}; "
+                f"most sensitive blocks under {_described(self.sensitivity['scheme'])} alone: {blocks}; "
                 f"massive activations in blocks {_span(self.calibration.massive_blocks)}",
                 highlight=False,
             )
         console.print(self.rewrite_line(), highlight=False, markup=False, soft_wrap=True)
 
     def rewrite_line(self) -> str:
-        """The `massact rewrite` that folds the chosen rotation or smoothing into the weights."""
-        from massact.rewrite.suggest import for_strategies, line
+        """The `massact rewrite` that folds the winning rotation or smoothing into the weights (`quant.advice`)."""
+        from massact.quant.advice import rewrite_advice
 
-        suggested = for_strategies(self.model, [b["chosen"] for b in self.best.values()], self.config.alpha)
-        return line([suggested] if suggested else [], "the best strategies fold no rotation or smoothing")
+        return rewrite_advice(self)
 
     def _outlier_line(self) -> str:
         calib = self.calibration
@@ -210,18 +208,19 @@ class QuantResult(OnWindows):
             f"Window prefix: {', '.join(md_code(t) for t in self.prefix_tokens) or 'none'}."
             + (f" Weights: {md_escape(self.weights)}; {WEIGHTS_NOTE}." if self.weights else ""),
             "",
-            "| scheme | strategy | perplexity | vs fp |"
+            "| scheme | activation scales | strategy | perplexity | vs fp |"
             + "".join(f" {c} |" for c in self._spread_columns())
             + (" mean acc % |" if "tasks" in self.baseline else ""),
-            "|---|---|---:|---:|"
+            "|---|---|---|---:|---:|"
             + "---:|" * len(self._spread_columns())
             + ("---:|" if "tasks" in self.baseline else ""),
-            f"| unquantized | | {fmt_ppl(self.baseline['perplexity'])} | |"
+            f"| unquantized | | | {fmt_ppl(self.baseline['perplexity'])} | |"
             + "".join(f" {a} |" for a in [*self._spread_cells(None), *self._acc(self.baseline)]),
         ]
         for index, row in enumerate(self.rows):
             strategy = row["strategy"] + (f" = {row['chosen']}" if "chosen" in row else "")
-            cells = f"{row['scheme']} | {md_escape(strategy)} | {fmt_ppl(row['perplexity'])} | {_change(row['ratio'])}"
+            scheme = f"{row['scheme']} | {_scales(row['scheme']) or '-'}"
+            cells = f"{scheme} | {md_escape(strategy)} | {fmt_ppl(row['perplexity'])} | {_change(row['ratio'])}"
             extra = [*self._spread_cells(index), *self._acc(row)]
             lines.append(f"| {cells} |" + "".join(f" {a} |" for a in extra))
         if self.spread:
@@ -235,7 +234,8 @@ class QuantResult(OnWindows):
         if self.sensitivity is not None:
             s = self.sensitivity
             lines += [
-                f"## Per-block sensitivity ({s['scheme']}, one block quantized at a time, {s['windows'][0]} windows)",
+                f"## Per-block sensitivity ({_described(s['scheme'])}, one block quantized at a time, "
+                f"{s['windows'][0]} windows)",
                 "",
                 f"Massive activations in blocks {_span(self.calibration.massive_blocks)}.",
                 "",
@@ -259,7 +259,8 @@ class QuantResult(OnWindows):
         schemes = list(dict.fromkeys(r["scheme"] for r in self.rows))
         strategies = list(dict.fromkeys(r["strategy"] for r in self.rows))
         width = 0.8 / max(len(strategies), 1)
-        fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(schemes) + 2), 4))
+        fig = Figure(figsize=(max(6, 1.4 * len(schemes) + 2), 4))
+        ax = fig.subplots()
         for k, strategy in enumerate(strategies):
             xs, ys = [], []
             for i, scheme in enumerate(schemes):
@@ -288,7 +289,8 @@ class QuantResult(OnWindows):
         ratios = [r["ratio"] if math.isfinite(r["ratio"]) else float("nan") for r in s["blocks"]]
         massive = set(self.calibration.massive_blocks)
         colors = ["tab:red" if b in massive else "tab:blue" for b in blocks]
-        fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(blocks) + 2), 3.5))
+        fig = Figure(figsize=(max(6, 0.25 * len(blocks) + 2), 3.5))
+        ax = fig.subplots()
         ax.bar(blocks, [100 * (r - 1) for r in ratios], color=colors)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if not any(math.isfinite(r) for r in ratios):
@@ -301,6 +303,16 @@ class QuantResult(OnWindows):
 
 def _finite(value: float) -> float:
     return value if math.isfinite(value) else math.inf
+
+
+def _scales(scheme: str) -> str:
+    """How a scheme scales activations, in words ("dynamic per-tensor"); "" when it does not quantize them."""
+    return parse_scheme(scheme).act_label
+
+
+def _described(scheme: str) -> str:
+    """`W8A8 (dynamic per-tensor)`: the name with its activation scales in words."""
+    return parse_scheme(scheme).described
 
 
 def _span(blocks: list[int]) -> str:

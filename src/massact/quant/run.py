@@ -11,11 +11,12 @@ import torch
 from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import load_windows, prefix_tokens
 from massact.errors import MassactError
+from massact.format import fmt_ppl
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.perplexity import PerplexityResult, evaluate_perplexity
 from massact.precision import Precision
-from massact.progress import say, track
+from massact.progress import say, steps
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate, calibration_text, super_weights_from_trace
 from massact.quant.config import QuantConfig
 from massact.quant.result import QuantResult
@@ -33,8 +34,8 @@ class QuantInputs:
 
     windows: torch.Tensor  # [N, L]
     calibration: torch.Tensor  # [M, L]
-    corpus: str = "corpus"
-    seed: int = 0
+    corpus: str = "corpus"  # the corpus's name, for the report
+    seed: int = 0  # the seed the windows were drawn with
     prefix_tokens: list[str] = field(default_factory=list)  # what each window starts with, as the tokenizer does
     super_weights: list[SuperWeight] | None = None  # for keep-super-weights; None: `run` traces them
     draws: list[QuantInputs] = field(default_factory=list)  # the same sizes drawn with further seeds (--seeds)
@@ -209,6 +210,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         )
         sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
     return QuantResult(
+        rewrites=_rewrites(loaded, inputs, config, rows),
         model=loaded.name,
         **inputs.describe(),
         config=config,
@@ -225,6 +227,22 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         unquantized=unquantized_weights(loaded.model, [structure.block_path(i) for i in range(len(structure))]),
         execution=loaded.execution(),
     )
+
+
+def _rewrites(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig, rows: list[dict]) -> dict | None:
+    """Which rewrites `massact rewrite` accepts for this model (`rewrite.support.refusals`), when a rotation or
+    smoothing was measured, so the report suggests only one the rewrite takes; None when none was measured."""
+    measured = {p for r in rows for p in parts(r.get("chosen") or r["strategy"])}
+    if not measured & {"rotate", "smooth"}:
+        return None
+    from massact.rewrite.support import REWRITES, refusals  # the rewrite builds on this package
+
+    try:
+        return refusals(loaded, inputs.calibration[:1], config.blocks_path)
+    except Exception as exc:  # a model the rewrite cannot map: no rewrite is suggested, with the reason
+        text = str(exc).strip().splitlines()
+        why = f"the rewrite cannot map this model ({text[0] if text else type(exc).__name__})"
+        return dict.fromkeys((*REWRITES, "check_quant"), why)
 
 
 def _measure(
@@ -302,10 +320,12 @@ def _sensitivity(evaluate: _Evaluator, scheme: Scheme, inputs: QuantInputs, bloc
     windows = inputs.windows[: config.sensitivity_samples]
     reference = evaluate._perplexity(windows).perplexity
     rows = []
-    indices = range(blocks)
-    for block in track(indices, "sensitivity", unit="block") if config.progress else indices:
-        result = evaluate(scheme, "none", windows, blocks=[block])
-        rows.append({"block": block, "perplexity": result.perplexity, "ratio": result.perplexity / reference})
+    with steps(blocks, f"sensitivity {scheme.name}", unit="blocks", enabled=config.progress) as shown:
+        for block in range(blocks):
+            result = evaluate(scheme, "none", windows, blocks=[block])
+            ratio = result.perplexity / reference
+            rows.append({"block": block, "perplexity": result.perplexity, "ratio": ratio})
+            shown.advance(note=f"block {block}: {fmt_ppl(result.perplexity)}, {ratio - 1:+.1%}")
     return {
         "scheme": scheme.name,
         "strategy": "none",

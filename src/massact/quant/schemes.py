@@ -25,6 +25,8 @@ from massact.errors import MassactError
 from massact.validate import at_least
 
 GRANULARITIES = ("tensor", "static", "token")
+# How each granularity scales activations, in words: every table and suggestion names the scheme this way
+SCALE_LABELS = {"tensor": "dynamic per-tensor", "static": "static per-tensor", "token": "dynamic per-token"}
 DEFAULT_GROUP = 128  # input channels per weight scale for 4-bit (and lower) weights unless given
 _NAME = re.compile(r"^(?:W(\d+)(?:G(\d+))?)?(?:A(\d+)(?:-(TENSOR|STATIC|TOKEN))?)?(?:-?KV(\d+))?$")
 EXAMPLES = "W8, W4g128, W8A8, W8A8-static, W8A8-token, W4A8, W4A4, KV8, KV4, W4A8-KV4"
@@ -76,6 +78,16 @@ class Scheme:
         return parts
 
     @property
+    def act_label(self) -> str:
+        """How activations are scaled, in words ("dynamic per-tensor"); "" when they are not quantized."""
+        return SCALE_LABELS[self.granularity] if self.act_bits is not None else ""
+
+    @property
+    def described(self) -> str:
+        """The name with its activation scales in words: `W8A8 (dynamic per-tensor)`; weight/KV-only: the name."""
+        return f"{self.name} ({self.act_label})" if self.act_label else self.name
+
+    @property
     def quantizes_linears(self) -> bool:
         return self.weight_bits is not None or self.act_bits is not None
 
@@ -86,6 +98,7 @@ class Scheme:
             "weight_group": self.group,
             "act_bits": self.act_bits,
             "act_scales": self.granularity if self.act_bits is not None else None,
+            "act_scales_label": self.act_label or None,
             "kv_bits": self.kv_bits,
         }
 

@@ -8,15 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # noqa: E402
-from mpl_toolkits.mplot3d.art3d import Line3DCollection  # noqa: E402
-
-from massact.format import show_token  # noqa: E402
+from massact.format import show_token
 
 
 def wrap_title(title: str, width: int) -> str:
@@ -76,7 +74,6 @@ def save_figure(fig, path: Path, dpi: float | None = None, tight: bool = True) -
         fig.tight_layout()
     fig.set_layout_engine(None)
     fig.savefig(path, dpi=dpi)  # None: matplotlib's savefig.dpi setting, as before
-    plt.close(fig)
     return path
 
 
@@ -96,7 +93,8 @@ def plot_curves(
 ) -> Path:
     """Named (x, y) curves on one axis, log scale by default; optional +-spread bands around named curves."""
     colors = colors or {}
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=150)
+    fig = Figure(figsize=(7, 4), dpi=150)
+    ax = fig.subplots()
     for name, (xs, ys) in curves.items():
         x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
         if y.size and np.isnan(y).all():  # e.g. top 2 with --top-k 1: no line, no legend entry
@@ -145,8 +143,8 @@ def plot_activations_3d(
     tt, dd = np.meshgrid(np.arange(n_tokens), np.arange(n_dims), indexing="ij")
     starts = np.stack([tt.ravel(), dd.ravel(), np.zeros(tt.size)], axis=1)
     ends = np.stack([tt.ravel(), dd.ravel(), mags.ravel()], axis=1)
-    colors = plt.get_cmap("tab10")(tt.ravel() % 10)
-    fig = plt.figure(figsize=(8, 6), dpi=150)
+    colors = matplotlib.colormaps["tab10"](tt.ravel() % 10)
+    fig = Figure(figsize=(8, 6), dpi=150)
     ax = fig.add_subplot(projection="3d")
     ax.add_collection3d(Line3DCollection(np.stack([starts, ends], axis=1), colors=colors, linewidths=1.2))
     ax.set_xlim(-0.5, n_tokens - 0.5)

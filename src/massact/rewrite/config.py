@@ -39,13 +39,13 @@ class RewriteConfig:
     rescale: str | float | None = None  # "auto", a factor, or None
     headroom: float = 0.5  # auto: largest module output at most this fraction of the float16 maximum
     smooth: float | None = None  # SmoothQuant alpha, or None
-    rotate: bool = False
+    rotate: bool = False  # fold an orthogonal rotation of the residual stream (randomized Hadamard where one exists)
     seed: int = 0  # seed of the rotation
     check_quant: str | None = None  # "w8a8": quantize both models with a real int8 library
     tolerance: float = 1e-3  # largest relative change of the float32 logits accepted as exact
-    batch_size: int = 4
-    blocks_path: str | None = None
-    progress: bool = True
+    batch_size: int = 4  # windows per forward pass
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+    progress: bool = True  # progress lines on a terminal
 
     def __post_init__(self) -> None:
         if isinstance(self.rescale, str) and self.rescale != "auto":

@@ -12,11 +12,12 @@ maximum; outputs kept in full precision) and `W4g128` (symmetric int4, no zero p
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import sysconfig
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -39,31 +40,39 @@ def _quanto():
     return quanto
 
 
-def quanto_model(model: nn.Module, weights: str, activations: str | None, calibration: torch.Tensor, batch_size: int):
-    """A copy of `model` quantized by optimum-quanto (LM head excluded), calibrated when activations are."""
+def quantize_in_place(
+    model: nn.Module, weights: str, activations: str | None, calibration: torch.Tensor, batch_size: int
+) -> nn.Module:
+    """`model` itself quantized by optimum-quanto (LM head excluded), calibrated when activations are; frozen,
+    so its Linears hold int8/int4 weights and the float weights are freed. Give it a copy you can spend."""
     quanto = _quanto()
-    quantized = copy.deepcopy(model)
-    head = next((n for n, m in quantized.named_modules() if m is quantized.get_output_embeddings()), None)
+    head = next((n for n, m in model.named_modules() if m is model.get_output_embeddings()), None)
     acts = getattr(quanto, activations) if activations else None
-    quanto.quantize(quantized, weights=getattr(quanto, weights), activations=acts, exclude=[head] if head else None)
+    quanto.quantize(model, weights=getattr(quanto, weights), activations=acts, exclude=[head] if head else None)
     if acts is not None:
         with torch.inference_mode(), quanto.Calibration():
             for start in range(0, calibration.shape[0], batch_size):
-                quantized(input_ids=calibration[start : start + batch_size].to(next(model.parameters()).device))
-    quanto.freeze(quantized)
-    return quantized
+                model(input_ids=calibration[start : start + batch_size].to(next(model.parameters()).device))
+    quanto.freeze(model)
+    return model
 
 
 @torch.no_grad()
-def _dequantized(model: nn.Module, quantized: nn.Module) -> nn.Module:
-    """`model` with the library's quantized weights, dequantized (quanto's int4 tensors refuse inference mode)."""
+def dequantize_in_place(model: nn.Module) -> nn.Module:
+    """Each quantized Linear of `model` back to a plain Linear holding the library's dequantized weights, one at a
+    time (quanto's int4 tensors refuse inference mode; the products are the same)."""
     quanto = _quanto()
-    plain = copy.deepcopy(model)
-    for name, module in quantized.named_modules():
-        if isinstance(module, quanto.QModuleMixin):
-            target = plain.get_submodule(name).weight
-            target.copy_(module.weight.dequantize().to(target.dtype))
-    return plain
+    for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, quanto.QModuleMixin)]:
+        if not isinstance(module, nn.Linear):
+            raise MassactError(f"{LIBRARY} quantized {name}, a {type(module).__name__}: only Linears are checked")
+        weight = module.weight.dequantize()
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None, device="meta")
+        plain.weight = nn.Parameter(weight, requires_grad=False)
+        if module.bias is not None:
+            plain.bias = module.bias
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, plain)
+    return model
 
 
 @contextmanager
@@ -105,12 +114,23 @@ def load_int4_kernel(device: torch.device, tell: Callable[[str], None]) -> None:
         ) from None
 
 
-def _real(model: nn.Module, scheme: tuple, inputs: QuantInputs, batch_size: int) -> float:
-    quantized = quanto_model(model, scheme[1], scheme[2], inputs.calibration, batch_size)
+def _real(make: Callable[[], nn.Module], scheme: tuple, inputs: QuantInputs, batch_size: int) -> float:
+    """Perplexity of a model `make` builds (one spendable copy), quantized by the library; the copy is freed."""
+    quantized = quantize_in_place(make(), scheme[1], scheme[2], inputs.calibration, batch_size)
     if scheme[2] is None:  # weights only: the same products on the dequantized weights
-        quantized = _dequantized(model, quantized)
+        quantized = dequantize_in_place(quantized)
     windows = inputs.windows
-    return evaluate_perplexity(quantized, windows, batch_size, progress=False, prefix_len=inputs.prefix_len).perplexity
+    result = evaluate_perplexity(quantized, windows, batch_size, progress=False, prefix_len=inputs.prefix_len)
+    del quantized
+    _release()
+    return result.perplexity
+
+
+def _release() -> None:
+    """Give a freed model copy back before the next is made."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _simulated(loaded: LoadedModel, inputs: QuantInputs, batch_size: int) -> dict[str, float]:
@@ -119,24 +139,76 @@ def _simulated(loaded: LoadedModel, inputs: QuantInputs, batch_size: int) -> dic
     return {row["scheme"]: row["perplexity"] for row in simulate(loaded, inputs, config).rows}
 
 
+# Passes over the windows per model (original, rewritten). The simulation (`massact.quant.run`, one scheme row
+# each, strategy none): calibration (calibration windows), unquantized perplexity (held-out), W8A8-static scales
+# (calibration) and perplexity (held-out), W4g128 perplexity (held-out). The library: W8A8 calibration
+# (calibration) and perplexity (held-out), W4 perplexity (held-out).
+PASSES = {"held_out": 3 + 2, "calibration": 2 + 1}
+
+
+def cost(loaded: LoadedModel, inputs: QuantInputs) -> str:
+    """What --check-quant adds to the rewrite, in one line, said before any work."""
+    held_out, calibration = 2 * PASSES["held_out"], 2 * PASSES["calibration"]
+    size = sum(t.numel() * t.element_size() for t in (*loaded.model.parameters(), *loaded.model.buffers()))
+    return (
+        f"--check-quant w8a8 adds {held_out + calibration} passes after the rewrite ({held_out} over the "
+        f"{inputs.windows.shape[0]} held-out windows, {calibration} over the {inputs.calibration.shape[0]} "
+        f"calibration windows; W8A8 and W4 with {LIBRARY} and massact's simulation of each, on both models) "
+        f"and one extra model copy at a time ({size / 1e9:.2g} GB in float32) beside the original"
+    )
+
+
+def _from_folder(folder: Path, device: torch.device) -> nn.Module:
+    """The rewritten model as any user loads it: plain `from_pretrained` from its folder."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+
+
+def _simulated_from_folder(folder: Path, loaded: LoadedModel, inputs: QuantInputs, batch_size: int) -> dict:
+    """The simulation on the rewritten model read block by block from its folder (one block in memory at a time)."""
+    from massact.models.loading import load_model
+
+    blockwise = load_model(
+        str(folder), tokenizer=loaded.tokenizer, dtype="float32", device=str(loaded.device), offload="blocks"
+    )
+    try:
+        return _simulated(blockwise, inputs, batch_size)
+    finally:
+        blockwise.offload.close()
+        blockwise.offload.checkpoint.close()
+        del blockwise
+        _release()
+
+
 def compare(
     loaded: LoadedModel,
-    rewritten: nn.Module,
+    folder: Path,
     inputs: QuantInputs,
     batch_size: int,
     tell: Callable[[str], None] = lambda message: None,
 ) -> dict:
-    """Real and simulated W8A8 and W4 perplexity of the original and the rewritten model."""
+    """Real and simulated W8A8 and W4 perplexity of the original and of the rewritten model saved in `folder`.
+
+    Beside the original, at most one further model is in memory at a time: the simulation edits the original's
+    weights in place (each edited Linear held once more while it runs) and reads the rewritten model block by
+    block; each library check quantizes one fresh copy (of the original, or loaded from `folder`) in place
+    and frees it before the next.
+    """
     _quanto()
-    models = {"original": loaded, "rewritten": replace(loaded, model=rewritten)}
-    tell(f"simulating {' and '.join(s[3] for s in SCHEMES)} on both models ...")
-    sims = {side: _simulated(m, inputs, batch_size) for side, m in models.items()}
+    folder = Path(folder)
+    names = " and ".join(s[3] for s in SCHEMES)
+    tell(f"simulating {names} on the original model ...")
+    sims = {"original": _simulated(loaded, inputs, batch_size)}
+    tell(f"simulating {names} on the rewritten model, read block by block from its folder ...")
+    sims["rewritten"] = _simulated_from_folder(folder, loaded, inputs, batch_size)
+    makers = {"original": lambda: copy.deepcopy(loaded.model), "rewritten": lambda: _from_folder(folder, loaded.device)}
     rows, notes, schemes = [], [], {}
     for scheme in SCHEMES:
-        tell(f"{scheme[0]} with {LIBRARY} on both models ...")
-        real = {side: _real(m.model, scheme, inputs, batch_size) for side, m in models.items()}
-        sim = {side: sims[side][scheme[3]] for side in models}
-        gap = {side: abs(sim[side] / real[side] - 1) for side in models}
+        tell(f"{scheme[0]} with {LIBRARY} on both models, one copy at a time ...")
+        real = {side: _real(make, scheme, inputs, batch_size) for side, make in makers.items()}
+        sim = {side: sims[side][scheme[3]] for side in makers}
+        gap = {side: abs(sim[side] / real[side] - 1) for side in makers}
         helps = real["rewritten"] < real["original"]
         schemes[scheme[0]] = {"real": real, "simulated": sim, "simulated_scheme": scheme[3], "rewrite_helps": helps}
         schemes[scheme[0]]["simulation_gap"] = gap
@@ -147,4 +219,4 @@ def compare(
             f"{real['original']:.2f} before, {real['rewritten']:.2f} after); massact's {scheme[3]} simulation differs "
             f"from the library by {gap['original']:.1%} (original) and {gap['rewritten']:.1%} (rewritten)"
         )
-    return {"library": LIBRARY, "schemes": schemes, "rows": rows, "notes": notes}
+    return {"library": LIBRARY, "batch_size": batch_size, "schemes": schemes, "rows": rows, "notes": notes}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ class RewriteResult(OnWindows):
     quant: dict | None
     folder: tempfile.TemporaryDirectory
     execution: dict | None = None  # how the run executed: `LoadedModel.execution`
+    argument: str | None = None  # the model as the command was given it (for the commands the report prints)
+    out: str | None = None  # the folder the command saves the model in (DIR in the report when not known)
 
     @property
     def model_files(self) -> list[str]:
@@ -126,6 +130,8 @@ class RewriteResult(OnWindows):
         )
         for line in self._notes():
             console.print(line, highlight=False)
+        for line in [*self.how_to_load(), *self.quant_lines()]:
+            console.print(line[:1].upper() + line[1:], highlight=False, markup=False, soft_wrap=True)
 
     def _notes(self) -> list[str]:
         notes = []
@@ -144,6 +150,56 @@ class RewriteResult(OnWindows):
         notes += (self.quant or {}).get("notes", [])
         return notes
 
+    def load_dtype(self) -> str:
+        """The dtype to load the saved model in: float16 where the float16 check found no inf/NaN, else float32."""
+        after = self._summary(self.after)
+        clean = after["nonfinite_modules_float16"] == 0 and after["nonfinite_tokens_float16"] == 0
+        return "float16" if clean and math.isfinite(after["perplexity_float16"]) else "float32"
+
+    def how_to_load(self) -> list[str]:
+        """How to load the saved model: the dtype, with one line of transformers and the massact command."""
+        folder, dtype = self.out or "DIR", self.load_dtype()
+        if dtype == "float16":
+            why = "float16 (its float16 check found no inf/NaN; float32 gives the original's logits)"
+        else:
+            bad = self._summary(self.after)["nonfinite_modules_float16"]
+            why = f"float32 (float16 still gives inf/NaN in {bad} modules; bfloat16 holds the range)"
+        return [
+            f"load it in {why}: `AutoModelForCausalLM.from_pretrained({folder!r}, dtype=torch.{dtype})`, "
+            f"or `massact scan {shlex.quote(folder)} --dtype {dtype}`"
+        ]
+
+    def quant_lines(self) -> list[str]:
+        """How to reproduce the int8 numbers and, where rescaling did not help int8, that smoothing may."""
+        if not self.quant:
+            return []
+        folder = self.out or "DIR"
+        windows = (
+            f"--corpus {shlex.quote(self.corpus)} --samples {self.windows[0]} --seq-len {self.windows[1]} "
+            f"--calib-samples {self.calibration_windows[0]} --seed {self.seed} --batch-size {self.quant['batch_size']}"
+        )
+        lines = [
+            f"the int8 numbers are {self.quant['library']}'s W8A8 (int8 weights per output channel, int8 inputs "
+            f"with one static scale per tensor calibrated on the {self.calibration_windows[0]} calibration windows, "
+            f"LM head kept) perplexity on the {self.windows[0]} held-out windows; to measure the saved model again, "
+            f"`massact rewrite {shlex.quote(folder)} --rescale 1 --check-quant w8a8 {windows} "
+            f"--out {shlex.quote(folder.rstrip('/') + '-check')}` (a factor of 1 changes nothing: its original "
+            "column is this run's rewritten column)"
+        ]
+        kinds = {step["kind"] for step in self.steps}
+        w8a8 = self.quant["schemes"].get("W8A8") or {}
+        if "rescale" in kinds and "smooth" not in kinds and not w8a8.get("rewrite_helps", True):
+            from massact.rewrite.suggest import SMOOTH_ALPHA, command
+
+            how = (
+                f"`{command(self.argument, f'--smooth {SMOOTH_ALPHA:g} --check-quant w8a8')}`" if self.argument else ""
+            )
+            lines.append(
+                "rescaling does not help int8 (its scales move with the factor, so the int8 codes barely change); "
+                f"--smooth {SMOOTH_ALPHA:g} (SmoothQuant folded into the weights) may: {how or 'add it to the command'}"
+            )
+        return lines
+
     def markdown(self) -> str:
         lines = [
             f"# Rewrite of {md_escape(self.model)}: {md_escape(self._done())}",
@@ -159,8 +215,8 @@ class RewriteResult(OnWindows):
             lines += [f"- **{step['kind']}**: " + "; ".join(md_escape(c) for c in step["changed"])]
         lines += [
             "",
-            f"The folder is a standard transformers model ({', '.join(md_code(f) for f in self.model_files)}): "
-            "`AutoModelForCausalLM.from_pretrained(DIR)` loads it with no massact code.",
+            f"The folder is a standard transformers model ({', '.join(md_code(f) for f in self.model_files)}) "
+            "that loads with no massact code; " + self.how_to_load()[0] + ".",
             "",
             "## Measured before and after",
             "",
@@ -171,7 +227,8 @@ class RewriteResult(OnWindows):
             "|---|---:|---:|",
         ]
         lines += [f"| {md_escape(a)} | {md_escape(b)} | {md_escape(c)} |" for a, b, c in self._rows()]
-        lines += [""] + [f"{md_escape(n[:1].upper() + n[1:])}." for n in self._notes()] + ["", "## Per block", ""]
+        lines += [""] + [f"{md_escape(n[:1].upper() + n[1:])}." for n in self._notes()]
+        lines += [f"{n[:1].upper() + n[1:]}." for n in self.quant_lines()] + ["", "## Per block", ""]
         lines += [
             "| block | peak \\|h\\| before | after | largest token RMS before | after |",
             "|---:|---:|---:|---:|---:|",

@@ -25,9 +25,8 @@ from massact.rewrite.measure import ModulePeaks
 from massact.rewrite.plan import Plan
 from massact.rewrite.result import RewriteResult
 from massact.rewrite.save import save
+from massact.rewrite.support import PROBE_TOKENS
 from massact.rewrite.verify import logits_change, measure_model
-
-PROBE_TOKENS = 32
 
 
 def _module(path: str) -> str:
@@ -86,8 +85,9 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     if config.check_quant is not None:  # before any work: the library and its int4 kernel are there
         if blockwise:
             raise MassactError(CHECK_QUANT_BLOCKS)
-        from massact.rewrite.realquant import load_int4_kernel
+        from massact.rewrite.realquant import cost, load_int4_kernel
 
+        tell(cost(loaded, inputs))
         load_int4_kernel(loaded.device, tell)
     work = model if blockwise else copy.deepcopy(model)
     layout = find_layout(work, inputs.calibration[:1, :PROBE_TOKENS], config.blocks_path)
@@ -141,7 +141,9 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
         if rewritten.offload is not None:
             rewritten.offload.close()
             rewritten.offload.checkpoint.close()
+        del rewritten  # the int8 check loads the copies it needs from the folder, one at a time
     change = logits_change(original_logits, rewritten_logits) | {"windows": original_logits.shape[0]}
+    del original_logits, rewritten_logits
     if not change["max_rel_diff"] <= config.tolerance:
         raise MassactError(
             f"the rewrite is not exact on this model: its float32 logits moved by {change['max_rel_diff']:.2e} "
@@ -151,7 +153,7 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     if config.check_quant is not None:
         from massact.rewrite.realquant import compare
 
-        quant = compare(loaded, rewritten.model, inputs, config.batch_size, tell)
+        quant = compare(loaded, Path(folder.name), inputs, config.batch_size, tell)
     return RewriteResult(
         model=loaded.description,
         **inputs.describe(),

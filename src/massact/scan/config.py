@@ -12,7 +12,7 @@ from massact.errors import MassactError
 class ScanConfig:
     """What a scan measures and keeps."""
 
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion (|x| > abs and >= ratio x the median)
     top_k: int = 16  # largest activations kept per block
     keep: int | None = None  # keep this block's output (for the 3D figure)
     keep_peak: bool = False  # keep the output of the block of the largest massive activation (a second pass)

@@ -21,14 +21,15 @@ class StreamConfig:
     for the whole stream.
     """
 
+    #: the cache policies (`parse_policies`): full, window, sinks:N, detected, recompute
     policies: tuple[Policy, ...] = field(default_factory=lambda: parse_policies(DEFAULT_POLICIES))
-    cache: int = 128
-    score_from: int | None = None
-    positions: str = "original"
-    stride: int = 1
-    max_detected: int = 8
-    thresholds: Thresholds = Thresholds()
-    progress: bool = True
+    cache: int = 128  # the cache size W (tokens kept)
+    score_from: int | None = None  # first scored stream token (default 2 x cache + 1)
+    positions: str = "original"  # "original": each token keeps its position; "cache": its slot in the cache
+    stride: int = 1  # predictions per fresh forward (scores recomputed every `stride`)
+    max_detected: int = 8  # at most this many detected tokens kept (fewer than `cache`)
+    thresholds: Thresholds = Thresholds()  # the criterion that detects the tokens to keep
+    progress: bool = True  # a progress bar on a terminal
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
     def __post_init__(self) -> None:

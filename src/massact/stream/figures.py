@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from massact.report.figures import log_scale_or_note, save_figure  # noqa: E402
+from massact.report.figures import log_scale_or_note, save_figure
 
 
 def plot_running_perplexity(curves: dict[str, tuple[list[int], list[float]]], path: Path, title: str) -> Path:
     """`curves`: policy -> (token indices, running perplexity); log-scale y."""
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=150)
+    fig = Figure(figsize=(8, 4.5), dpi=150)
+    ax = fig.subplots()
     for name, (tokens, values) in curves.items():
         if tokens:
             ax.plot(tokens, values, label=name, linewidth=1.4)

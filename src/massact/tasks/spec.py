@@ -86,10 +86,10 @@ def local_dirs(entries: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 class TaskConfig:
     """Which harness tasks to run and how (`tasks` from `parse_tasks`)."""
 
-    tasks: tuple[str, ...]
-    limit: int | None = None
-    batch_size: int = 8
-    num_fewshot: int = 0
+    tasks: tuple[str, ...]  # harness task names or task paths (`parse_tasks`)
+    limit: int | None = None  # items per task (None: all)
+    batch_size: int = 8  # requests per forward pass
+    num_fewshot: int = 0  # few-shot examples per item
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):

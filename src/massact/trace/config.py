@@ -22,23 +22,23 @@ class TraceConfig:
     restored bit for bit; with `risk`, the int8 risk table comes from the same windows.
     """
 
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    add_special_tokens: bool = True
-    token: int | None = None
-    dim: int | None = None
-    block: int | None = None
-    max_sites: int = 4
-    top: int = 10
-    share: float = 0.9
-    verify: bool = True
-    risk: bool = True
-    corpus: str = DEFAULT_CORPUS
-    samples: int = 8
-    seq_len: int = 256
-    batch_size: int = 4
-    seed: int = 0
-    blocks_path: str | None = None
-    progress: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion that finds the sites
+    add_special_tokens: bool = True  # tokenize the prompt with the tokenizer's special tokens (BOS, ...)
+    token: int | None = None  # trace only sites on this token position
+    dim: int | None = None  # trace this dim (on `token`, or on its most massive token)
+    block: int | None = None  # explain this block's update (default: where the site first appears)
+    max_sites: int = 4  # trace at most this many sites, largest first
+    top: int = 10  # weight entries listed per site
+    share: float = 0.9  # the part of the jump whose fewest explaining entries are counted
+    verify: bool = True  # zero those entries, measure sites and perplexity, restore the weights
+    risk: bool = True  # the int8 risk table, from the same windows
+    corpus: str = DEFAULT_CORPUS  # corpus name or text file of the perplexity and risk windows
+    samples: int = 8  # windows of `corpus`
+    seq_len: int = 256  # tokens per window, the tokenizer's prefix (BOS) included
+    batch_size: int = 4  # windows per forward pass
+    seed: int = 0  # which windows are drawn
+    blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
+    progress: bool = True  # progress lines on a terminal
 
     def __post_init__(self) -> None:
         if not isinstance(self.thresholds, Thresholds):

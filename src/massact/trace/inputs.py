@@ -12,8 +12,8 @@ from massact.trace.config import TraceConfig
 class TraceInputs:
     """The prompt, and the corpus documents for the perplexity / risk windows (read from `config.corpus` when None)."""
 
-    prompt: str
-    texts: list[str] | None = None
+    prompt: str  # the text whose massive activations are traced
+    texts: list[str] | None = None  # the corpus documents; None: read from `config.corpus` when needed
 
     @classmethod
     def read(cls, prompt: str, config: TraceConfig) -> TraceInputs:

@@ -26,6 +26,8 @@ from massact.validate import at_least
 
 BACKCOPY = "bigram-backcopy"
 DEFAULT_PRESETS = {BACKCOPY: "backcopy-cpu", "text": "cpu-small"}
+# What Ctrl-C tells the user: the experiment has no --resume; the same command continues every run
+RERUN = "rerun the same command to continue (finished runs are read back, unfinished ones resume)"
 
 
 def prepare_data(config: TrainConfig, corpus: str, work_dir: Path) -> TokenData:
@@ -57,10 +59,10 @@ class ExperimentConfig:
     Seeds `first_seed` .. `first_seed + seeds - 1` for every variant.
     """
 
-    task: str = BACKCOPY
-    variants: tuple[str, ...] = ATTENTION_VARIANTS
-    seeds: int = 3
-    first_seed: int = 0
+    task: str = BACKCOPY  # "bigram-backcopy" or a corpus name
+    variants: tuple[str, ...] = ATTENTION_VARIANTS  # the attention variants trained
+    seeds: int = 3  # runs per variant
+    first_seed: int = 0  # seeds first_seed .. first_seed + seeds - 1
     preset: str | None = None  # None: the task's default preset
     optimizer: str | None = None  # None: the preset's
     max_steps: int | None = None  # None: the preset's
@@ -113,11 +115,15 @@ def run_experiment(out: Path, config: ExperimentConfig, device: str | None = Non
     data = task_data(first, config.corpus or "", work_dir)
     say(data.describe())
     runs = {}
-    for variant in config.variants:
-        for seed in seeds:
-            run = train(
-                config.run_config(variant, seed), data, work_dir / variant / f"seed{seed}", resume=True, device=device
-            )
-            run.save_summary()
-            runs[variant, seed] = run
-    return ExperimentResult(config.task, config.preset_name, first, runs)
+    total = len(config.variants) * len(seeds)
+    try:
+        for variant in config.variants:
+            for seed in seeds:
+                run_dir = work_dir / variant / f"seed{seed}"
+                run = train(config.run_config(variant, seed), data, run_dir, resume=True, device=device, rerun=RERUN)
+                run.save_summary()
+                runs[variant, seed] = run
+    except KeyboardInterrupt as exc:  # the command line prints the message after "massact: interrupted;"
+        done = f"{len(runs)} of {total} runs finished in {work_dir}"
+        raise KeyboardInterrupt(f"{exc}; {done}" if str(exc) else f"{done}; {RERUN}") from None
+    return ExperimentResult(config.task, config.preset_name, first, runs, out=out)

@@ -54,13 +54,13 @@ def check_variant(name: str) -> str:
 class GPT2Config:
     """Shape of the model; `attention` picks the variant."""
 
-    vocab_size: int = 50304
+    vocab_size: int = 50304  # tokens in the vocabulary
     block_size: int = 1024  # longest input, in text tokens
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    attention: str = "default"
+    n_layer: int = 12  # blocks
+    n_head: int = 12  # attention heads per block
+    n_embd: int = 768  # hidden size
+    dropout: float = 0.0  # dropout probability
+    attention: str = "default"  # the attention variant, one of `ATTENTION_VARIANTS`
     _attn_implementation = "sdpa"  # not a field: how attention runs, not what the model is
 
     def __post_init__(self) -> None:

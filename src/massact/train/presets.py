@@ -18,7 +18,7 @@ OPTIMIZERS = ("adamw", "muon")
 class TrainConfig:
     """Everything that decides a training run (two runs with equal configs see the same batches)."""
 
-    model: GPT2Config = field(default_factory=GPT2Config)
+    model: GPT2Config = field(default_factory=GPT2Config)  # the model's shape and attention variant
     task: str = "text"  # "text": a corpus; "bigram-backcopy": generated sequences (massact.train.backcopy)
     triggers: int = 4  # bigram-backcopy: trigger tokens
     bigram_concentration: float = 0.5  # bigram-backcopy: Dirichlet parameter of the bigram rows
@@ -27,21 +27,21 @@ class TrainConfig:
     tokenizer: str = "bpe"  # "bpe": byte-level BPE trained on the corpus; "smollm2": the bundled tokenizer
     batch_size: int = 8  # sequences per micro-batch and process
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
-    max_steps: int = 1000
-    learning_rate: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 8
-    monitor_interval: int = 50
-    probe_sequences: int = 4
-    checkpoint_interval: int = 200
-    val_fraction: float = 0.05
-    seed: int = 0
+    max_steps: int = 1000  # optimizer steps
+    learning_rate: float = 6e-4  # peak learning rate, after warm-up
+    min_lr: float = 6e-5  # the cosine schedule's final learning rate
+    warmup_steps: int = 100  # linear warm-up steps
+    weight_decay: float = 0.1  # AdamW weight decay
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # gradient-norm clip
+    eval_interval: int = 100  # steps between validation losses
+    eval_batches: int = 8  # validation batches per evaluation
+    monitor_interval: int = 50  # steps between activation-monitor probes
+    probe_sequences: int = 4  # sequences the monitor runs
+    checkpoint_interval: int = 200  # steps between checkpoints
+    val_fraction: float = 0.05  # the corpus's last share held out for validation
+    seed: int = 0  # seed of the weights and the batches
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -140,6 +140,32 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_interval=1000,
         val_fraction=0.005,
     ),
+}
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a preset is meant to grow in the `default` variant; the experiment's report checks them.
+
+    `sink_rate`: the share of heads sinking on position 0, at least; `residual_peak`: |h_0| / median |h_i|
+    in some block, at least; `massive`: a massive activation by the paper's criterion (massact.detect).
+    """
+
+    sink_rate: float | None = None
+    residual_peak: float | None = None
+    massive: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# Bigram-Backcopy: the goal of the search in docs/attention_variants.md; text: the paper's GPT-2 (sinks and a
+# massive activation in default).
+PRESET_TARGETS: dict[str, Targets] = {
+    "backcopy-test": Targets(sink_rate=0.5, residual_peak=5.0),
+    "backcopy-cpu": Targets(sink_rate=0.5, residual_peak=5.0),
+    "cpu-small": Targets(sink_rate=0.5, massive=True),
+    "gpt2-124m": Targets(sink_rate=0.5, massive=True),
 }
 
 

@@ -16,6 +16,7 @@ from massact.report.tables import numeric_column, print_table
 from massact.train.measures import summarize_blocks
 from massact.train.presets import TrainConfig
 from massact.train.trainer import TrainResult
+from massact.train.verdict import TARGET_MEASURES, anything_formed, judge, next_step
 
 KIND = "experiment"  # the `kind` field of the JSON: which result this is
 
@@ -86,6 +87,7 @@ class ExperimentResult:
     preset: str
     config: TrainConfig  # the first run's (the others differ in attention and seed only)
     runs: dict[tuple[str, int], TrainResult]
+    out: Path = Path("experiment")  # where the runs are: the next command in the report names it
 
     @property
     def rows(self) -> list[dict]:
@@ -96,7 +98,7 @@ class ExperimentResult:
         rows = self.rows
         config = self.config.to_dict()
         config["model"] = {k: v for k, v in config["model"].items() if k != "attention"}
-        return {
+        data = {
             "kind": KIND,
             "task": self.task,
             "preset": self.preset,
@@ -104,6 +106,9 @@ class ExperimentResult:
             "rows": rows,
             "summary": summarize_variants(rows),
         }
+        verdict = judge(rows, self.preset)
+        data["verdict"] = verdict | {"next": next_step(data, verdict, self.out)}
+        return data
 
     def table(self) -> Table:
         table = Table(title=f"attention variants on {self.task} ({self.preset}): mean over seeds")
@@ -116,6 +121,20 @@ class ExperimentResult:
 
     def show(self, console: Console) -> None:
         print_table(console, self.table())
+        data = self.to_json()
+        verdict = data["verdict"]
+        massive = [v for v, e in verdict["variants"].items() if e["massive_seeds"]]
+        said = "no massive activation (paper's criterion) in any run"
+        if massive:
+            said = f"massive activations (paper's criterion) in: {', '.join(massive)}"
+        if not anything_formed(verdict):
+            said += "; nothing formed in default, so no default / variant ratio is given"
+        console.print(said, highlight=False, markup=False, soft_wrap=True)
+        step = verdict["next"]
+        console.print(
+            f"next: {step['why']}" + (f": {step['command']}" if step["command"] else ""),
+            highlight=False, markup=False, soft_wrap=True,
+        )  # fmt: skip
 
     def write(self, out: Path) -> None:
         """experiment.json, report.md and figures/ into `out`."""
@@ -159,12 +178,86 @@ def _cell(entry: dict, digits: int = 2) -> str:
     return f"{fmt_number(entry['mean'], digits)} ± {fmt_number(entry['std'], digits)}"
 
 
+def shown_factors(verdict: dict) -> list[str]:
+    """The default / variant columns worth a number: only of what formed in default.
+
+    Residual peak: when default reached its target or grew a massive activation; sink rate: when default
+    reached its sink-rate target. Nothing formed: no ratio at all (there is nothing for a design to remove).
+    """
+    formed = verdict["formed"] or {}
+    shown = []
+    if formed.get("residual_peak") or formed.get("massive"):
+        shown.append("residual_peak")
+    if formed.get("sink_rate"):
+        shown.append("sink_rate")
+    return shown
+
+
+_TARGET_NAMES = {"sink_rate": "sink rate", "residual_peak": "residual peak"}
+
+
+def _seeds(count: int, of: int) -> str:
+    return f"{count} of {of} seed{'s' if of != 1 else ''}"
+
+
+def verdict_lines(data: dict) -> list[str]:
+    """The report's "What formed" section: the paper's criterion, the preset's targets, what to run next."""
+    verdict = data["verdict"]
+    crit = verdict["criterion"]
+    lines = [
+        "## What formed",
+        "",
+        f"**Paper's criterion** (a massive activation: |x| > {crit['abs']:,g} and at least "
+        f"{crit['ratio']:,g}x its block's median |x|), in the final models:",
+        "",
+    ]
+    for variant, entry in verdict["variants"].items():
+        where = f"largest |x| {fmt_number(entry['largest_top1'], 2)}, {fmt_number(entry['ratio_there'], 1)}x its median"
+        formed = "formed" if entry["massive_seeds"] else "did not form"
+        lines.append(f"- {variant}: {formed} ({_seeds(entry['massive_seeds'], entry['seeds'])}; {where})")
+    targets = verdict["targets"]
+    asked = [f"{_TARGET_NAMES[m]} >= {targets[m]:g}" for m in TARGET_MEASURES if targets[m] is not None]
+    if targets["massive"]:
+        asked.append("a massive activation")
+    lines += ["", f"**Preset {data['preset']}'s targets for default** ({', '.join(asked)}): "]
+    base = verdict["variants"].get("default")
+    if base is None:
+        lines[-1] += "default was not run, so the targets cannot be checked."
+    else:
+        said = []
+        for measure in TARGET_MEASURES:
+            if measure in base:
+                t = base[measure]
+                state = "reached" if t["reached"] else "**not reached**"
+                said.append(
+                    f"{_TARGET_NAMES[measure]} {state} (mean {fmt_number(t['mean'], 2)}; "
+                    f"{_seeds(t['seeds_reached'], base['seeds'])})"
+                )
+        if targets["massive"]:
+            state = "formed" if verdict["formed"]["massive"] else "**did not form**"
+            said.append(f"a massive activation {state} ({_seeds(base['massive_seeds'], base['seeds'])})")
+        lines[-1] += "; ".join(said) + "."
+    if not anything_formed(verdict):
+        lines += [
+            "",
+            "Nothing formed in default, so the table gives no default / variant ratio: there is nothing here "
+            "for a design to remove, and the variants cannot be told apart by what they prevent.",
+        ]
+    step = verdict["next"]
+    lines += ["", f"**Next**: {step['why']}" + (":" if step["command"] else ".")]
+    if step["command"]:
+        lines += ["", "```", step["command"], "```"]
+    return [*lines, ""]
+
+
 def markdown(data: dict) -> str:
     """report.md of an experiment.json."""
     config = data["config"]
     model = config["model"]
     summary = data["summary"]
     seeds = max(entry["seeds"] for entry in summary.values())
+    factors_shown = shown_factors(data["verdict"])
+    headers = {"residual_peak": "peak: default / variant", "sink_rate": "sink rate: default / variant"}
     lines = [
         f"# Attention variants on {data['task']} (preset {data['preset']})",
         "",
@@ -176,14 +269,17 @@ def markdown(data: dict) -> str:
         "peak, top-1 / median and kurtosis the largest over blocks; value drain the smallest over blocks. "
         "Mean ± standard deviation over seeds.",
         "",
-        "| variant | final loss | sink rate | residual peak | value drain | kurtosis | top-1 / median "
-        "| peak: default / variant | sink rate: default / variant |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *verdict_lines(data),
+        "## Variants",
+        "",
+        "| variant | final loss | sink rate | residual peak | value drain | kurtosis | top-1 / median |"
+        + "".join(f" {headers[m]} |" for m in factors_shown),
+        "|---|---|---|---|---|---|---|" + "---|" * len(factors_shown),
     ]
     for variant, entry in summary.items():
         factors = entry.get("factor_vs_default", {})
         cells = [_cell(entry["final_loss"], 3)] + [_cell(entry[m]) for m in MEASURES[1:]]
-        cells += [fmt_number(factors.get(m), 1) if factors.get(m) is not None else "-" for m in FACTOR_MEASURES]
+        cells += [fmt_number(factors.get(m), 1) if factors.get(m) is not None else "-" for m in factors_shown]
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from rich.console import Console
 from massact.errors import MassactError
 from massact.outputs import atomic_write_text, staged_output, write_json
 from massact.progress import bar as progress_bar
+from massact.progress import say
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from massact.train.data import TokenData, batch_seed
 from massact.train.gpt2 import GPT2
@@ -28,6 +28,7 @@ from massact.train.monitor import ActivationMonitor
 from massact.train.presets import TrainConfig
 
 KIND = "train"  # the `kind` field of the JSON: which result this is
+RERUN = "rerun the same command with --resume to continue from it"  # `massact train gpt2` after Ctrl-C
 
 
 @dataclass
@@ -141,6 +142,7 @@ def train(
     device: str | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    rerun: str = RERUN,
 ) -> TrainResult:
     """Train `config` on `data` into `run_dir` (checkpoint, val_log.csv, monitor.*; each file replaced atomically).
 
@@ -148,7 +150,8 @@ def train(
 
     `resume` continues from the run's last checkpoint (same config required); without it an
     existing checkpoint is an error. `stop_after` ends early after that step (for tests),
-    checkpointing first, as an interruption would.
+    checkpointing first, as an interruption would. `rerun` is what Ctrl-C's message tells the user to do
+    next (the command that called it knows how it continues).
     """
     from accelerate import Accelerator
 
@@ -224,14 +227,14 @@ def train(
             step += 1
             elapsed += time.perf_counter() - started
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tokens_per_step * bar.n / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix_str(f"loss {loss_sum:.3f}, {tokens_per_step * bar.n / max(elapsed, 1e-9):.0f} tokens/s")
             if step % config.eval_interval == 0 or step == config.max_steps:
                 val = evaluate(raw, val_windows, config.batch_size, accelerator.device, accelerator.autocast)
                 val_log.append(
                     {"step": step, "train_loss": loss_sum, "val_loss": val, "tokens": step * tokens_per_step}
                 )
                 if progress and accelerator.is_main_process:  # stderr: stdout stays clean for --json
-                    bar.write(f"step {step}: train loss {loss_sum:.4f}, val loss {val:.4f}", file=sys.stderr)
+                    say(f"step {step}: train loss {loss_sum:.4f}, val loss {val:.4f}")
                 if accelerator.is_main_process:
                     _write_val_log(run_dir, val_log)
             if accelerator.is_main_process and (monitor.due(step) or step == config.max_steps):
@@ -243,9 +246,16 @@ def train(
                 break
     except KeyboardInterrupt:
         bar.close()
-        raise KeyboardInterrupt(  # the command line prints it after "massact: interrupted;", exit 130
-            f"stopped at step {step}; the last checkpoint is in {run_dir}/checkpoint: rerun with --resume"
-        ) from None
+        saved = find_checkpoint(run_dir)
+        if saved is None:
+            kept = (
+                f"no checkpoint yet (one every {config.checkpoint_interval} steps): nothing to continue; "
+                "the same command starts this run again"
+            )
+        else:
+            kept = f"the last checkpoint is in {saved}: {rerun}"
+        # the command line prints it after "massact: interrupted;", exit 130
+        raise KeyboardInterrupt(f"stopped at step {step}; {kept}") from None
     finally:
         bar.close()
         monitor.close()

@@ -13,7 +13,7 @@ from massact.validate import at_least
 class ImageScanConfig:
     """What an image scan measures and keeps."""
 
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion (|x| > abs and >= ratio x the median)
     top_k: int = 16  # largest activations kept per block
     keep: int | None = None  # keep this block's output of the first image (3D figure)
     keep_first_massive: bool = False  # keep the first massive block's output of the first image

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from massact.errors import MassactError
+from massact.errors import MassactError, install_hint
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "retina", "horse")
@@ -57,11 +57,15 @@ def sample_photo_paths() -> list[Path]:
     try:
         import skimage.data
     except ImportError:
-        raise MassactError("--images samples needs scikit-image: run `pip install scikit-image`") from None
+        raise MassactError(
+            f"the sample photos ship with scikit-image, which is not installed: run `{install_hint('vision')}`"
+        ) from None
     root = Path(skimage.data.__file__).parent
     paths = [p for name in SAMPLE_PHOTOS for p in sorted(root.glob(f"{name}.*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
-        raise MassactError("scikit-image ships none of its sample photos here; reinstall scikit-image")
+        raise MassactError(
+            f"scikit-image ships none of its sample photos here; reinstall it: `{install_hint('vision')}`"
+        )
     return paths
 
 

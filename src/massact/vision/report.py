@@ -5,21 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from rich.console import Console  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from rich.console import Console
 
 from massact.format import fmt_activation as _fmt
-from massact.format import md_escape  # noqa: E402
-from massact.outputs import write_json  # noqa: E402
-from massact.report.figures import plot_activations_3d, plot_layerwise, save_figure, wrap_title  # noqa: E402
-from massact.scan.result import ScanResult  # noqa: E402
-from massact.vision.images import ImageSet, open_image  # noqa: E402
-from massact.vision.pipeline import TokenLayout  # noqa: E402
+from massact.format import md_escape
+from massact.outputs import write_json
+from massact.report.figures import plot_activations_3d, plot_layerwise, save_figure, wrap_title
+from massact.scan.result import ScanResult
+from massact.vision.images import ImageSet, open_image
+from massact.vision.pipeline import TokenLayout
 
 
 class ImageScanView(Protocol):
@@ -56,7 +53,8 @@ def plot_token_norms(scan: ImageScanView, block: int, path: Path, max_images: in
     vmax = float(patch.max()) if patch.size else 1.0
     prefix_lines = layout.num_prefix
     height = 5.4 + 0.16 * prefix_lines
-    fig, axes = plt.subplots(2, count, figsize=(2.8 * count + 1.2, height), dpi=130, squeeze=False)
+    fig = Figure(figsize=(2.8 * count + 1.2, height), dpi=130)
+    axes = fig.subplots(2, count, squeeze=False)
     image = None
     for i in range(count):
         name = scan.images.paths[i].name

@@ -1,4 +1,4 @@
-"""Shared fixtures: the bundled SmolLM2 (loaded once per session), its tokenizer alone, a tiny saved LLaMA."""
+"""Shared fixtures: the bundled SmolLM2 (loaded once per session), its tokenizer alone, tiny saved LLaMAs."""
 
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def smollm2_tokenizer():
     from massact.train.data import smollm2_tokenizer
 
     return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A saved 3-block LLaMA whose '.' carries a massive value, with its corpus (`planting.save_corpus_model`)."""
+    from planting import save_corpus_model  # imported here: pytest's own process never needs torch
+
+    return save_corpus_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ import math
 from pathlib import Path
 
 import torch
-from planting import MARK, VOCAB, plant_expert, plant_massive, plant_sandwich, tiny_model
-from test_trace import number_tokenizer
+from planting import MARK, VOCAB, number_tokenizer, plant_expert, plant_massive, plant_sandwich, tiny_model
 from torch import nn
 
 PLANT_BLOCK, PLANT_DIM = 1, 4

@@ -193,7 +193,7 @@ def test_hooks_and_implementation_restored_after_an_error():
 def test_block_out_of_range():
     model = tiny("llama")
     ids = torch.zeros(1, 8, dtype=torch.long)
-    with pytest.raises(MassactError, match=r"--block 3 is out of range; the model has blocks 0\.\.2"):
+    with pytest.raises(MassactError, match=r"`block=3` is out of range; the model has blocks 0\.\.2"):
         run(LoadedModel(model), ids, AttentionConfig(block=3))
 
 
@@ -229,7 +229,7 @@ def test_too_long_for_memory_is_refused_with_the_estimate():
 
 def test_sink_tokens_out_of_range():
     model = tiny("llama")
-    with pytest.raises(MassactError, match="--tokens"):
+    with pytest.raises(MassactError, match=r"`sinks` holds \[8\], out of range"):
         run(LoadedModel(model), torch.zeros(1, 8, dtype=torch.long), AttentionConfig(sinks=[8]))
 
 
@@ -414,10 +414,10 @@ def test_config_is_validated_before_any_work():
     from massact.attention import AttentionConfig
 
     for kwargs, message in (
-        ({"threshold": 1.5}, "--threshold 1.5"),
-        ({"display_tokens": 1}, "--display-tokens 1"),
-        ({"block": -1}, "--block -1"),
-        ({"sinks": [-2]}, "--tokens"),
+        ({"threshold": 1.5}, "`threshold=1.5`"),
+        ({"display_tokens": 1}, "`display_tokens=1`"),
+        ({"block": -1}, "`block=-1`"),
+        ({"sinks": [-2]}, r"`sinks=\[-2\]`"),
     ):
         with pytest.raises(MassactError, match=message):
             AttentionConfig(**kwargs)

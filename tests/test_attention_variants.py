@@ -1,57 +1,80 @@
-"""`massact attention` on the trained GPT-2 variants: the sink token and the explicit bias key k'.
+"""`massact attention` on every trained GPT-2 variant of the registry (`ATTENTION_VARIANTS`).
 
-With every query zeroed, attention is uniform over the keys each query can see, so the answers are
-known exactly: query i of T sees i + 1 tokens, plus k' in the bias variant.
+Every query and every key is the same constant vector (their weights zeroed, their biases set), so each
+query gives every key it sees one score c = ln 2, and each variant's probabilities are known by hand:
+query i sees n = i + 1 tokens (plus the sink token, k' or the learned sink logit where the variant has one).
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
 from massact.attention import AttentionConfig, run
 from massact.models.loading import LoadedModel
-from massact.train.gpt2 import GPT2, GPT2Config
+from massact.train.gpt2 import ATTENTION_VARIANTS, GPT2, SOFTPICK_EPS, GPT2Config
 
 T = 10
+C = math.log(2.0)  # every score: e^c - 1 = 1
+SINK_LOGITS = (C + math.log(3.0), C - 1.0)  # sink-logit's s per head: exp(s - c) = 3 and 1/e
 
 
-def uniform_model(attention: str) -> GPT2:
+def constant_score_model(attention: str) -> GPT2:
     torch.manual_seed(0)
     model = GPT2(GPT2Config(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16, attention=attention))
+    e, d = model.config.n_embd, model.config.head_dim
     with torch.no_grad():
         for block in model.transformer.h:
-            block.attn.c_attn.weight[:16] = 0.0  # queries are the first n_embd outputs
-            block.attn.c_attn.bias[:16] = 0.0
+            attn = block.attn
+            attn.c_attn.weight[: 2 * e] = 0.0  # queries, then keys: the first 2 n_embd outputs
+            attn.c_attn.bias[: 2 * e] = 0.0
+            for head in range(model.config.n_head):
+                attn.c_attn.bias[head * d] = C * math.sqrt(d)  # q = (c sqrt(d), 0, ...)
+                attn.c_attn.bias[e + head * d] = 1.0  # k = (1, 0, ...): q.k / sqrt(d) = c
+            if attn.k_bias is not None:
+                attn.k_bias.zero_()
+                attn.k_bias[:, 0] = 1.0  # k' like every key
+            if attn.sink_logit is not None:
+                attn.sink_logit.copy_(torch.tensor(SINK_LOGITS))
     return model.eval()
 
 
-def _mean_inverse(offset: int, queries: int) -> float:
-    return sum(1.0 / (i + offset) for i in range(queries)) / queries
+def first_token_probability(attention: str, n: torch.Tensor, head: int) -> torch.Tensor:
+    """What query i (seeing n = i + 1 tokens) gives token 0, from each variant's formula at score c."""
+    if attention in ("default", "sink-token", "gated", "gated-head"):  # softmax; gates act on the output only
+        return 1 / n
+    if attention == "attn-bias":  # k' is one more key at score c
+        return 1 / (n + 1)
+    if attention == "sink-logit":  # e^c / (e^s + n e^c)
+        return 1 / (math.exp(SINK_LOGITS[head] - C) + n)
+    if attention == "softmax1":  # e^c / (1 + n e^c)
+        return 1 / (math.exp(-C) + n)
+    if attention == "softpick":  # (e^c - 1) / (n |e^c - 1| + eps)
+        return 1 / (n + SOFTPICK_EPS)
+    if attention == "sigmoid":  # sigmoid(c - log T) on every visible key
+        return torch.full_like(n, 1 / (1 + T * math.exp(-C)))
+    raise AssertionError(f"no expected value written for variant {attention!r}")
 
 
-@pytest.mark.parametrize(
-    "attention,positions,first_importance,extra_mass",
-    [
-        ("default", T, _mean_inverse(1, T), None),
-        ("sink-token", T + 1, _mean_inverse(1, T + 1), None),  # the sink token is position 0
-        ("attn-bias", T, _mean_inverse(2, T), _mean_inverse(2, T)),  # k' takes as much as token 0
-    ],
-)
-def test_uniform_attention_measures_are_exact(attention, positions, first_importance, extra_mass):
-    model = uniform_model(attention)
+@pytest.mark.parametrize("attention", ATTENTION_VARIANTS)
+def test_attention_measures_of_every_variant_are_its_formula(attention):
+    model = constant_score_model(attention)
     ids = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(1))
     result = run(LoadedModel(model), ids, AttentionConfig(sinks=[0]))
+    positions = T + 1 if attention == "sink-token" else T  # the sink token is position 0
     assert len(result.tokens) == positions
-    if attention == "sink-token":
-        assert result.tokens[0] == "<extra>"
+    assert (result.tokens[0] == "<extra>") == (attention == "sink-token")
+    n = torch.arange(1, positions + 1, dtype=torch.float64)
+    per_head = [float(first_token_probability(attention, n, head).mean()) for head in range(2)]
     for row in result.to_json()["blocks"]:
-        assert row["first_token_importance"] == pytest.approx(first_importance, rel=1e-5)
-        if extra_mass is None:
-            assert "extra_key_mass" not in row
+        assert row["per_head"]["first_importance"] == pytest.approx(per_head, rel=1e-5)
+        assert row["first_token_importance"] == pytest.approx(sum(per_head) / 2, rel=1e-5)
+        if attention == "attn-bias":  # k' takes as much as token 0
+            assert row["extra_keys"] == 1 and row["extra_key_mass"] == pytest.approx(per_head[0], rel=1e-5)
         else:
-            assert row["extra_keys"] == 1
-            assert row["extra_key_mass"] == pytest.approx(extra_mass, rel=1e-5)
+            assert "extra_key_mass" not in row
     assert model.config._attn_implementation == "sdpa"  # restored after the capture
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from planting import MARK, marked_input, plant_massive, tiny_model
+from planting import assert_same_records as _same_records
 
 from massact.capture.stats import capture_block_stats, median_magnitude, summarize_hidden
 from massact.detect import Thresholds
@@ -148,33 +149,6 @@ def test_collector_sees_the_forward_inputs_and_leaves_no_hook(family):
         assert torch.equal(collector.input_ids, ids)
         collector.pop()
     assert _hook_count(model) == 0 and collector.input_ids is None
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Same shape and values, NaN equal to NaN (later blocks of the NaN-planted model are all NaN)."""
-    return a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
-
-
-def _same_records(deferred, direct) -> None:
-    assert len(deferred) == len(direct)
-    for seq_a, seq_b in zip(deferred, direct):
-        assert seq_a.kept.keys() == seq_b.kept.keys()
-        assert all(_equal(seq_a.kept[i], seq_b.kept[i]) for i in seq_b.kept)
-        for a, b in zip(seq_a.blocks, seq_b.blocks):
-            assert a.median == b.median or (a.median != a.median and b.median != b.median)
-            assert a.all_nonfinite == b.all_nonfinite
-            ranked = ("dim_max", "token_max", "positions")
-            if not b.all_nonfinite:  # an all-NaN block ranks nothing (its "top" are ties of zeros; never shown)
-                ranked += ("top_values", "top_tokens", "top_dims")
-            for name in ranked:
-                assert _equal(getattr(a, name), getattr(b, name)), name
-            if not b.massive_truncated:  # truncated lists are the largest, in magnitude order (ties aside)
-                for name in ("massive_tokens", "massive_dims", "massive_values"):
-                    assert _equal(getattr(a, name), getattr(b, name)), name
-            else:
-                assert _equal(a.massive_values.abs(), b.massive_values.abs())
-            assert (a.massive_truncated, a.nonfinite) == (b.massive_truncated, b.nonfinite)
-            assert repr(a.nonfinite_sites) == repr(b.nonfinite_sites)  # nan == nan here
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -9,6 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from massact.errors import MassactError
+from massact.models import checkpoint as checkpoint_module
 from massact.models.checkpoint import SAFETENSORS_DTYPES, Checkpoint
 
 
@@ -40,7 +41,9 @@ def test_every_dtype_reads_as_safetensors_reads_it(saved):
             assert torch.equal(read[name].reshape(-1).view(torch.uint8), expected.reshape(-1).view(torch.uint8)), name
 
 
-def test_tensors_convert_to_the_run_dtype(saved):
+@pytest.mark.parametrize("chunk", [64 * 2**20, 100])  # one read; and many reads, one not a whole element
+def test_tensors_convert_to_the_run_dtype(saved, chunk, monkeypatch):
+    monkeypatch.setattr(checkpoint_module, "READ_CHUNK", chunk)
     tensors, _, checkpoint = saved
     names = ["w.BF16", "w.F16", "scalar", "big"]
     read = checkpoint.read(names, dict.fromkeys(names, torch.float32))

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from planting import PLANTED_DIM, PLANTED_VALUE
+from planting import assert_same_summary as _assert_same
 
 from massact.cli import main
 from massact.corpus import CorpusConfig, CorpusInputs, CorpusSummary, read_means, run
@@ -19,43 +18,6 @@ from massact.corpus.summary import MEANS_JSON
 from massact.data import corpus_windows, load_texts, load_windows, shakespeare, token_windows
 from massact.errors import MassactError
 from massact.models.loading import load_model
-
-PLANTED_DIM = 5
-PLANTED_VALUE = 3000.0
-TEXT = (
-    "The quick brown fox jumps over the lazy dog. A stitch in time saves nine, they say.\n"
-    "All that glitters is not gold. Fortune favours the bold, and the meek shall wait.\n"
-) * 40
-
-
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        [TEXT], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=None)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A 3-block LLaMA whose '.' token embedding carries PLANTED_VALUE in dim PLANTED_DIM."""
-    folder = tmp_path_factory.mktemp("tiny")
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
-    model = LlamaForCausalLM(config)
-    dot = tokenizer.convert_tokens_to_ids(".")
-    with torch.no_grad():
-        model.model.embed_tokens.weight[dot, PLANTED_DIM] = PLANTED_VALUE
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "corpus.txt").write_text(TEXT, encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +109,7 @@ def test_token_windows_are_disjoint_slices_chosen_by_seed(tiny):
     assert torch.equal(token_windows(tok, texts, 5, 8, seed=3), windows)
     assert torch.equal(token_windows(tok, texts, 3, 8, seed=3), windows[:3])
     assert not torch.equal(token_windows(tok, texts, 5, 8, seed=4), windows)
-    with pytest.raises(MassactError, match="fewer than --samples"):
+    with pytest.raises(MassactError, match="fewer than `samples="):
         token_windows(tok, texts, samples=10_000, seq_len=8)
 
 
@@ -174,20 +136,6 @@ def test_planted_site_counts_and_model_unchanged(tiny, tiny_dir):
     assert {k[1] for k in summary.sites} == {PLANTED_DIM}
     (group,) = [g for g in summary.groups() if g["token_kind"] == "delimiter"]
     assert (group["dim"], group["emerge_block"], group["last_block"]) == (PLANTED_DIM, 0, 2)
-
-
-def _assert_same(a: CorpusSummary, b: CorpusSummary) -> None:
-    assert a.seq_ids == b.seq_ids and a.sources == b.sources
-    assert a.top == b.top
-    for key, arr in a.arrays().items():
-        assert torch.equal(torch.from_numpy(arr), torch.from_numpy(b.arrays()[key])), key
-    assert a.sites.keys() == b.sites.keys()
-    for key, s in a.sites.items():
-        t = b.sites[key]
-        assert (s.count, s.sequences, s.low, s.high, s.tokens, s.per_sequence) == (
-            t.count, t.sequences, t.low, t.high, t.tokens, t.per_sequence,
-        )  # fmt: skip
-        assert math.isclose(s.total, t.total, rel_tol=1e-12) and math.isclose(s.total_sq, t.total_sq, rel_tol=1e-12)
 
 
 def test_run_on_windows_already_cut_scans_them_as_they_are(tiny, tiny_dir):

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_corpus import _assert_same, tiny_dir  # noqa: F401  (fixture)
+from planting import assert_same_summary as _assert_same
 
 from massact.cli import main
 from massact.corpus import CorpusSummary
@@ -44,7 +44,7 @@ def _launch(argv: list[str], logs: Path) -> tuple[int, str]:
 
 
 @pytest.mark.slow  # launches a two-process distributed run
-def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):  # noqa: F811
+def test_two_gloo_processes_equal_one(tiny_dir, tmp_path):
     args = ["scan", str(tiny_dir), "--corpus", str(tiny_dir / "corpus.txt"), "--samples", "7", "--seq-len", "16"]
     args += ["--batch-size", "2", "--device", "cpu", "--json"]
     with pytest.raises(SystemExit) as exit_info:

@@ -10,16 +10,13 @@ import pytest
 import torch
 import yaml
 from cli_runner import run
-from test_trace import BLOCK, CHANNEL, DIM, PLANT_TOKEN, planted_gpt2, planted_llama
+from planting import BLOCK, CHANNEL, DIM, PLANT_TOKEN, WINDOWS, planted_gpt2, planted_llama
 
 from massact.errors import MassactError
+from massact.export import FILES, FORMATS, ExportFiles, measure_exports, parse_formats, read_export
+from massact.export.recipe import smoothing_mappings
 from massact.models.structure import find_structure
 from massact.outputs import to_json_text
-from massact.quant.export import FILES, FORMATS, ExportFiles, measure_exports, parse_formats, read_export
-from massact.quant.recipe import smoothing_mappings
-
-# Windows of token ids: the planted token sits at position 0 of window 0 and at positions 2 and 5 of window 1.
-WINDOWS = torch.tensor([[PLANT_TOKEN, 1, 2, 3, 4, 6, 7, 8], [1, 2, PLANT_TOKEN, 3, 4, PLANT_TOKEN, 6, 7]])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +30,7 @@ def test_parse_formats():
     assert parse_formats(["sites,outlier-tokens", "sites"]) == ["sites", "outlier-tokens"]
     with pytest.raises(MassactError, match="does not exist"):
         parse_formats(["gguf"])
-    with pytest.raises(MassactError, match="give --format"):
+    with pytest.raises(MassactError, match="`formats` is empty"):
         parse_formats([])
 
 
@@ -93,11 +90,37 @@ def test_exports_round_trip(exported, tmp_path):
     assert all(torch.equal(scales[k], result.act_scales[k]) for k in scales)
 
 
+@torch.no_grad()
+def test_written_files_hold_the_values_a_plain_forward_gives(exported, tmp_path):
+    """The files as a reader sees them, against WINDOWS run through the model with plain hooks: the planted token
+    counted by hand, the planted site's mean, and every Linear's per-channel input maximum."""
+    loaded, result = exported
+    result.write(tmp_path, FORMATS)
+    inputs, outputs = {}, []
+    linears = {n: m for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    handles = [m.register_forward_pre_hook(lambda m, a, n=n: inputs.update({n: a[0]})) for n, m in linears.items()]
+    handles.append(loaded.model.model.layers[BLOCK].register_forward_hook(lambda m, a, o: outputs.append(o)))
+    loaded.model(input_ids=WINDOWS)
+    for handle in handles:
+        handle.remove()
+    scales = read_export(tmp_path / FILES["act-scales"])
+    assert scales.keys() == linears.keys()
+    for name, x in inputs.items():
+        torch.testing.assert_close(scales[name], x.abs().amax(dim=(0, 1)), rtol=0, atol=0, msg=name)
+    (token,) = read_export(tmp_path / FILES["outlier-tokens"])["tokens"]
+    assert (token["token_id"], token["count"], token["at_first_position"], token["elsewhere"]) == (PLANT_TOKEN, 3, 1, 2)
+    planted = [s for s in read_export(tmp_path / FILES["sites"])["sites"] if s["block"] == BLOCK and s["dim"] == DIM]
+    hidden = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+    values = hidden[[0, 1, 1], [0, 2, 5], DIM]  # the planted token's three places in WINDOWS
+    assert sum(s["count"] for s in planted) == 3
+    assert sum(s["mean"] * s["count"] for s in planted) == pytest.approx(float(values.sum()), rel=1e-5)
+
+
 @pytest.mark.slow
 def test_cli_unknown_format_is_one_line_exit_2(tmp_path, capsys, tiny_model_dir):
     code, _, err = run(["export", str(tiny_model_dir), "--format", "gguf", "--out", str(tmp_path / "x")], capsys)
     assert code == 2
-    assert err.strip().count("\n") == 0 and "--format 'gguf' does not exist" in err
+    assert err.strip().count("\n") == 0 and "--format gguf: does not exist" in err
     assert not (tmp_path / "x").exists()
 
 

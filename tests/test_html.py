@@ -324,6 +324,8 @@ def test_attention_page_picks_block_and_head_and_hovers_a_probability(browser, t
 
 @pytest.mark.slow  # drives a headless Chromium
 def test_quant_page_has_a_strategy_picker(browser, tmp_path):
+    import massact.quant  # noqa: F401 (registers the quant view, as any quant run has)
+
     rows = [
         {"scheme": s, "strategy": t, "perplexity": p, "ratio": p / 10.0}
         for s, t, p in [("W8A8", "none", 21.5), ("W8A8", "outlier-tokens", 11.25), ("W4A16", "none", 10.5)]

@@ -10,7 +10,7 @@ from cli_runner import run
 from planting import MARK, VOCAB, letter_word, planted_with_words, tiny_model, word_tokenizer
 
 from massact.errors import MassactError
-from massact.quant.export import ExportFiles, measure_exports, parse_formats
+from massact.export import ExportFiles, measure_exports, parse_formats
 
 FAMILIES = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
 # two windows of 8 token ids; MARK (the planted token) at position 0 of the first and 3 of the second

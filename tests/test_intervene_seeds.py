@@ -43,7 +43,7 @@ def test_seeds_repeat_the_run_and_report_each_mode_spread(family):
 def test_seeds_refuse_windows_already_cut_and_a_count_below_one(tmp_path, capsys):
     loaded = planted_with_words("qwen2")
     windows = torch.randint(10, VOCAB, (4, 16))
-    with pytest.raises(MassactError, match="--seeds draws new windows"):
+    with pytest.raises(MassactError, match="`seeds` > 1 draws new windows"):
         run(loaded, {"cut": windows}, InterventionConfig(**{**CONFIG.__dict__, "seeds": 2}))
     code, _, stderr = run_cli(["intervene", "--seeds", "0", "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "--seeds 0: must be at least 1" in stderr and not (tmp_path / "o").exists()

@@ -211,7 +211,7 @@ def test_bad_inputs_are_clear_errors(model, structure, tmp_path):
         parse_modes("original,zeros")
     with pytest.raises(MassactError, match="out of range"):
         resolve_blocks("9-", 4, 0)
-    with pytest.raises(MassactError, match="needs means"), intervene(model, structure, SiteSpec(), "mean", [0]):
+    with pytest.raises(MassactError, match="needs `means`"), intervene(model, structure, SiteSpec(), "mean", [0]):
         pass
     path = tmp_path / "means.json"
     site = {"block": 0, "dim": DIM, "token_kind": "first", "mean": 1.0, "std": 0.0, "count": 3}

@@ -16,27 +16,30 @@ import pytest
 import torch
 import transformers as tf
 from cli_runner import run
-from planting import expert_rows, plant_expert
-from test_trace import number_tokenizer
+from planting import (
+    MOE_BLOCK,
+    MOE_BOS,
+    MOE_CARRIER,
+    MOE_DIM,
+    MOE_EXPERT,
+    MOE_GAIN,
+    MOE_UNIT,
+    VOCAB,
+    H,
+    down_rows,
+    mixtral,
+    number_tokenizer,
+    plant_moe,
+)
 
 from massact.models.loading import LoadedModel, load_model
 from massact.models.structure import MoeParts, find_structure
 from massact.trace import TraceConfig, TraceInputs
 from massact.trace import run as trace_run
 
-H, VOCAB, BLOCK, EXPERT, UNIT, DIM, CARRIER = 32, 64, 1, 2, 5, 11, 3
+BLOCK, EXPERT, UNIT, DIM, CARRIER, GAIN = MOE_BLOCK, MOE_EXPERT, MOE_UNIT, MOE_DIM, MOE_CARRIER, MOE_GAIN
 WORD = 7  # the planted token of the model without BOS
-BOS = 63  # the BOS id of the model with one; it is also its planted token
-GAIN = 60.0
-
-
-def mixtral() -> tf.PreTrainedModel:
-    config = tf.MixtralConfig(
-        vocab_size=VOCAB, hidden_size=H, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
-        bos_token_id=BOS, eos_token_id=None, pad_token_id=None,
-    )  # fmt: skip
-    return tf.MixtralForCausalLM(config)
+BOS = MOE_BOS  # the BOS id of the model with one; it is also its planted token
 
 
 def qwen2_moe() -> tf.PreTrainedModel:
@@ -47,17 +50,6 @@ def qwen2_moe() -> tf.PreTrainedModel:
         bos_token_id=None, eos_token_id=None, pad_token_id=None,
     )  # fmt: skip
     return tf.Qwen2MoeForCausalLM(config)
-
-
-def _down_rows(experts: torch.nn.Module) -> torch.Tensor:
-    """The fused down-projection as [expert, out, in] (a view)."""
-    return expert_rows(experts, "down_proj")
-
-
-def plant_moe(model: torch.nn.Module, mark: int) -> MoeParts:
-    """Make expert EXPERT of block BLOCK write GAIN-scaled massive values into DIM on token id `mark`."""
-    plant_expert(model, BLOCK, DIM, mark=mark, expert=EXPERT, unit=UNIT, carrier=CARRIER, gain=GAIN)
-    return find_structure(model).moe(BLOCK)
 
 
 def _corpus(mark: int, words: int = 2000) -> str:
@@ -246,7 +238,7 @@ def test_trace_names_the_shared_expert_when_it_writes_the_jump():
     plant_moe(model, WORD)
     structure = find_structure(model)
     mlp = structure.mlp(BLOCK)
-    _down_rows(mlp.get_submodule(structure.moe(BLOCK).experts))[EXPERT, DIM, UNIT] = 0.0  # no routed writer
+    down_rows(mlp.get_submodule(structure.moe(BLOCK).experts))[EXPERT, DIM, UNIT] = 0.0  # no routed writer
     shared = mlp.shared_expert
     for proj in (shared.gate_proj, shared.up_proj):
         proj.weight[UNIT] = 0.0
@@ -303,7 +295,7 @@ def test_experts_kept_as_a_list_are_found_too():
 @pytest.mark.parametrize(("build", "mark"), [(mixtral, BOS), (qwen2_moe, WORD)])
 def test_accelerator_capture_equals_the_direct_one_on_moe(build, mark):
     """The deferred (accelerator) capture path, forced on the CPU, gives the direct path's records on MoE blocks."""
-    from test_capture import _same_records
+    from planting import assert_same_records as _same_records
 
     from massact.capture.stats import capture_block_stats
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli_runner import run as cli
-from planting import VOCAB, plant_expert, tiny_model
-from test_trace import number_tokenizer
+from planting import VOCAB, number_tokenizer, perplexity_by_hand, plant_expert, quantized_by_hand, tiny_model
 
 from massact.attention import AttentionConfig
 from massact.attention import run as attention_run
@@ -138,7 +137,7 @@ def test_trace_names_the_planted_expert_and_its_fused_entry(case):
     assert states["restored"] == states["original"]
 
 
-def test_quant_runs_finite_and_names_the_marked_token_as_the_outlier(case):
+def test_quant_rows_equal_a_direct_computation_and_the_marked_token_is_the_outlier(case):
     before = {k: v.clone() for k, v in case.loaded.model.state_dict().items()}
     inputs = load_inputs(case.loaded, str(case.corpus), samples=3, seq_len=24, calib_samples=2, seed=1)
     config = QuantConfig(
@@ -147,6 +146,17 @@ def test_quant_runs_finite_and_names_the_marked_token_as_the_outlier(case):
     data = quant_run(case.loaded, inputs, config).to_json()
     assert math.isfinite(data["baseline"]["perplexity"])
     assert len(data["rows"]) == 9 and all(math.isfinite(row["perplexity"]) for row in data["rows"])
+    # each scheme's "none" row is the model rounded as written out in plain torch (`quantized_by_hand`: int8
+    # weights per output channel, int8 Linear inputs per tensor, int4 keys and values per token and head; the
+    # fused expert tensors stay as they are), then a cross-entropy over the same windows, one batch of 3
+    model, baseline = case.loaded.model, data["baseline"]["perplexity"]
+    assert baseline == pytest.approx(perplexity_by_hand(model, inputs.windows), rel=2e-6)
+    rows = {row["scheme"]: row["perplexity"] for row in data["rows"] if row["strategy"] == "none"}
+    for scheme, bits in (("W8A8", (8, 8, None)), ("A8", (None, 8, None)), ("KV4", (None, None, 4))):
+        with quantized_by_hand(model, *bits):
+            expected = perplexity_by_hand(model, inputs.windows)
+        assert rows[scheme] == pytest.approx(expected, rel=2e-6), scheme
+        assert abs(expected / baseline - 1) > 5e-6, scheme  # the rounding shows at that tolerance
     # the BOS carries the plant: the first position is kept; without a BOS the marked word is, wherever it is
     outliers = data["outlier_tokens"]
     expected = (1, []) if case.mark == BOS else (0, [WORD])
@@ -161,19 +171,66 @@ def _stream(case: Case, length: int = 48) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def test_stream_full_cache_equals_one_forward_and_detected_keeps_the_marked_tokens(case):
+def _cache_visibility(tokens: int, cache: int, kept: set[int]) -> torch.Tensor:
+    """bool [tokens, tokens]: the keys token t attends to when, after every step, the cache holds the `kept`
+    tokens and the most recent ones, `cache` entries in all (t itself is the token fed at step t)."""
+    visible = torch.zeros(tokens, tokens, dtype=torch.bool)
+    held: list[int] = []
+    for t in range(tokens):
+        held.append(t)
+        visible[t, held] = True
+        while len(held) > cache:
+            held.remove(next(p for p in held if p not in kept))
+    return visible
+
+
+@torch.no_grad()
+def _one_forward_seeing(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Logits [tokens, vocab] of one forward in which each softmax-attention block (linear attention keeps its
+    whole state) lets token t attend to the keys `visible[t]` only, each at its original position."""
+    mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)[None, None]
+
+    def only_visible(module, args, kwargs):
+        return args, {**kwargs, "attention_mask": mask}
+
+    attentions = [m for n, m in model.named_modules() if n.endswith(".self_attn")]
+    handles = [m.register_forward_pre_hook(only_visible, with_kwargs=True) for m in attentions]
+    original = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # the mask is added to the scores as it is
+    try:
+        return model(input_ids=ids[None]).logits[0]
+    finally:
+        model.set_attn_implementation(original)
+        for handle in handles:
+            handle.remove()
+
+
+def test_stream_policies_equal_forwards_that_see_what_each_cache_holds(case):
+    """Each policy's NLLs, computed directly: full is one plain forward; window and detected are one forward in
+    which token t attends to what that cache holds at step t; recompute is a fresh forward over the 11 tokens
+    before each prediction, at their original positions."""
     ids = _stream(case, 36)
     config = StreamConfig(policies="full,window,detected,recompute", cache=10, score_from=16, progress=False)
     result = stream_run(case.loaded, ids, config)
-    full, *bounded = result.runs
+    runs = {run.policy.kind: run for run in result.runs}
+    model = case.loaded.model
+
+    def nll(predictions: torch.Tensor) -> torch.Tensor:  # [20, vocab]: the predictions of tokens 16..35
+        return torch.nn.functional.cross_entropy(predictions, ids[16:], reduction="none").double()
+
     with torch.no_grad():
-        logits = case.loaded.model(input_ids=ids[None]).logits[0]
-    expected = torch.nn.functional.cross_entropy(logits[15:-1], ids[16:], reduction="none").double()
-    torch.testing.assert_close(full.nll, expected, rtol=1e-4, atol=1e-4)
-    assert all(torch.isfinite(run.nll).all() and run.nll.numel() == 20 for run in bounded)
+        full = nll(model(input_ids=ids[None]).logits[0, 15:-1])
+        recompute = nll(torch.stack([
+            model(input_ids=ids[None, t - 11 : t], position_ids=torch.arange(t - 11, t)[None]).logits[0, -1]
+            for t in range(16, 36)
+        ]))  # fmt: skip
     marked = [i for i, token in enumerate(ids.tolist()) if token == case.mark]
-    detected = next(run for run in result.runs if run.policy.kind == "detected")
-    assert detected.kept == marked[: len(detected.kept)] and detected.kept
+    assert runs["detected"].kept == marked  # every marked token is found and kept
+    window = nll(_one_forward_seeing(model, ids, _cache_visibility(36, 10, set()))[15:-1])
+    detected = nll(_one_forward_seeing(model, ids, _cache_visibility(36, 10, set(marked)))[15:-1])
+    for kind, expected in (("full", full), ("window", window), ("detected", detected), ("recompute", recompute)):
+        torch.testing.assert_close(runs[kind].nll, expected, rtol=1e-4, atol=1e-4, msg=kind)
+    assert (window - full).abs().max() > 1e-2  # what the window drops changes the predictions
 
 
 def test_stream_evicts_only_softmax_attention_entries(tmp_path):
@@ -220,21 +277,24 @@ def test_attention_reports_learned_sink_shares_known_exactly():
         assert row["per_head"]["first_importance"] == pytest.approx(first.mean(-1).tolist(), abs=1e-6)
 
 
+def _eager_attentions(model, ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The attention probabilities transformers' own eager attention returns (the model's setting restored)."""
+    original = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation(original)
+
+
 def test_attention_learned_sink_shares_equal_what_transformers_eager_attention_leaves_out(tmp_path):
     """Random weights: the share is 1 - the sum of the probabilities transformers' own eager attention returns."""
     case = _build("gpt_oss", tmp_path)
     ids = case.loaded.tokenizer(case.corpus.read_text())["input_ids"][:28]
     ids = torch.tensor([ids])
     result = attention_run(case.loaded, ids, AttentionConfig())
-    model = case.loaded.model
-    original = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            attentions = model(input_ids=ids, output_attentions=True).attentions
-    finally:
-        model.set_attn_implementation(original)
-    for row, probs in zip(result.to_json()["blocks"], attentions, strict=True):
+    for row, probs in zip(result.to_json()["blocks"], _eager_attentions(case.loaded.model, ids), strict=True):
         expected = (1 - probs[0].double().sum(-1)).mean(-1)
         assert row["per_head"]["learned_sink_share"] == pytest.approx(expected.tolist(), abs=1e-5)
     assert result.sequences[0].sinks == [i for i, t in enumerate(ids[0].tolist()) if t == WORD]
@@ -282,8 +342,13 @@ def test_attention_command_marks_learned_sinks_and_blocks_without_softmax(case, 
     assert data["learned_sinks"] is gpt_oss and data["no_softmax_blocks"] == ([] if gpt_oss else [0, 1, 2])
     softmax = [row["softmax_attention"] for row in data["blocks"]]
     assert softmax == ([True] * 4 if gpt_oss else [False] * 3 + [True])
-    if gpt_oss:
-        assert all(0 < row["learned_sink_share"] < 1 for row in data["blocks"])
+    if gpt_oss:  # each block's share is what the model's own eager attention leaves out of its keys
+        ids = torch.tensor(case.loaded.tokenizer(case.prompt)["input_ids"])[None]
+        for row, probs in zip(data["blocks"], _eager_attentions(case.loaded.model, ids), strict=True):
+            expected = (1 - probs[0].double().sum(-1)).mean(-1)  # per head, over the queries
+            assert row["per_head"]["learned_sink_share"] == pytest.approx(expected.tolist(), abs=1e-5)
+            assert row["learned_sink_share"] == pytest.approx(float(expected.mean()), abs=1e-5)
+            assert 0.01 < row["learned_sink_share"] < 0.99
     else:
         assert all("learned_sink_share" not in row for row in data["blocks"])
 

@@ -19,9 +19,8 @@ import pytest
 import torch
 from cli_runner import run
 from offload_models import FAMILIES, PLANT_BLOCK, count_spills, differences, planted_family, saved_family
-from planting import MARK, VOCAB
+from planting import MARK, VOCAB, number_tokenizer
 from safetensors import safe_open
-from test_trace import number_tokenizer
 
 from massact.errors import MassactError
 from massact.models.edits import edited_parameters

@@ -108,3 +108,31 @@ def test_a_linear_that_never_runs_reports_zeros_of_its_input_width():
     with ChannelMaxima(model, ["model.norm"], "output") as outputs:
         pass
     assert outputs.maxima == {}
+
+
+def test_channel_hooks_leave_padding_out_and_squares_sum_the_real_tokens():
+    """ChannelMaxima and ChannelSquares are one hook: padded positions (the model's attention mask) count in
+    neither; with a huge value planted in the padding, the maxima and sums are those of the real tokens alone."""
+    from massact.capture.forward import run_forward
+    from massact.capture.peaks import ChannelSquares
+
+    model = tiny_model("llama")
+    name = next(n for n, m in model.named_modules() if is_linear(m) and n.endswith("mlp.up_proj"))
+    ids = _batches()[0]
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0  # right padding in the second window
+    seen = []
+    handle = model.get_submodule(name).register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        with ChannelMaxima(model, [name], "input") as maxima, ChannelSquares(model, [name]) as squares:
+            run_forward(model, ids, mask)
+    finally:
+        handle.remove()
+    real = seen[0][mask.bool()]  # [real tokens, channels]
+    assert real.shape[0] == 9 + 6
+    assert torch.equal(maxima.maxima[name], real.abs().amax(0))
+    sums, count = squares.sums[name]
+    assert count == 15 and torch.allclose(sums, real.double().square().sum(0), rtol=1e-12)
+    everything = seen[0].reshape(-1, seen[0].shape[-1])  # what the hook saw, padding included
+    assert not torch.equal(everything.abs().amax(0), real.abs().amax(0))  # so leaving padding out mattered
+    assert count < everything.shape[0]

@@ -8,7 +8,9 @@ from contextlib import nullcontext
 import pytest
 import torch
 from cli_runner import run as run_cli
-from planting import MARK, VOCAB, plant_massive, tiny_model, word_tokenizer
+from planting import MARK, VOCAB, perplexity_by_hand, plant_massive, quantized_by_hand, tiny_model, word_tokenizer
+from planting import marked_windows as windows
+from planting import planted_for_quant as planted
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -26,42 +28,14 @@ from massact.quant import (
     super_weights_from_trace,
 )
 from massact.quant.schemes import qmax, quantize_activation, quantize_heads, quantize_weight
-from massact.quant.simulate import kv_projections, quantized_linears
-from massact.quant.strategies import candidates, rotation, smooth_scales
+from massact.quant.simulate import build_plans, kv_projections, quantized_linears
+from massact.quant.strategies import candidates, smooth_scales
+from massact.rotations import rotation
 from massact.trace import TraceConfig
 from massact.trace import run as trace
 
 FAMILIES = ("llama", "gpt2", "gemma")
 STRATEGIES = ("none", "outlier-tokens", "smooth", "rotate", "keep-super-weights", "outlier-tokens+smooth")
-
-
-class IdTokenizer:
-    """Text "7 12 30" <-> ids [7, 12, 30]; enough tokenizer for calibration and tracing."""
-
-    all_special_ids: list[int] = []
-
-    def __call__(self, text, return_tensors=None, add_special_tokens=True):
-        return {"input_ids": torch.tensor([[int(t) for t in text.split()]])}
-
-    def decode(self, ids, skip_special_tokens=False):
-        return " ".join(str(i) for i in ids)
-
-    def convert_ids_to_tokens(self, token_id):
-        return str(token_id)
-
-
-def planted(family: str) -> LoadedModel:
-    """A 4-block tiny model whose block 1 writes a massive value into dim 4 of every MARK token."""
-    model = tiny_model(family)
-    plant_massive(model, block=1, dim=4)
-    return LoadedModel(model=model, tokenizer=IdTokenizer(), name=f"planted-{family}")
-
-
-def windows(rows: int, seed: int, length: int = 24) -> torch.Tensor:
-    """Random ids with MARK first: the first token dominates every window."""
-    ids = torch.randint(10, VOCAB, (rows, length), generator=torch.Generator().manual_seed(seed))
-    ids[:, 0] = MARK
-    return ids
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -121,8 +95,8 @@ def test_config_rejects_bad_values_before_any_work():
     for kwargs, message in (
         ({"schemes": ("W8Z",)}, "not known"),
         ({"strategies": ("sharpen",)}, "not known"),
-        ({"alpha": 1.5}, "--alpha"),
-        ({"batch_size": 0}, "--batch-size"),
+        ({"alpha": 1.5}, "`alpha=1.5`"),
+        ({"batch_size": 0}, "`batch_size=0`"),
         ({"schemes": ()}, "at least one scheme"),
     ):
         with pytest.raises(MassactError, match=message):
@@ -167,12 +141,23 @@ def test_kv_quantization_is_per_token_and_head():
 
 
 def test_rotations_are_orthogonal_and_seeded():
-    for size in (8, 12):
-        h = rotation(size, seed=3)
+    for size in (8, 12, 14):
+        h, _ = rotation(size, seed=3)
         assert torch.allclose(h @ h.T, torch.eye(size, dtype=torch.float64), atol=1e-12)
-        assert torch.equal(h, rotation(size, seed=3)) and not torch.equal(h, rotation(size, seed=4))
-    hadamard = rotation(8) * 8**0.5
-    assert torch.allclose(hadamard.abs(), torch.ones(8, 8, dtype=torch.float64))  # entries +-1/sqrt(8)
+        assert torch.equal(h, rotation(size, seed=3)[0]) and not torch.equal(h, rotation(size, seed=4)[0])
+    for size in (8, 12, 576):  # Sylvester, Paley, Kronecker (12 x 12 x 4): entries +-1/sqrt(size)
+        assert torch.allclose(rotation(size)[0].abs() * size**0.5, torch.ones(size, size, dtype=torch.float64))
+    assert rotation(14)[1] == "seeded random orthogonal"  # no Hadamard order is 2 mod 4
+
+
+def test_simulated_rotate_is_the_rewrites_rotation(case):
+    """quant's `rotate` multiplies each Linear input by the matrix `massact rewrite --rotate` folds (same seed)."""
+    loaded, calib = case
+    plans = build_plans(loaded, parse_scheme("W8A8"), "rotate", calib, seed=5)
+    assert plans
+    for plan in plans:
+        size = plan.rotate.shape[0]
+        assert torch.equal(plan.rotate, rotation(size, 5)[0].to(plan.rotate.dtype))
 
 
 def test_smooth_scales_are_smoothquants():
@@ -364,8 +349,35 @@ def test_run_reports_rows_best_and_sensitivity(family, tmp_path):
     assert [r["block"] for r in sensitivity["blocks"]] == [0, 1, 2, 3] and sensitivity["massive_blocks"][0] == 1
     assert data["outlier_tokens"]["first_positions"] == 1 and data["prefix_tokens"] == []
     result.write(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"quant.json", "report.md", "perplexity.png", "sensitivity.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "quant.json",
+        "report.md",
+        "report.html",
+        "perplexity.png",
+        "sensitivity.png",
+    }
     assert "| A8 | dynamic per-tensor | outlier-tokens |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("family", ("llama", "gpt2"))
+def test_run_rows_equal_the_schemes_written_out_in_plain_torch(family):
+    """Each row against the model rounded by hand (`quantized_by_hand`) and a cross-entropy over the same windows
+    (3 windows: one batch, so one per-tensor scale spans them all); outlier-tokens keeps the first position."""
+    loaded = planted(family)
+    inputs = QuantInputs(windows=windows(3, seed=1), calibration=windows(2, seed=2))
+    schemes = ("W8", "A8", "W8A8") + (("KV4",) if family == "llama" else ())  # GPT-2's c_attn fuses q, k and v
+    config = QuantConfig(schemes=schemes, strategies=("none", "outlier-tokens"), sensitivity=None, progress=False)
+    data = run(loaded, inputs, config).to_json()
+    assert data["outlier_tokens"]["first_positions"] == 1
+    model, baseline = loaded.model, data["baseline"]["perplexity"]
+    assert baseline == pytest.approx(perplexity_by_hand(model, inputs.windows), rel=2e-6)
+    bits = {"W8": (8, None, None), "A8": (None, 8, None), "W8A8": (8, 8, None), "KV4": (None, None, 4)}
+    for row in data["rows"]:
+        keep = int(row["strategy"] == "outlier-tokens" and row["scheme"] != "W8")  # weights keep no token
+        with quantized_by_hand(model, *bits[row["scheme"]], head_dim=8, keep_first=keep):
+            expected = perplexity_by_hand(model, inputs.windows)
+        assert row["perplexity"] == pytest.approx(expected, rel=2e-6), (row["scheme"], row["strategy"])
+        assert abs(expected / baseline - 1) > 1e-5, row["scheme"]  # the rounding shows at that tolerance
 
 
 def test_static_scales_need_calibration_and_the_best_is_not_a_context():
@@ -440,6 +452,16 @@ def test_cli_quant_writes_json_report_and_figures(tmp_path, capsys, tiny_model_d
         ("KV4", "smooth"),
     ]
     assert data["baseline"]["tokens"] == 2 * 15 and data["prefix_tokens"] == []
+    # the values: the saved model on the windows the command draws (seed 0), rounded and scored in plain torch
+    from massact.data.corpus import load_windows
+    from massact.models.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu")
+    drawn = load_windows(loaded.tokenizer, str(corpus), 2, 16, seed=0)
+    assert data["baseline"]["perplexity"] == pytest.approx(perplexity_by_hand(loaded.model, drawn), rel=2e-6)
+    for row, bits in ((data["rows"][0], (8, 8)), (data["rows"][2], (None, None, 4))):
+        with quantized_by_hand(loaded.model, *bits):
+            assert row["perplexity"] == pytest.approx(perplexity_by_hand(loaded.model, drawn), rel=2e-6), row
     assert len(data["sensitivity"]["blocks"]) == 2
     files = {p.name for p in out.iterdir()}
     assert {"quant.json", "report.md", "perplexity.png", "sensitivity.png"} <= files

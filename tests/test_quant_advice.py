@@ -7,7 +7,8 @@ import dataclasses
 import shlex
 
 import pytest
-from test_quant import planted, windows
+from planting import marked_windows as windows
+from planting import planted_for_quant as planted
 
 from massact.cli import build_command
 from massact.quant import QuantConfig, QuantInputs, run

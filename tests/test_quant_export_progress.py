@@ -7,12 +7,13 @@ import re
 
 import pytest
 from cli_runner import run as run_cli
-from test_export import WINDOWS, planted_gpt2, planted_llama
-from test_quant import planted, windows
+from planting import WINDOWS, planted_gpt2, planted_llama
+from planting import marked_windows as windows
+from planting import planted_for_quant as planted
 
+from massact.export import measure_exports
 from massact.format import fmt_ppl
 from massact.quant import QuantConfig, QuantInputs, run
-from massact.quant.export import measure_exports
 
 
 @pytest.fixture

@@ -6,19 +6,21 @@ import math
 
 import pytest
 import torch
-from test_trace import BLOCK, PLANT_TOKEN, planted_llama
+from planting import BLOCK, PLANT_TOKEN, planted_llama
 
-from massact.capture.risk import BlockRisk, int8_round_trip, markdown_table, quant_risk
+from massact.capture.risk import BlockRisk, markdown_table, quant_risk
 from massact.detect import Thresholds
+from massact.fakequant import round_trip
 from massact.models.structure import find_structure
 
 
 def test_int8_round_trip_known_values():
     x = torch.tensor([127.0, 1.0, -0.4, -63.6])
-    assert torch.equal(int8_round_trip(x), torch.tensor([127.0, 1.0, -0.0, -64.0]))
-    assert torch.equal(int8_round_trip(torch.zeros(3)), torch.zeros(3))
+    assert torch.equal(round_trip(x, 8), torch.tensor([127.0, 1.0, -0.0, -64.0]))
+    assert torch.equal(round_trip(torch.zeros(3), 8), torch.zeros(3))
     # the scale can come from another tensor (values beyond it clamp to +-127 steps)
-    assert torch.equal(int8_round_trip(torch.tensor([0.5, 3.0]), torch.tensor([1.27])), torch.tensor([0.5, 1.27]))
+    assert torch.equal(round_trip(torch.tensor([0.5, 3.0]), 8, torch.tensor([1.27])), torch.tensor([0.5, 1.27]))
+    assert torch.equal(round_trip(torch.tensor([7.0, 1.2]), 4), torch.tensor([7.0, 1.0]))  # 4 bits: Q = 7
 
 
 def test_one_massive_value_wipes_out_the_rest():

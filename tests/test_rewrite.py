@@ -3,6 +3,7 @@ with plain `from_pretrained` and comparing its float32 logits with the original'
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -11,50 +12,23 @@ import pytest
 import torch
 import transformers as tf
 from cli_runner import run as run_cli
-from planting import MARK, VOCAB, plant_massive, plant_sandwich, tiny_model, word_tokenizer
-from test_moe import EXPERT, UNIT, _down_rows, mixtral, plant_moe
+from planting import (
+    FP16_MAX,
+    MARK,
+    VOCAB,
+    down_rows,
+    planted_for_rewrite,
+    rewrite_inputs,
+    w_word,
+    word_tokenizer,
+)
 
+from massact import rotations
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
 from massact.quant import QuantInputs
-from massact.rewrite import RewriteConfig, hadamard, run, suggest
-
-FP16_MAX = 65504.0
-DIM = 4
-
-
-def _word(i: int) -> str:
-    return f"w{i}"
-
-
-def planted(family: str) -> tf.PreTrainedModel:
-    """A tiny model of `family` whose MARK token carries a value far above the float16 maximum."""
-    if family == "mixtral":
-        torch.manual_seed(0)
-        model = mixtral().eval()
-        plant_moe(model, MARK)
-        experts = find_structure(model).mlp(1).experts
-        inter = _down_rows(experts).shape[-1]
-        with torch.no_grad():  # its up row: a hidden product near 14,000 fits float16, the write does not
-            experts.gate_up_proj[EXPERT, inter + UNIT] *= 4000.0
-        return model
-    base, tied = family.removesuffix("-tied"), family.endswith("-tied")
-    model = tiny_model(base)
-    if tied:
-        model.config.tie_word_embeddings = True
-        model.tie_weights()
-    if base == "gemma3":
-        plant_sandwich(model, block=1, dim=DIM, value=1.1e5)
-    else:
-        plant_massive(model, block=1, dim=DIM, gain=3000.0 if base == "gpt2" else 300.0)
-    return model
-
-
-def _inputs(bos: bool) -> QuantInputs:
-    ids = torch.randint(10, VOCAB - 1, (6, 24), generator=torch.Generator().manual_seed(0))
-    ids[ids == MARK] = 10
-    ids[:, 0 if bos else 3] = MARK
-    return QuantInputs(windows=ids[:4], calibration=ids[4:], prefix_tokens=[_word(MARK)] if bos else [])
+from massact.residual import suggest
+from massact.rewrite import RewriteConfig, run
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -67,13 +41,13 @@ FAMILIES = ["gemma3", "llama", "llama-tied", "qwen2", "gpt2", "mixtral"]
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_rescale_makes_float16_finite_and_reloads_with_plain_from_pretrained(family, tmp_path):
-    model = planted(family)
+    model = planted_for_rewrite(family)
     bos = family != "gpt2"
-    inputs = _inputs(bos)
+    inputs = rewrite_inputs(bos)
     original = _logits(model, inputs.windows)
-    before_half = _logits(planted(family), inputs.windows, torch.float16)
+    before_half = _logits(planted_for_rewrite(family), inputs.windows, torch.float16)
     assert not torch.isfinite(before_half).all(), "the plant must overflow float16"
-    loaded = load_model(model, tokenizer=word_tokenizer(_word, bos=bos))
+    loaded = load_model(model, tokenizer=word_tokenizer(w_word, bos=bos))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     result = run(loaded, inputs, RewriteConfig(rescale="auto", progress=False))
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items()), "the original must not change"
@@ -97,9 +71,9 @@ def test_rescale_makes_float16_finite_and_reloads_with_plain_from_pretrained(fam
 def test_rescale_shrinks_the_mlp_hidden_product_too(family):
     """The input of the MLP's down projection (where super weights act) is scaled with the write: the up
     projection is scaled in place of the writer, for a dense gated MLP and for fused experts alike."""
-    model = planted(family)
-    loaded = load_model(model, tokenizer=word_tokenizer(_word, bos=True))
-    inputs = _inputs(True)
+    model = planted_for_rewrite(family)
+    loaded = load_model(model, tokenizer=word_tokenizer(w_word, bos=True))
+    inputs = rewrite_inputs(True)
     result = run(loaded, inputs, RewriteConfig(rescale=0.25, progress=False))
     rewritten = tf.AutoModelForCausalLM.from_pretrained(result.folder.name, dtype=torch.float32).eval()
 
@@ -132,7 +106,7 @@ def test_rescale_shrinks_the_mlp_hidden_product_too(family):
     before, after = down_inputs(model), down_inputs(rewritten)
     torch.testing.assert_close(after, 0.25 * before, rtol=1e-4, atol=1e-6)
     if family == "mixtral":
-        inter = _down_rows(find_structure(model).mlp(1).experts).shape[-1]
+        inter = down_rows(find_structure(model).mlp(1).experts).shape[-1]
         original = find_structure(model).mlp(1).experts.gate_up_proj
         new = find_structure(rewritten).mlp(1).experts.gate_up_proj
         torch.testing.assert_close(new[:, :inter], original[:, :inter])  # the gates are untouched
@@ -140,13 +114,13 @@ def test_rescale_shrinks_the_mlp_hidden_product_too(family):
 
 
 def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys, monkeypatch):
-    model = planted("qwen2")
+    model = planted_for_rewrite("qwen2")
     saved = tmp_path / "model"
     model.save_pretrained(saved)
-    word_tokenizer(_word, bos=False).save_pretrained(saved)
+    word_tokenizer(w_word, bos=False).save_pretrained(saved)
     corpus = tmp_path / "corpus.txt"
     words = torch.randint(10, VOCAB, (3000,), generator=torch.Generator().manual_seed(1))
-    corpus.write_text(" ".join(_word(int(i)) for i in words) + f" {_word(MARK)}" * 50)
+    corpus.write_text(" ".join(w_word(int(i)) for i in words) + f" {w_word(MARK)}" * 50)
     out = tmp_path / "out"
     argv = ["rewrite", str(saved), "--rescale", "auto", "--corpus", str(corpus), "--seq-len", "32", "--out", str(out)]
     code, stdout, stderr = run_cli(argv, capsys)
@@ -188,10 +162,10 @@ def test_rotate_spreads_the_massive_channel_and_keeps_the_logits(family, tmp_pat
     import planting
 
     monkeypatch.setattr(planting, "H", 256)  # a wide enough stream: a one-hot spreads to 1/16 of itself
-    model = planted(family)
-    inputs = _inputs(bos=True)
+    model = planted_for_rewrite(family)
+    inputs = rewrite_inputs(bos=True)
     original = _logits(model, inputs.windows)
-    result = run(load_model(model, tokenizer=word_tokenizer(_word, bos=True)), inputs, RewriteConfig(rotate=True))
+    result = run(load_model(model, tokenizer=word_tokenizer(w_word, bos=True)), inputs, RewriteConfig(rotate=True))
     result.write(tmp_path)
     reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     assert (_logits(reloaded, inputs.windows) - original).abs().max() <= 1e-5 * original.abs().max()
@@ -208,11 +182,11 @@ def test_rotate_spreads_the_massive_channel_and_keeps_the_logits(family, tmp_pat
     ("gpt2", "ln_1", ("attn.c_attn",)),
 ])  # fmt: skip
 def test_smooth_balances_activation_and_weight_maxima_exactly(family, norm, readers, tmp_path):
-    model = planted(family)
+    model = planted_for_rewrite(family)
     bos = family != "gpt2"
-    inputs = _inputs(bos)
+    inputs = rewrite_inputs(bos)
     original = _logits(model, inputs.windows)
-    run(load_model(model, tokenizer=word_tokenizer(_word, bos=bos)), inputs, RewriteConfig(smooth=0.5)).write(tmp_path)
+    run(load_model(model, tokenizer=word_tokenizer(w_word, bos=bos)), inputs, RewriteConfig(smooth=0.5)).write(tmp_path)
     reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     # a (1 + w) gain divided by a large scale is stored as w close to -1: float32 keeps ~1e-4 of 1 + w there
     tolerance = 1e-3 if family == "gemma3" else 1e-5
@@ -228,22 +202,46 @@ def test_smooth_balances_activation_and_weight_maxima_exactly(family, norm, read
     assert torch.allclose(seen[0], columns.detach(), rtol=1e-3), "alpha 0.5 makes both maxima sqrt(a * w)"
 
 
+def _quanto_perplexity(model: torch.nn.Module, inputs: QuantInputs, activations: bool) -> float:
+    """Perplexity of a copy of `model` quantized here with optimum-quanto itself, as its documentation shows:
+    int8 weights and int8 activations calibrated on the calibration windows (one batch), or int4 weights only;
+    the LM head left out."""
+    from optimum import quanto
+
+    quantized = copy.deepcopy(model)
+    weights, acts = (quanto.qint8, quanto.qint8) if activations else (quanto.qint4, None)
+    quanto.quantize(quantized, weights=weights, activations=acts, exclude=["lm_head"])
+    with torch.no_grad():
+        if activations:
+            with quanto.Calibration():
+                quantized(input_ids=inputs.calibration)
+        quanto.freeze(quantized)
+        logits = quantized(input_ids=inputs.windows).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), inputs.windows[:, 1:].reshape(-1))
+    return float(nll.exp())
+
+
 def test_check_quant_runs_the_real_library_beside_the_simulation():
-    model = planted("qwen2")
-    inputs = _inputs(bos=False)
+    model = planted_for_rewrite("qwen2")
+    original = copy.deepcopy(model)
+    inputs = rewrite_inputs(bos=False)
     config = RewriteConfig(rescale=0.25, check_quant="w8a8", progress=False)
-    quant = run(load_model(model, tokenizer=word_tokenizer(_word, bos=False)), inputs, config).to_json()["check_quant"]
+    quant = run(load_model(model, tokenizer=word_tokenizer(w_word, bos=False)), inputs, config).to_json()["check_quant"]
     fp32 = torch.nn.functional.cross_entropy(
-        _logits(model, inputs.windows)[:, :-1].reshape(-1, VOCAB), inputs.windows[:, 1:].reshape(-1)
+        _logits(original, inputs.windows)[:, :-1].reshape(-1, VOCAB), inputs.windows[:, 1:].reshape(-1)
     )
     w8a8 = quant["schemes"]["W8A8"]
     # int8 with per-tensor and per-channel absmax scales is blind to a power-of-two factor: the same codes
     assert w8a8["real"]["original"] == pytest.approx(w8a8["real"]["rewritten"], rel=1e-6)
-    assert w8a8["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6), "the library must quantize"
+    # the numbers are optimum-quanto's: a copy quantized here with the library directly gives the same
+    assert w8a8["real"]["original"] == pytest.approx(_quanto_perplexity(original, inputs, activations=True), rel=1e-5)
+    assert w8a8["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-4), "the library must quantize"
     assert w8a8["rewrite_helps"] is False
     assert set(w8a8["simulated"]) == {"original", "rewritten"} and w8a8["simulated_scheme"] == "W8A8-static"
     assert set(quant["schemes"]) == {"W8A8", "W4"}
-    assert quant["schemes"]["W4"]["real"]["original"] != pytest.approx(float(fp32.exp()), rel=1e-6)
+    w4 = quant["schemes"]["W4"]["real"]["original"]
+    assert w4 == pytest.approx(_quanto_perplexity(original, inputs, activations=False), rel=1e-5)
+    assert w4 != pytest.approx(float(fp32.exp()), rel=1e-4)
 
 
 def test_check_quant_without_a_compiler_is_one_clear_line_before_any_work(tmp_path, capsys, monkeypatch):
@@ -254,10 +252,10 @@ def test_check_quant_without_a_compiler_is_one_clear_line_before_any_work(tmp_pa
 
     monkeypatch.setattr(realquant, "_unpack_probe", no_compiler)
     saved = tmp_path / "model"
-    planted("qwen2").save_pretrained(saved)
-    word_tokenizer(_word, bos=False).save_pretrained(saved)
+    planted_for_rewrite("qwen2").save_pretrained(saved)
+    word_tokenizer(w_word, bos=False).save_pretrained(saved)
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text(" ".join(_word(10 + i % 50) for i in range(3000)))
+    corpus.write_text(" ".join(w_word(10 + i % 50) for i in range(3000)))
     out = tmp_path / "out"
     argv = ["rewrite", str(saved), "--rescale", "0.5", "--check-quant", "w8a8", "--corpus", str(corpus)]
     code, stdout, stderr = run_cli([*argv, "--seq-len", "32", "--out", str(out)], capsys)
@@ -284,8 +282,8 @@ def test_the_kernel_loads_with_this_environments_scripts_first_and_path_comes_ba
 
 @pytest.mark.parametrize("size", [12, 256, 576, 768, 960])
 def test_randomized_hadamard_is_orthogonal_and_flattest(size):
-    matrix, kind = hadamard.rotation(size, seed=3)
+    matrix, kind = rotations.rotation(size, seed=3)
     assert kind == "randomized Hadamard"
     assert torch.allclose(matrix @ matrix.T, torch.eye(size, dtype=torch.float64), atol=1e-12)
     assert torch.allclose(matrix.abs(), torch.full_like(matrix, size**-0.5))  # a one-hot spreads evenly
-    assert hadamard.rotation(size + 2)[1] == "seeded random orthogonal"  # no Hadamard order is 2 mod 4
+    assert rotations.rotation(size + 2)[1] == "seeded random orthogonal"  # no Hadamard order is 2 mod 4

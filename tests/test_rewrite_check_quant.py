@@ -8,8 +8,10 @@ import re
 
 import pytest
 import torch
+from planting import planted_for_rewrite as planted
+from planting import rewrite_inputs as _inputs
+from planting import w_word as _word
 from planting import word_tokenizer
-from test_rewrite import _inputs, _word, planted
 
 from massact.models.loading import load_model
 from massact.rewrite import RewriteConfig, run

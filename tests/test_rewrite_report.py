@@ -12,7 +12,8 @@ import torch
 import transformers as tf
 from cli_runner import run as run_cli
 from planting import MARK, VOCAB, word_tokenizer
-from test_rewrite import _word, planted
+from planting import planted_for_rewrite as planted
+from planting import w_word as _word
 
 
 def _saved(family: str, folder, bos: bool = True):

@@ -13,7 +13,7 @@ from cli_runner import run as run_cli
 from cli_runner import run_captured
 from planting import MARK, VOCAB, plant_massive, plant_sandwich, tiny_model, word_tokenizer
 
-from massact.rewrite import suggest
+from massact.residual import suggest
 
 FAMILIES = ("gemma3", "llama", "qwen2")
 FLAGS = {"--rescale": "rescale", "--smooth": "smooth", "--rotate": "rotate"}

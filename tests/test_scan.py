@@ -100,9 +100,9 @@ def test_run_on_ids_equals_scan_on_the_prompt(family):
 def test_config_refuses_bad_values():
     from massact.errors import MassactError
 
-    with pytest.raises(MassactError, match="--top-k 0"):
+    with pytest.raises(MassactError, match="`top_k=0`"):
         ScanConfig(top_k=0)
-    with pytest.raises(MassactError, match="--keep -1"):
+    with pytest.raises(MassactError, match="`keep=-1`"):
         ScanConfig(keep=-1)
 
 

@@ -144,7 +144,7 @@ def test_absolute_positions_refuse_cache_positions(positions):
     loaded = planted("gpt2")
     config = StreamConfig(policies="window", cache=8, score_from=10, positions=positions, progress=False)
     if positions == "cache":
-        with pytest.raises(MassactError, match="no rotary position embedding.*--positions original"):
+        with pytest.raises(MassactError, match="no rotary position embedding.*`positions='original'`"):
             run(loaded, stream_ids(20), config)
     else:
         assert run(loaded, stream_ids(20), config).rows()[0]["tokens_scored"] == 10
@@ -241,9 +241,9 @@ def test_trained_gpt2_without_a_cache_runs_recompute_only():
     model = GPT2(GPT2Config(vocab_size=VOCAB, block_size=32, n_layer=2, n_head=2, n_embd=16, attention="sink")).eval()
     loaded = LoadedModel(model=model, name="gpt2-sink")
     ids = stream_ids(30)
-    with pytest.raises(MassactError, match="takes no past_key_values.*--policies recompute"):
+    with pytest.raises(MassactError, match="takes no past_key_values.*`policies='recompute'`"):
         run(loaded, ids, StreamConfig(policies="full", cache=8, score_from=10, progress=False))
-    with pytest.raises(MassactError, match="no position_ids.*--positions cache"):
+    with pytest.raises(MassactError, match="no position_ids.*`positions='cache'`"):
         run(loaded, ids, StreamConfig(policies="recompute", cache=8, score_from=10, progress=False))
     result = run(
         loaded, ids, StreamConfig(policies="recompute", cache=8, score_from=10, positions="cache", progress=False)
@@ -268,7 +268,7 @@ def test_policy_names_parse_and_bad_ones_refuse():
             parse_policies(bad)
     with pytest.raises(MassactError, match="not larger than sinks:8"):
         StreamConfig(policies="sinks:8", cache=8)
-    with pytest.raises(MassactError, match="--positions"):
+    with pytest.raises(MassactError, match="`positions='rope'`"):
         StreamConfig(positions="rope")
 
 

@@ -117,7 +117,7 @@ def test_full_clip_picks_largest_tower_and_override_selects_the_other():
 
 
 def test_unknown_structure_names_the_override():
-    with pytest.raises(MassactError, match="--blocks"):
+    with pytest.raises(MassactError, match="`blocks_path`"):
         find_structure(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
 
 

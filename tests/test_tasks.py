@@ -237,7 +237,7 @@ def test_parse_tasks_checks_paths(tmp_path):
     bad = [
         (str(tmp_path / "missing"), "no such task directory"),
         (str(tmp_path / "empty"), "no task found there"),
-        (" , ", "--tasks is empty"),
+        (" , ", "`tasks` is empty"),
     ]
     for spec, message in bad:
         with pytest.raises(MassactError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
@@ -256,9 +256,9 @@ def test_config_is_validated():
     for kwargs, message in [
         ({"tasks": ()}, "no tasks given"),
         ({"tasks": "arc_easy"}, "tuple of task names"),
-        ({"tasks": ("arc_easy",), "limit": 0}, "--tasks-limit 0"),
-        ({"tasks": ("arc_easy",), "batch_size": 0}, "--batch-size 0"),
-        ({"tasks": ("arc_easy",), "num_fewshot": -1}, "--num-fewshot -1"),
+        ({"tasks": ("arc_easy",), "limit": 0}, "`limit=0`"),
+        ({"tasks": ("arc_easy",), "batch_size": 0}, "`batch_size=0`"),
+        ({"tasks": ("arc_easy",), "num_fewshot": -1}, "`num_fewshot=-1`"),
     ]:
         with pytest.raises(MassactError, match=message):
             TaskConfig(**kwargs)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from planting import BLOCK, CHANNEL, DIM, PLANT_TOKEN, PROMPT, number_tokenizer, planted_gpt2, planted_llama
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
@@ -13,23 +13,6 @@ from massact.models.structure import find_structure
 from massact.trace import TraceConfig, TraceInputs, run, zeroed_entries
 from massact.trace.linear import find_writer_linear
 from massact.trace.verify import control_entries, measure_sites, reported_entries, verify_trace
-
-PLANT_TOKEN, CARRIER, DIM, CHANNEL, BLOCK = 5, 3, 7, 33, 1
-
-
-def number_tokenizer(vocab: int = 16, bos: int | None = None) -> PreTrainedTokenizerFast:
-    """Text "5 1 2 5 3" -> ids [5, 1, 2, 5, 3] (id `bos` first when given): a real fast tokenizer, built here.
-
-    Id 0 is the unknown token `<unk>`.
-    """
-    words = {"<unk>": 0, **{str(i): i for i in range(1, vocab)}}
-    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    special = {}
-    if bos is not None:
-        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(str(bos), bos)])
-        special = {"bos_token": str(bos)}
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", **special)
 
 
 def number_text(length: int = 400, seed: int = 0, low: int = 1, high: int = 14) -> list[str]:
@@ -47,62 +30,6 @@ def trace(loaded: LoadedModel, prompt: str, **options) -> object:
     """`run` without verification or risk table unless asked; windows from `number_text()`."""
     texts = options.pop("texts", None) or number_text()
     return run(loaded, TraceInputs(prompt, texts), TraceConfig(**{**QUICK.__dict__, **options}))
-
-
-def _carrier_only_in_embedding(model, column: int) -> None:
-    """Dim `column` of the residual holds only the planted token's embedding: nothing else writes it."""
-    for name, param in model.named_parameters():
-        if "embed" in name or "wte" in name or "wpe" in name:
-            param.data[:, column] = 0
-
-
-def planted_llama() -> LoadedModel:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=16,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=32,
-    )
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():
-        _carrier_only_in_embedding(model, CARRIER)
-        model.model.embed_tokens.weight[PLANT_TOKEN, CARRIER] = 1.0
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight[CARRIER] = 0
-            layer.mlp.down_proj.weight[CARRIER] = 0
-        mlp = model.model.layers[BLOCK].mlp
-        mlp.gate_proj.weight[CHANNEL] = 0
-        mlp.up_proj.weight[CHANNEL] = 0
-        mlp.gate_proj.weight[CHANNEL, CARRIER] = 2.0
-        mlp.up_proj.weight[CHANNEL, CARRIER] = 2.0
-        mlp.down_proj.weight[DIM, CHANNEL] = 40.0
-    return LoadedModel(model=model, tokenizer=number_tokenizer(), name="planted-llama")
-
-
-def planted_gpt2() -> LoadedModel:
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=16, n_embd=32, n_layer=3, n_head=4, n_positions=32)
-    model = GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        _carrier_only_in_embedding(model, CARRIER)
-        model.transformer.wte.weight[PLANT_TOKEN, CARRIER] = 1.0
-        for block in model.transformer.h:
-            for proj in (block.attn.c_proj, block.mlp.c_proj):
-                proj.weight[:, CARRIER] = 0  # Conv1D stores [in, out]
-                proj.bias[CARRIER] = 0
-        mlp = model.transformer.h[BLOCK].mlp
-        mlp.c_fc.weight[:, CHANNEL] = 0
-        mlp.c_fc.weight[CARRIER, CHANNEL] = 2.0
-        mlp.c_fc.bias[CHANNEL] = -4.0
-        mlp.c_proj.weight[CHANNEL, DIM] = 400.0
-    return LoadedModel(model=model, tokenizer=number_tokenizer(), name="planted-gpt2")
-
-
-PROMPT = "5 1 2 5 3 4 6"
 
 
 @pytest.fixture(scope="module")
@@ -224,9 +151,9 @@ def test_no_massive_activation_gives_an_empty_trace():
 
 
 def test_bad_site_options(llama):
-    with pytest.raises(MassactError, match="--token"):
+    with pytest.raises(MassactError, match="`token=99` is out of range"):
         trace(llama, PROMPT, token=99)
-    with pytest.raises(MassactError, match="--dim"):
+    with pytest.raises(MassactError, match="`dim=999` is out of range"):
         trace(llama, PROMPT, dim=999)
-    with pytest.raises(MassactError, match="--block"):
+    with pytest.raises(MassactError, match="`block=99` is out of range"):
         trace(llama, PROMPT, block=99)

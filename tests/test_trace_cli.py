@@ -7,8 +7,8 @@ import json
 
 import pytest
 from cli_runner import run
+from planting import PROMPT, planted_gpt2, planted_llama
 from rich.console import Console
-from test_trace import PROMPT, planted_gpt2, planted_llama
 
 from massact.trace import TraceConfig, TraceInputs
 from massact.trace import run as trace_run

@@ -110,15 +110,31 @@ def test_old_variant_names_load_as_the_new_ones():
 
 
 def test_bias_changes_the_output():
-    """k', v' are really used: zeroing v' and pushing k' far away changes the logits."""
-    model = random_model("attn-bias")
+    """v' enters every head's output weighted by k''s probability: zeroing v' takes away exactly p' v', where
+    p' = exp(q.k' / sqrt(d)) / (exp(q.k' / sqrt(d)) + sum_j exp(q.k_j / sqrt(d))), computed here by hand."""
+    model = random_model("attn-bias").double()
+    cfg, tr = model.config, model.transformer
+    attn = tr.h[0].attn
     ids = torch.randint(0, 300, (1, 8), generator=torch.Generator().manual_seed(0))
+    heads_out = []  # block 0's heads, concatenated: the input of its c_proj
+    handle = attn.c_proj.register_forward_pre_hook(lambda m, a: heads_out.append(a[0]))
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        for block in model.transformer.h:
+        v_bias = attn.v_bias.clone()
+        for block in tr.h:
             block.attn.v_bias.zero_()
         after = model(input_ids=ids).logits
-    assert not torch.allclose(before, after, atol=1e-4)
+        handle.remove()
+        h = tr.h[0].ln_1(tr.wte(ids) + tr.wpe(torch.arange(ids.shape[1])))
+        q, k, _ = attn.c_attn(h).split(cfg.n_embd, dim=2)
+        expected = []
+        for head in range(cfg.n_head):
+            sl = slice(head * cfg.head_dim, (head + 1) * cfg.head_dim)
+            scores = (q[0, :, sl] @ k[0, :, sl].T / math.sqrt(cfg.head_dim)).exp().tril()  # causal keys
+            extra = (q[0, :, sl] @ attn.k_bias[head] / math.sqrt(cfg.head_dim)).exp()
+            expected.append((extra / (extra + scores.sum(-1)))[:, None] * v_bias[head])
+    torch.testing.assert_close(heads_out[0] - heads_out[1], torch.cat(expected, -1)[None], atol=1e-12, rtol=1e-9)
+    assert (after - before).abs().max() > 1e-3  # and the logits move with it
 
 
 def test_sink_token_is_excluded_from_loss_and_outputs():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli_runner import run as run_cli
 from planting import MARK, VOCAB, plant_massive, tiny_model
-from test_corpus import _assert_same
+from planting import assert_same_summary as _assert_same
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -221,10 +221,10 @@ def test_means_over_the_evaluated_windows_are_flagged(bos_model, tmp_path):
 
 
 def test_token_positions_and_dims_are_checked_up_front(plain_model):
-    with pytest.raises(MassactError, match="--tokens 500 is out of range"):
+    with pytest.raises(MassactError, match="`tokens=500` is out of range"):
         InterventionConfig(seq_len=64, sites=SiteSpec(tokens=(500,)))
     config = InterventionConfig(corpora=("words",), samples=2, seq_len=16, sites=SiteSpec(dims=(40,)), progress=False)
-    with pytest.raises(MassactError, match="--dims 40 is out of range"):
+    with pytest.raises(MassactError, match="`dims=40` is out of range"):
         interventions.run(plain_model, {"words": TEXTS}, config)
 
 

@@ -2,7 +2,8 @@
 
 Every failure a user can cause ends the same way: one line `massact: error: ...` on stderr and exit
 status 2, whether it is a bad value for an option (click's usage errors), a `MassactError` from the
-checks, or an `OSError` from the file system. Ctrl-C ends with one line, `massact: interrupted; nothing
+checks (whose Python parameters, `seq_len=1`, are named by the command's flags, `--seq-len 1`: see
+`commands/flags.py`), or an `OSError` from the file system. Ctrl-C ends with one line, `massact: interrupted; nothing
 was written` (or what an interrupted command keeps, carried as the `KeyboardInterrupt`'s message), and
 exit status 130.
 """
@@ -17,12 +18,15 @@ import sys
 import typer
 
 import massact.commands
+from massact.commands.flags import for_command
 from massact.errors import MassactError
+from massact.outputs import invocation
 
 try:  # newer typer carries its own copy of click
     from typer._click import ClickException
+    from typer._click.globals import get_current_context
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import ClickException  # type: ignore[no-redef]
+    from click import ClickException, get_current_context  # type: ignore[no-redef]
 
 PROG = "massact"
 
@@ -70,33 +74,38 @@ class Interrupted(Exception):
     """Ctrl-C inside a command, carried past typer (which would turn it into a silent exit 130)."""
 
 
-def _carry_interrupts(group):
-    """Wrap every command so that Ctrl-C reaches `main` with what the command says it keeps."""
+def _as_command_lines(group):
+    """Wrap every command so that it runs as one command line: its writes are one invocation (see
+    `outputs.invocation`), a `MassactError` names the command's flags where the library named its parameters
+    (`commands.flags`), and Ctrl-C reaches `main` with what the command says it keeps."""
     for command in _commands(group):
         callback = command.callback
-        if callback is None or getattr(callback, "_carries_interrupts", False):
+        if callback is None or getattr(callback, "_command_line", False):
             continue
 
         @functools.wraps(callback)
-        def carried(*args, _callback=callback, **kwargs):
+        def command_line(*args, _callback=callback, _command=command, **kwargs):
             try:
-                return _callback(*args, **kwargs)
+                with invocation(get_current_context().command_path):
+                    return _callback(*args, **kwargs)
             except KeyboardInterrupt as exc:
                 raise Interrupted(str(exc)) from None
+            except MassactError as exc:
+                raise MassactError(for_command(str(exc), _command)) from exc
 
-        carried._carries_interrupts = True
-        command.callback = carried
+        command_line._command_line = True
+        command.callback = command_line
     return group
 
 
 @functools.cache
 def build_command():
-    """The click command behind `app`, with the help tidied and Ctrl-C carried to `main`.
+    """The click command behind `app`, with the help tidied and each command run as a command line.
 
     Built once a process: click commands keep no state between invocations, and building one
     costs more than parsing a command line.
     """
-    return _carry_interrupts(_without_flag_metavars(typer.main.get_command(app)))
+    return _as_command_lines(_without_flag_metavars(typer.main.get_command(app)))
 
 
 def _interrupted(kept: str = "") -> None:

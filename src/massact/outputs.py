@@ -15,16 +15,35 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from massact.errors import MassactError
-
-try:  # newer typer carries its own copy of click: its context is the one of a running command
-    from typer._click.globals import get_current_context
-except ImportError:  # pragma: no cover - older typer uses click itself
-    from click import get_current_context  # type: ignore[no-redef]
+from massact.validate import given
 
 MARKER = ".massact-run.json"
+
+
+@dataclass
+class _Invocation:
+    command: str
+    written: set[Path] = field(default_factory=set)
+
+
+_INVOCATION: ContextVar[_Invocation | None] = ContextVar("massact_invocation", default=None)
+
+
+@contextmanager
+def invocation(command: str) -> Iterator[None]:
+    """Run one command line, `command` (`massact scan`): each folder's marker names it, and a folder it writes
+    twice gets one run of both writes. The command line enters it; from Python, outside it, the marker says
+    `massact` and every write replaces the run before it."""
+    token = _INVOCATION.set(_Invocation(command))
+    try:
+        yield
+    finally:
+        _INVOCATION.reset(token)
 
 
 def _umask() -> int:
@@ -37,8 +56,9 @@ def _why(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def check_output_dir(out: Path, option: str = "--out") -> Path:
-    """Fail early, before any work, when `out` cannot be created or written (`option` names it in errors).
+def check_output_dir(out: Path, option: str = "out") -> Path:
+    """Fail early, before any work, when `out` cannot be created or written (`option`, the parameter, names it in
+    errors).
 
     The check is truthful for every user (root ignores permission bits): the missing folders are
     made, a probe file is written in `out`, and everything the check made is removed again. Under a
@@ -48,12 +68,12 @@ def check_output_dir(out: Path, option: str = "--out") -> Path:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
         return out  # another process of a torchrun / accelerate launch: the main one alone writes, and checks
     if out.exists() and not out.is_dir():
-        raise MassactError(f"{option} {out}: exists and is not a directory; give a directory path")
+        raise MassactError(f"{given(option, str(out))}: exists and is not a directory; give a directory path")
     existing = out
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise MassactError(f"{option} {out}: {existing} is a file, not a directory; choose another path")
+        raise MassactError(f"{given(option, str(out))}: {existing} is a file, not a directory; choose another path")
     made: list[Path] = []
     try:
         for folder in reversed([out, *out.parents]):
@@ -65,7 +85,7 @@ def check_output_dir(out: Path, option: str = "--out") -> Path:
         os.unlink(probe)
     except OSError as exc:
         raise MassactError(
-            f"{option} {out}: cannot be written ({_why(exc)}); choose a directory you can write to"
+            f"{given(option, str(out))}: cannot be written ({_why(exc)}); choose a directory you can write to"
         ) from None
     finally:
         for folder in reversed(made):
@@ -100,8 +120,8 @@ def read_marker(out: Path) -> dict | None:
 
 def _command_name() -> str:
     """`massact <sub-command>` of the running command line, or `massact` from Python."""
-    ctx = get_current_context(silent=True)
-    return ctx.command_path if ctx is not None else "massact"
+    running = _INVOCATION.get()
+    return running.command if running is not None else "massact"
 
 
 def _previous_files(out: Path, new: list[str], replace: bool) -> list[str]:
@@ -155,13 +175,13 @@ def _commit(staging: Path, out: Path, command: str, replace: bool) -> list[str]:
 
 def _invocation_writes() -> set[Path] | None:
     """Folders the running command line has already written (None outside a command line)."""
-    ctx = get_current_context(silent=True)
-    return None if ctx is None else ctx.find_root().meta.setdefault("massact.written", set())
+    running = _INVOCATION.get()
+    return None if running is None else running.written
 
 
 @contextmanager
 def staged_output(
-    out: Path, *, command: str | None = None, replace: bool = True, option: str = "--out"
+    out: Path, *, command: str | None = None, replace: bool = True, option: str = "out"
 ) -> Iterator[Path]:
     """Yield a staging directory; on success its files move into `out`, on error nothing is left.
 
@@ -177,14 +197,18 @@ def staged_output(
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     except OSError as exc:
-        raise MassactError(f"{option} {out}: cannot be written ({_why(exc)}); choose another directory") from None
+        raise MassactError(
+            f"{given(option, str(out))}: cannot be written ({_why(exc)}); choose another directory"
+        ) from None
     try:
         yield staging
         _commit(staging, out, command or _command_name(), replace)
         if written is not None:
             written.add(key)
     except OSError as exc:
-        raise MassactError(f"{option} {out}: could not write ({_why(exc)}); nothing was written there") from None
+        raise MassactError(
+            f"{given(option, str(out))}: could not write ({_why(exc)}); nothing was written there"
+        ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -59,7 +59,7 @@ def evaluate_perplexity(
             f"perplexity needs windows of shape [N >= 1, L > {first}] (a prefix of {prefix_len}), "
             f"got {tuple(windows.shape)}"
         )
-    at_least("--batch-size", batch_size)
+    at_least("batch_size", batch_size)
     total = torch.zeros((), dtype=torch.float64)
     nonfinite = 0
     tokens = 0

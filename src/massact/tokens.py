@@ -96,11 +96,11 @@ def tokenize_prompt(loaded: LoadedModel, prompt: str, add_special_tokens: bool =
     """Tokenize `prompt` for `loaded`, refusing empty or over-long prompts with a clear message."""
     tokenizer = loaded.tokenizer
     if tokenizer is None:
-        raise MassactError(f"{loaded.name} has no tokenizer, so it takes no text prompt; give it --images instead")
+        raise MassactError(f"{loaded.name} has no tokenizer, so it takes no text prompt; give it `images` instead")
     check_prompt(prompt)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)["input_ids"]
     if ids.numel() == 0:
-        raise MassactError("the prompt tokenizes to zero tokens; give a longer --prompt")
+        raise MassactError("the prompt tokenizes to zero tokens; give a longer `prompt`")
     return ids_input(loaded, ids)
 
 

@@ -9,7 +9,7 @@ from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import OFFLOADS
 from massact.models.memory import parse_size
-from massact.validate import at_least, check_prompt
+from massact.validate import at_least, check_prompt, given
 
 STEPS = ATLAS_STEPS
 EXECUTION = ("offload", "max_memory")  # how models run, not what is computed
@@ -35,16 +35,16 @@ class AtlasConfig:
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
         if self.offload not in OFFLOADS:
-            raise MassactError(f"--offload {self.offload}: give {', '.join(OFFLOADS[:-1])} or {OFFLOADS[-1]}")
+            raise MassactError(f"`offload={self.offload!r}`: give {', '.join(OFFLOADS[:-1])} or {OFFLOADS[-1]}")
         if self.max_memory is not None:
-            parse_size(self.max_memory, "--max-memory")
-        at_least("--samples", self.samples)
-        at_least("--seq-len", self.seq_len, 2)
+            parse_size(self.max_memory, "max_memory")
+        at_least("samples", self.samples)
+        at_least("seq_len", self.seq_len, 2)
         if not self.corpus:
-            raise MassactError("--corpus is empty; give a corpus name (e.g. shakespeare) or a text file")
+            raise MassactError("`corpus` is empty; give a corpus name (e.g. shakespeare) or a text file")
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
-            raise MassactError(f"--steps {','.join(unknown)}: unknown; choose from {', '.join(STEPS)}")
+            raise MassactError(f"{given('steps', ','.join(unknown))}: unknown; choose from {', '.join(STEPS)}")
 
     def to_json(self) -> dict:
         """What each row was computed with; how models ran (`execution`) is left out: it changes no number."""

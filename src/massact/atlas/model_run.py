@@ -31,10 +31,10 @@ class StepOutput:
         """The run folder of the analysis (all files or none), with its report.html."""
         with staged_output(folder) as staging:
             if hasattr(self.result, "write"):
-                self.result.write(staging)
+                self.result.write(staging)  # report.html included
             else:
                 write_json(staging / self.json_name, self.result.to_json())
-            write_report_html(staging, self.result)
+                write_report_html(staging, self.result)
 
 
 @dataclass

@@ -13,6 +13,8 @@ from massact.atlas.config import AtlasConfig
 from massact.atlas.model_run import ModelRun
 from massact.errors import MassactError
 from massact.format import md_code, md_escape
+from massact.html.registry import result_kind
+from massact.html.views.atlas import atlas_charts
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
 from massact.report.tables import print_table
@@ -165,6 +167,7 @@ def cells(row: dict) -> list[str]:
     ]
 
 
+@result_kind(KIND, ATLAS_JSON, view=lambda data, result=None: atlas_charts(data))
 @dataclass
 class AtlasResult:
     """One row per model, in the order given."""
@@ -275,7 +278,7 @@ class AtlasResult:
     def rewrite_lines(self) -> list[str]:
         """Per analysed model, the `massact rewrite` commands to try (rescale for float16, rotate or smooth for a
         costly W8A8), each one the rewrite accepts for that model (`row["rewrites"]`), each with its own --out."""
-        from massact.rewrite.suggest import HEADROOM, for_headroom, for_int8, line
+        from massact.residual.suggest import HEADROOM, for_headroom, for_int8, line
 
         flags = "--trust-remote-code" if self.config.trust_remote_code else ""
         lines = []

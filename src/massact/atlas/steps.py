@@ -61,7 +61,7 @@ def describe(ctx: Context) -> dict:
 def rewrites(ctx: Context) -> dict:
     """Per rewrite (rescale, smooth, rotate, check_quant): None when `massact rewrite` accepts it for this
     model, else the line it refuses it with; the atlas suggests only accepted rewrites."""
-    from massact.rewrite.support import REWRITES, refusals
+    from massact.residual.support import REWRITES, refusals
 
     ids = ctx.loaded.tokenizer(ctx.config.prompt, return_tensors="pt")["input_ids"]
     try:

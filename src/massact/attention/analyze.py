@@ -37,10 +37,13 @@ from massact.capture.peaks import BlockPeaks
 from massact.capture.stats import SequenceRecord, capture_block_stats
 from massact.detect import Thresholds, feature_dims
 from massact.errors import MassactError
+from massact.html.registry import result_kind
+from massact.html.views.attention import attention_charts
 from massact.models.loading import LoadedModel
 from massact.models.offload import offload_of
 from massact.models.structure import Structure, find_structure
 from massact.precision import Precision
+from massact.validate import given
 
 KIND = "attention"  # the `kind` field of the JSON: which result this is
 
@@ -228,16 +231,18 @@ def find_sinks(
     return detected
 
 
-def check_block(block: int | None, structure: Structure, what: str = "--block") -> None:
+def check_block(block: int | None, structure: Structure, what: str = "block") -> None:
+    """Refuse a `block` outside the model; `what` names the parameter, or the list (`keep_maps`) that holds it."""
     if block is not None and not 0 <= block < len(structure):
-        raise MassactError(f"{what} {block} is out of range; the model has blocks 0..{len(structure) - 1}")
+        shown = given(what, block) if what == "block" else f"`{what}` holds {block}, which"
+        raise MassactError(f"{shown} is out of range; the model has blocks 0..{len(structure) - 1}")
 
 
 def _recorder(found: _Detected, structure: Structure, options: AttentionConfig) -> _Recorder:
     sinks = sorted(set(options.sinks)) if options.sinks is not None else found.sinks
     bad = [s for s in sinks if not 0 <= s < found.positions]
     if bad:
-        raise MassactError(f"--tokens {bad}: out of range; the sequence has positions 0..{found.positions - 1}")
+        raise MassactError(f"`sinks` holds {bad}, out of range; the sequence has positions 0..{found.positions - 1}")
     heatmap_block = options.block
     if heatmap_block is None:
         first = found.first_block
@@ -290,6 +295,7 @@ def analyze_sequence(
     return analyze_sequences(model, structure, input_ids, options)[0]
 
 
+@result_kind(KIND, "attention.json", view=attention_charts)
 @dataclass
 class AttentionResult:
     """Measures over one or more sequences, with what is needed for the table, JSON and figures."""
@@ -419,7 +425,7 @@ def _analyze(
     check_capturable(model)
     check_block(options.block, structure)
     for block in options.keep_maps:
-        check_block(block, structure, "keep block")
+        check_block(block, structure, "keep_maps")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     check_memory(model, 1, input_ids.shape[1], options.logits, options.max_memory)

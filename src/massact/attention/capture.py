@@ -189,6 +189,6 @@ def check_memory(model: nn.Module, batch: int, tokens: int, logits: bool = False
         raise MassactError(
             f"{tokens} tokens need about {need / gib:.2f} GiB for one block's full attention map "
             f"({batch} x {heads} heads x {tokens}^2 x 4 bytes x {copies} working copies), "
-            f"but only {have / gib:.2f} GiB is available on {device}; shorten the prompt or lower --seq-len"
+            f"but only {have / gib:.2f} GiB is available on {device}; shorten the prompt or lower `seq_len`"
         )
     return need

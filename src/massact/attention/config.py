@@ -26,12 +26,12 @@ class AttentionConfig:
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
-            raise MassactError(f"--threshold {self.threshold}: the sink threshold is a probability in (0, 1)")
+            raise MassactError(f"`threshold={self.threshold}`: the sink threshold is a probability in (0, 1)")
         if self.block is not None and self.block < 0:
-            raise MassactError(f"--block {self.block}: give a block index (0 or more)")
+            raise MassactError(f"`block={self.block}`: give a block index (0 or more)")
         if self.display_tokens < 2:
-            raise MassactError(f"--display-tokens {self.display_tokens}: show at least 2 tokens")
+            raise MassactError(f"`display_tokens={self.display_tokens}`: show at least 2 tokens")
         if self.sinks is not None and any(s < 0 for s in self.sinks):
-            raise MassactError(f"--tokens {list(self.sinks)}: positions are 0 or more")
+            raise MassactError(f"`sinks={list(self.sinks)}`: positions are 0 or more")
         if not isinstance(self.thresholds, Thresholds):
             raise MassactError("thresholds must be a massact.detect.Thresholds")

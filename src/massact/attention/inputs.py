@@ -43,7 +43,7 @@ def corpus_input(
 
     `texts` are the corpus's documents when already read (`load_texts(corpus)`), else they are read here.
     """
-    check_context("--seq-len", seq_len, loaded.context_length)
+    check_context("seq_len", seq_len, loaded.context_length)
     tokenizer = loaded.tokenizer
     texts = load_texts(corpus) if texts is None else texts
     ids = token_windows(tokenizer, texts, samples, seq_len, seed, add_special_tokens=add_special_tokens)

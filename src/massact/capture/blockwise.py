@@ -190,6 +190,7 @@ def run_blockwise(
                     parts.append(head)
                 values.update(offload.read(parts))
                 resident = offload.place(values)
+                del values  # the model holds them now: freeing `resident` must free them
                 if index + 1 < count and double:
                     future = offload.prefetch([blocks[index + 1]])
                 handle = blocks[index].register_forward_hook(lambda m, a, out: captured.__setitem__("out", out))

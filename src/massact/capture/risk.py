@@ -2,7 +2,7 @@
 
 For each block output (one tensor per sequence, valid tokens only) the massive entries are those the
 criterion flags (|x| > abs and |x| >= ratio x the tensor's median |x|). Two symmetric per-tensor int8
-round trips (scale = max|x| / 127) are measured:
+round trips (scale = max|x| / 127, `massact.fakequant.round_trip`) are measured:
 
 - *with*: the whole tensor, massive entries included, so they set the scale;
 - *without*: the massive entries kept aside in high precision (as LLM.int8() does with outliers) and
@@ -25,19 +25,10 @@ from massact.capture.forward import run_forward
 from massact.capture.hooks import HookFn, HookSet, output_tensor
 from massact.capture.stats import median_magnitude
 from massact.detect import Thresholds
+from massact.fakequant import round_trip
 from massact.models.structure import Structure
 
-INT8_MAX = 127
-
-
-def int8_round_trip(x: torch.Tensor, scale_from: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric per-tensor int8 quantize-dequantize of `x`, scale = max|scale_from| / 127."""
-    reference = x if scale_from is None else scale_from
-    peak = float(reference.abs().max()) if reference.numel() else 0.0
-    if peak == 0 or not math.isfinite(peak):
-        return x.clone()
-    scale = peak / INT8_MAX
-    return torch.clamp(torch.round(x / scale), -INT8_MAX, INT8_MAX) * scale
+INT8_BITS = 8
 
 
 @dataclass
@@ -68,8 +59,8 @@ class BlockRisk:
         median = median_magnitude(mags.cpu() if mags.device.type != "cpu" else mags)
         massive = (mags > thresholds.abs) & (mags >= thresholds.cutoff(median))
         ordinary = x[~massive]
-        with_massive = int8_round_trip(x)[~massive]
-        without = int8_round_trip(ordinary)
+        with_massive = round_trip(x, INT8_BITS)[~massive]
+        without = round_trip(ordinary, INT8_BITS)
         nonzero = ordinary != 0
         self.sequences += 1
         self.entries += x.numel()

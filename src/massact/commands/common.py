@@ -125,7 +125,7 @@ class ModelOptions:
         if self.max_memory is not None:
             from massact.models.memory import parse_size
 
-            parse_size(self.max_memory, "--max-memory")
+            parse_size(self.max_memory)  # the CLI names it --max-memory
         if self.dtype == "auto" and self.device is None:
             return  # nothing to check, and no reason to import torch
         from massact.models.loading import check_device, check_dtype
@@ -225,7 +225,7 @@ class Result(Protocol):
 
     def show(self, console: Console) -> None: ...
 
-    def write(self, out: Path) -> None: ...
+    def write(self, out: Path) -> None: ...  # every file of the run, report.html included
 
 
 def emit_result(result: Result, out: Path | None, as_json: bool) -> None:
@@ -235,11 +235,8 @@ def emit_result(result: Result, out: Path | None, as_json: bool) -> None:
     else:
         result.show(stdout_console())
     if out is not None:
-        from massact.html import write_report_html
-
         with staged_output(out) as staging:
-            result.write(staging)
-            write_report_html(staging, result)
+            result.write(staging)  # its files and report.html (`massact.html.registry.result_kind`)
             names = sorted(p.name for p in staging.iterdir())
         if not as_json:
             console.print(f"wrote {out}/: {', '.join(names)}", markup=False, soft_wrap=True)

@@ -69,8 +69,8 @@ def intervene_command(
         modes=tuple(parse_modes(modes)),
         sites=SiteSpec(
             thresholds=detection.thresholds(),
-            dims=parse_ints(dims, "--dims"),
-            tokens=parse_ints(tokens, "--tokens"),
+            dims=parse_ints(dims, "dims"),
+            tokens=parse_ints(tokens, "tokens"),
         ),
         means=read_means(means) if means is not None else None,
         means_samples=means_samples,

@@ -54,7 +54,7 @@ def fix_reg_mean_command(
 
     config = FixRegMeanConfig(k=k, batch_size=batch_size, samples=samples, blocks_path=opts.blocks)
     mean_set = find_images(images)
-    eval_set = find_images(eval_images, "--eval") if eval_images is not None else mean_set
+    eval_set = find_images(eval_images, "eval_images") if eval_images is not None else mean_set
     result = run_fix_reg_mean(opts.load(model), (mean_set, eval_set), config)
     emit_result(result, out, as_json)
 

@@ -10,15 +10,15 @@ from massact.validate import at_least
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """`--shard i/n` as (i, n): this run scans part i of n (0 <= i < n) of the drawn windows."""
+    """`shard` text "i/n" as (i, n): this run scans part i of n (0 <= i < n) of the drawn windows."""
     if text is None:
         return None
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise MassactError(f"--shard {text!r}: give i/n, e.g. --shard 0/2 for the first of two halves") from None
+        raise MassactError(f"`shard={text!r}`: give i/n, e.g. 0/2 for the first of two halves") from None
     if count < 1 or not 0 <= index < count:
-        raise MassactError(f"--shard {text}: needs 0 <= i < n, e.g. --shard 0/2 and --shard 1/2")
+        raise MassactError(f"`shard={text!r}`: needs 0 <= i < n, e.g. 0/2 and 1/2")
     return index, count
 
 
@@ -38,16 +38,11 @@ class CorpusConfig:
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
 
     def __post_init__(self) -> None:
-        for flag, value in (
-            ("--samples", self.samples),
-            ("--seq-len", self.seq_len),
-            ("--batch-size", self.batch_size),
-            ("--top-k", self.top_k),
-        ):
-            at_least(flag, value)
+        for name in ("samples", "seq_len", "batch_size", "top_k"):
+            at_least(name, getattr(self, name))
         if self.shard is not None:
             index, count = self.shard
             if count < 1 or not 0 <= index < count:
-                raise MassactError(f"--shard {index}/{count}: needs 0 <= i < n")
+                raise MassactError(f"`shard={self.shard}`: needs 0 <= i < n")
             if count > self.samples:
-                raise MassactError(f"--shard {index}/{count}: more parts than --samples {self.samples}; use fewer")
+                raise MassactError(f"`shard={self.shard}`: more parts than `samples={self.samples}`; use fewer")

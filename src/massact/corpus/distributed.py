@@ -35,14 +35,14 @@ def process_state(device: str | None):
 def launch_device(device: str | None, device_map: str | None, shard_of: tuple[int, int] | None = None) -> str | None:
     """The device this process loads the model on: its own under a data-parallel launch, else `device`.
 
-    Checked before the model loads: a launch does not combine with --device-map or --shard.
+    Checked before the model loads: a launch does not combine with `device_map` or `shard_of`.
     """
     if not launched_distributed():
         return device
     if device_map is not None:
-        raise MassactError("--device-map does not combine with a data-parallel launch; drop one of them")
+        raise MassactError("`device_map` does not combine with a data-parallel launch; drop one of them")
     if shard_of is not None:
-        raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
+        raise MassactError("`shard_of` splits a run by hand; a data-parallel launch splits it already: drop one")
     state = process_state(device)
     if state.num_processes > 1:
         device = "cpu" if state.device.type == "cpu" else str(state.device)  # 'cpu:0' would pick bf16

@@ -9,9 +9,11 @@ from rich.console import Console
 
 from massact.corpus.report import corpus_json, terminal_summary, write_corpus_outputs
 from massact.corpus.summary import CorpusSummary
+from massact.html.registry import result_kind
 from massact.precision import Precision
 
 
+@result_kind("corpus", "corpus.json")
 @dataclass
 class CorpusResult:
     """The corpus-wide statistics of `summary`; `write` puts corpus.json, means.json, summary.*, report.md

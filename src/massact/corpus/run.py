@@ -29,8 +29,8 @@ MIN_TOP_K = 3
 
 
 def check_seq_len(loaded: LoadedModel, seq_len: int) -> None:
-    at_least("--seq-len", seq_len)
-    check_context("--seq-len", seq_len, loaded.context_length)
+    at_least("seq_len", seq_len)
+    check_context("seq_len", seq_len, loaded.context_length)
 
 
 def corpus_scan(
@@ -54,8 +54,8 @@ def corpus_scan(
     `prefix_tokens` names what every window starts with (the tokenizer's BOS), for the record.
     """
     if windows.dim() != 2 or windows.shape[0] == 0:
-        raise MassactError("no sequences to scan; give --samples of at least 1")
-    at_least("--batch-size", batch_size)
+        raise MassactError(f"no sequences to scan: `windows` must be [N >= 1, L] token ids, got {tuple(windows.shape)}")
+    at_least("batch_size", batch_size)
     thresholds = thresholds or Thresholds()
     window_ids = list(range(windows.shape[0])) if window_ids is None else list(window_ids)
     structure = structure or find_structure(loaded.model, blocks_path)
@@ -130,7 +130,7 @@ def run(
             summary = corpus_scan(loaded, windows, window_ids, progress=config.progress, **kwargs)
         return CorpusResult(summary, precision=Precision.from_peaks(peaks), execution=loaded.execution())
     if config.shard is not None:
-        raise MassactError("--shard splits a run by hand; a data-parallel launch splits it already: drop one")
+        raise MassactError("`shard` splits a run by hand; a data-parallel launch splits it already: drop one")
     share = shard(count, state.process_index, state.num_processes)
     part = None
     if len(share):

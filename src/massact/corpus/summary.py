@@ -383,16 +383,16 @@ class CorpusSummary:
         """Read a run folder written by `save` (or its summary.json); the path must exist and hold one."""
         path = Path(path).expanduser()
         if not path.exists():
-            raise MassactError(f"{path}: no such file or folder; give the --out folder of a corpus scan")
+            raise MassactError(f"{path}: no such file or folder; give the folder a corpus scan was written to")
         if path.is_dir():
             folder = path
         elif path.name == SUMMARY_JSON:
             folder = path.parent
         else:
-            raise MassactError(f"{path}: not a corpus scan folder; give the --out folder of a corpus scan")
+            raise MassactError(f"{path}: not a corpus scan folder; give the folder a corpus scan was written to")
         if not (folder / SUMMARY_JSON).is_file() or not (folder / SUMMARY_ARRAYS).is_file():
             raise MassactError(
-                f"{path}: holds no {SUMMARY_JSON} and {SUMMARY_ARRAYS}; give the --out folder of a corpus scan"
+                f"{path}: holds no {SUMMARY_JSON} and {SUMMARY_ARRAYS}; give the folder a corpus scan was written to"
             )
         try:
             state = json.loads((folder / SUMMARY_JSON).read_text(encoding="utf-8"))
@@ -400,7 +400,7 @@ class CorpusSummary:
         except (OSError, ValueError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise MassactError(
-                f"{path}: cannot read its summary ({reason}); give the --out folder of a corpus scan"
+                f"{path}: cannot read its summary ({reason}); give the folder a corpus scan was written to"
             ) from None
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise MassactError(f"{path}: {SUMMARY_JSON} is not a massact corpus summary")

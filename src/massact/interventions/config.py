@@ -9,41 +9,43 @@ from massact.errors import MassactError
 from massact.interventions.means import SiteMeans
 from massact.interventions.sites import SiteSpec
 from massact.tasks import TaskConfig
-from massact.validate import at_least
+from massact.validate import at_least, given
 
 
 def parse_modes(text: str) -> list[str]:
-    """`--modes original,zero` as a list of modes (each once)."""
+    """`modes` text "original,zero" as a list of modes (each once)."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        raise MassactError(f"--modes {text!r}: unknown mode {', '.join(unknown) or '(none)'}; use {','.join(MODES)}")
+        raise MassactError(
+            f"{given('modes', text)}: unknown mode {', '.join(unknown) or '(none)'}; use {','.join(MODES)}"
+        )
     return list(dict.fromkeys(modes))
 
 
-def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
-    """`--dims 3,7` as a tuple of integers (None when not given)."""
+def parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    """Text "3,7" given as parameter `name` as a tuple of integers (None when not given)."""
     if text is None:
         return None
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise MassactError(f"{option} {text!r}: give comma-separated integers, e.g. {option} 0,3") from None
+        raise MassactError(f"{given(name, text)}: give comma-separated integers, e.g. '0,3'") from None
     if not values:
-        raise MassactError(f"{option} {text!r}: give at least one integer")
+        raise MassactError(f"{given(name, text)}: give at least one integer")
     return values
 
 
 def parse_block(spec: str) -> tuple[int, bool]:
-    """`--block L` or `L-` as (L, onward); the range is checked against the model later."""
+    """`block` "L" or "L-" as (L, onward); the range is checked against the model later."""
     text = spec.strip()
     onward = text.endswith("-")
     try:
         start = int(text[:-1] if onward else text)
     except ValueError:
-        raise MassactError(f"--block {spec!r}: give a block index L, or L- for blocks L to the last") from None
+        raise MassactError(f"{given('block', spec)}: give a block index L, or L- for blocks L to the last") from None
     if start < 0:
-        raise MassactError(f"--block {spec}: block indices start at 0")
+        raise MassactError(f"{given('block', spec)}: block indices start at 0")
     return start, onward
 
 
@@ -54,12 +56,12 @@ def resolve_blocks(spec: str | None, num_blocks: int, default: int | None) -> li
         if default is None:
             raise MassactError(
                 "no massive activations found on the surveyed windows, so there is no default block; "
-                "give --block L (and --dims/--tokens), or lower --ratio-threshold"
+                "give `block` (and `sites.dims`/`sites.tokens`), or lower `thresholds.ratio`"
             )
         return [default]
     start, onward = parse_block(spec)
     if not 0 <= start < num_blocks:
-        raise MassactError(f"--block {spec} is out of range; the model has blocks 0..{num_blocks - 1}")
+        raise MassactError(f"{given('block', spec)} is out of range; the model has blocks 0..{num_blocks - 1}")
     return list(range(start, num_blocks)) if onward else [start]
 
 
@@ -86,18 +88,12 @@ class InterventionConfig:
     def __post_init__(self) -> None:
         corpora = tuple(dict.fromkeys(c.strip() for c in self.corpora if c and c.strip()))
         if not corpora:
-            raise MassactError("--corpus is empty; give a corpus name or path, e.g. --corpus shakespeare")
+            raise MassactError("`corpora` is empty; give a corpus name or path, e.g. `corpora=('shakespeare',)`")
         object.__setattr__(self, "corpora", corpora)
         modes = tuple(parse_modes(",".join(self.modes)))
         object.__setattr__(self, "modes", modes)
-        for flag, value, least in (
-            ("--samples", self.samples, 1),
-            ("--seq-len", self.seq_len, 2),
-            ("--means-samples", self.means_samples, 1),
-            ("--batch-size", self.batch_size, 1),
-            ("--seeds", self.seeds, 1),
-        ):
-            at_least(flag, value, least)
+        for name, least in (("samples", 1), ("seq_len", 2), ("means_samples", 1), ("batch_size", 1), ("seeds", 1)):
+            at_least(name, getattr(self, name), least)
         if self.block is not None:
             parse_block(self.block)
         self.sites.check(None, self.seq_len)

@@ -182,8 +182,8 @@ def intervene(
     blocks = [blocks] if isinstance(blocks, int) else list(blocks)
     for block in blocks:
         if not 0 <= block < len(structure):
-            raise MassactError(f"--block {block} is out of range; the model has blocks 0..{len(structure) - 1}")
+            raise MassactError(f"block {block} is out of range; the model has blocks 0..{len(structure) - 1}")
     if mode == "mean" and means is None:
-        raise MassactError("mode 'mean' needs means: give --means FILE or --means-samples N")
+        raise MassactError("mode 'mean' needs `means` (`read_means(path)` reads a corpus scan's)")
     with Intervention(model, structure, blocks, mode, sites, means, kinds, seed) as intervention:
         yield intervention

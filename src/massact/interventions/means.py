@@ -14,6 +14,7 @@ import torch
 from massact.errors import MassactError
 from massact.interventions.phrasing import blocks_span
 from massact.tokens import KINDS
+from massact.validate import given
 
 MEANS_JSON = "means.json"
 _SITE_KEYS = ("block", "dim", "token_kind", "mean")
@@ -54,12 +55,12 @@ class SiteMeans:
         if self.hidden_size != hidden_size:
             raise MassactError(
                 f"{where} is for hidden size {self.hidden_size} but the model has {hidden_size}; "
-                "give the means file of this model, or --means-samples N to compute them"
+                "give the means file of this model, or `means_samples` to compute them"
             )
         if self.num_blocks != num_blocks:
             raise MassactError(
                 f"{where} is for {self.num_blocks} blocks but the model has {num_blocks}; "
-                "give the means file of this model, or --means-samples N to compute them"
+                "give the means file of this model, or `means_samples` to compute them"
             )
         for block, dim, _ in self.entries:
             if not 0 <= dim < hidden_size or not 0 <= block < num_blocks:
@@ -71,7 +72,7 @@ class SiteMeans:
             have = sorted(self.blocks())
             raise MassactError(
                 f"{where} holds no means for block(s) {blocks_span(blocks)} (it has {blocks_span(have) or 'none'}); "
-                "choose a --block it covers, or use --means-samples N"
+                "choose a `block` it covers, or use `means_samples`"
             )
 
     def overlap(self, source: str, windows: Sequence[int]) -> int:
@@ -100,11 +101,13 @@ def read_means(path: str | Path) -> SiteMeans:
     path = Path(path).expanduser()
     if path.is_dir():
         if not (path / MEANS_JSON).is_file():
-            raise MassactError(f"--means {path}: a directory without {MEANS_JSON}; give a corpus scan's --out folder")
+            raise MassactError(
+                f"`means={str(path)!r}`: a directory without {MEANS_JSON}; give the folder a corpus scan was written to"
+            )
         path = path / MEANS_JSON
-    where = f"--means {path}"
+    where = given("means", str(path))
     if not path.is_file():
-        raise MassactError(f"{where}: no such file; give the means.json of a corpus scan, or use --means-samples N")
+        raise MassactError(f"{where}: no such file; give the means.json of a corpus scan, or use `means_samples`")
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

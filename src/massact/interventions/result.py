@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from massact.format import fmt_ppl, md_code, md_escape
+from massact.html.registry import result_kind
 from massact.interventions.config import InterventionConfig
 from massact.interventions.means import MEANS_JSON, SiteMeans
 from massact.interventions.phrasing import blocks_phrase, blocks_span
@@ -27,6 +28,7 @@ INTERVENE_JSON = "intervene.json"
 REPORT_MD = "report.md"
 
 
+@result_kind(KIND, INTERVENE_JSON)
 @dataclass
 class InterventionResult:
     """Perplexity of every (corpus, mode), the block map of the survey, and what a reader must know."""

@@ -40,9 +40,9 @@ from massact.validate import check_context
 SURVEY_SAMPLES = 8
 AFTER_ZERO_SAMPLES = 4
 TASKS_BLOCKWISE_REFUSAL = (
-    "--tasks runs the model through lm-evaluation-harness, which needs every block for every batch, so it does not "
-    "run block by block (the model does not fit the memory budget, or --offload blocks was given): drop --tasks, "
-    "or use a device that holds the model (--offload none, --max-memory, --device cuda)"
+    "`tasks` runs the model through lm-evaluation-harness, which needs every block for every batch, so it does not "
+    "run block by block (the model does not fit the memory budget, or `offload='blocks'` was given): drop `tasks`, "
+    "or use a device that holds the model (`offload='none'`, `max_memory`, `device='cuda'`)"
 )
 
 # per corpus: its documents, or windows [N, L] already cut (the first `samples` are evaluated)
@@ -98,12 +98,12 @@ def check(loaded: LoadedModel, config: InterventionConfig, structure: Structure)
     config.sites.check(hidden_size, config.seq_len)
     if config.means is not None and hidden_size is not None:
         config.means.check(hidden_size, num_blocks, range(num_blocks))
-    check_context("--seq-len", config.seq_len, loaded.context_length)
+    check_context("seq_len", config.seq_len, loaded.context_length)
     prefix = window_prefix(loaded.tokenizer, config.add_special_tokens)
     if config.seq_len <= max(1, len(prefix)):
         raise MassactError(
-            f"--seq-len {config.seq_len}: windows start with {len(prefix)} special token(s), so perplexity needs "
-            f"at least {max(1, len(prefix)) + 1}; raise --seq-len or pass --no-special-tokens"
+            f"`seq_len={config.seq_len}`: windows start with {len(prefix)} special token(s), so perplexity needs "
+            f"at least {max(1, len(prefix)) + 1}; raise `seq_len` or pass `add_special_tokens=False`"
         )
 
 
@@ -274,7 +274,7 @@ def run(
 def _run_seeds(loaded: LoadedModel, inputs: Inputs, config: InterventionConfig) -> InterventionResult:
     """The whole run on windows drawn with each seed; the first seed's result, with the spread of every row."""
     if isinstance(inputs, Mapping) and any(isinstance(v, torch.Tensor) for v in inputs.values()):
-        raise MassactError("--seeds draws new windows: give corpora or their documents, not windows already cut")
+        raise MassactError("`seeds` > 1 draws new windows: give corpora or their documents, not windows already cut")
     seeds = list(range(config.seed, config.seed + config.seeds))
     results = []
     for number, seed in enumerate(seeds, 1):

@@ -68,13 +68,13 @@ class SiteSpec:
         if hidden_size is not None:
             for dim in self.dims or ():
                 if not 0 <= dim < hidden_size:
-                    raise MassactError(f"--dims {dim} is out of range; the model has dims 0..{hidden_size - 1}")
+                    raise MassactError(f"`dims={dim}` is out of range; the model has dims 0..{hidden_size - 1}")
         for token in self.tokens or ():
             if token < 0:
-                raise MassactError(f"--tokens {token}: token positions start at 0")
+                raise MassactError(f"`tokens={token}`: token positions start at 0")
             if seq_len is not None and token >= seq_len:
                 raise MassactError(
-                    f"--tokens {token} is out of range; windows of --seq-len {seq_len} have positions 0..{seq_len - 1}"
+                    f"`tokens={token}` is out of range; windows of `seq_len={seq_len}` have positions 0..{seq_len - 1}"
                 )
 
     def to_json(self) -> dict:

@@ -89,8 +89,8 @@ def load_model(
     if isinstance(source, nn.Module):
         if offload == "blocks":
             raise MassactError(
-                "offload='blocks' reads a model from its checkpoint; a model object already in memory runs in "
-                "memory: give its folder or hub id instead, or use offload='none'"
+                "`offload='blocks'` reads a model from its checkpoint; a model object already in memory runs in "
+                "memory: give its folder or hub id instead, or use `offload='none'`"
             )
         return LoadedModel(model=source.eval(), tokenizer=tokenizer, name=type(source).__name__)
     check_dtype(dtype)
@@ -117,7 +117,7 @@ def load_model(
             path = converted
         elif (loader := find_loader(path)) is not None:  # a format registered by a package (massact train)
             if offload == "blocks":
-                raise MassactError(f"{source}: a {loader.name} folder runs in memory; use offload='none'")
+                raise MassactError(f"{source}: a {loader.name} folder runs in memory; use `offload='none'`")
             try:
                 return loader.load(path, tokenizer=tokenizer, dtype=torch_dtype, device=device, name=name)
             except MassactError:
@@ -190,10 +190,10 @@ OFFLOADS = ("none", "blocks", "auto")
 def check_offload(offload: str, device_map: str | dict | None = None) -> None:
     """Refuse an unknown offload, or block execution together with a device map."""
     if offload not in OFFLOADS:
-        raise MassactError(f"offload {offload!r}: give one of none, blocks, auto")
+        raise MassactError(f"`offload={offload!r}`: give one of none, blocks, auto")
     if offload == "blocks" and device_map is not None:
         raise MassactError(
-            "offload='blocks' and a device map both place the weights; give one of them (a device map spreads "
+            "`offload='blocks'` and `device_map` both place the weights; give one of them (a device map spreads "
             "the model over devices, blocks read it one block at a time)"
         )
 
@@ -215,7 +215,7 @@ def _runs_blockwise(
     if not _is_text_model(config):
         if offload == "blocks":
             raise MassactError(
-                f"offload='blocks' runs text models; {config.model_type} has a vision part: use offload='none' "
+                f"`offload='blocks'` runs text models; {config.model_type} has a vision part: use `offload='none'` "
                 "or a device map"
             )
         return False

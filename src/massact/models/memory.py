@@ -6,6 +6,8 @@ available, at least 1 GiB (other processes, the allocator's slack, the tokenizer
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from torch import nn
 
 from massact.errors import MassactError
 from massact.models.dims import model_dims
+from massact.validate import given
 
 GIB = 2**30
 MIN_MARGIN = GIB
@@ -30,10 +33,10 @@ def parse_size(text: str | int, what: str = "max_memory") -> int:
     else:
         match = _SIZE.match(str(text))
         if match is None:
-            raise MassactError(f"{what} {text!r}: not a size; give bytes or a size such as 20GB, 1.5GiB or 800MB")
+            raise MassactError(f"{given(what, text)}: not a size; give bytes or a size such as 20GB, 1.5GiB or 800MB")
         value = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
     if value <= 0:
-        raise MassactError(f"{what} {text!r}: must be more than 0 bytes")
+        raise MassactError(f"{given(what, text)}: must be more than 0 bytes")
     return value
 
 
@@ -71,6 +74,27 @@ def peak_resident_memory() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+@functools.cache
+def _libc_trim():
+    """glibc's `malloc_trim`, or None (another C library, another system)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc).
+
+    Freed tensors smaller than glibc's mmap threshold stay in the allocator's heaps, spread between live
+    ones; over the blocks of a model read one at a time that grows the resident memory by tens of MB per block.
+    """
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def tensor_bytes(tensors: object) -> int:

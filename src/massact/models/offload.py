@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from massact.models.checkpoint import Checkpoint
-from massact.models.memory import module_bytes
+from massact.models.memory import module_bytes, return_freed_memory
 from massact.models.structure import Structure, find_structure
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
@@ -185,6 +185,7 @@ class BlockOffload:
                 owner._buffers[name] = held
         resident.swapped.clear()
         resident.nbytes = 0
+        return_freed_memory()
 
     @contextmanager
     def materialized(self, modules: Iterable[nn.Module]) -> Iterator[None]:

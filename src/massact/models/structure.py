@@ -177,12 +177,12 @@ def find_structure(model: nn.Module, blocks_path: str | None = None) -> Structur
             blocks_module = model.get_submodule(blocks_path)
         except AttributeError:
             raise MassactError(
-                f"--blocks {blocks_path!r}: no such module in {type(model).__name__}; "
+                f"`blocks_path={blocks_path!r}`: no such module in {type(model).__name__}; "
                 "give the dotted path of the list of blocks (e.g. model.layers)"
             ) from None
         if not isinstance(blocks_module, (nn.ModuleList, nn.Sequential)) or len(blocks_module) == 0:
             raise MassactError(
-                f"--blocks {blocks_path!r} is a {type(blocks_module).__name__}, not a list of blocks; "
+                f"`blocks_path={blocks_path!r}` is a {type(blocks_module).__name__}, not a list of blocks; "
                 "give the path of an nn.ModuleList of blocks"
             )
         candidates = [(blocks_path, blocks_module)]
@@ -191,7 +191,7 @@ def find_structure(model: nn.Module, blocks_path: str | None = None) -> Structur
         if not candidates:
             raise MassactError(
                 f"could not find the residual blocks of {type(model).__name__}: no list of identical blocks; "
-                "pass --blocks PATH (the dotted path of its nn.ModuleList of blocks, e.g. model.layers)"
+                "give `blocks_path`, the dotted path of its nn.ModuleList of blocks (e.g. model.layers)"
             )
         candidates.sort(key=lambda item: _param_count(item[1]), reverse=True)
     path, blocks_module = candidates[0]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from massact.quant.schemes import parse_scheme
 from massact.quant.strategies import BEST, parts
+from massact.residual.suggest import command, line
 
 if TYPE_CHECKING:
     from massact.quant.result import QuantResult
@@ -65,8 +66,6 @@ def window_options(result: QuantResult) -> str:
 
 def rewrite_advice(result: QuantResult) -> str:
     """One paragraph: the rewrite to try and why, and what its check measures; or why no rewrite is suggested."""
-    from massact.rewrite.suggest import command, line
-
     won = winners(result)
     if not won:
         return line([], "no scheme here quantizes Linear weights or inputs with a finite result, and a rotation or "

@@ -1,4 +1,5 @@
-"""What the strategies learn from held-out calibration windows, in one pass (the same pass `export` makes).
+"""What the strategies learn from held-out calibration windows, in one pass (`corpus.measure`, the pass `export`
+makes).
 
 - per-input-channel maxima |x| of every Linear (the numbers `massact export --format act-scales` writes),
   from which `smooth` derives its scales;
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from massact.corpus.measure import WindowMeasure, measure_windows
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
-from massact.quant.export import ExportResult, measure_exports
 
 MAJORITY = 0.5  # a position or token id is an outlier token when it carries massive activations this often
 SUPER_RATIO = 10.0  # a traced entry is a super weight when |w| is at least this many times its matrix's median |w|
@@ -74,17 +75,17 @@ class Calibration:
         return float(keep.float().mean())
 
 
-def outlier_rule(export: ExportResult) -> tuple[int, float, list[int], list[str]]:
+def outlier_rule(measure: WindowMeasure) -> tuple[int, float, list[int], list[str]]:
     """(leading positions, first-position rate, token ids, texts) that carry massive activations mostly."""
-    samples = export.windows[0]
-    first = sum(c.at_first for c in export.token_counts.values())
+    samples = measure.windows[0]
+    first = sum(c.at_first for c in measure.token_counts.values())
     rate = first / samples if samples else 0.0
     ids = []
-    for token_id, count in sorted(export.token_counts.items()):
-        elsewhere = export.occurrences[token_id] - count.at_first  # upper bound on non-first occurrences
+    for token_id, count in sorted(measure.token_counts.items()):
+        elsewhere = measure.occurrences[token_id] - count.at_first  # upper bound on non-first occurrences
         if count.count - count.at_first > MAJORITY * max(elsewhere, 1):
             ids.append(token_id)
-    return int(rate > MAJORITY), rate, ids, [export.texts[i] for i in ids]
+    return int(rate > MAJORITY), rate, ids, [measure.texts[i] for i in ids]
 
 
 def calibration_text(loaded: LoadedModel, window: torch.Tensor) -> str:
@@ -117,10 +118,10 @@ def calibrate(
     progress: bool = True,
 ) -> Calibration:
     """One capture pass over the calibration `windows` [M, L]; `super_weights` are carried along."""
-    export = measure_exports(
+    measure = measure_windows(
         loaded,
         windows,
-        corpus="calibration",
+        source="calibration",
         batch_size=batch_size,
         thresholds=thresholds,
         act_scales=True,
@@ -128,15 +129,15 @@ def calibrate(
         progress=progress,
         description="calibrating",
     )
-    positions, rate, ids, texts = outlier_rule(export)
+    positions, rate, ids, texts = outlier_rule(measure)
     return Calibration(
         windows=list(windows.shape),
-        act_maxima=export.act_scales,
+        act_maxima=measure.act_scales,
         first_positions=positions,
         first_rate=rate,
         token_ids=ids,
         token_texts=texts,
         super_weights=list(super_weights or []),
-        massive_blocks=sorted({s["block"] for s in export.sites()["sites"] if s["dim"] not in export.features}),
-        features=export.features,
+        massive_blocks=sorted({s["block"] for s in measure.sites() if s["dim"] not in measure.features}),
+        features=measure.features,
     )

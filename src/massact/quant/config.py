@@ -10,7 +10,7 @@ from massact.errors import MassactError
 from massact.quant.schemes import parse_scheme
 from massact.quant.strategies import BEST, parse_strategy, parts
 from massact.tasks import TaskConfig
-from massact.validate import at_least
+from massact.validate import at_least, given
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,22 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if not self.schemes:
-            raise MassactError("give at least one scheme, e.g. --schemes W8A8")
+            raise MassactError("`schemes` is empty: give at least one scheme, such as W8A8")
         if not self.strategies:
-            raise MassactError("give at least one strategy, e.g. --strategies none")
+            raise MassactError("`strategies` is empty: give at least one strategy, such as none")
         object.__setattr__(self, "schemes", tuple(dict.fromkeys(parse_scheme(s).name for s in self.schemes)))
         object.__setattr__(self, "strategies", tuple(dict.fromkeys(parse_strategy(s) for s in self.strategies)))
         if self.sensitivity is not None:
             object.__setattr__(self, "sensitivity", parse_scheme(self.sensitivity).name)
         if not 0.0 <= self.alpha <= 1.0:
-            raise MassactError(f"--alpha {self.alpha}: must be between 0 and 1 (SmoothQuant uses 0.5)")
-        for flag, value in (
-            ("--batch-size", self.batch_size),
-            ("--sensitivity-samples", self.sensitivity_samples),
-            ("--best-samples", self.best_samples),
-            ("--super-weights", self.super_weights),
+            raise MassactError(f"{given('alpha', self.alpha)}: must be between 0 and 1 (SmoothQuant uses 0.5)")
+        for name, value in (
+            ("batch_size", self.batch_size),
+            ("sensitivity_samples", self.sensitivity_samples),
+            ("best_samples", self.best_samples),
+            ("super_weights", self.super_weights),
         ):
-            at_least(flag, value)
+            at_least(name, value)
 
     @property
     def needs_super_weights(self) -> bool:

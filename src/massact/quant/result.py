@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.format import fmt_ppl, md_code, md_escape, show_token
+from massact.html.registry import result_kind
+from massact.html.views.quant import quant_charts
 from massact.outputs import write_json
 from massact.precision import Precision
 from massact.quant.calibrate import Calibration
@@ -54,6 +56,7 @@ def _change(ratio: float) -> str:
     return f"{ratio - 1:+.1%}" if math.isfinite(ratio) else "n/a"
 
 
+@result_kind(KIND, "quant.json", view=lambda data, result=None: quant_charts(data))
 @dataclass
 class QuantResult(OnWindows):
     """Baseline and simulated-quantization perplexities, the chosen strategies and the per-block sensitivity."""

@@ -11,6 +11,7 @@ import torch
 from massact.capture.peaks import BlockPeaks
 from massact.data.corpus import load_windows, prefix_tokens
 from massact.errors import MassactError
+from massact.fakequant import qmax
 from massact.format import fmt_ppl
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
@@ -20,10 +21,11 @@ from massact.progress import say, steps
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate, calibration_text, super_weights_from_trace
 from massact.quant.config import QuantConfig
 from massact.quant.result import QuantResult
-from massact.quant.schemes import Scheme, parse_scheme, qmax
+from massact.quant.schemes import Scheme, parse_scheme
 from massact.quant.seeds import summarize
 from massact.quant.simulate import quant_context, unquantized_weights
 from massact.quant.strategies import BEST, candidates, parts
+from massact.residual.support import REWRITES, refusals
 from massact.tasks import evaluate as evaluate_tasks
 from massact.validate import at_least, check_context
 
@@ -44,7 +46,8 @@ class QuantInputs:
         if self.windows.dim() != 2 or self.windows.shape[0] < 1 or self.windows.shape[1] < 2:
             raise MassactError(f"quantization needs windows [N >= 1, L >= 2], got {tuple(self.windows.shape)}")
         if self.calibration.dim() != 2 or self.calibration.shape[0] < 1:
-            raise MassactError("give at least one calibration window (--calib-samples 1 or more)")
+            shape = tuple(self.calibration.shape)
+            raise MassactError(f"`calibration` must hold at least one window [M >= 1, L], got {shape}")
 
     @property
     def prefix_len(self) -> int:
@@ -63,9 +66,9 @@ class QuantInputs:
 
 def check_counts(samples: int, seq_len: int, calib_samples: int, seeds: int = 1) -> None:
     """Refuse window counts `load_inputs` cannot draw; cheap, so a command checks them before the model loads."""
-    counts = (("--samples", samples, 1), ("--seq-len", seq_len, 2), ("--calib-samples", calib_samples, 1))
-    for flag, value, least in (*counts, ("--seeds", seeds, 1)):
-        at_least(flag, value, least)
+    counts = (("samples", samples, 1), ("seq_len", seq_len, 2), ("calib_samples", calib_samples, 1))
+    for name, value, least in (*counts, ("seeds", seeds, 1)):
+        at_least(name, value, least)
 
 
 def load_inputs(
@@ -75,7 +78,7 @@ def load_inputs(
     `calib_samples` further windows of the same draw, never evaluated, for calibration; with `seeds` > 1,
     the same drawn again with seeds `seed + 1, ...` in `draws`."""
     check_counts(samples, seq_len, calib_samples, seeds)
-    check_context("--seq-len", seq_len, loaded.context_length)
+    check_context("seq_len", seq_len, loaded.context_length)
     prefix = prefix_tokens(loaded.tokenizer)
     inputs = []
     for draw in range(seed, seed + seeds):
@@ -182,8 +185,8 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
     config = config or QuantConfig()
     if config.tasks is not None and loaded.offload is not None:
         raise MassactError(
-            "--tasks is not available under block execution (--offload blocks): the task harness runs the whole "
-            "model for each request; run with --offload none, or leave --tasks out"
+            "`tasks` is not available under block execution (`offload='blocks'`): the task harness runs the whole "
+            "model for each request; load the model with `offload='none'`, or leave `tasks` out"
         )
     schemes = [parse_scheme(s) for s in config.schemes]
     structure = find_structure(loaded.model, config.blocks_path)
@@ -230,13 +233,11 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
 
 
 def _rewrites(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig, rows: list[dict]) -> dict | None:
-    """Which rewrites `massact rewrite` accepts for this model (`rewrite.support.refusals`), when a rotation or
+    """Which rewrites `massact rewrite` accepts for this model (`residual.support.refusals`), when a rotation or
     smoothing was measured, so the report suggests only one the rewrite takes; None when none was measured."""
     measured = {p for r in rows for p in parts(r.get("chosen") or r["strategy"])}
     if not measured & {"rotate", "smooth"}:
         return None
-    from massact.rewrite.support import REWRITES, refusals  # the rewrite builds on this package
-
     try:
         return refusals(loaded, inputs.calibration[:1], config.blocks_path)
     except Exception as exc:  # a model the rewrite cannot map: no rewrite is suggested, with the reason

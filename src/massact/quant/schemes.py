@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from massact.errors import MassactError
+from massact.fakequant import fake_quantize, qmax
 from massact.validate import at_least
 
 GRANULARITIES = ("tensor", "static", "token")
@@ -30,11 +31,6 @@ SCALE_LABELS = {"tensor": "dynamic per-tensor", "static": "static per-tensor", "
 DEFAULT_GROUP = 128  # input channels per weight scale for 4-bit (and lower) weights unless given
 _NAME = re.compile(r"^(?:W(\d+)(?:G(\d+))?)?(?:A(\d+)(?:-(TENSOR|STATIC|TOKEN))?)?(?:-?KV(\d+))?$")
 EXAMPLES = "W8, W4g128, W8A8, W8A8-static, W8A8-token, W4A8, W4A4, KV8, KV4, W4A8-KV4"
-
-
-def qmax(bits: int) -> int:
-    """Largest code of a symmetric signed `bits`-bit integer."""
-    return 2 ** (bits - 1) - 1
 
 
 def _check_bits(bits: int | None, what: str) -> None:
@@ -119,19 +115,6 @@ def parse_scheme(text: str) -> Scheme:
         granularity=(gran or "tensor").lower(),
         kv_bits=int(kv) if kv else None,
     )
-
-
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, bits: int, clamp: bool = True) -> torch.Tensor:
-    """clamp(round(x / scale), -Q, Q) * scale, computed in x's dtype; a zero scale leaves zeros at zero.
-
-    `clamp=False` skips the clamp where the scale comes from x's own maximum (nothing can exceed Q).
-    """
-    limit = qmax(bits)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # as small as the scale: cheap
-    quantized = (x / safe).round_()
-    if clamp:
-        quantized.clamp_(-limit, limit)
-    return quantized.mul_(safe)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int, group: int | None = None) -> torch.Tensor:

@@ -27,7 +27,8 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
 from massact.quant.calibrate import Calibration
 from massact.quant.schemes import Scheme, quantize_activation, quantize_heads, quantize_weight
-from massact.quant.strategies import parts, rotation, smooth_scales
+from massact.quant.strategies import parts, smooth_scales
+from massact.rotations import rotation
 
 KEY_NAMES = ("k_proj", "key", "k", "wk", "key_proj")
 VALUE_NAMES = ("v_proj", "value", "v", "wv", "value_proj")
@@ -285,7 +286,7 @@ def build_plans(
     chosen = parts(strategy)
     needs = chosen & {"smooth", "keep-super-weights", "outlier-tokens"}
     if needs and calibration is None:
-        raise MassactError(f"strategy {strategy!r} needs calibration windows; give --calib-samples of at least 1")
+        raise MassactError(f"strategy {strategy!r} needs calibration windows, and `calibration` is None")
     if not scheme.quantizes_linears:
         return []
     plans = []
@@ -303,7 +304,7 @@ def build_plans(
         if "rotate" in chosen:
             size = plan.rows(module.weight).shape[1]
             if size not in rotations:
-                rotations[size] = rotation(size, seed)
+                rotations[size] = rotation(size, seed)[0]
             plan.rotate = rotations[size].to(device, module.weight.dtype)
         if static_scales is not None and name in static_scales:
             plan.static_scale = static_scales[name].to(device, module.weight.dtype)

@@ -6,9 +6,10 @@
   left out of the per-tensor scales;
 - `smooth`: SmoothQuant's per-input-channel scales `s = max|x|^alpha / max|W|^(1 - alpha)`, applied
   exactly (`x / s` on the input, `W * s` on the weight columns);
-- `rotate`: an orthogonal rotation of each Linear's input (`x H`, weight `W H`): a randomized Hadamard
-  matrix (random signs times a Sylvester Hadamard) where the size is a power of two, otherwise a seeded
-  random orthogonal matrix;
+- `rotate`: an orthogonal rotation of each Linear's input (`x H`, weight `W H`) by the matrix
+  `massact rewrite --rotate` folds into the residual stream (`massact.rotations`): a randomized Hadamard
+  matrix where a Hadamard order of the width is built (576, 768, 1,536, every power of two, ...), otherwise
+  a seeded random orthogonal matrix;
 - `keep-super-weights`: the weight entries `massact trace` ranks as writers of the massive activations
   stay in full precision (and out of their row's or group's scale).
 
@@ -17,8 +18,6 @@ scheme on the calibration windows and keeps the one with the lowest perplexity t
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 
@@ -77,21 +76,3 @@ def smooth_scales(act_max: torch.Tensor, weight_rows: torch.Tensor, alpha: float
     scales = a_max.pow(alpha) / w_max.pow(1 - alpha)
     scales = torch.where(act_max.to(w_max.device) > 0, scales, torch.ones_like(scales))
     return scales.clamp(min=1e-5)
-
-
-def _sylvester(size: int) -> torch.Tensor:
-    matrix = torch.ones(1, 1, dtype=torch.float64)
-    while matrix.shape[0] < size:
-        matrix = torch.cat([torch.cat([matrix, matrix], 1), torch.cat([matrix, -matrix], 1)], 0)
-    return matrix
-
-
-def rotation(size: int, seed: int = 0) -> torch.Tensor:
-    """An orthogonal [size, size] float64 matrix: randomized Hadamard for powers of two, else random orthogonal."""
-    generator = torch.Generator().manual_seed(seed + size)
-    if size & (size - 1) == 0:
-        signs = torch.randint(0, 2, (size,), generator=generator).double() * 2 - 1
-        return signs[:, None] * _sylvester(size) / math.sqrt(size)
-    gaussian = torch.randn(size, size, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)
-    return q * torch.sign(torch.diagonal(r))[None, :]

@@ -1,4 +1,5 @@
-"""Mean and spread of a number measured on windows drawn with several seeds (`--seeds N`)."""
+"""Mean and spread of a number measured several times: on windows drawn with several seeds (`--seeds N`), or
+over the seeds of trained variants (`massact experiment`)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,21 @@ import statistics
 from collections.abc import Callable
 
 
-def spread(values: list[float]) -> dict:
-    """Values over seeds with their mean, sample standard deviation, min and max (NaN when any is not finite)."""
+def moments(values: list[float]) -> dict:
+    """Mean, sample standard deviation (0 for one value), min and max of `values` (NaN when any is not finite)."""
     finite = all(math.isfinite(v) for v in values)
     nan = math.nan
     return {
-        "values": values,
         "mean": statistics.fmean(values) if finite else nan,
         "std": (statistics.stdev(values) if len(values) > 1 else 0.0) if finite else nan,
         "min": min(values) if finite else nan,
         "max": max(values) if finite else nan,
     }
+
+
+def spread(values: list[float]) -> dict:
+    """Values over seeds with their `moments`: mean, sample standard deviation, min and max."""
+    return {"values": values, **moments(values)}
 
 
 def fmt_spread(values: dict, fmt: Callable[[float], str]) -> str:

@@ -16,17 +16,22 @@ from typing import TYPE_CHECKING
 from massact.rewrite.config import RewriteConfig, parse_rescale
 
 if TYPE_CHECKING:
-    from massact.rewrite.layout import Layout, find_layout
+    from massact.residual.layout import Layout, find_layout
     from massact.rewrite.result import RewriteResult
     from massact.rewrite.run import run
 
-_LAZY = {"Layout": "layout", "find_layout": "layout", "RewriteResult": "result", "run": "run"}
+_LAZY = {
+    "Layout": "massact.residual.layout",
+    "find_layout": "massact.residual.layout",
+    "RewriteResult": "massact.rewrite.result",
+    "run": "massact.rewrite.run",
+}
 __all__ = ["Layout", "RewriteConfig", "RewriteResult", "find_layout", "parse_rescale", "run"]
 
 
 def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'massact.rewrite' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"massact.rewrite.{_LAZY[name]}"), name)
+    value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value  # importing the module `run` bound that name to the module: the function wins
     return value

@@ -6,29 +6,29 @@ import math
 from dataclasses import dataclass
 
 from massact.errors import MassactError
-from massact.validate import at_least
+from massact.residual import CHECK_QUANT_BLOCKS as CHECK_QUANT_BLOCKS  # read here by the command's checks
+from massact.validate import at_least, given
 
 FP16_MAX = 65504.0
 FP8_E4M3_MAX = 448.0
 QUANT_SCHEMES = ("w8a8",)
-CHECK_QUANT_BLOCKS = (
-    "--check-quant is not available under block execution (--offload blocks): it quantizes whole copies of the "
-    "model in memory; run it with --offload none, or leave --check-quant out"
-)
 
 
-def parse_rescale(text: str | None) -> str | float | None:
-    """`auto`, a positive factor, or None (`none` / empty)."""
-    if text is None or text.strip().lower() in ("", "none"):
+def parse_rescale(text: str | float | None) -> str | float | None:
+    """`auto`, a positive factor (given as a number or as text), or None (`none` / empty)."""
+    if isinstance(text, str):
+        if text.strip().lower() in ("", "none"):
+            return None
+        if text.strip().lower() == "auto":
+            return "auto"
+    if text is None:
         return None
-    if text.strip().lower() == "auto":
-        return "auto"
     try:
         value = float(text)
-    except ValueError:
-        raise MassactError(f"--rescale {text!r}: give auto or a positive factor such as 0.25") from None
+    except (TypeError, ValueError):
+        raise MassactError(f"{given('rescale', text)}: give 'auto' or a positive factor such as 0.25") from None
     if not math.isfinite(value) or value <= 0:
-        raise MassactError(f"--rescale {text}: the factor must be a positive number such as 0.25")
+        raise MassactError(f"{given('rescale', text)}: the factor must be a positive number such as 0.25")
     return value
 
 
@@ -48,26 +48,28 @@ class RewriteConfig:
     progress: bool = True  # progress lines on a terminal
 
     def __post_init__(self) -> None:
-        if isinstance(self.rescale, str) and self.rescale != "auto":
+        if self.rescale is not None and self.rescale != "auto":
             object.__setattr__(self, "rescale", parse_rescale(self.rescale))
         if self.rescale is None and self.smooth is None and not self.rotate:
-            raise MassactError("give a rewrite: --rescale auto|FACTOR, --smooth ALPHA and/or --rotate")
+            raise MassactError(
+                "give a rewrite: `rescale` ('auto' or a factor), `smooth` (an alpha) and/or `rotate=True`"
+            )
         if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
-            raise MassactError(f"--smooth {self.smooth}: alpha must be between 0 and 1 (SmoothQuant uses 0.5)")
+            raise MassactError(f"{given('smooth', self.smooth)}: alpha must be between 0 and 1 (SmoothQuant uses 0.5)")
         if self.smooth is not None and self.rotate:
             raise MassactError(
-                "--smooth and --rotate together are not supported: the rotation mixes the smoothed channels"
+                "`smooth` and `rotate=True` together are not supported: the rotation mixes the smoothed channels"
             )
         if not 0.0 < self.headroom <= 1.0:
-            raise MassactError(f"--headroom {self.headroom}: a fraction of the float16 maximum in (0, 1]")
+            raise MassactError(f"{given('headroom', self.headroom)}: a fraction of the float16 maximum in (0, 1]")
         if self.check_quant is not None:
             name = self.check_quant.strip().lower()
             if name not in QUANT_SCHEMES:
-                raise MassactError(f"--check-quant {self.check_quant!r}: use {', '.join(QUANT_SCHEMES)}")
+                raise MassactError(f"{given('check_quant', self.check_quant)}: use {', '.join(QUANT_SCHEMES)}")
             object.__setattr__(self, "check_quant", name)
-        at_least("--batch-size", self.batch_size)
+        at_least("batch_size", self.batch_size)
         if not self.tolerance > 0:
-            raise MassactError(f"tolerance {self.tolerance}: must be positive")
+            raise MassactError(f"{given('tolerance', self.tolerance)}: must be positive")
 
     @property
     def names(self) -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from massact.errors import MassactError
 from massact.outputs import read_marker
+from massact.validate import given
 
 MODEL_FILES = (
     "config.json",
@@ -26,5 +27,6 @@ def check_model_folder(out: Path) -> None:
     foreign = [name for name in MODEL_FILES if (out / name).exists() and name not in ours]
     if foreign:
         raise MassactError(
-            f"--out {out}: holds another model ({foreign[0]}); give an empty folder or one an earlier rewrite wrote"
+            f"{given('out', str(out))}: holds another model ({foreign[0]}); give an empty folder or one an earlier "
+            "rewrite wrote"
         )

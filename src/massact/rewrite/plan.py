@@ -20,15 +20,11 @@ import torch
 from torch import nn
 
 from massact.models.edits import edited_parameters
-from massact.rewrite.layout import Layout, Site
+from massact.residual.layout import Layout, Site
+from massact.residual.support import text_config
 
 Edit = Callable[[torch.Tensor], torch.Tensor]
 ConfigEdit = Callable[[object], None]
-
-
-def text_config(config: object) -> object:
-    """The text part of a config (the config itself for a text-only model)."""
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def on_part(index: tuple, edit: Edit) -> Edit:

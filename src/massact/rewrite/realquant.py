@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from massact.capture.forward import walk_windows
 from massact.errors import MassactError, install_hint
 from massact.models.loading import LoadedModel
 from massact.perplexity import evaluate_perplexity
@@ -36,7 +37,7 @@ def _quanto():
     try:
         import optimum.quanto as quanto
     except ImportError:
-        raise MassactError(f"--check-quant needs optimum-quanto: run `{install_hint('quant')}`") from None
+        raise MassactError(f"`check_quant` needs optimum-quanto: run `{install_hint('quant')}`") from None
     return quanto
 
 
@@ -51,8 +52,7 @@ def quantize_in_place(
     quanto.quantize(model, weights=getattr(quanto, weights), activations=acts, exclude=[head] if head else None)
     if acts is not None:
         with torch.inference_mode(), quanto.Calibration():
-            for start in range(0, calibration.shape[0], batch_size):
-                model(input_ids=calibration[start : start + batch_size].to(next(model.parameters()).device))
+            walk_windows(model, calibration, batch_size, description="calibration", progress=False)
     quanto.freeze(model)
     return model
 

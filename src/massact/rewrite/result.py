@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.format import fmt_activation, fmt_ppl, md_code, md_escape
+from massact.html.registry import result_kind
 from massact.outputs import write_json
 from massact.quant.result import OnWindows
 from massact.report.tables import print_table
@@ -27,6 +28,7 @@ def _over(values: list[float], limit: float) -> int:
     return sum(1 for v in values if v > limit)
 
 
+@result_kind(KIND, "rewrite.json")
 @dataclass
 class RewriteResult(OnWindows):
     """What was rewritten, and the checks before and after, with the rewritten model's files."""
@@ -189,7 +191,7 @@ class RewriteResult(OnWindows):
         kinds = {step["kind"] for step in self.steps}
         w8a8 = self.quant["schemes"].get("W8A8") or {}
         if "rescale" in kinds and "smooth" not in kinds and not w8a8.get("rewrite_helps", True):
-            from massact.rewrite.suggest import SMOOTH_ALPHA, command
+            from massact.residual.suggest import SMOOTH_ALPHA, command
 
             how = (
                 f"`{command(self.argument, f'--smooth {SMOOTH_ALPHA:g} --check-quant w8a8')}`" if self.argument else ""

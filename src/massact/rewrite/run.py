@@ -17,16 +17,16 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.progress import say
 from massact.quant import QuantInputs
+from massact.residual.layout import Layout, check_known, find_layout
+from massact.residual.support import PROBE_TOKENS
 from massact.rewrite import transform
-from massact.rewrite.config import CHECK_QUANT_BLOCKS, FP16_MAX, RewriteConfig
-from massact.rewrite.hadamard import rotation
-from massact.rewrite.layout import Layout, check_known, find_layout
+from massact.rewrite.config import FP16_MAX, RewriteConfig
 from massact.rewrite.measure import ModulePeaks
 from massact.rewrite.plan import Plan
 from massact.rewrite.result import RewriteResult
 from massact.rewrite.save import save
-from massact.rewrite.support import PROBE_TOKENS
 from massact.rewrite.verify import logits_change, measure_model
+from massact.rotations import rotation
 
 
 def _module(path: str) -> str:
@@ -79,12 +79,15 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: RewriteConfig) -> Rewr
     model = loaded.model
     blockwise = loaded.offload is not None
     if loaded.dtype != torch.float32:
-        raise MassactError("rewrite the float32 model: load it with --dtype float32")
+        raise MassactError("rewrite the float32 model: load it with `dtype='float32'`")
     if loaded.tokenizer is None:
         raise MassactError("the model has no tokenizer to save beside the rewritten weights")
     if config.check_quant is not None:  # before any work: the library and its int4 kernel are there
         if blockwise:
-            raise MassactError(CHECK_QUANT_BLOCKS)
+            raise MassactError(
+                "`check_quant` is not available under block execution (`offload='blocks'`): it quantizes whole "
+                "copies of the model in memory; load the model with `offload='none'`, or leave `check_quant` out"
+            )
         from massact.rewrite.realquant import cost, load_int4_kernel
 
         tell(cost(loaded, inputs))

@@ -12,10 +12,9 @@ import torch
 
 from massact.errors import MassactError
 from massact.models.offload import materialized
-from massact.rewrite.layout import Layout, Site, norm_eps
-from massact.rewrite.plan import Edit, Plan, text_config
-
-_EPS_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "norm_eps", "layernorm_epsilon")
+from massact.residual.layout import Layout, Site, norm_eps
+from massact.residual.support import eps_keys, rescale_refusal, rotate_refusal, text_config
+from massact.rewrite.plan import Edit, Plan
 
 
 def _norm_site(layout: Layout, path: str, name: str = "weight") -> Site | None:
@@ -87,42 +86,6 @@ def rotated(axis: int, matrix: torch.Tensor) -> Edit:
     return edit
 
 
-def _eps_keys(config: object) -> list[str]:
-    """The norm epsilons the model's (text) config names, which a rescale multiplies too."""
-    return [k for k in _EPS_KEYS if isinstance(getattr(config, k, None), float)]
-
-
-def rescale_refusal(layout: Layout, config: object, factor: float | None = None) -> str | None:
-    """Why `--rescale` cannot rewrite this model exactly, in one line; None when it can (`factor` None: any)."""
-    if layout.final_norm is None:
-        return "--rescale: no final norm before the LM head was found, so the logits would be rescaled too"
-    if not _eps_keys(text_config(config)) and factor != 1.0:
-        return "the model's config names no norm epsilon (rms_norm_eps, layer_norm_eps...), so it cannot be rescaled"
-    return None
-
-
-def rotate_refusal(layout: Layout) -> str | None:
-    """Why `--rotate` cannot rewrite this model exactly, in one line; None when it can."""
-    if layout.sandwich:
-        return "--rotate: the model has sandwich post-norms (Gemma 2/3); their gains do not commute with a rotation"
-    centred = [n for n in layout.norms if layout.centred[n]]
-    if centred:
-        return f"--rotate: {centred[0]} subtracts the mean (LayerNorm); only RMSNorm models rotate exactly"
-    if layout.final_norm is None or layout.head is None:
-        return "--rotate: no final norm before the LM head was found; the rotation would not be exact"
-    missing = next((sub.path for sub in layout.sublayers if sub.reader is None), None)
-    if missing is not None:
-        return f"--rotate: {missing} reads the residual stream through no norm"
-    return None
-
-
-def smooth_refusal(layout: Layout) -> str | None:
-    """Why `--smooth` would change nothing (no sub-layer reads the stream through a pre-norm); None when it can."""
-    if not any(sub.reader is not None and sub.readers for sub in layout.sublayers):
-        return "--smooth: no sub-layer reads the residual stream through a norm whose gain could take the scales"
-    return None
-
-
 def rescale(plan: Plan, layout: Layout, factor: float) -> list[str]:
     """Multiply the residual stream by `factor`; returns what was changed, in words.
 
@@ -153,7 +116,7 @@ def rescale(plan: Plan, layout: Layout, factor: float) -> list[str]:
         name, value = norm_eps(norm)
         plan.attributes.append((norm, name, value * factor * factor))
     config = text_config(plan.model.config)
-    keys = _eps_keys(config)
+    keys = eps_keys(config)
     values = {key: getattr(config, key) * factor * factor for key in keys}
     plan.config_edits.append(lambda config: [setattr(text_config(config), k, v) for k, v in values.items()])
     changed.append(f"norm epsilon x{factor * factor:g} ({', '.join(keys)})")

@@ -54,7 +54,8 @@ def half_precision(model: nn.Module) -> Iterator[None]:
     meta = next((name for _, name, buffer in buffers if buffer.is_meta), None)
     if meta is not None:
         raise MassactError(
-            f"the float16 check cannot convert the buffer {meta} of a model read block by block; use --offload none"
+            f"the float16 check cannot convert the buffer {meta} of a model read block by block; load it with "
+            "`offload='none'`"
         )
     try:
         for module, name, buffer in buffers:

@@ -21,8 +21,8 @@ class ScanConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.thresholds, Thresholds):
-            raise MassactError("thresholds must be a massact.detect.Thresholds")
+            raise MassactError("`thresholds` must be a massact.detect.Thresholds")
         if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
+            raise MassactError(f"`top_k={self.top_k}`: keep at least 1 activation per block")
         if self.keep is not None and (not isinstance(self.keep, int) or self.keep < 0):
-            raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
+            raise MassactError(f"`keep={self.keep}`: give a block index (0 or more)")

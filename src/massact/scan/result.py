@@ -11,6 +11,8 @@ from rich.console import Console
 
 from massact.capture.stats import BlockRecord
 from massact.detect import FEATURE, MASSIVE, Thresholds, dim_hits
+from massact.html.registry import result_kind
+from massact.html.views.scan import scan_charts
 from massact.models.structure import Structure
 from massact.precision import Precision
 from massact.scan import views
@@ -133,6 +135,7 @@ def summarize_massive(
     }
 
 
+@result_kind(KIND, "scan.json", view=scan_charts)
 @dataclass
 class ScanResult:
     """What `scan` found on one input."""

@@ -25,7 +25,7 @@ def run(loaded: LoadedModel, inputs: str | torch.Tensor | TextInput, config: Sca
     config = config or ScanConfig()
     structure = find_structure(loaded.model, config.blocks_path)
     if config.keep is not None and not 0 <= config.keep < len(structure):
-        raise MassactError(f"--keep {config.keep} is out of range; the model has blocks 0..{len(structure) - 1}")
+        raise MassactError(f"`keep={config.keep}` is out of range; the model has blocks 0..{len(structure) - 1}")
     if isinstance(inputs, str):
         text, prompt = tokenize_prompt(loaded, inputs, config.add_special_tokens), inputs
     elif isinstance(inputs, TextInput):

@@ -38,22 +38,22 @@ class StreamConfig:
         ):
             object.__setattr__(self, "policies", parse_policies(self.policies))
         if not self.policies:
-            raise MassactError(f"--policies is empty; {POLICY_HELP}")
-        at_least("--cache", self.cache, 2)
+            raise MassactError(f"`policies` is empty; {POLICY_HELP}")
+        at_least("cache", self.cache, 2)
         sinks = max((p.sinks for p in self.policies), default=0)
         if sinks >= self.cache:
             raise MassactError(
-                f"--cache {self.cache} is not larger than sinks:{sinks}; give a cache larger than the sink count"
+                f"`cache={self.cache}` is not larger than sinks:{sinks}; give a cache larger than the sink count"
             )
         if self.score_from is not None:
-            at_least("--score-from", self.score_from, 1, "token 0 has no prediction")
+            at_least("score_from", self.score_from, 1, "token 0 has no prediction")
         if self.positions not in POSITIONS:
-            raise MassactError(f"--positions {self.positions!r}: use original or cache")
+            raise MassactError(f"`positions={self.positions!r}`: use original or cache")
         if self.stride < 1 or self.stride > self.cache:
-            raise MassactError(f"--stride {self.stride}: must be between 1 and --cache {self.cache}")
+            raise MassactError(f"`stride={self.stride}`: must be between 1 and `cache={self.cache}`")
         at_least("max_detected", self.max_detected)
         if not isinstance(self.thresholds, Thresholds):
-            raise MassactError("thresholds must be a massact.detect.Thresholds")
+            raise MassactError("`thresholds` must be a massact.detect.Thresholds")
 
     def first_scored(self) -> int:
         return 2 * self.cache + 1 if self.score_from is None else self.score_from
@@ -61,4 +61,4 @@ class StreamConfig:
     def check_tokens(self, tokens: int) -> None:
         """Refuse a stream of `tokens` tokens in which nothing would be scored."""
         if self.first_scored() >= tokens:
-            raise MassactError(f"--score-from {self.first_scored()} leaves nothing to score in --tokens {tokens}")
+            raise MassactError(f"`score_from={self.first_scored()}` leaves nothing to score in `tokens={tokens}`")

@@ -55,7 +55,7 @@ def check_cache_support(model: nn.Module) -> None:
     if not takes(model, "past_key_values") and not takes(model, "cache"):
         raise MassactError(
             f"{type(model).__name__} takes no past_key_values (it keeps no KV cache), so only the recompute "
-            "policy can run on it; use --policies recompute"
+            "policy can run on it; use `policies='recompute'`"
         )
 
 
@@ -222,7 +222,7 @@ def recompute_policy(
     if positions == "original" and not takes(model, "position_ids"):
         raise MassactError(
             f"{type(model).__name__} takes no position_ids, so recompute cannot keep the original positions; "
-            "use --positions cache"
+            "use `positions='cache'`"
         )
     span = cache_size + 1
     targets = list(range(max(score_from, 1), tokens))

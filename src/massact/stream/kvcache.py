@@ -91,21 +91,21 @@ class Rotary:
         found = [(name, buf) for name, buf in model.named_buffers() if name.split(".")[-1] == "inv_freq"]
         if not found:
             raise MassactError(
-                "--positions cache: this model has no rotary position embedding (its positions are added to the "
-                "input), so cached keys cannot be moved to new positions; use --positions original"
+                "`positions='cache'`: this model has no rotary position embedding (its positions are added to the "
+                "input), so cached keys cannot be moved to new positions; use `positions='original'`"
             )
         first = found[0][1].detach().double().cpu()
         if any(buf.shape != first.shape or not torch.equal(buf.detach().double().cpu(), first) for _, buf in found):
             raise MassactError(
-                "--positions cache: this model's layers use different rotary frequencies, which cannot be "
-                "re-rotated with one rule; use --positions original"
+                "`positions='cache'`: this model's layers use different rotary frequencies, which cannot be "
+                "re-rotated with one rule; use `positions='original'`"
             )
         for module in model.modules():
             rope_type = str(getattr(module, "rope_type", "default"))
             if "dynamic" in rope_type or "longrope" in rope_type:
                 raise MassactError(
-                    f"--positions cache: rotary scaling {rope_type!r} changes the frequencies with the length, "
-                    "so cached keys cannot be re-rotated exactly; use --positions original"
+                    f"`positions='cache'`: rotary scaling {rope_type!r} changes the frequencies with the length, "
+                    "so cached keys cannot be re-rotated exactly; use `positions='original'`"
                 )
         return cls(first)
 
@@ -140,8 +140,8 @@ class Rotary:
         tolerance = 1e-4 if dtype in (torch.float32, torch.float64) else 8 * torch.finfo(dtype).eps
         if not worst <= tolerance:
             raise MassactError(
-                f"--positions cache: moving this model's cached keys by rotation does not reproduce keys computed "
-                f"at the new positions (relative error {worst:.2g}); use --positions original"
+                f"`positions='cache'`: moving this model's cached keys by rotation does not reproduce keys computed "
+                f"at the new positions (relative error {worst:.2g}); use `positions='original'`"
             )
         return worst
 

@@ -66,10 +66,10 @@ def parse_policies(specs: str | tuple[str, ...] | list[str]) -> tuple[Policy, ..
     """Policies from a comma-separated string or a list of names, in order, without repeats."""
     items = [s for s in (specs.split(",") if isinstance(specs, str) else specs) if s.strip()]
     if not items:
-        raise MassactError(f"--policies is empty; {POLICY_HELP}")
+        raise MassactError(f"`policies` is empty; {POLICY_HELP}")
     policies = [Policy.parse(s) for s in items]
     names = [p.name for p in policies]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise MassactError(f"--policies names {', '.join(repeated)} more than once; list each policy once")
+        raise MassactError(f"`policies` names {', '.join(repeated)} more than once; list each policy once")
     return tuple(policies)

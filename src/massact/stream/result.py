@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.format import md_code, md_escape
+from massact.html.registry import result_kind
 from massact.outputs import write_json
 from massact.precision import Precision
 from massact.stream.config import StreamConfig
@@ -50,6 +51,7 @@ def _perplexity(nll: torch.Tensor) -> float:
     return math.exp(mean) if mean < 709.0 else (math.inf if mean == mean else math.nan)
 
 
+@result_kind(KIND, "stream.json")
 @dataclass
 class StreamResult:
     model: str

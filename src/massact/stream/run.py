@@ -27,15 +27,15 @@ def cut_stream(tokenizer, text: str, offset: int = 0, tokens: int = 1200, source
     if tokenizer is None:
         raise MassactError("the model has no tokenizer, so it cannot read a text; give a model with a tokenizer")
     if offset < 0:
-        raise MassactError(f"--offset {offset}: must be 0 or more")
+        raise MassactError(f"`offset={offset}`: must be 0 or more")
     prefix = text_prefix(tokenizer)
-    at_least("--tokens", tokens, len(prefix) + 2)
+    at_least("tokens", tokens, len(prefix) + 2)
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     needed = tokens - len(prefix)
     if offset + needed > len(ids):
         raise MassactError(
-            f"--offset {offset} + {needed} text tokens runs past the end of the text ({len(ids)} tokens); "
-            "lower --offset or --tokens, or give a longer text"
+            f"`offset={offset}` + {needed} text tokens runs past the end of the text ({len(ids)} tokens); "
+            "lower `offset` or `tokens`, or give a longer text"
         )
     stream = torch.tensor(prefix + list(ids[offset : offset + needed]), dtype=torch.long)
     return TokenStream(
@@ -55,29 +55,29 @@ def check_context(loaded: LoadedModel, tokens: int, config: StreamConfig) -> Non
     bounded = [p for p in config.policies if p.kind != "full"]
     unbounded = config.positions == "original" or len(bounded) < len(config.policies)
     if unbounded:
-        fits_context("--tokens", tokens, context, "use --positions cache with bounded policies, or lower --tokens")
+        fits_context("tokens", tokens, context, "use `positions='cache'` with bounded policies, or lower `tokens`")
     if bounded and config.cache + 1 > context:
-        raise MassactError(f"--cache {config.cache} does not fit the model's context of {context} tokens; lower it")
+        raise MassactError(f"`cache={config.cache}` does not fit the model's context of {context} tokens; lower it")
 
 
 def document_text(corpus: str, document: int) -> tuple[str, str]:
     """Text number `document` of `corpus`, and its name `corpus[document]`."""
     texts = load_texts(corpus)
     if not 0 <= document < len(texts):
-        raise MassactError(f"--document {document}: the corpus holds texts 0..{len(texts) - 1}")
+        raise MassactError(f"`document={document}`: the corpus holds texts 0..{len(texts) - 1}")
     return texts[document], f"{corpus}[{document}]"
 
 
 def check_offset(text: str, offset: int, source: str) -> None:
     """Refuse an offset past the end of `text`, before any tokenizer is at hand."""
     if offset >= len(text.encode("utf-8")):  # a text of B bytes has fewer than B tokens
-        raise MassactError(f"--offset {offset} is past the end of {source}; lower --offset")
+        raise MassactError(f"`offset={offset}` is past the end of {source}; lower `offset`")
 
 
 BLOCKWISE_REFUSAL = (
     "stream decodes token by token and needs every block for every token, so it does not run block by block "
-    "(the model does not fit the memory budget, or --offload blocks was given): use a device that holds the "
-    "model (--device cuda, --max-memory), or --device-map auto to spread it over GPUs, CPU and disk"
+    "(the model does not fit the memory budget, or `offload='blocks'` was given): use a device that holds the "
+    "model (`device='cuda'`, `max_memory`), or `device_map='auto'` to spread it over GPUs, CPU and disk"
 )
 
 

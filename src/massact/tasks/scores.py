@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.format import fmt_number, md_escape
+from massact.html.registry import result_kind
 from massact.outputs import write_json
 from massact.report.tables import numeric_column, print_table
 
@@ -62,6 +63,7 @@ class TaskScore:
         return f"{percent(self.acc)} ({percent(self.acc_norm)})"
 
 
+@result_kind("tasks", "tasks.json")
 @dataclass(frozen=True)
 class TaskScores:
     """Scores of every evaluated task, with how they were obtained."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from massact.errors import MassactError, install_hint
+from massact.validate import given
 
 INSTALL_HINT = f"zero-shot tasks need lm-evaluation-harness: run `{install_hint('eval')}`"
 PAPER_TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande")
@@ -47,7 +48,7 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
     require_harness()
     items = list(dict.fromkeys(item.strip() for item in spec.split(",") if item.strip()))
     if not items:
-        raise MassactError(f"--tasks is empty; give task names such as {','.join(PAPER_TASKS[:2])} or a task directory")
+        raise MassactError(f"`tasks` is empty; give task names such as {','.join(PAPER_TASKS[:2])} or a task directory")
     entries: list[str] = []
     for item in items:
         path = Path(item).expanduser()
@@ -56,12 +57,12 @@ def parse_tasks(spec: str) -> tuple[str, ...]:
             entry = str(path.resolve())
             if not local_task_names(entry):
                 raise MassactError(
-                    f"--tasks {item}: no task found there; give a directory of lm-eval task YAML files "
+                    f"{given('tasks', item)}: no task found there; give a directory of lm-eval task YAML files "
                     "(each with `task:` or `group:`)"
                 )
             entries.append(entry)
         elif is_yaml or "/" in item or item.startswith((".", "~")):
-            raise MassactError(f"--tasks {item}: no such task directory or YAML file")
+            raise MassactError(f"{given('tasks', item)}: no such task directory or YAML file")
         else:
             entries.append(item)
     names = [e for e in entries if not is_path(e)]
@@ -95,13 +96,13 @@ class TaskConfig:
         if isinstance(self.tasks, str):
             raise MassactError("TaskConfig.tasks must be a tuple of task names or paths; use parse_tasks(spec)")
         if not self.tasks:
-            raise MassactError("no tasks given; name at least one task, e.g. --tasks arc_easy")
+            raise MassactError("no tasks given; name at least one task, e.g. `tasks=('arc_easy',)`")
         if self.limit is not None and self.limit < 1:
-            raise MassactError(f"--tasks-limit {self.limit}: give at least 1 item per task, or leave it out for all")
+            raise MassactError(f"`limit={self.limit}`: give at least 1 item per task, or leave it out for all")
         if self.batch_size < 1:
-            raise MassactError(f"--batch-size {self.batch_size}: give at least 1")
+            raise MassactError(f"`batch_size={self.batch_size}`: give at least 1")
         if self.num_fewshot < 0:
-            raise MassactError(f"--num-fewshot {self.num_fewshot}: give 0 or more examples")
+            raise MassactError(f"`num_fewshot={self.num_fewshot}`: give 0 or more examples")
 
     def run_names(self) -> tuple[str, ...]:
         """Harness names to evaluate: the names given, and every task of each given directory."""

@@ -224,6 +224,6 @@ def run_capture(
     capture = hooks.capture
     missing = [i for i in range(len(structure)) if i not in capture.block_out or i not in capture.block_in]
     if missing:
-        raise MassactError(f"blocks {missing[:5]} did not run or took no hidden state; check --blocks")
+        raise MassactError(f"blocks {missing[:5]} did not run or took no hidden state; check `blocks_path`")
     capture.to_cpu()
     return capture

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from massact.data.corpus import DEFAULT_CORPUS
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.validate import at_least
+from massact.validate import at_least, given
 
 
 @dataclass(frozen=True)
@@ -42,14 +42,14 @@ class TraceConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.thresholds, Thresholds):
-            raise MassactError("thresholds must be a massact.detect.Thresholds")
+            raise MassactError("`thresholds` must be a massact.detect.Thresholds")
         for name in ("token", "dim", "block"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise MassactError(f"--{name} {value}: must be 0 or more")
+                raise MassactError(f"{given(name, value)}: must be 0 or more")
         for name, least in (("max_sites", 1), ("top", 1), ("samples", 1), ("seq_len", 2), ("batch_size", 1)):
-            at_least(f"--{name.replace('_', '-')}", getattr(self, name), least)
+            at_least(name, getattr(self, name), least)
         if not 0 < self.share <= 1:
-            raise MassactError(f"--share {self.share}: must be in (0, 1], e.g. 0.9")
+            raise MassactError(f"`share={self.share}`: must be in (0, 1], e.g. 0.9")
         if not self.corpus:
-            raise MassactError("--corpus is empty; give a corpus name (e.g. shakespeare) or a text file")
+            raise MassactError("`corpus` is empty; give a corpus name (e.g. shakespeare) or a text file")

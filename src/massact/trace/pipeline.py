@@ -36,14 +36,14 @@ def _choose_sites(
     if token is None:
         hits = sorted((m for m in massive if m.dim == dim), key=lambda m: -abs(m.value))
         if not hits:
-            raise MassactError(f"--dim {dim} carries no massive activation on this prompt; give --token POSITION too")
+            raise MassactError(f"`dim={dim}` carries no massive activation on this prompt; give `token` too")
         token = hits[0].token
     return [(token, dim)]
 
 
 def _windows(loaded: LoadedModel, config: TraceConfig, texts: list[str] | None) -> tuple[torch.Tensor, dict]:
     """The corpus windows for perplexity and the risk table, each starting the way the tokenizer starts a text."""
-    check_context("--seq-len", config.seq_len, loaded.context_length)
+    check_context("seq_len", config.seq_len, loaded.context_length)
     texts = load_texts(config.corpus) if texts is None else texts
     tokenizer = loaded.tokenizer
     windows = token_windows(
@@ -62,11 +62,11 @@ def _windows(loaded: LoadedModel, config: TraceConfig, texts: list[str] | None) 
 
 def _check_site_options(config: TraceConfig, num_tokens: int, hidden_size: int, num_blocks: int) -> None:
     if config.token is not None and config.token >= num_tokens:
-        raise MassactError(f"--token {config.token} is out of range; the prompt has tokens 0..{num_tokens - 1}")
+        raise MassactError(f"`token={config.token}` is out of range; the prompt has tokens 0..{num_tokens - 1}")
     if config.dim is not None and config.dim >= hidden_size:
-        raise MassactError(f"--dim {config.dim} is out of range; the hidden size is {hidden_size}")
+        raise MassactError(f"`dim={config.dim}` is out of range; the hidden size is {hidden_size}")
     if config.block is not None and config.block >= num_blocks:
-        raise MassactError(f"--block {config.block} is out of range; the model has blocks 0..{num_blocks - 1}")
+        raise MassactError(f"`block={config.block}` is out of range; the model has blocks 0..{num_blocks - 1}")
 
 
 def _risk_table(loaded: LoadedModel, structure: Structure, windows: torch.Tensor, config: TraceConfig) -> list[dict]:

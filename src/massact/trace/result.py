@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from massact.detect import Thresholds
+from massact.html.registry import result_kind
 from massact.outputs import write_json
 from massact.precision import Precision
 from massact.trace.report import markdown_report, terminal_report
@@ -16,6 +17,7 @@ from massact.trace.writer import SiteTrace
 KIND = "trace"  # the `kind` field of the JSON: which result this is
 
 
+@result_kind(KIND, "trace.json")
 @dataclass
 class TraceResult:
     """The traced sites of one prompt, plus (when run) their verification by intervention."""

@@ -289,7 +289,7 @@ def trace_site(
     if block is None:
         block = jump_block(value_in, value_out, math.copysign(1.0, peak_value))
     elif not 0 <= block < n:
-        raise MassactError(f"--block {block} is out of range; the model has blocks 0..{n - 1}")
+        raise MassactError(f"`block={block}` is out of range; the model has blocks 0..{n - 1}")
     jump = value_out[block] - value_in[block]
     updates = {name: _added(capture, (block, name), row, dim) for name in SUBLAYERS}
     other = jump - sum(updates.values())

@@ -107,7 +107,7 @@ def load_checkpoint(checkpoint: Path, model: GPT2, optimizers: list, schedulers:
     if diffs:
         raise MassactError(
             f"{checkpoint} was trained with another config ({'; '.join(diffs[:3])}); "
-            "resume with the same preset and options, or choose another --out"
+            "resume with the same preset and options, or choose another `run_dir`"
         )
     load_model(model, str(checkpoint / "model.safetensors"), device=str(next(model.parameters()).device))
     saved = state.get("optimizers") or [{"param_groups": state["param_groups"], "scheduler": state["scheduler"]}]

@@ -22,7 +22,7 @@ from massact.train.gpt2 import ATTENTION_VARIANTS, check_variant
 from massact.train.presets import OPTIMIZERS, PRESETS, TrainConfig, get_preset
 from massact.train.report import ExperimentResult
 from massact.train.trainer import train
-from massact.validate import at_least
+from massact.validate import at_least, given
 
 BACKCOPY = "bigram-backcopy"
 DEFAULT_PRESETS = {BACKCOPY: "backcopy-cpu", "text": "cpu-small"}
@@ -74,17 +74,19 @@ class ExperimentConfig:
         if len(set(variants)) != len(variants):
             raise MassactError(f"a variant is listed twice: {', '.join(self.variants)}")
         object.__setattr__(self, "variants", variants)
-        at_least("--seeds", self.seeds)
+        at_least("seeds", self.seeds)
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise MassactError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if self.max_steps is not None:
-            at_least("--max-steps", self.max_steps)
+            at_least("max_steps", self.max_steps)
         if self.preset_name not in PRESETS:
             raise MassactError(f"unknown preset {self.preset_name!r}; use one of {', '.join(PRESETS)}")
         preset_task = PRESETS[self.preset_name].task
         if (preset_task == BACKCOPY) != self.is_backcopy:
             kind = "Bigram-Backcopy" if preset_task == BACKCOPY else "text"
-            raise MassactError(f"preset {self.preset_name!r} is a {kind} preset; it does not fit --task {self.task}")
+            raise MassactError(
+                f"preset {self.preset_name!r} is a {kind} preset; it does not fit {given('task', self.task)}"
+            )
 
     @property
     def is_backcopy(self) -> bool:

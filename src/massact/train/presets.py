@@ -54,7 +54,7 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval", "eval_batches", "monitor_interval"):
             at_least(name, getattr(self, name))
         if not 0 < self.val_fraction < 1:
-            raise MassactError(f"val_fraction must be between 0 and 1 (got {self.val_fraction})")
+            raise MassactError(f"`val_fraction={self.val_fraction}`: must be between 0 and 1")
 
     @property
     def tokens_per_step(self) -> int:

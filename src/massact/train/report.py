@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from massact.format import fmt_number
+from massact.html.registry import result_kind
 from massact.outputs import write_json
 from massact.report.figures import plot_curves
+from massact.report.spread import moments
 from massact.report.tables import numeric_column, print_table
 from massact.train.measures import summarize_blocks
 from massact.train.presets import TrainConfig
@@ -51,16 +53,6 @@ def run_row(variant: str, seed: int, run: TrainResult) -> dict:
     }
 
 
-def spread(values: list[float]) -> dict:
-    """Mean, standard deviation (0 for one seed), smallest and largest."""
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-    }
-
-
 def summarize_variants(rows: list[dict]) -> dict[str, dict]:
     """Per variant: every measure's spread over seeds, and default's mean / this variant's mean."""
     by_variant: dict[str, list[dict]] = {}
@@ -68,7 +60,7 @@ def summarize_variants(rows: list[dict]) -> dict[str, dict]:
         by_variant.setdefault(row["variant"], []).append(row)
     summary = {}
     for variant, runs in by_variant.items():
-        summary[variant] = {"seeds": len(runs), **{m: spread([r[m] for r in runs]) for m in MEASURES}}
+        summary[variant] = {"seeds": len(runs), **{m: moments([r[m] for r in runs]) for m in MEASURES}}
     if BASELINE in summary:
         base = summary[BASELINE]
         for entry in summary.values():
@@ -79,6 +71,7 @@ def summarize_variants(rows: list[dict]) -> dict[str, dict]:
     return summary
 
 
+@result_kind(KIND, "experiment.json")
 @dataclass
 class ExperimentResult:
     """Every variant x seed trained with the same task, preset and budget."""

@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 
 from massact.errors import MassactError
+from massact.html.registry import result_kind
 from massact.outputs import atomic_write_text, staged_output, write_json
 from massact.progress import bar as progress_bar
 from massact.progress import say
@@ -31,6 +32,7 @@ KIND = "train"  # the `kind` field of the JSON: which result this is
 RERUN = "rerun the same command with --resume to continue from it"  # `massact train gpt2` after Ctrl-C
 
 
+@result_kind(KIND, "summary.json")
 @dataclass
 class TrainResult:
     """What a finished (or resumed-and-finished) run produced."""
@@ -159,7 +161,7 @@ def train(
     existing = find_checkpoint(run_dir)
     if existing is not None and not resume:
         raise MassactError(
-            f"{run_dir} already holds a checkpoint; pass --resume to continue it or choose another --out"
+            f"{run_dir} already holds a checkpoint; pass `resume=True` to continue it or choose another `run_dir`"
         )
     cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
     bf16 = not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from massact.detect import Thresholds
 from massact.errors import MassactError
-from massact.validate import at_least
+from massact.validate import at_least, given
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,14 @@ class ImageScanConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise MassactError(f"--top-k {self.top_k}: keep at least 1 activation per block")
+            raise MassactError(f"`top_k={self.top_k}`: keep at least 1 activation per block")
         if not isinstance(self.batch_size, int):
-            raise MassactError(f"--batch-size {self.batch_size}: give a whole number")
-        at_least("--batch-size", self.batch_size)
+            raise MassactError(f"`batch_size={self.batch_size!r}`: give a whole number")
+        at_least("batch_size", self.batch_size)
         if self.num_images is not None:
-            at_least("--num-images", self.num_images)
+            at_least("num_images", self.num_images)
         if self.keep is not None and self.keep < 0:
-            raise MassactError(f"--keep {self.keep}: give a block index (0 or more)")
+            raise MassactError(f"`keep={self.keep}`: give a block index (0 or more)")
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class FixRegMeanConfig:
         for name in ("k", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int):
-                raise MassactError(f"--{name.replace('_', '-')} {value}: give a whole number")
-            at_least(f"--{name.replace('_', '-')}", value)
+                raise MassactError(f"{given(name, value)}: give a whole number")
+            at_least(name, value)
         if self.samples is not None:
-            at_least("--samples", self.samples)
+            at_least("samples", self.samples)

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from massact.capture.hooks import forward_hooks, output_tensor, replace_output_tensor
 from massact.errors import MassactError
+from massact.html.registry import result_kind
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
@@ -149,6 +150,7 @@ def model_label_ids(config, classes: list[str]) -> list[int] | None:
     return ids
 
 
+@result_kind(KIND, "fix_reg_mean.json")
 @dataclass
 class FixRegMeanResult:
     """The three settings compared on the eval images, and the register means used."""

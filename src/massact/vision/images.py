@@ -8,10 +8,11 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from massact.errors import MassactError, install_hint
+from massact.validate import given
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "retina", "horse")
-SAMPLES = "samples"  # --images samples: the photos bundled with scikit-image
+SAMPLES = "samples"  # images "samples": the photos bundled with scikit-image
 
 
 @dataclass
@@ -73,16 +74,18 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def find_images(source: str | Path, option: str = "--images") -> ImageSet:
+def find_images(source: str | Path, option: str = "images") -> ImageSet:
     """`source`: an image file, a folder of images, a folder of class folders, or 'samples'.
 
-    `option` is the option errors name (`--images`, `--eval`).
+    `option` is the parameter errors name (`images`, `eval_images`).
     """
     if str(source) == SAMPLES and not Path(source).exists():
         return ImageSet(sample_photo_paths())
     path = Path(source).expanduser()
     if not path.exists():
-        raise MassactError(f"{option} {source}: no such file or folder; give an image, a folder of images or 'samples'")
+        raise MassactError(
+            f"{given(option, str(source))}: no such file or folder; give an image, a folder of images or 'samples'"
+        )
     if path.is_file():
         return ImageSet([path])
     files = _image_files(path)
@@ -99,7 +102,9 @@ def find_images(source: str | Path, option: str = "--images") -> ImageSet:
             return ImageSet(paths, labels, classes)
     if not files:
         suffixes = ", ".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-        raise MassactError(f"{option} {source}: no image files ({suffixes}) in this folder or its class sub-folders")
+        raise MassactError(
+            f"{given(option, str(source))}: no image files ({suffixes}) in this folder or its class sub-folders"
+        )
     return ImageSet(files)
 
 

@@ -89,7 +89,7 @@ class VisionPipeline:
     def __init__(self, loaded: LoadedModel) -> None:
         if not is_vision_model(loaded):
             raise MassactError(
-                f"{loaded.name} is not a vision transformer (no patch embedding); --images needs a ViT, "
+                f"{loaded.name} is not a vision transformer (no patch embedding); `images` need a ViT, "
                 "CLIP, DINOv2 or timm ViT model"
             )
         self.loaded = loaded
@@ -161,7 +161,7 @@ class VisionPipeline:
         if num_cls < 0:
             raise MassactError(
                 f"{self.loaded.name}: {num_tokens} tokens do not fit a {grid[0]}x{grid[1]} patch grid with "
-                f"{registers} registers; pass --blocks to pick the ViT's own list of blocks"
+                f"{registers} registers; pass `blocks_path` to pick the ViT's own list of blocks"
             )
         return TokenLayout(num_cls=num_cls, num_registers=registers, grid=grid)
 
@@ -184,5 +184,5 @@ def refuse_prompt_for_vision(loaded: LoadedModel) -> None:
     if not is_vision_model(loaded):
         return
     if vision_module(loaded.model) is not loaded.model:
-        raise MassactError(f"{loaded.name} is an image-text model; scan its vision tower with --images PATH")
-    raise MassactError(f"{loaded.name} is a vision model and takes no text prompt; give it --images PATH")
+        raise MassactError(f"{loaded.name} is an image-text model; scan its vision tower with `images`")
+    raise MassactError(f"{loaded.name} is a vision model and takes no text prompt; give it `images`")

@@ -13,6 +13,8 @@ from rich.console import Console
 from massact.capture.hooks import forward_hooks, output_tensor
 from massact.capture.stats import BlockRecord, SequenceRecord, capture_block_stats
 from massact.errors import MassactError
+from massact.html.registry import result_kind
+from massact.html.views.scan import scan_charts
 from massact.models.loading import LoadedModel
 from massact.models.structure import Structure, find_structure
 from massact.progress import bar
@@ -39,6 +41,7 @@ def _records_topk(records: list[BlockRecord], rank: int) -> list[float]:
     ]
 
 
+@result_kind(IMAGE_KIND, "scan.json", view=scan_charts)
 @dataclass
 class ImageScan:
     """A scan over N images: the first image in the text `ScanResult` contract, plus every image's records."""
@@ -163,11 +166,11 @@ def run(loaded: LoadedModel, images: ImageSet, config: ImageScanConfig | None = 
     images = images.spread(config.num_images)
     thresholds, top_k, keep, batch_size = config.thresholds, config.top_k, config.keep, config.batch_size
     if len(images) == 0:
-        raise MassactError("no images to scan; give --images a file or a folder with images")
+        raise MassactError("no images to scan; give `images` from a file or a folder with images")
     pipeline = VisionPipeline(loaded)
     structure = find_structure(pipeline.module, config.blocks_path)
     if keep is not None and not 0 <= keep < len(structure):
-        raise MassactError(f"--keep {keep} is out of range; the model has blocks 0..{len(structure) - 1}")
+        raise MassactError(f"`keep={keep}` is out of range; the model has blocks 0..{len(structure) - 1}")
     records: list[SequenceRecord] = []
     norms: list[torch.Tensor] = []
     pixel_shape: tuple[int, ...] = ()

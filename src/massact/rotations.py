@@ -1,10 +1,12 @@
-"""Randomized Hadamard rotations for sizes beyond powers of two (576 = 12 x 12 x 4, 768, 2,304, ...).
+"""The one rotation builder: what quant's simulated `rotate` applies and what `massact rewrite --rotate` folds.
 
-A Hadamard matrix H (entries +-1, H H^T = n I) scaled by 1 / sqrt(n) maps a one-hot vector to one whose
-every entry is 1 / sqrt(n) of it: the flattest spread there is (a random orthogonal matrix leaves a
-largest entry of about sqrt(2 ln n / n)). Orders are built from Sylvester's doubling, Paley's
-construction (q + 1 for a prime q = 3 mod 4: 12, 20, 24, 44, 48, 60, ...) and Kronecker products;
-other sizes fall back to a seeded random orthogonal matrix.
+`rotation(size, seed)` is a randomized Hadamard matrix (random signs times a Hadamard matrix, scaled by
+1 / sqrt(n)) where a Hadamard order is built here, else a seeded random orthogonal matrix. A Hadamard matrix
+H (entries +-1, H H^T = n I) scaled by 1 / sqrt(n) maps a one-hot vector to one whose every entry is
+1 / sqrt(n) of it: the flattest spread there is (a random orthogonal matrix leaves a largest entry of about
+sqrt(2 ln n / n)). Orders are built from Sylvester's doubling, Paley's construction (q + 1 for a prime
+q = 3 mod 4: 12, 20, 24, 44, 48, 60, ...) and Kronecker products (576 = 12 x 12 x 4, 768, 2,304, ...);
+no order is 2 mod 4 beyond 2.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from functools import cache
 
 import torch
 
-from massact.quant.strategies import rotation as orthogonal
+HADAMARD = "randomized Hadamard"
+RANDOM = "seeded random orthogonal"
 
 
 def _prime(q: int) -> bool:
@@ -51,10 +54,13 @@ def hadamard(n: int) -> torch.Tensor | None:
 
 
 def rotation(size: int, seed: int = 0) -> tuple[torch.Tensor, str]:
-    """(orthogonal float64 [size, size] matrix, its kind): randomized Hadamard where one is built, else seeded."""
+    """(orthogonal float64 [size, size] matrix, its kind): randomized Hadamard where one is built, else a seeded
+    random orthogonal matrix. The same (size, seed) gives the same matrix every time."""
+    generator = torch.Generator().manual_seed(seed + size)
     matrix = hadamard(size)
     if matrix is None:
-        return orthogonal(size, seed), "seeded random orthogonal"
-    generator = torch.Generator().manual_seed(seed + size)
+        gaussian = torch.randn(size, size, generator=generator, dtype=torch.float64)
+        q, r = torch.linalg.qr(gaussian)
+        return q * torch.sign(torch.diagonal(r))[None, :], RANDOM
     signs = torch.randint(0, 2, (size,), generator=generator).double() * 2 - 1
-    return signs[:, None] * matrix / math.sqrt(size), "randomized Hadamard"
+    return signs[:, None] * matrix / math.sqrt(size), HADAMARD

@@ -17,7 +17,6 @@ float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,13 @@ import gguf
 import torch
 from torch import nn
 
-from massact.capture.hooks import HookSet
 from massact.errors import MassactError
 from massact.format import fmt_number, md_code
 from massact.models.structure import is_linear
+from massact.validate import given
 
-IMATRIX_FILE = "imatrix.gguf"
 GENERAL_TYPE = "imatrix"
+IMATRIX = given("formats", "imatrix")  # what a refusal names: the format the caller asked for
 
 
 def gguf_weight_names(model: nn.Module) -> dict[str, str]:
@@ -44,7 +43,7 @@ def gguf_weight_names(model: nn.Module) -> dict[str, str]:
     try:
         to_hf = get_gguf_hf_weights_map(model, TensorProcessor())
     except (NotImplementedError, AttributeError, KeyError, TypeError):
-        raise MassactError(f"--format imatrix: {why}; choose other formats") from None
+        raise MassactError(f"{IMATRIX}: {why}; choose other formats") from None
     to_gguf = {hf: name for name, hf in to_hf.items()}
     names = {}
     for module_name, module in model.named_modules():
@@ -52,7 +51,7 @@ def gguf_weight_names(model: nn.Module) -> dict[str, str]:
         if is_linear(module) and gguf_name.startswith("blk."):
             names[module_name] = gguf_name
     if not names:
-        raise MassactError(f"--format imatrix: {why} for any Linear inside its blocks; choose other formats")
+        raise MassactError(f"{IMATRIX}: {why} for any Linear inside its blocks; choose other formats")
     return names
 
 
@@ -66,6 +65,22 @@ class Imatrix:
     datasets: list[str]
     chunk_count: int  # windows
     chunk_size: int  # tokens per window
+
+    @classmethod
+    def from_sums(
+        cls, names: dict[str, str], sums: dict[str, tuple[torch.Tensor, int]], datasets: list[str], windows: list[int]
+    ) -> Imatrix:
+        """From the sums of x^2 per module (`ChannelSquares.sums`) and module name -> GGUF weight name (modules
+        that never ran are left out); `windows` is [chunk count, chunk size]."""
+        seen = [name for name in names if name in sums]
+        return cls(
+            sums2={names[n]: sums[n][0] for n in seen},
+            counts={names[n]: sums[n][1] for n in seen},
+            modules={names[n]: n for n in seen},
+            datasets=datasets,
+            chunk_count=windows[0],
+            chunk_size=windows[1],
+        )
 
     def mean_squares(self, name: str) -> torch.Tensor:
         """E[x_j^2] per input column: what `llama-quantize` reads (in_sum2 / counts)."""
@@ -100,8 +115,8 @@ class Imatrix:
         broken = [name for name in sorted(self.sums2) if not bool(torch.isfinite(self.sums2[name]).all())]
         if broken:
             raise MassactError(
-                f"--format imatrix: the inputs of {len(broken)} weights are not finite (first {broken[0]}): the "
-                "run's dtype overflowed; run in float32 or bfloat16 (--dtype)"
+                f"{IMATRIX}: the inputs of {len(broken)} weights are not finite (first {broken[0]}): the "
+                "run's dtype overflowed; run in float32 or bfloat16 (`dtype`)"
             )
         writer = _ImatrixWriter(path, arch="")
         writer.add_type(gguf.GGUFType.IMATRIX)
@@ -120,43 +135,6 @@ class Imatrix:
 class _ImatrixWriter(gguf.GGUFWriter):
     def add_architecture(self) -> None:  # an imatrix file names no architecture
         pass
-
-
-class InputSquares(HookSet):
-    """Forward pre-hooks on every Linear with a llama.cpp name: running sums of x^2 per input column (float64,
-    on the input's device) and the number of tokens (padding left out). Sums only: nothing per forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.names = gguf_weight_names(model)
-        self._sums2: dict[str, torch.Tensor] = {}
-        self._counts: dict[str, int] = {}
-
-    def pre_hooks(self) -> Iterable[tuple[nn.Module, Callable]]:
-        return [(self.model.get_submodule(name), self._hook(name)) for name in self.names]
-
-    def _hook(self, name: str) -> Callable:
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            x = (args[0] if args else next(iter(kwargs.values()))).detach()
-            mask = self.valid_mask(x.shape[0], x.shape[1], x.device) if x.dim() == 3 else None
-            rows = (x[mask] if mask is not None else x.reshape(-1, x.shape[-1])).double()
-            squares = rows.square().sum(0)
-            self._sums2[name] = self._sums2[name].to(rows.device) + squares if name in self._sums2 else squares
-            self._counts[name] = self._counts.get(name, 0) + rows.shape[0]
-
-        return hook
-
-    def result(self, datasets: list[str], chunk_count: int, chunk_size: int) -> Imatrix:
-        """What the hooks summed, keyed by GGUF weight name, on the CPU (weights never called are left out)."""
-        seen = [name for name in self.names if name in self._counts]
-        return Imatrix(
-            sums2={self.names[n]: self._sums2[n].cpu() for n in seen},
-            counts={self.names[n]: self._counts[n] for n in seen},
-            modules={self.names[n]: n for n in seen},
-            datasets=datasets,
-            chunk_count=chunk_count,
-            chunk_size=chunk_size,
-        )
 
 
 def usage(file: str, imatrix: Imatrix | None) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from massact.detect import Thresholds
+from massact.export.imatrix import usage as imatrix_usage
 from massact.format import fmt_number, md_code, md_escape
-from massact.quant.imatrix import usage as imatrix_usage
 
 
 class ExportView(Protocol):
@@ -21,7 +21,7 @@ class ExportView(Protocol):
     mappings: list[list]
     kept: list[str]
     alpha: float
-    imatrix: object  # `massact.quant.imatrix.Imatrix` or None
+    imatrix: object  # `massact.export.imatrix.Imatrix` or None
 
     @property
     def has_massive(self) -> bool: ...

@@ -2,7 +2,7 @@
 
 Each command saves into its own folder, named after the model and the rewrite (`NAME-rescaled`,
 `NAME-rotated`, `NAME-smoothed`), so two suggestions for one model never write to the same `--out`.
-`for_int8` and `for_headroom` take the model's `refusals` (`rewrite.support`) where the caller has them and
+`for_int8` and `for_headroom` take the model's `refusals` (`residual.support`) where the caller has them and
 then suggest only what the rewrite accepts for that model.
 """
 

@@ -167,3 +167,20 @@ def test_a_cache_entry_finished_by_another_process_is_kept(tmp_path):
     (staging / "config.json").write_text('{"from": "this process"}')
     publish_dir(staging, incomplete, "config.json")
     assert sorted(p.name for p in incomplete.iterdir()) == ["config.json"] and not staging.exists()
+
+
+def test_a_model_object_is_used_as_given_with_its_tokenizer_and_processor(capsys):
+    from planting import letter_word, tiny_model, word_tokenizer
+
+    for family in ("llama", "gpt2"):
+        model = tiny_model(family).eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        tokenizer, processor = word_tokenizer(letter_word, bos=False), object()
+        loaded = load_model(model, tokenizer=tokenizer, processor=processor)
+        assert loaded.model is model and loaded.tokenizer is tokenizer and loaded.processor is processor
+        assert not model.training and capsys.readouterr().err == ""
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        model.train()
+        load_model(model, tokenizer=tokenizer)
+        assert not model.training  # dropout off for the analyses, and said
+        assert "was in training mode: put in eval mode" in capsys.readouterr().err

@@ -50,18 +50,22 @@ def _model_class(config, trust_remote_code: bool):
     return AutoModel
 
 
-def _load_input_processors(source: str, trust_remote_code: bool, **kwargs) -> tuple[object | None, object | None]:
+def _load_input_processors(
+    source: str, trust_remote_code: bool, tokenizer: object | None, processor: object | None, **kwargs
+) -> tuple[object | None, object | None]:
+    """The tokenizer and image processor beside the model, where the caller gave none (None where there is none)."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    tokenizer = processor = None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-    except Exception:  # a vision model has no tokenizer
-        tokenizer = None
-    try:  # vision models, and image-text models (CLIP) that have a tokenizer as well
-        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
-    except Exception:
-        processor = None
+    if tokenizer is None:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        except Exception:  # a vision model has no tokenizer
+            tokenizer = None
+    if processor is None:
+        try:  # vision models, and image-text models (CLIP) that have a tokenizer as well
+            processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        except Exception:
+            processor = None
     return tokenizer, processor
 
 
@@ -69,6 +73,7 @@ def load_model(
     source: str | nn.Module = DEFAULT_MODEL,
     *,
     tokenizer: object | None = None,
+    processor: object | None = None,
     dtype: str | torch.dtype | None = "auto",
     device: str | None = None,
     device_map: str | dict | None = None,
@@ -78,6 +83,10 @@ def load_model(
     workload: Workload | None = None,
 ) -> LoadedModel:
     """Load `source`: 'default', a .gguf file, a model directory, a hub id, or a model object.
+
+    `tokenizer` and `processor` (an image processor) replace the ones found beside the model; a model object
+    needs them given. A model object is used as it is; one in training mode is put in eval mode (dropout off),
+    which is said in one line.
 
     `offload`: "none" loads every weight; "blocks" builds the model without weights and reads it from its
     checkpoint one block at a time for each forward analysis (`capture.blockwise`); "auto" (the default)
@@ -92,7 +101,10 @@ def load_model(
                 "`offload='blocks'` reads a model from its checkpoint; a model object already in memory runs in "
                 "memory: give its folder or hub id instead, or use `offload='none'`"
             )
-        return LoadedModel(model=source.eval(), tokenizer=tokenizer, name=type(source).__name__)
+        if source.training:
+            say(f"{type(source).__name__} was in training mode: put in eval mode (dropout off) for the analyses")
+            source.eval()
+        return LoadedModel(model=source, tokenizer=tokenizer, processor=processor, name=type(source).__name__)
     check_dtype(dtype)
     device = check_device(device)
     torch_dtype = resolve_dtype(dtype, device)
@@ -163,11 +175,8 @@ def load_model(
     elif device_map is None:
         model = model.to(device)
     model.eval()
-    if tokenizer is None:
-        extra = {"local_files_only": True} if local_only else {}
-        tokenizer, processor = _load_input_processors(source, trust_remote_code, **extra)
-    else:
-        processor = None
+    extra = {"local_files_only": True} if local_only else {}
+    tokenizer, processor = _load_input_processors(source, trust_remote_code, tokenizer, processor, **extra)
     if quantization is None:
         method = getattr(getattr(config, "quantization_config", None), "quant_method", None)
         if method is None and isinstance(getattr(config, "quantization_config", None), dict):

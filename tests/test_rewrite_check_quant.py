@@ -21,12 +21,16 @@ class _Watch:
     """While active: the windows every model's first block runs on (one per window per pass, in memory or block
     by block), and the most causal-LM models holding real (not meta) weights alive at any block-0 call."""
 
-    def __init__(self) -> None:
+    def __init__(self, original: torch.nn.Module) -> None:
         self.windows = 0
         self.most_models = 0
         self._handle = None
+        self._original = original
+        self._before: set[int] = set()
 
     def __enter__(self) -> _Watch:
+        gc.collect()  # models other tests left alive are not this run's: count only the original and new ones
+        self._before = {id(o) for o in _models_with_weights()} - {id(self._original)}
         self._handle = torch.nn.modules.module.register_module_forward_pre_hook(self._pre)
         return self
 
@@ -38,21 +42,25 @@ class _Watch:
         if not type(module).__name__.endswith("DecoderLayer") or getattr(attention, "layer_idx", None) != 0:
             return
         self.windows += args[0].shape[0]
-        alive = [
-            o
-            for o in gc.get_objects()
-            if isinstance(o, torch.nn.Module)
-            and type(o).__name__.endswith("ForCausalLM")
-            and any(not p.is_meta for p in o.parameters())
-        ]
+        alive = [o for o in _models_with_weights() if id(o) not in self._before]
         self.most_models = max(self.most_models, len(alive))
+
+
+def _models_with_weights() -> list[torch.nn.Module]:
+    """The causal-LM models alive in the process that hold real (not meta) weights."""
+    return [
+        o
+        for o in gc.get_objects()
+        if isinstance(o, torch.nn.Module)
+        and type(o).__name__.endswith("ForCausalLM")
+        and any(not p.is_meta for p in o.parameters())
+    ]
 
 
 def _rewrite(check_quant: str | None) -> tuple[_Watch, dict]:
     model = planted("qwen2")
     loaded = load_model(model, tokenizer=word_tokenizer(_word, bos=False))
-    gc.collect()
-    with _Watch() as watch:
+    with _Watch(model) as watch:
         result = run(loaded, _inputs(bos=False), RewriteConfig(rescale=0.25, check_quant=check_quant, batch_size=1))
     return watch, result.to_json()
 

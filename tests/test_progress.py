@@ -58,3 +58,27 @@ def test_a_bar_on_a_terminal_shows_counts_the_note_and_time_left():
 def test_no_bar_under_a_pipe():
     stdout, stderr = _run(on_terminal=False)
     assert stdout == "done\n" and stderr == ""
+
+
+def test_a_run_block_by_block_says_which_block_it_is_on_under_a_pipe(tmp_path, capsys, monkeypatch):
+    import re
+
+    from offload_models import saved_family
+
+    from massact import progress
+    from massact.corpus import CorpusConfig
+    from massact.corpus import run as corpus_run
+    from massact.models.loading import load_model
+
+    monkeypatch.setattr(progress, "LINE_EVERY_S", 0.0)  # every step a line (the default thins them to one per 10 s)
+    for family in ("llama", "gpt2"):
+        folder = saved_family(family, tmp_path / family)
+        loaded = load_model(str(folder), device="cpu", offload="blocks")
+        blocks = len(loaded.offload.structure.blocks)
+        capsys.readouterr()
+        corpus_run(loaded, str(folder / "corpus.txt"), CorpusConfig(samples=4, seq_len=16, batch_size=2))
+        lines = re.findall(r"^corpus scan \(block (\d+)/(\d+)\): (\d+)/(\d+) batches$", capsys.readouterr().err, re.M)
+        assert lines, family
+        assert [(int(b), int(n)) for b, n, _, _ in lines] == [(b, blocks) for b in range(1, blocks + 1) for _ in (0, 1)]
+        assert [int(done) for _, _, done, _ in lines] == list(range(1, 2 * blocks + 1))
+        assert {int(total) for *_, total in lines} == {2 * blocks}

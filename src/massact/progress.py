@@ -147,6 +147,11 @@ class Steps:
             self._last_line = now
             say(f"{self.description}: {self.done}/{self.total} {self.unit}" + (f" ({note})" if note else ""))
 
+    def describe(self, description: str) -> None:
+        """Say what the steps are from now on (e.g. the block being run)."""
+        self.description = description
+        self._bar.set_description(description)
+
     def close(self) -> None:
         self._bar.close()
 

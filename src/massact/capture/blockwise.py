@@ -22,7 +22,7 @@ from torch import nn
 from massact.capture.hooks import active_hook_sets
 from massact.models.memory import gib
 from massact.models.offload import BlockOffload, Resident
-from massact.progress import bar, console
+from massact.progress import console, steps
 
 Batch = dict[str, object]
 
@@ -176,11 +176,11 @@ def run_blockwise(
     embedding_name = _child_name(model, embedding)
     captured: dict[str, object] = {}
     future = None
-    with bar(count * len(batches), f"{description} (block 1/{count})", unit="batch", enabled=progress) as shown:
+    with steps(count * len(batches), f"{description} (block 1/{count})", unit="batches", enabled=progress) as shown:
         try:
             trunk_resident = offload.load(trunk, recurse=False)
             for index in range(count):
-                shown.set_description(f"{description} (block {index + 1}/{count})")
+                shown.describe(f"{description} (block {index + 1}/{count})")
                 values = future.result() if future is not None else offload.read([blocks[index]])
                 future = None
                 parts: list[nn.Module] = []
@@ -228,7 +228,7 @@ def run_blockwise(
                                 consume(number, output)
                         else:
                             store.put(number, captured.get("out"), index)
-                        shown.update(1)
+                        shown.advance(1)
                 finally:
                     handle.remove()
                     if recorder is not None:

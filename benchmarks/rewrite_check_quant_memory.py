@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
 
-def _resident() -> int:
-    """The process's resident set now, in bytes (Linux)."""
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def child(args: argparse.Namespace) -> dict:
     """One rewrite in this process: its memory and time."""
+    import psutil
+
     from massact.models.loading import load_model
     from massact.models.memory import peak_resident_memory, tensor_bytes
     from massact.quant import load_inputs
@@ -34,7 +29,7 @@ def child(args: argparse.Namespace) -> dict:
     loaded = load_model(args.model, dtype="float32", device="cpu")
     inputs = load_inputs(loaded, "shakespeare", args.samples, args.seq_len, args.calib_samples, seed=0)
     model_bytes = tensor_bytes([*loaded.model.parameters(), *loaded.model.buffers()])
-    loaded_rss = _resident()
+    loaded_rss = psutil.Process().memory_info().rss
     check = "w8a8" if args.check_quant else None
     config = RewriteConfig(rescale=args.rescale, check_quant=check, progress=False)
     began = time.perf_counter()

@@ -63,3 +63,19 @@ def test_a_file_cut_short_names_the_file_and_the_tensor(saved):
     path.write_bytes(data[:6])  # not even a header
     with pytest.raises(MassactError, match=f"{path}: cannot read tensor big .*damaged"):
         checkpoint.read(["big"], {"big": torch.float32})
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_folder_cut_short_before_the_run_is_refused_at_open(family, tmp_path):
+    from offload_models import saved_family
+
+    from massact.models.loading import load_model
+
+    folder = saved_family(family, tmp_path)
+    shard = folder / "model.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 5])
+    with pytest.raises(MassactError) as caught:
+        load_model(str(folder), device="cpu", offload="blocks")
+    expected = f"{shard}: cannot read tensor (header) (the file is 5 bytes shorter than its header says)"
+    assert str(caught.value).startswith(expected)

@@ -19,24 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from massact.models.checkpoint import SAFETENSORS_DTYPES
 from massact.models.offload import BlockOffload, offload_of
 from massact.rewrite.plan import Plan
 
 MAX_SHARD = "50GB"  # save_pretrained's default
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_DTYPES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
+_DTYPES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}  # the names the format gives dtypes
 
 
 def save(plan: Plan, folder: Path) -> None:

@@ -15,7 +15,7 @@ from massact.models.loading import load_model
 from massact.models.offload import BlockOffload
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mixtral"])  # a BOS; none; fused experts
 def test_each_blocks_weights_are_freed_before_the_next_block_is_read(family, tmp_path, monkeypatch):
     folder = saved_family(family, tmp_path)
     loaded = load_model(str(folder), device="cpu", offload="blocks", max_memory="1KB")  # no room to read ahead

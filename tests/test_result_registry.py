@@ -46,7 +46,7 @@ def test_every_result_class_registers_its_kind():
     assert {"scan.json", "corpus.json", "quant.json", "atlas.json"} <= set(json_names())
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])  # gemma3: sandwich norms and a BOS
 def test_write_from_python_is_the_commands_folder(family, tmp_path, capsys):
     loaded = planted_with_words(family)
     loaded.model.save_pretrained(tmp_path / "model")

@@ -1,94 +1,126 @@
-"""One point of the search for the smallest Bigram-Backcopy setting that grows sinks and residual peaks.
+"""One point of the search for a Bigram-Backcopy setting whose default model grows a massive activation on BOS.
 
-A plain training loop (no checkpoints, no files) over massact's GPT-2 (default attention), the
-Bigram-Backcopy generator and the extreme-token measures, with the trainer's recipe: AdamW
-(betas 0.9 / 0.95, decay on matrices only), linear warm-up then cosine decay to lr / 10,
-gradient clipping at 1.0. Every `--every` steps it prints the validation loss (and the true
-process's loss), the sink rate over all heads, and per block the residual peak, value drain,
-each head's mean attention to BOS and the excess kurtosis. With `--no-bos` the sequences start
-at the first token after BOS (BOS removed).
+It trains with massact's own trainer (`massact.train.trainer.train`, the code `massact experiment` runs) into
+a temporary folder, so a point found here is a preset as it is. Every `--every` steps it prints, for the
+block with the largest entry, top-1 |x|, its ratio to the median, the share of probe sequences whose top
+entry is on BOS, the dim most of them are in and its share, and the sink rate over all heads. With `--log`
+it appends the point (settings, final measures, the top-1 curve, seconds) to a JSON-lines file, the record
+docs/attention_variants.md quotes.
 
-    python benchmarks/backcopy_search.py --layers 2 --width 64 --heads 2 --lr 1e-2 --steps 2000
+    python benchmarks/backcopy_search.py --arch llama --layers 3 --width 64 --heads 1 --lr 3e-3 --steps 1000
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from massact.train.backcopy import BackcopyTask
-from massact.train.gpt2 import GPT2, GPT2Config
-from massact.train.measures import extreme_token_measures
+from massact.train.backcopy import BackcopyData, BackcopyTask
+from massact.train.config import ModelConfig, TrainConfig
+from massact.train.measures import summarize_blocks
+from massact.train.trainer import train
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="llama", choices=("gpt2", "llama"))
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--schedule", default="constant", choices=("constant", "cosine"))
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--decay-gains", action="store_true")
+    parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
+    parser.add_argument("--vocab", type=int, default=64)
+    parser.add_argument("--triggers", type=int, default=4)
+    parser.add_argument("--attention", default="default")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--every", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--log", type=Path, help="append the point to this JSON-lines file")
+    return parser.parse_args()
+
+
+def config_of(args: argparse.Namespace) -> TrainConfig:
+    model = ModelConfig(
+        vocab_size=args.vocab,
+        block_size=args.context,
+        n_layer=args.layers,
+        n_head=args.heads,
+        n_embd=args.width,
+        attention=args.attention,
+        arch=args.arch,
+    )
+    return TrainConfig(
+        model=model,
+        task="bigram-backcopy",
+        triggers=args.triggers,
+        optimizer=args.optimizer,
+        batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        min_lr=args.lr / 10,
+        warmup_steps=args.warmup,
+        schedule=args.schedule,
+        weight_decay=args.weight_decay,
+        decay_norm_gains=args.decay_gains,
+        eval_interval=args.every,
+        eval_batches=4,
+        monitor_interval=args.every,
+        probe_sequences=16,
+        checkpoint_interval=args.steps,
+        seed=args.seed,
+    )
+
+
+def top_block(rows: list[dict]) -> dict:
+    return max(rows, key=lambda r: r["top1"])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--heads", type=int, default=2)
-    parser.add_argument("--context", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--vocab", type=int, default=64)
-    parser.add_argument("--triggers", type=int, default=4)
-    parser.add_argument("--concentration", type=float, default=0.5)
-    parser.add_argument("--no-bos", action="store_true")
-    parser.add_argument("--attention", default="default")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--every", type=int, default=300)
-    args = parser.parse_args()
-
-    task = BackcopyTask(vocab_size=args.vocab, triggers=args.triggers, concentration=args.concentration)
-    drop = int(args.no_bos)
-
-    def sample(count: int, seed: int) -> torch.Tensor:
-        return task.sample(count, args.context + drop, seed)[:, drop:]
-
-    torch.manual_seed(args.seed)
-    config = GPT2Config(args.vocab, args.context, args.layers, args.heads, args.width, attention=args.attention)
-    model = GPT2(config)
-    matrices = [p for p in model.parameters() if p.dim() >= 2]
-    others = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": matrices, "weight_decay": args.weight_decay}, {"params": others, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
-
-    def factor(step: int) -> float:
-        cosine = 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))
-        return min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * cosine)
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    probe, val = sample(16, 999), sample(128, 998)
-    best = task.optimal_loss(val)
+    args = parse()
+    torch.set_num_threads(args.threads)
+    config = config_of(args)
+    task = BackcopyTask(config.model.vocab_size, config.triggers, config.bigram_concentration, config.task_seed)
     started = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        batch = sample(args.batch, args.seed * 10**6 + step - 1)
-        model(batch, labels=batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        if step % args.every == 0 or step == args.steps:
-            model.eval()
-            with torch.no_grad():
-                loss = float(model(val, labels=val).loss)
-            rows = extreme_token_measures(model, probe)
-            model.train()
-            heads = [share for row in rows for share in row["head_first_attention"]]
-            print(
-                f"step {step} ({time.perf_counter() - started:.0f} s): val loss {loss:.3f} (true process {best:.3f}), "
-                f"sink rate {sum(h > 0.3 for h in heads) / len(heads):.2f}, "
-                f"residual peak {[round(r['residual_peak'], 1) for r in rows]}, "
-                f"value drain {[round(r['value_drain'], 2) for r in rows]}, "
-                f"BOS attention {[[round(h, 2) for h in r['head_first_attention']] for r in rows]}, "
-                f"kurtosis {[round(r['kurtosis'], 1) for r in rows]}",
-                flush=True,
-            )
+    with tempfile.TemporaryDirectory() as folder:
+        result = train(config, BackcopyData(task), Path(folder) / "run", progress=False)
+    seconds = time.perf_counter() - started
+    steps = sorted({r["step"] for r in result.monitor_rows})
+    curve = []
+    for step in steps:
+        rows = [r for r in result.monitor_rows if r["step"] == step]
+        top = top_block(rows)
+        summary = summarize_blocks(rows)
+        curve.append({"step": step, **{k: top[k] for k in ("block", "top1", "ratio", "top1_on_bos", "top1_dim")}})
+        print(
+            f"step {step}: block {top['block']} top-1 {top['top1']:.1f} ({top['ratio']:.0f}x median), "
+            f"on BOS {top['top1_on_bos']:.2f}, dim {top['top1_dim']} ({top['dim_constancy']:.2f}), "
+            f"sink rate {summary['sink_rate']:.2f}, residual peak {summary['residual_peak']:.1f}",
+            flush=True,
+        )
+    final = [r for r in result.monitor_rows if r["step"] == steps[-1]]
+    point = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "log"},
+        "final": {**summarize_blocks(final), "val_loss": result.final_val_loss},
+        "blocks": final,
+        "curve": curve,
+        "seconds": round(seconds, 1),
+    }
+    print(f"{seconds:.0f} s, val loss {result.final_val_loss:.4f}", flush=True)
+    if args.log:
+        with args.log.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(point) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""`massact attention` on every trained GPT-2 variant of the registry (`ATTENTION_VARIANTS`).
+"""`massact attention` on every design of the registry (`ATTENTION_VARIANTS`), on both architectures.
 
-Every query and every key is the same constant vector (their weights zeroed, their biases set), so each
-query gives every key it sees one score c = ln 2, and each variant's probabilities are known by hand:
-query i sees n = i + 1 tokens (plus the sink token, k' or the learned sink logit where the variant has one).
+GPT-2: every query and every key is the same constant vector (their weights zeroed, their biases set), so
+each query gives every key it sees one score c = ln 2. LLaMA (no biases, rotary positions): every query is
+zero, so every score is c = 0. Each variant's probabilities are then known by hand: query i sees n = i + 1
+tokens (plus the sink token, k' or the learned sink logit where the variant has one).
 """
 
 from __future__ import annotations
@@ -14,17 +15,31 @@ import torch
 
 from massact.attention import AttentionConfig, run
 from massact.models.loading import LoadedModel
+from massact.train.build import build_model
 from massact.train.gpt2 import ATTENTION_VARIANTS, GPT2, SOFTPICK_EPS, GPT2Config
 
 T = 10
-C = math.log(2.0)  # every score: e^c - 1 = 1
-SINK_LOGITS = (C + math.log(3.0), C - 1.0)  # sink-logit's s per head: exp(s - c) = 3 and 1/e
+SCORES = {"gpt2": math.log(2.0), "llama": 0.0}  # every score c: e^c - 1 = 1 on GPT-2, 0 on LLaMA
 
 
-def constant_score_model(attention: str) -> GPT2:
+def sink_logits(c: float) -> tuple[float, float]:
+    """sink-logit's s per head: exp(s - c) = 3 and 1/e."""
+    return (c + math.log(3.0), c - 1.0)
+
+
+def constant_score_model(attention: str, arch: str = "gpt2") -> torch.nn.Module:
     torch.manual_seed(0)
-    model = GPT2(GPT2Config(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16, attention=attention))
+    config = GPT2Config(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=16, attention=attention, arch=arch)
+    model = build_model(config)
+    if arch == "llama":
+        with torch.no_grad():
+            for block in model.blocks:
+                block.self_attn.q_proj.weight.zero_()  # q = 0: every score 0, also k''s
+                if block.self_attn.sink_logit is not None:
+                    block.self_attn.sink_logit.copy_(torch.tensor(sink_logits(0.0)))
+        return model
     e, d = model.config.n_embd, model.config.head_dim
+    C = SCORES["gpt2"]
     with torch.no_grad():
         for block in model.transformer.h:
             attn = block.attn
@@ -37,37 +52,40 @@ def constant_score_model(attention: str) -> GPT2:
                 attn.k_bias.zero_()
                 attn.k_bias[:, 0] = 1.0  # k' like every key
             if attn.sink_logit is not None:
-                attn.sink_logit.copy_(torch.tensor(SINK_LOGITS))
+                attn.sink_logit.copy_(torch.tensor(sink_logits(C)))
     return model.eval()
 
 
-def first_token_probability(attention: str, n: torch.Tensor, head: int) -> torch.Tensor:
+def first_token_probability(attention: str, n: torch.Tensor, head: int, c: float) -> torch.Tensor:
     """What query i (seeing n = i + 1 tokens) gives token 0, from each variant's formula at score c."""
-    if attention in ("default", "sink-token", "gated", "gated-head"):  # softmax; gates act on the output only
+    softmax = ("default", "sink-token", "gated", "gated-head", "single-scale-norm")  # gates act on the output only
+    if attention in softmax:
         return 1 / n
     if attention == "attn-bias":  # k' is one more key at score c
         return 1 / (n + 1)
     if attention == "sink-logit":  # e^c / (e^s + n e^c)
-        return 1 / (math.exp(SINK_LOGITS[head] - C) + n)
+        return 1 / (math.exp(sink_logits(c)[head] - c) + n)
     if attention == "softmax1":  # e^c / (1 + n e^c)
-        return 1 / (math.exp(-C) + n)
+        return 1 / (math.exp(-c) + n)
     if attention == "softpick":  # (e^c - 1) / (n |e^c - 1| + eps)
-        return 1 / (n + SOFTPICK_EPS)
+        lift = math.exp(c) - 1
+        return lift / (n * abs(lift) + SOFTPICK_EPS)
     if attention == "sigmoid":  # sigmoid(c - log T) on every visible key
-        return torch.full_like(n, 1 / (1 + T * math.exp(-C)))
+        return torch.full_like(n, 1 / (1 + T * math.exp(-c)))
     raise AssertionError(f"no expected value written for variant {attention!r}")
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("attention", ATTENTION_VARIANTS)
-def test_attention_measures_of_every_variant_are_its_formula(attention):
-    model = constant_score_model(attention)
+def test_attention_measures_of_every_variant_are_its_formula(attention, arch):
+    model = constant_score_model(attention, arch)
     ids = torch.randint(0, 64, (1, T), generator=torch.Generator().manual_seed(1))
     result = run(LoadedModel(model), ids, AttentionConfig(sinks=[0]))
     positions = T + 1 if attention == "sink-token" else T  # the sink token is position 0
     assert len(result.tokens) == positions
     assert (result.tokens[0] == "<extra>") == (attention == "sink-token")
     n = torch.arange(1, positions + 1, dtype=torch.float64)
-    per_head = [float(first_token_probability(attention, n, head).mean()) for head in range(2)]
+    per_head = [float(first_token_probability(attention, n, head, SCORES[arch]).mean()) for head in range(2)]
     for row in result.to_json()["blocks"]:
         assert row["per_head"]["first_importance"] == pytest.approx(per_head, rel=1e-5)
         assert row["first_token_importance"] == pytest.approx(sum(per_head) / 2, rel=1e-5)

@@ -159,6 +159,7 @@ BASE = {
     "vit fix-reg-mean": lambda p: ["--images", "samples"],
     "rewrite": lambda p: ["--rescale", "auto", "--corpus", p.small_corpus, "--seq-len", "16", "--samples", "2"],
     "train gpt2": lambda p: ["--max-steps", "1"],
+    "train llama": lambda p: ["--max-steps", "1", "--preset", "backcopy-test"],
     "experiment attention-bias": lambda p: ["--max-steps", "1"],
     "experiment attention-variants": lambda p: ["--preset", "backcopy-test", "--variants", "default", "--seeds", "1"],
 }
@@ -285,15 +286,16 @@ row("vit samples", "out under a file", "OUT")(lambda p: [p.under_a_file])
 row("vit samples", "crops 1", "--crops")(lambda p: [p.out, "--crops", "1"])
 
 # train and experiment (they make their own models: no MODEL argument)
-for _cmd in ("train gpt2", "experiment attention-bias"):
+for _cmd in ("train gpt2", "train llama", "experiment attention-bias"):
     row(_cmd, "out under a file", "--out")(lambda p: ["--out", p.under_a_file])
     row(_cmd, "out in /proc", "--out")(lambda p: ["--out", "/proc/massact-out/sub"])
     row(_cmd, "device cuda without cuda", "cuda")(lambda p: ["--out", p.out, "--device", "cuda"])
     row(_cmd, "device tpu", "tpu")(lambda p: ["--out", p.out, "--device", "tpu"])
     row(_cmd, "unknown preset", "preset")(lambda p: ["--out", p.out, "--preset", "nosuch"])
     row(_cmd, "max steps 0", "--max-steps")(lambda p: ["--out", p.out, "--max-steps", "0"])
-    row(_cmd, "unknown corpus", "nosuchcorpus")(lambda p: ["--out", p.out, "--corpus", "nosuchcorpus"])
-    row(_cmd, "empty corpus file", "empty")(lambda p: ["--out", p.out, "--corpus", p.empty_file])
+    text = ["--preset", "cpu-small"] if _cmd == "train llama" else []  # its default preset reads no corpus
+    row(_cmd, "unknown corpus", "nosuchcorpus")(lambda p, t=text: ["--out", p.out, *t, "--corpus", "nosuchcorpus"])
+    row(_cmd, "empty corpus file", "empty")(lambda p, t=text: ["--out", p.out, *t, "--corpus", p.empty_file])
 _av = "experiment attention-variants"
 row(_av, "out under a file", "--out")(lambda p: ["--out", p.under_a_file])
 row(_av, "out in /proc", "--out")(lambda p: ["--out", "/proc/massact-out/sub"])
@@ -314,6 +316,8 @@ row(_av, "empty corpus file", "empty")(lambda p: ["--out", p.out, "--preset", "c
 row("train gpt2", "resume without a checkpoint", "checkpoint")(lambda p: ["--out", p.out, "--resume"])
 row("train gpt2", "unknown optimizer", "optimizer")(lambda p: ["--out", p.out, "--optimizer", "sgd"])
 row("train gpt2", "unknown attention", "attention")(lambda p: ["--out", p.out, "--attention", "nosuch"])
+row("train llama", "unknown attention", "attention")(lambda p: ["--out", p.out, "--attention", "nosuch"])
+row(_av, "unknown arch", "--arch")(lambda p: ["--out", p.out, "--arch", "nosuch"])
 
 # rewrite
 _common_model_rows("rewrite")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from massact.attention import AttentionConfig
 from massact.attention import run as attention_run
 from massact.corpus import CorpusConfig
 from massact.corpus import run as corpus_run
+from massact.errors import MassactError
 from massact.interventions import InterventionConfig
 from massact.interventions import run as intervene
 from massact.models.loading import LoadedModel
@@ -143,9 +144,14 @@ def test_quant_rows_equal_a_direct_computation_and_the_marked_token_is_the_outli
     config = QuantConfig(
         schemes=("W8A8", "A8", "KV4"), strategies=("none", "outlier-tokens", "rotate"), sensitivity="A8", progress=False
     )
-    data = quant_run(case.loaded, inputs, config).to_json()
+    # quant's rotate is the rewrite's, which does not rotate either exactly: GPT-OSS stores its experts transposed
+    # (the rotation would change the logits), Qwen3-Next has a gated norm
+    why = "is not exact" if case.family == "gpt_oss" else "gated norm"
+    with pytest.raises(MassactError, match=f"strategy rotate: .*{why}"):
+        quant_run(case.loaded, inputs, config)
+    data = quant_run(case.loaded, inputs, replace(config, strategies=("none", "outlier-tokens"))).to_json()
     assert math.isfinite(data["baseline"]["perplexity"])
-    assert len(data["rows"]) == 9 and all(math.isfinite(row["perplexity"]) for row in data["rows"])
+    assert len(data["rows"]) == 6 and all(math.isfinite(row["perplexity"]) for row in data["rows"])
     # each scheme's "none" row is the model rounded as written out in plain torch (`quantized_by_hand`: int8
     # weights per output channel, int8 Linear inputs per tensor, int4 keys and values per token and head; the
     # fused expert tensors stay as they are), then a cross-entropy over the same windows, one batch of 3

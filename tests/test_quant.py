@@ -28,7 +28,7 @@ from massact.quant import (
     super_weights_from_trace,
 )
 from massact.quant.schemes import qmax, quantize_activation, quantize_heads, quantize_weight
-from massact.quant.simulate import build_plans, kv_projections, quantized_linears
+from massact.quant.simulate import kv_projections, quantized_linears
 from massact.quant.strategies import candidates, smooth_scales
 from massact.rotations import rotation
 from massact.trace import TraceConfig
@@ -36,6 +36,15 @@ from massact.trace import run as trace
 
 FAMILIES = ("llama", "gpt2", "gemma")
 STRATEGIES = ("none", "outlier-tokens", "smooth", "rotate", "keep-super-weights", "outlier-tokens+smooth")
+
+
+def rotates(loaded: LoadedModel) -> bool:
+    """Whether `massact rewrite --rotate` (so quant's `rotate`) takes the family: GPT-2's LayerNorm does not."""
+    return "gpt2" not in loaded.name
+
+
+def strategies_for(loaded: LoadedModel, names: tuple[str, ...] = STRATEGIES) -> list[str]:
+    return [s for s in names if rotates(loaded) or "rotate" not in s]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -150,16 +159,6 @@ def test_rotations_are_orthogonal_and_seeded():
     assert rotation(14)[1] == "seeded random orthogonal"  # no Hadamard order is 2 mod 4
 
 
-def test_simulated_rotate_is_the_rewrites_rotation(case):
-    """quant's `rotate` multiplies each Linear input by the matrix `massact rewrite --rotate` folds (same seed)."""
-    loaded, calib = case
-    plans = build_plans(loaded, parse_scheme("W8A8"), "rotate", calib, seed=5)
-    assert plans
-    for plan in plans:
-        size = plan.rotate.shape[0]
-        assert torch.equal(plan.rotate, rotation(size, 5)[0].to(plan.rotate.dtype))
-
-
 def test_smooth_scales_are_smoothquants():
     act, weight = torch.tensor([16.0, 1.0, 0.0]), torch.tensor([[4.0, 1.0, 2.0], [-1.0, 0.25, 1.0]])
     scales = smooth_scales(act, weight, alpha=0.5)
@@ -173,7 +172,7 @@ def test_every_strategy_at_high_bits_equals_the_unquantized_model(case):
     loaded, calib = case
     ids = windows(2, seed=9)
     reference = logits(loaded, ids)
-    for strategy in STRATEGIES:
+    for strategy in strategies_for(loaded):
         for name, tolerance in (("W32A32-KV32", 2e-4), ("W24A24-token-KV24", 1e-4)):
             out = logits(loaded, ids, quant_context(loaded, parse_scheme(name), strategy, calib))
             assert relative_error(out, reference) < tolerance, (strategy, name)
@@ -183,7 +182,7 @@ def test_rotation_and_smoothing_alone_preserve_the_function(case):
     loaded, calib = case
     ids = windows(2, seed=9)
     reference = logits(loaded, ids)
-    for strategy in ("smooth", "rotate"):
+    for strategy in strategies_for(loaded, ("smooth", "rotate")):
         record: dict = {}
         out = logits(loaded, ids, quant_context(loaded, parse_scheme("W8A8"), strategy, calib, record=record))
         assert relative_error(out, reference) < 1e-4, strategy
@@ -282,7 +281,7 @@ def test_model_is_bit_identical_afterwards_also_after_an_error(case):
     with pytest.raises(RuntimeError, match="boom"), context:
         assert not torch.equal(linear.weight, before[f"{name}.weight"])  # swapped while inside
         raise RuntimeError("boom")
-    for strategy in ("rotate", "keep-super-weights"):
+    for strategy in strategies_for(loaded, ("rotate", "keep-super-weights")):
         with quant_context(loaded, parse_scheme("W4A8"), strategy, calib):
             logits(loaded, windows(1, seed=2))
     after = state(loaded)

@@ -11,6 +11,7 @@ from planting import marked_windows as windows
 from planting import planted_for_quant as planted
 
 from massact.cli import build_command
+from massact.errors import MassactError
 from massact.quant import QuantConfig, QuantInputs, run
 from massact.quant.advice import CHECK_SCHEME, winners
 from massact.quant.strategies import parts
@@ -106,10 +107,16 @@ def test_each_no_rewrite_line_says_why(family):
         assert line.startswith("No rewrite suggested: the winning strategies fold no rotation or smoothing")
 
 
-def test_a_rotation_the_rewrite_refuses_is_not_suggested():
-    result = with_winner(measured("gpt2", ("W8A8",), ("none", "rotate")), "W8A8", "rotate")
-    assert result.rewrites["rotate"] and "LayerNorm" in result.rewrites["rotate"]
-    line = result.rewrite_line()
-    assert line.startswith("No rewrite suggested: rotate won") and result.rewrites["rotate"] in line
+def test_a_rotation_the_rewrite_refuses_is_not_measured_nor_suggested():
+    """quant's rotate is the rewrite's: on GPT-2 (LayerNorm) it is refused, and `best` does not try it."""
+    with pytest.raises(MassactError, match="rotate: .*LayerNorm"):
+        measured("gpt2", ("W8A8",), ("none", "rotate"))
+    chosen = measured("gpt2", ("W8A8",), ("none", "best"), best_samples=1)
+    assert "rotate" not in chosen.best["W8A8"]["chosen"] and "LayerNorm" in chosen.rewrites["rotate"]
+    assert "--rotate" not in chosen.rewrite_line()
     smooth = with_winner(measured("gpt2", ("W8A8",), ("none", "smooth")), "W8A8", "smooth")
     assert smooth.rewrites["smooth"] is None and "--smooth" in suggested(smooth.rewrite_line())
+    # a fold that won where the rewrite refuses it is not suggested (a rotate row written in by hand)
+    rows = [r | {"strategy": "rotate"} if r["strategy"] == "smooth" else r for r in smooth.rows]
+    line = dataclasses.replace(smooth, rows=rows).rewrite_line()
+    assert line.startswith("No rewrite suggested: rotate won") and smooth.rewrites["rotate"] in line

@@ -129,7 +129,7 @@ def test_attention_variants_rerun_reads_the_finished_runs_back_training_nothing(
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("massact.train.trainer.GPT2.forward", no_training)  # any training step would call it
+    monkeypatch.setattr("massact.train.gpt2.GPT2.forward", no_training)  # any training step would call it
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code in (0, None)

@@ -15,7 +15,7 @@ ATLAS_STEPS = ("scan", "corpus", "trace", "attention", "quant")
 DEFAULT_SCHEMES = ("W8", "W8A8", "W8A8-token", "W4A8", "W4A4", "KV4")  # quant
 DEFAULT_STRATEGIES = ("none", "outlier-tokens", "best")  # quant
 DEFAULT_POLICIES = ("full", "window", "sinks:1", "sinks:4", "detected")  # stream
-ATTENTION_VARIANTS = (  # train: the attention designs of `massact.train.gpt2`
+ATTENTION_VARIANTS = (  # train: the designs of `massact.train.variants`
     "default",
     "sink-token",
     "attn-bias",
@@ -25,5 +25,12 @@ ATTENTION_VARIANTS = (  # train: the attention designs of `massact.train.gpt2`
     "softmax1",
     "softpick",
     "sigmoid",
+    "single-scale-norm",
 )
-TRAIN_PRESETS = ("backcopy-test", "backcopy-cpu", "cpu-small", "gpt2-124m")  # the keys of `train.presets.PRESETS`
+TRAIN_PRESETS = (
+    "backcopy-test",
+    "backcopy-cpu",
+    "backcopy-llama",
+    "cpu-small",
+    "gpt2-124m",
+)  # the keys of `train.presets.PRESETS`

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from massact.atlas.registry import step_names
 from massact.defaults import ATLAS_STEPS, DEFAULT_CORPUS, DEFAULT_PROMPT
 from massact.detect import Thresholds
 from massact.errors import MassactError
@@ -11,7 +12,7 @@ from massact.models.loading import OFFLOADS
 from massact.models.memory import parse_size
 from massact.validate import at_least, check_prompt, given
 
-STEPS = ATLAS_STEPS
+STEPS = ATLAS_STEPS  # the built-in steps, as `massact atlas --help` names them; `step_names()`: all registered
 EXECUTION = ("offload", "max_memory")  # how models run, not what is computed
 
 
@@ -25,7 +26,7 @@ class AtlasConfig:
     seq_len: int = 128  # tokens per window
     seed: int = 0  # which windows are drawn
     thresholds: Thresholds = field(default_factory=Thresholds)  # the criterion
-    steps: tuple[str, ...] = STEPS  # the analyses run on each model, any of `STEPS`
+    steps: tuple[str, ...] = field(default_factory=step_names)  # the analyses run on each model (default: all)
     dtype: str = "auto"  # the dtype each model is loaded in
     device: str | None = None  # cpu, cuda, cuda:N or mps (default: the default device)
     trust_remote_code: bool = False  # let models run code of their own from their folder or hub id
@@ -42,9 +43,10 @@ class AtlasConfig:
         at_least("seq_len", self.seq_len, 2)
         if not self.corpus:
             raise MassactError("`corpus` is empty; give a corpus name (e.g. shakespeare) or a text file")
-        unknown = [s for s in self.steps if s not in STEPS]
+        known = step_names()
+        unknown = [s for s in self.steps if s not in known]
         if unknown:
-            raise MassactError(f"{given('steps', ','.join(unknown))}: unknown; choose from {', '.join(STEPS)}")
+            raise MassactError(f"{given('steps', ','.join(unknown))}: unknown; choose from {', '.join(known)}")
 
     def to_json(self) -> dict:
         """What each row was computed with; how models ran (`execution`) is left out: it changes no number."""

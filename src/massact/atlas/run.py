@@ -10,9 +10,11 @@ from pathlib import Path
 import torch
 
 from massact.atlas.config import AtlasConfig
+from massact.atlas.context import Context
+from massact.atlas.describe import describe
 from massact.atlas.model_run import NOT_RUN, ModelRun, finished
+from massact.atlas.registry import registered_steps
 from massact.atlas.result import AtlasResult
-from massact.atlas.steps import STEP_FIELDS, STEP_FUNCTIONS, Context, describe
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel, load_model
 from massact.models.memory import Workload
@@ -72,22 +74,28 @@ def _steps(loaded: LoadedModel, model: str, slug: str, config: AtlasConfig, labe
     except Exception as exc:
         return ModelRun(slug, {"model": model, "status": "failed", "reason": _one_line(exc)})
     ctx = Context(loaded, config)
-    for step in config.steps:
-        say(f"{label} {model}: {step} ...")
+    steps = registered_steps()
+    by_name = {step.name: step for step in steps}
+    for name in config.steps:
+        say(f"{label} {model}: {name} ...")
         try:
-            row.update(STEP_FUNCTIONS[step](ctx))
+            row.update(by_name[name].run(ctx))
         except Exception as exc:  # a step that cannot run on this model: its fields are null, with the reason
-            ctx.outputs.pop(step, None)
-            for name in STEP_FIELDS[step]:
-                row[name] = None
-                row["reasons"][name] = f"{step}: {_one_line(exc)}"
-            say(f"{label} {model}: {step} failed ({_one_line(exc)})")
-    for step in set(STEP_FIELDS) - set(config.steps):
-        for name in STEP_FIELDS[step]:
-            row[name] = None
-            row["reasons"][name] = f"{step}: {NOT_RUN}"
+            ctx.outputs.pop(name, None)
+            _null(row, by_name[name].fields, f"{name}: {_one_line(exc)}")
+            say(f"{label} {model}: {name} failed ({_one_line(exc)})")
+    for step in steps:
+        if step.name not in config.steps:
+            _null(row, step.fields, f"{step.name}: {NOT_RUN}")
     row["execution"] = loaded.execution()
     return ModelRun(slug, row, ctx.outputs)
+
+
+def _null(row: dict, fields: tuple[str, ...], reason: str) -> None:
+    """The step's fields of `row` are null, each with `reason`."""
+    for name in fields:
+        row[name] = None
+        row["reasons"][name] = reason
 
 
 def run(models: Sequence[str], cache: Path | None = None, config: AtlasConfig | None = None) -> AtlasResult:

@@ -26,7 +26,9 @@ OutOpt = Annotated[
 ]
 PresetOpt = Annotated[
     str | None,
-    typer.Option("--preset", help="backcopy-test, backcopy-cpu (Bigram-Backcopy) or cpu-small, gpt2-124m (text)."),
+    typer.Option(
+        "--preset", help="backcopy-test, backcopy-cpu, backcopy-llama (Bigram-Backcopy) or cpu-small, gpt2-124m (text)."
+    ),
 ]
 
 
@@ -64,10 +66,14 @@ def attention_variants_command(
     preset: PresetOpt = None,
     optimizer: OptimizerOpt = None,
     max_steps: StepsOpt = None,
+    arch: Annotated[
+        str | None,
+        typer.Option("--arch", help="gpt2 or llama: the blocks the preset's shape is built from (default: its own)."),
+    ] = None,
     device: DeviceOpt = None,
     as_json: Opt.Json = False,
 ) -> None:
-    """Train each attention variant x seed on one task and compare sinks, peaks, drains and kurtosis."""
+    """Train each attention variant x seed on one task; compare sinks, top entries, peaks, drains and kurtosis."""
     from massact.train.experiment import ExperimentConfig
 
     config = ExperimentConfig(
@@ -77,6 +83,7 @@ def attention_variants_command(
         preset=preset,
         optimizer=optimizer,
         max_steps=max_steps,
+        arch=arch,
     )
     _run(out, config, device, as_json)
 

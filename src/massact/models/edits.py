@@ -1,4 +1,5 @@
-"""Temporary weight edits that hold whether a model runs in memory or block by block: `edited_parameters`."""
+"""Temporary weight edits that hold whether a model runs in memory or block by block: `edited_parameters`, and a
+tie undone for a while (`untied`), so that two tied modules can be edited apart."""
 
 from __future__ import annotations
 
@@ -42,3 +43,22 @@ def edited_parameters(model: nn.Module, edits: Iterable[tuple[nn.Parameter, Edit
                 chain.remove(edit)
             if not chain:
                 offload.edits.pop(key, None)  # type: ignore[union-attr]
+
+
+@contextmanager
+def untied(model: nn.Module, owner: nn.Module, name: str) -> Iterator[nn.Parameter]:
+    """`owner.<name>`, a parameter tied to another module's, as a parameter of its own inside the block, holding the
+    same values (in memory the same storage; block by block read from the same checkpoint tensor), so that an edit
+    of one leaves the other as it is. The tie comes back on exit."""
+    shared = getattr(owner, name)
+    own = nn.Parameter(shared.data, requires_grad=shared.requires_grad)
+    offload = offload_of(model)
+    if offload is not None and shared.is_meta:
+        offload.read_like(own, owner, name, shared)
+    setattr(owner, name, own)
+    try:
+        yield own
+    finally:
+        setattr(owner, name, shared)
+        if offload is not None:
+            offload.forget(own)

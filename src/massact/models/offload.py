@@ -114,6 +114,17 @@ class BlockOffload:
     def block_bytes(self) -> int:
         return max(module_bytes(block) for block in self.structure.blocks)
 
+    def read_like(self, tensor: torch.Tensor, owner: nn.Module, name: str, source: torch.Tensor) -> None:
+        """Read the meta `tensor`, now `owner.<name>`, from the checkpoint tensor `source` is read from (a tie undone
+        for a while: `models.edits.untied`); `forget` it after."""
+        entry = self._entries[id(source)]
+        self._entries[id(tensor)] = _Entry(owner, name, entry.key, entry.is_parameter)
+
+    def forget(self, tensor: torch.Tensor) -> None:
+        """Stop reading `tensor` (registered by `read_like`), and drop its edits."""
+        self._entries.pop(id(tensor), None)
+        self.edits.pop(id(tensor), None)
+
     # --- reading and freeing ---------------------------------------------------------------------------------
 
     def _pending(self, modules: Iterable[nn.Module], recurse: bool) -> list[tuple[int, torch.Tensor]]:

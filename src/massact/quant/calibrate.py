@@ -7,7 +7,8 @@ makes).
   and the token ids that carry one on most of their occurrences elsewhere; outlier features (dims that
   pass the criterion on most tokens, `Thresholds.feature_share`) are left out, since they mark no token;
 - the super weights: given (from `massact trace` on the text of a calibration window, see
-  `super_weights_from_trace`; `massact.quant.run` traces them).
+  `super_weights_from_trace`; `massact.quant.run` traces them);
+- the first tokens of the first window, on which `rotate` maps the residual stream as the rewrite does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from massact.corpus.measure import WindowMeasure, measure_windows
 from massact.detect import Thresholds
 from massact.errors import MassactError
 from massact.models.loading import LoadedModel
+from massact.residual.support import PROBE_TOKENS
 
 MAJORITY = 0.5  # a position or token id is an outlier token when it carries massive activations this often
 SUPER_RATIO = 10.0  # a traced entry is a super weight when |w| is at least this many times its matrix's median |w|
@@ -58,6 +60,7 @@ class Calibration:
     super_weights: list[SuperWeight] = field(default_factory=list)
     massive_blocks: list[int] = field(default_factory=list)  # blocks whose outputs carry massive activations
     features: dict[int, float] = field(default_factory=dict)  # outlier features: dim -> largest token share
+    probe: torch.Tensor | None = None  # [1, <= 32] ids: where `rotate` maps the residual stream (`quant.rotate`)
 
     def outlier_tokens_json(self) -> dict:
         return {
@@ -140,4 +143,5 @@ def calibrate(
         super_weights=list(super_weights or []),
         massive_blocks=sorted({s["block"] for s in measure.sites() if s["dim"] not in measure.features}),
         features=measure.features,
+        probe=windows[:1, :PROBE_TOKENS].clone(),
     )

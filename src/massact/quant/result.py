@@ -180,7 +180,16 @@ class QuantResult(OnWindows):
                 f"massive activations in blocks {_span(self.calibration.massive_blocks)}",
                 highlight=False,
             )
+        if line := self.not_tried_line():
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
         console.print(self.rewrite_line(), highlight=False, markup=False, soft_wrap=True)
+
+    def not_tried_line(self) -> str | None:
+        """The candidates `best` left out and why (rotations on a model the rewrite does not rotate); None if none."""
+        skipped = {name: why for choice in self.best.values() for name, why in choice.get("not_tried", {}).items()}
+        if not skipped:
+            return None
+        return f"best did not try {', '.join(skipped)}: {'; '.join(dict.fromkeys(skipped.values()))}"
 
     def rewrite_line(self) -> str:
         """The `massact rewrite` that folds the winning rotation or smoothing into the weights (`quant.advice`)."""
@@ -233,6 +242,8 @@ class QuantResult(OnWindows):
         if line := self.unquantized_line():
             lines += [f"**{md_escape(line[:1].upper() + line[1:])}.**", ""]
         lines += [f"Outlier tokens: {md_escape(self._outlier_line())}.", "", "![perplexity](perplexity.png)", ""]
+        if line := self.not_tried_line():
+            lines += [md_escape(line), ""]
         lines += [self.rewrite_line(), ""]
         if self.sensitivity is not None:
             s = self.sensitivity

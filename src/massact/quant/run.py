@@ -21,6 +21,8 @@ from massact.progress import say, steps
 from massact.quant.calibrate import Calibration, SuperWeight, calibrate, calibration_text, super_weights_from_trace
 from massact.quant.config import QuantConfig
 from massact.quant.result import QuantResult
+from massact.quant.rotate import inexact
+from massact.quant.rotate import refused as rotate_refused
 from massact.quant.schemes import Scheme, parse_scheme
 from massact.quant.seeds import summarize
 from massact.quant.simulate import quant_context, unquantized_weights
@@ -190,18 +192,27 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
         )
     schemes = [parse_scheme(s) for s in config.schemes]
     structure = find_structure(loaded.model, config.blocks_path)
+    rewrites = _rewrites(loaded, inputs, config) if _may_fold(config) else None
+    explicit = next((s for s in config.strategies if "rotate" in parts(s)), None)
+    if rewrites is not None and rewrites["rotate"] is None and (explicit or BEST in config.strategies):
+        rewrites["rotate"] = inexact(loaded, inputs.calibration, config.seed, config.blocks_path)
+    no_rotate = (rewrites or {}).get("rotate")
+    if no_rotate and explicit:
+        raise rotate_refused(explicit, no_rotate)
     if config.needs_super_weights and inputs.super_weights is None:
         inputs.super_weights = trace_super_weights(loaded, inputs.calibration[0], config)
     tell = say if config.progress else _quiet
     peaks = BlockPeaks(loaded.model, structure)  # watches the unquantized pass of the first draw
-    calib, evaluate, baseline, rows, choices = _measure(loaded, inputs, config, schemes, tell, peaks)
+    calib, evaluate, baseline, rows, choices = _measure(loaded, inputs, config, schemes, tell, peaks, no_rotate)
     spread = None
     if inputs.draws:
         baselines, all_rows = [baseline.perplexity], [rows]
         for number, extra in enumerate(inputs.draws, 2):
             tell(f"seed {extra.seed} ({number}/{len(inputs.draws) + 1}): the same measurement on windows it draws")
             extra.super_weights = inputs.super_weights
-            _, _, other, other_rows, _ = _measure(loaded, extra, replace(config, tasks=None), schemes, tell)
+            _, _, other, other_rows, _ = _measure(
+                loaded, extra, replace(config, tasks=None), schemes, tell, no_rotate=no_rotate
+            )
             baselines.append(other.perplexity)
             all_rows.append(other_rows)
         spread = summarize([inputs.seed, *(d.seed for d in inputs.draws)], baselines, all_rows)
@@ -212,8 +223,9 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
             f"{min(config.sensitivity_samples, inputs.windows.shape[0])} windows"
         )
         sensitivity = _sensitivity(evaluate, parse_scheme(config.sensitivity), inputs, len(structure), config)
+    measured = {p for r in rows for p in parts(r.get("chosen") or r["strategy"])}
     return QuantResult(
-        rewrites=_rewrites(loaded, inputs, config, rows),
+        rewrites=rewrites if measured & {"rotate", "smooth"} else None,
         model=loaded.name,
         **inputs.describe(),
         config=config,
@@ -232,12 +244,14 @@ def run(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig | None = N
     )
 
 
-def _rewrites(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig, rows: list[dict]) -> dict | None:
-    """Which rewrites `massact rewrite` accepts for this model (`residual.support.refusals`), when a rotation or
-    smoothing was measured, so the report suggests only one the rewrite takes; None when none was measured."""
-    measured = {p for r in rows for p in parts(r.get("chosen") or r["strategy"])}
-    if not measured & {"rotate", "smooth"}:
-        return None
+def _may_fold(config: QuantConfig) -> bool:
+    """Whether a strategy run may rotate or smooth (`best` may)."""
+    return any(s == BEST or parts(s) & {"rotate", "smooth"} for s in config.strategies)
+
+
+def _rewrites(loaded: LoadedModel, inputs: QuantInputs, config: QuantConfig) -> dict:
+    """Which rewrites `massact rewrite` accepts for this model (`residual.support.refusals`): quant's `rotate` is the
+    rewrite's, so it runs only where the rewrite rotates; the report suggests only a rewrite the rewrite takes."""
     try:
         return refusals(loaded, inputs.calibration[:1], config.blocks_path)
     except Exception as exc:  # a model the rewrite cannot map: no rewrite is suggested, with the reason
@@ -253,8 +267,10 @@ def _measure(
     schemes: list[Scheme],
     tell: Callable,
     peaks: BlockPeaks | None = None,
+    no_rotate: str | None = None,
 ) -> tuple[Calibration, _Evaluator, PerplexityResult, list[dict], dict[str, dict]]:
-    """Calibrate on one draw, then its baseline (watched by `peaks`) and every (scheme, strategy) row."""
+    """Calibrate on one draw, then its baseline (watched by `peaks`) and every (scheme, strategy) row; `best` leaves
+    out rotations where `no_rotate` says why the rewrite refuses them."""
     tell(
         f"calibrating: one pass over {inputs.calibration.shape[0]} held-out windows (activation maxima, outlier tokens)"
     )
@@ -281,8 +297,8 @@ def _measure(
         chosen = None
         if strategy == BEST:
             best_windows = inputs.calibration[: config.best_samples]
-            chosen, tried = _choose(evaluate, scheme, best_windows, calib, tell)
-            choices[scheme.name] = {"chosen": chosen, "calibration_perplexity": tried}
+            chosen, tried, skipped = _choose(evaluate, scheme, best_windows, calib, tell, no_rotate)
+            choices[scheme.name] = {"chosen": chosen, "calibration_perplexity": tried, "not_tried": skipped}
         name = chosen or strategy
         if (scheme.name, name) not in done:
             tell(f"[{number}/{len(jobs)}] {scheme.name} {name}: perplexity on {inputs.windows.shape[0]} windows")
@@ -301,11 +317,19 @@ def _quiet(message: str) -> None:
 
 
 def _choose(
-    evaluate: _Evaluator, scheme: Scheme, windows: torch.Tensor, calib: Calibration, tell: Callable = _quiet
-) -> tuple[str, dict]:
-    """The candidate strategy with the lowest perplexity on the calibration windows."""
+    evaluate: _Evaluator,
+    scheme: Scheme,
+    windows: torch.Tensor,
+    calib: Calibration,
+    tell: Callable = _quiet,
+    no_rotate: str | None = None,
+) -> tuple[str, dict, dict]:
+    """The candidate strategy with the lowest perplexity on the calibration windows, their perplexities, and the
+    candidates not tried with why (rotations the rewrite refuses: `no_rotate`)."""
     tried = {}
     usable = [s for s in candidates(scheme) if "keep-super-weights" not in parts(s) or calib.super_weights]
+    skipped = {s: no_rotate for s in usable if no_rotate and "rotate" in parts(s)}
+    usable = [s for s in usable if s not in skipped]
     for number, strategy in enumerate(usable, 1):
         tell(
             f"  best for {scheme.name}: trying {strategy} ({number}/{len(usable)}) "
@@ -313,7 +337,7 @@ def _choose(
         )
         tried[strategy] = evaluate(scheme, strategy, windows).perplexity
     chosen = min(tried, key=lambda s: (tried[s] != tried[s], tried[s]))  # NaN last
-    return chosen, tried
+    return chosen, tried, skipped
 
 
 def _sensitivity(evaluate: _Evaluator, scheme: Scheme, inputs: QuantInputs, blocks: int, config: QuantConfig) -> dict:

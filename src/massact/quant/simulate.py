@@ -7,6 +7,9 @@ pre-hook on each Linear transforms and fake-quantizes its input; a forward hook 
 projection fake-quantizes the KV cache (per token and head, around the projection's bias, which every
 token shares and the cache holds once in full precision). Nothing else of the model changes, and no forward is replaced.
 Smoothing scales depend on the weight, so they are computed from the real tensor as it is edited.
+
+`rotate` is the rewrite's own transform (`quant.rotate`): its plan of edits is active in the same swap, each
+Linear's rounding applied after the plan's edits of its weight, so the quantized model is the rewritten one.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from massact.models.edits import edited_parameters
 from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure, is_linear
 from massact.quant.calibrate import Calibration
+from massact.quant.rotate import rotation_plan
 from massact.quant.schemes import Scheme, quantize_activation, quantize_heads, quantize_weight
 from massact.quant.strategies import parts, smooth_scales
-from massact.rotations import rotation
+from massact.residual.plan import Plan
 
 KEY_NAMES = ("k_proj", "key", "k", "wk", "key_proj")
 VALUE_NAMES = ("v_proj", "value", "v", "wv", "value_proj")
@@ -44,7 +48,6 @@ class LinearPlan:
     smooth_maxima: torch.Tensor | None = None  # `smooth`: the calibration's max |x| per input channel
     alpha: float = 0.5  # `smooth`: its strength
     smooth: torch.Tensor | None = None  # [in]: input / s, weight columns * s (set from the weight: `fit`)
-    rotate: torch.Tensor | None = None  # [in, in] orthogonal: input @ H, weight rows @ H
     static_scale: torch.Tensor | None = None  # scalar scale for static per-tensor activations
     keep: tuple[tuple[int, ...], ...] = ()  # weight entries (stored index) kept in full precision
 
@@ -54,8 +57,8 @@ class LinearPlan:
 
     @property
     def transforms_input(self) -> bool:
-        """Whether the input is smoothed or rotated (so not shared with the other readers of the same tensor)."""
-        return self.smooth_maxima is not None or self.rotate is not None
+        """Whether the input is smoothed (so not shared with the other readers of the same tensor)."""
+        return self.smooth_maxima is not None
 
     def rows(self, weight: torch.Tensor) -> torch.Tensor:
         """The weight as [out, in] (Conv1D stores [in, out])."""
@@ -69,11 +72,7 @@ class LinearPlan:
             )
 
     def transform_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.smooth is not None:
-            x = x / self.smooth
-        if self.rotate is not None:
-            x = x @ self.rotate
-        return x
+        return x / self.smooth if self.smooth is not None else x
 
 
 def quantized_linears(model: nn.Module, blocks: Iterable[str] | None = None) -> dict[str, nn.Module]:
@@ -237,13 +236,11 @@ class QuantHooks(HookSet):
 @torch.no_grad()
 def _new_weight(plan: LinearPlan, weight: torch.Tensor, bits: int | None, group: int | None) -> torch.Tensor:
     plan.fit(weight)
-    if plan.smooth is None and plan.rotate is None and bits is None:
+    if plan.smooth is None and bits is None:
         return weight
     rows = plan.rows(weight)
     if plan.smooth is not None:
         rows = rows * plan.smooth.to(rows)
-    if plan.rotate is not None:
-        rows = (rows.double() @ plan.rotate.double()).to(weight.dtype)
     if bits is not None:
         if plan.keep:
             stored = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
@@ -260,15 +257,15 @@ def _new_weight(plan: LinearPlan, weight: torch.Tensor, bits: int | None, group:
 
 
 def swapped_weights(
-    model: nn.Module, plans: list[LinearPlan], bits: int | None, group: int | None = None
+    model: nn.Module, plans: list[LinearPlan], bits: int | None, group: int | None = None, rotated: Plan | None = None
 ) -> AbstractContextManager[None]:
-    """Each plan's weight replaced by its transformed (and, with `bits`, quantized) version until exit.
+    """Each plan's weight replaced by its transformed (and, with `bits`, quantized) version until exit; with
+    `rotated`, the rewrite's rotation first (every tensor it edits, each weight rounded after its edits).
 
     The original tensors come back on exit, also on error, so the model ends bit-identical (`edited_parameters`).
     """
-    return edited_parameters(
-        model, [(plan.module.weight, partial(_new_weight, plan, bits=bits, group=group)) for plan in plans]
-    )
+    edits = [(plan.module.weight, partial(_new_weight, plan, bits=bits, group=group)) for plan in plans]
+    return rotated.active(then=edits) if rotated is not None else edited_parameters(model, edits)
 
 
 def build_plans(
@@ -278,19 +275,18 @@ def build_plans(
     calibration: Calibration | None,
     *,
     alpha: float = 0.5,
-    seed: int = 0,
     blocks: Iterable[str] | None = None,
     static_scales: dict[str, torch.Tensor] | None = None,
 ) -> list[LinearPlan]:
-    """The per-Linear plans for `scheme` under `strategy` (the calibration supplies maxima and super weights)."""
+    """The per-Linear plans for `scheme` under `strategy` (the calibration supplies maxima and super weights); a
+    rotation is not a per-Linear transform here but the rewrite's (`quant_context`)."""
     chosen = parts(strategy)
-    needs = chosen & {"smooth", "keep-super-weights", "outlier-tokens"}
+    needs = chosen & {"smooth", "keep-super-weights", "outlier-tokens", "rotate"}
     if needs and calibration is None:
         raise MassactError(f"strategy {strategy!r} needs calibration windows, and `calibration` is None")
     if not scheme.quantizes_linears:
         return []
     plans = []
-    rotations: dict[int, torch.Tensor] = {}
     supers: dict[str, list[tuple[int, ...]]] = {}
     if "keep-super-weights" in chosen and calibration is not None:
         for weight in calibration.super_weights:
@@ -301,11 +297,6 @@ def build_plans(
         device = loaded.device if module.weight.is_meta else module.weight.device  # meta: read block by block
         if "smooth" in chosen and calibration is not None:
             plan.smooth_maxima = calibration.act_maxima.get(name)
-        if "rotate" in chosen:
-            size = plan.rows(module.weight).shape[1]
-            if size not in rotations:
-                rotations[size] = rotation(size, seed)[0]
-            plan.rotate = rotations[size].to(device, module.weight.dtype)
         if static_scales is not None and name in static_scales:
             plan.static_scale = static_scales[name].to(device, module.weight.dtype)
         plans.append(plan)
@@ -355,9 +346,8 @@ def quant_context(
         paths = [structure.block_path(i) for i in blocks]
     if scheme.granularity == "static" and scheme.act_bits is not None and record is None and static_scales is None:
         raise MassactError(f"scheme {scheme.name} needs static scales from calibration windows")
-    plans = build_plans(
-        loaded, scheme, strategy, calibration, alpha=alpha, seed=seed, blocks=paths, static_scales=static_scales
-    )
+    plans = build_plans(loaded, scheme, strategy, calibration, alpha=alpha, blocks=paths, static_scales=static_scales)
+    rotated = rotation_plan(loaded, calibration.probe, seed, blocks_path) if "rotate" in parts(strategy) else None
     kv, head_dim = _kv_modules(loaded, scheme, paths)
     if record is not None:
         kv = []
@@ -367,6 +357,6 @@ def quant_context(
     hooks = QuantHooks(loaded.model, scheme, plans, kv, head_dim, keep_first, keep_ids, record)
     with ExitStack() as stack:
         bits = scheme.weight_bits if record is None else None  # recording: transforms only, no rounding
-        stack.enter_context(swapped_weights(loaded.model, plans, bits, scheme.group))
+        stack.enter_context(swapped_weights(loaded.model, plans, bits, scheme.group, rotated))
         stack.enter_context(hooks)
         yield

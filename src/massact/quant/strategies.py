@@ -1,4 +1,4 @@
-"""Strategies against quantization error, and the exact transforms two of them apply (smoothing, rotation).
+"""Strategies against quantization error, and SmoothQuant's scales (the rotation is the rewrite's: `quant.rotate`).
 
 - `none`: quantize as the scheme says;
 - `outlier-tokens`: the tokens that carry massive activations (learned on calibration windows: the
@@ -6,10 +6,11 @@
   left out of the per-tensor scales;
 - `smooth`: SmoothQuant's per-input-channel scales `s = max|x|^alpha / max|W|^(1 - alpha)`, applied
   exactly (`x / s` on the input, `W * s` on the weight columns);
-- `rotate`: an orthogonal rotation of each Linear's input (`x H`, weight `W H`) by the matrix
-  `massact rewrite --rotate` folds into the residual stream (`massact.rotations`): a randomized Hadamard
-  matrix where a Hadamard order of the width is built (576, 768, 1,536, every power of two, ...), otherwise
-  a seeded random orthogonal matrix;
+- `rotate`: the rewrite `massact rewrite --rotate` folds (`quant.rotate`): norm gains folded into the Linears
+  that read them and the residual stream rotated by `H` (embeddings, the readers' inputs, the writers' outputs,
+  the LM head), `H` a randomized Hadamard matrix where a Hadamard order of the width is built (576, 768, every
+  power of two, ...), otherwise a seeded random orthogonal matrix (`massact.rotations`); o_proj and down_proj
+  inputs stay as they are. Refused, with the rewrite's reason, where the rewrite refuses the model;
 - `keep-super-weights`: the weight entries `massact trace` ranks as writers of the massive activations
   stay in full precision (and out of their row's or group's scale).
 
@@ -19,10 +20,9 @@ scheme on the calibration windows and keeps the one with the lowest perplexity t
 
 from __future__ import annotations
 
-import torch
-
 from massact.errors import MassactError
 from massact.quant.schemes import Scheme
+from massact.residual.transform import smooth_scales  # noqa: F401 (quant's name for it)
 
 PARTS = ("outlier-tokens", "smooth", "rotate", "keep-super-weights")
 NAMES = ("none", *PARTS, "best")
@@ -67,12 +67,3 @@ def candidates(scheme: Scheme) -> list[str]:
                 if chosen:
                     names.append(parse_strategy("+".join(chosen)))
     return list(dict.fromkeys(names))
-
-
-def smooth_scales(act_max: torch.Tensor, weight_rows: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Per-input-channel SmoothQuant scales from activation maxima [in] and the weight [out, in]."""
-    w_max = weight_rows.detach().abs().amax(dim=0).float().clamp(min=1e-5)
-    a_max = act_max.float().to(w_max.device).clamp(min=1e-5)
-    scales = a_max.pow(alpha) / w_max.pow(1 - alpha)
-    scales = torch.where(act_max.to(w_max.device) > 0, scales, torch.ones_like(scales))
-    return scales.clamp(min=1e-5)

@@ -1,6 +1,6 @@
 """Which rewrites `massact rewrite` accepts for a model, found the way the rewrite finds them, nothing rewritten.
 
-The rewrite itself (`massact.rewrite.transform`) refuses with the same `*_refusal` lines.
+The rewrite itself (`massact.residual.transform`) refuses with the same `*_refusal` lines.
 
 `refusals(loaded, ids)` maps the model's residual stream (`find_layout`, one forward on `ids`) and answers,
 for each of `rescale`, `smooth`, `rotate` and `check_quant`, None when the rewrite accepts it, or the one

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from massact.errors import MassactError
 from massact.residual import CHECK_QUANT_BLOCKS as CHECK_QUANT_BLOCKS  # read here by the command's checks
+from massact.residual import TOLERANCE
 from massact.validate import at_least, given
 
 FP16_MAX = 65504.0
@@ -42,7 +43,7 @@ class RewriteConfig:
     rotate: bool = False  # fold an orthogonal rotation of the residual stream (randomized Hadamard where one exists)
     seed: int = 0  # seed of the rotation
     check_quant: str | None = None  # "w8a8": quantize both models with a real int8 library
-    tolerance: float = 1e-3  # largest relative change of the float32 logits accepted as exact
+    tolerance: float = TOLERANCE  # largest relative change of the float32 logits accepted as exact
     batch_size: int = 4  # windows per forward pass
     blocks_path: str | None = None  # dotted path of the list of blocks, when not found by itself
     progress: bool = True  # progress lines on a terminal

@@ -17,12 +17,12 @@ from massact.models.loading import LoadedModel
 from massact.models.structure import find_structure
 from massact.progress import say
 from massact.quant import QuantInputs
+from massact.residual import transform
 from massact.residual.layout import Layout, check_known, find_layout
+from massact.residual.plan import Plan
 from massact.residual.support import PROBE_TOKENS
-from massact.rewrite import transform
 from massact.rewrite.config import FP16_MAX, RewriteConfig
 from massact.rewrite.measure import ModulePeaks
-from massact.rewrite.plan import Plan
 from massact.rewrite.result import RewriteResult
 from massact.rewrite.save import save
 from massact.rewrite.verify import logits_change, measure_model

@@ -21,7 +21,7 @@ from torch import nn
 
 from massact.models.checkpoint import SAFETENSORS_DTYPES
 from massact.models.offload import BlockOffload, offload_of
-from massact.rewrite.plan import Plan
+from massact.residual.plan import Plan
 
 MAX_SHARD = "50GB"  # save_pretrained's default
 WEIGHTS = "model.safetensors"

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from massact.errors import MassactError
 from massact.outputs import write_json
-from massact.train.gpt2 import GPT2, GPT2Config
-from massact.train.presets import TrainConfig
+from massact.train.build import build_model
+from massact.train.config import ModelConfig, TrainConfig
 
 CHECKPOINT = "checkpoint"
 
@@ -44,7 +44,9 @@ def _optimizer_file(index: int) -> str:
     return f"optimizer{index or ''}.safetensors"
 
 
-def save_checkpoint(run_dir: Path, model: GPT2, optimizers: list, schedulers: list, state: dict, tokenizer) -> Path:
+def save_checkpoint(
+    run_dir: Path, model: torch.nn.Module, optimizers: list, schedulers: list, state: dict, tokenizer
+) -> Path:
     """Write `run_dir/checkpoint` atomically. `state` holds step, config and logs (JSON).
 
     Optimizer i's tensors go to `optimizer.safetensors` (i = 0) or `optimizer<i>.safetensors`; its
@@ -55,13 +57,13 @@ def save_checkpoint(run_dir: Path, model: GPT2, optimizers: list, schedulers: li
     staging = run_dir / f".{CHECKPOINT}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_model(model, str(staging / "model.safetensors"))
+    save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
     saved = []
     for index, (optimizer, scheduler) in enumerate(zip(optimizers, schedulers, strict=True)):
         tensors, groups = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, str(staging / _optimizer_file(index)))
         saved.append({"param_groups": groups, "scheduler": scheduler.state_dict()})
-    write_json(staging / "config.json", {"model_type": "massact-gpt2", **model.config.to_dict()})
+    write_json(staging / "config.json", model_config_json(model))
     write_json(staging / "state.json", {**state, "optimizers": saved})
     tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
     old = run_dir / f".{CHECKPOINT}.old"
@@ -71,6 +73,22 @@ def save_checkpoint(run_dir: Path, model: GPT2, optimizers: list, schedulers: li
     os.replace(staging, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def model_config_json(model: torch.nn.Module) -> dict:
+    """config.json: transformers' `LlamaConfig` for a LLaMA-shaped `default` model (the folder then loads with
+    `LlamaForCausalLM.from_pretrained`), else massact's own type; massact's config under "massact" in both."""
+    config = model.config
+    own = {"massact": config.to_dict()}
+    if config.arch == "llama" and config.attention == "default":
+        return {**model.hf_config(), **own}
+    return {"model_type": f"massact-{config.arch}", **own}
+
+
+def read_model_config(checkpoint: Path) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint (also of one written before configs were nested under "massact")."""
+    data = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    return ModelConfig.from_dict(data.get("massact", data))
 
 
 def find_checkpoint(run_dir: Path) -> Path | None:
@@ -100,7 +118,9 @@ def config_differences(saved: dict, wanted: TrainConfig) -> list[str]:
     return diffs
 
 
-def load_checkpoint(checkpoint: Path, model: GPT2, optimizers: list, schedulers: list, config: TrainConfig) -> dict:
+def load_checkpoint(
+    checkpoint: Path, model: torch.nn.Module, optimizers: list, schedulers: list, config: TrainConfig
+) -> dict:
     """Restore model, optimizer and scheduler in place from `checkpoint`; returns its state dict."""
     state = read_state(checkpoint)
     diffs = config_differences(state.get("config", {}), config)
@@ -118,18 +138,18 @@ def load_checkpoint(checkpoint: Path, model: GPT2, optimizers: list, schedulers:
     return state
 
 
-def load_trained(path: Path, device: str = "cpu") -> tuple[GPT2, object]:
+def load_trained(path: Path, device: str = "cpu") -> tuple[torch.nn.Module, object]:
     """A trained model and its tokenizer from a checkpoint directory (or a run directory holding one)."""
     from massact.train.data import load_tokenizer
 
     path = Path(path)
     checkpoint = path if (path / "state.json").is_file() else find_checkpoint(path)
     if checkpoint is None:
-        raise MassactError(f"{path}: no massact GPT-2 checkpoint here (no state.json / model.safetensors)")
-    config = GPT2Config.from_dict(json.loads((checkpoint / "config.json").read_text(encoding="utf-8")))
+        raise MassactError(f"{path}: no massact training checkpoint here (no state.json / model.safetensors)")
+    config = read_model_config(checkpoint)
     weights = str(checkpoint / "model.safetensors")
     with safe_open(weights, framework="pt"):  # a damaged file fails here, before a model is built for it
         pass
-    model = GPT2(config)
+    model = build_model(config)
     load_model(model, weights, device=device)
     return model.to(device).eval(), load_tokenizer(checkpoint / "tokenizer.json")

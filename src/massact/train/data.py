@@ -9,7 +9,7 @@ import torch
 
 from massact.errors import MassactError
 from massact.models.loading import default_gguf_path, gguf_cache_dir
-from massact.train.presets import TrainConfig
+from massact.train.config import TrainConfig
 
 EOS = "<|endoftext|>"
 

@@ -13,15 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from massact.data.corpus import load_texts
+from massact.defaults import ATTENTION_VARIANTS
 from massact.errors import MassactError
 from massact.outputs import atomic_write_text, check_output_dir
 from massact.progress import say, status
 from massact.train.backcopy import BackcopyData, BackcopyTask
+from massact.train.config import ARCHITECTURES, OPTIMIZERS, TrainConfig
 from massact.train.data import TokenData, load_tokenizer, make_tokenizer
-from massact.train.gpt2 import ATTENTION_VARIANTS, check_variant
-from massact.train.presets import OPTIMIZERS, PRESETS, TrainConfig, get_preset
+from massact.train.presets import PRESETS, get_preset
 from massact.train.report import ExperimentResult
 from massact.train.trainer import train
+from massact.train.variants import check_variant
 from massact.validate import at_least, given
 
 BACKCOPY = "bigram-backcopy"
@@ -66,6 +68,7 @@ class ExperimentConfig:
     preset: str | None = None  # None: the task's default preset
     optimizer: str | None = None  # None: the preset's
     max_steps: int | None = None  # None: the preset's
+    arch: str | None = None  # "gpt2" or "llama"; None: the preset's
 
     def __post_init__(self) -> None:
         variants = tuple(check_variant(v) for v in self.variants)
@@ -79,6 +82,8 @@ class ExperimentConfig:
             raise MassactError(f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
         if self.max_steps is not None:
             at_least("max_steps", self.max_steps)
+        if self.arch is not None and self.arch not in ARCHITECTURES:
+            raise MassactError(f"{given('arch', self.arch)}: use one of {', '.join(ARCHITECTURES)}")
         if self.preset_name not in PRESETS:
             raise MassactError(f"unknown preset {self.preset_name!r}; use one of {', '.join(PRESETS)}")
         preset_task = PRESETS[self.preset_name].task
@@ -101,7 +106,7 @@ class ExperimentConfig:
         return self.preset or DEFAULT_PRESETS[BACKCOPY if self.is_backcopy else "text"]
 
     def run_config(self, variant: str, seed: int) -> TrainConfig:
-        config = get_preset(self.preset_name, attention=variant, seed=seed, max_steps=self.max_steps)
+        config = get_preset(self.preset_name, attention=variant, seed=seed, arch=self.arch, max_steps=self.max_steps)
         return config if self.optimizer is None else dataclasses.replace(config, optimizer=self.optimizer)
 
 

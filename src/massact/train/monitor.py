@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -37,6 +38,9 @@ FIELDS = (
     "top_token",
     "top_dim",
     "num_massive",
+    "top1_on_bos",
+    "top1_dim",
+    "dim_constancy",
     "sink_rate",
     "residual_peak",
     "value_drain",
@@ -58,7 +62,9 @@ def probe_statistics(model: nn.Module, probe_ids: torch.Tensor, thresholds: Thre
 
     Per block: `top1` = largest |activation| over all probe sequences (and where it is),
     `median` = mean over sequences of each sequence's median |activation| (as a scan computes it),
-    `ratio` = top1 / median, `num_massive` = entries passing the criterion, summed over sequences.
+    `ratio` = top1 / median, `num_massive` = entries passing the criterion, summed over sequences;
+    per sequence its own top entry: `top1_on_bos` = the share of sequences whose top entry is at position 0
+    (BOS, or the sink token), `top1_dim` = the dim most of them are in, `dim_constancy` = their share in it.
     """
     thresholds = thresholds or Thresholds()
     structure = find_structure(model)
@@ -76,6 +82,8 @@ def probe_statistics(model: nn.Module, probe_ids: torch.Tensor, thresholds: Thre
         best = max(records, key=lambda r: float(r.top_magnitudes[0]))
         top1 = float(best.top_magnitudes[0])
         median = sum(r.median for r in records) / len(records)
+        dims = Counter(int(r.top_dims[0]) for r in records)
+        modal = max(dims, key=lambda d: (dims[d], d == int(best.top_dims[0])))
         rows.append(
             {
                 "block": block,
@@ -85,6 +93,9 @@ def probe_statistics(model: nn.Module, probe_ids: torch.Tensor, thresholds: Thre
                 "top_token": int(best.top_tokens[0]),
                 "top_dim": int(best.top_dims[0]),
                 "num_massive": sum(int(r.massive_values.numel()) for r in records),
+                "top1_on_bos": sum(int(r.top_tokens[0]) == 0 for r in records) / len(records),
+                "top1_dim": modal,
+                "dim_constancy": dims[modal] / len(records),
             }
         )
     return rows

@@ -15,16 +15,37 @@ from massact.outputs import write_json
 from massact.report.figures import plot_curves
 from massact.report.spread import moments
 from massact.report.tables import numeric_column, print_table
+from massact.train.config import TrainConfig
 from massact.train.measures import summarize_blocks
-from massact.train.presets import TrainConfig
 from massact.train.trainer import TrainResult
-from massact.train.verdict import TARGET_MEASURES, anything_formed, judge, next_step
+from massact.train.verdict import SEEDS_NEEDED, TARGET_MEASURES, anything_formed, judge, next_step
 
 KIND = "experiment"  # the `kind` field of the JSON: which result this is
 
-MEASURES = ("final_loss", "sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
-CURVES = ("sink_rate", "residual_peak", "value_drain", "kurtosis", "top1_median")
-FACTOR_MEASURES = ("residual_peak", "sink_rate")  # default / variant: how much a design lowers them
+MEASURES = (
+    "final_loss",
+    "sink_rate",
+    "residual_peak",
+    "value_drain",
+    "kurtosis",
+    "top1",
+    "top1_median",
+    "top1_on_bos",
+    "dim_constancy",
+)
+CURVES = ("sink_rate", "residual_peak", "value_drain", "kurtosis", "top1", "top1_median")
+FACTOR_MEASURES = ("top1", "residual_peak", "sink_rate")  # default / variant: how much a design lowers them
+HEADERS = {
+    "final_loss": "final loss",
+    "sink_rate": "sink rate",
+    "residual_peak": "residual peak",
+    "value_drain": "value drain",
+    "kurtosis": "kurtosis",
+    "top1": "top-1 \\|x\\|",
+    "top1_median": "top-1 / median",
+    "top1_on_bos": "top entry on BOS",
+    "dim_constancy": "same dim",
+}
 BASELINE = "default"
 
 
@@ -150,6 +171,7 @@ _TITLES = {
     "value_drain": "value drain (|v_0| / median |v_i|, smallest over blocks)",
     "kurtosis": "excess kurtosis of the residual (largest over blocks)",
     "top1_median": "top-1 / median |activation| (largest over blocks)",
+    "top1": "top-1 |activation| (largest over blocks)",
 }
 
 
@@ -179,6 +201,8 @@ def shown_factors(verdict: dict) -> list[str]:
     """
     formed = verdict["formed"] or {}
     shown = []
+    if formed.get("top1") or formed.get("massive"):
+        shown.append("top1")
     if formed.get("residual_peak") or formed.get("massive"):
         shown.append("residual_peak")
     if formed.get("sink_rate"):
@@ -186,7 +210,14 @@ def shown_factors(verdict: dict) -> list[str]:
     return shown
 
 
-_TARGET_NAMES = {"sink_rate": "sink rate", "residual_peak": "residual peak"}
+_TARGET_NAMES = {
+    "sink_rate": "sink rate",
+    "residual_peak": "residual peak",
+    "top1": "top-1 |x|",
+    "top1_median": "top-1 / median",
+    "top1_on_bos": "top entry on BOS",
+    "dim_constancy": "top entry in one dim",
+}
 
 
 def _seeds(count: int, of: int) -> str:
@@ -209,7 +240,7 @@ def verdict_lines(data: dict) -> list[str]:
         formed = "formed" if entry["massive_seeds"] else "did not form"
         lines.append(f"- {variant}: {formed} ({_seeds(entry['massive_seeds'], entry['seeds'])}; {where})")
     targets = verdict["targets"]
-    asked = [f"{_TARGET_NAMES[m]} >= {targets[m]:g}" for m in TARGET_MEASURES if targets[m] is not None]
+    asked = [f"{_TARGET_NAMES[m]} >= {targets[m]:g}" for m in TARGET_MEASURES if targets.get(m) is not None]
     if targets["massive"]:
         asked.append("a massive activation")
     lines += ["", f"**Preset {data['preset']}'s targets for default** ({', '.join(asked)}): "]
@@ -229,6 +260,12 @@ def verdict_lines(data: dict) -> list[str]:
         if targets["massive"]:
             state = "formed" if verdict["formed"]["massive"] else "**did not form**"
             said.append(f"a massive activation {state} ({_seeds(base['massive_seeds'], base['seeds'])})")
+        if "all_targets_seeds" in base:
+            state = "met" if verdict["formed"]["all_targets"] else "**not met**"
+            said.append(
+                f"every number at once in {_seeds(base['all_targets_seeds'], base['seeds'])} "
+                f"(needed: {SEEDS_NEEDED:.0%} of the seeds): {state}"
+            )
         lines[-1] += "; ".join(said) + "."
     if not anything_formed(verdict):
         lines += [
@@ -250,24 +287,32 @@ def markdown(data: dict) -> str:
     summary = data["summary"]
     seeds = max(entry["seeds"] for entry in summary.values())
     factors_shown = shown_factors(data["verdict"])
-    headers = {"residual_peak": "peak: default / variant", "sink_rate": "sink rate: default / variant"}
+    headers = {
+        "top1": "top-1: default / variant",
+        "residual_peak": "peak: default / variant",
+        "sink_rate": "sink rate: default / variant",
+    }
     lines = [
         f"# Attention variants on {data['task']} (preset {data['preset']})",
         "",
-        f"Model: {model['n_layer']} blocks, hidden {model['n_embd']}, {model['n_head']} heads, context "
+        f"Model: {model.get('arch', 'gpt2')}-shaped, {model['n_layer']} blocks, hidden {model['n_embd']}, "
+        f"{model['n_head']} heads, context "
         f"{model['block_size']}, vocabulary {model['vocab_size']}; {config['max_steps']} steps of batch "
         f"{config['batch_size']}, {config['optimizer']} at learning rate {config['learning_rate']:g} "
         f"(warm-up {config['warmup_steps']}, weight decay {config['weight_decay']:g}); {seeds} seed(s) per variant.",
         "Measures on the final model, over a fixed probe batch: sink rate over all heads of all blocks; residual "
-        "peak, top-1 / median and kurtosis the largest over blocks; value drain the smallest over blocks. "
-        "Mean ± standard deviation over seeds.",
+        "peak, top-1 / median and kurtosis the largest over blocks; value drain the smallest over blocks; top-1 "
+        "|x|, the share of probe sequences whose top entry is on BOS and the share in its most common dim, of the "
+        "block with the largest entry. Mean ± standard deviation over seeds.",
         "",
         *verdict_lines(data),
         "## Variants",
         "",
-        "| variant | final loss | sink rate | residual peak | value drain | kurtosis | top-1 / median |"
+        "| variant | "
+        + " | ".join(HEADERS[m] for m in MEASURES)
+        + " |"
         + "".join(f" {headers[m]} |" for m in factors_shown),
-        "|---|---|---|---|---|---|---|" + "---|" * len(factors_shown),
+        "|---|" + "---|" * (len(MEASURES) + len(factors_shown)),
     ]
     for variant, entry in summary.items():
         factors = entry.get("factor_vs_default", {})
@@ -278,12 +323,12 @@ def markdown(data: dict) -> str:
         "",
         "## Every run",
         "",
-        "| variant | seed | final loss | sink rate | residual peak | value drain "
-        "| kurtosis | top-1 / median | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | seed | " + " | ".join(HEADERS[m] for m in MEASURES) + " | top dim | seconds |",
+        "|---|---|" + "---|" * (len(MEASURES) + 2),
     ]
     for row in data["rows"]:
-        cells = [fmt_number(row[m], 3) for m in MEASURES] + [f"{row['train_seconds']:.0f}"]
+        cells = [fmt_number(row.get(m), 3) for m in MEASURES]
+        cells += [str(row.get("top1_dim", "-")), f"{row['train_seconds']:.0f}"]
         lines.append(f"| {row['variant']} | {row['seed']} | " + " | ".join(cells) + " |")
     lines += [""] + [f"![{_TITLES[name]}](figures/{name}.png)" for name in ("loss", *CURVES)] + [""]
     return "\n".join(lines)

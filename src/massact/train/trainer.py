@@ -1,4 +1,5 @@
-"""Train a GPT-2 variant: AdamW or Muon, warm-up + cosine decay, clipping, accumulation, checkpoints, monitor.
+"""Train a GPT-2- or LLaMA-shaped model of one design: AdamW or Muon, warm-up then cosine or constant learning rate,
+clipping, accumulation, checkpoints, monitor.
 
 Runs on one CPU, one GPU (bf16 autocast) or many GPUs through `accelerate` (start with
 `accelerate launch -m massact train gpt2 ...` or `torchrun --nproc_per_node N -m massact train gpt2 ...`).
@@ -22,11 +23,13 @@ from massact.html.registry import result_kind
 from massact.outputs import atomic_write_text, staged_output, write_json
 from massact.progress import bar as progress_bar
 from massact.progress import say
+from massact.train.build import build_model
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from massact.train.config import TrainConfig
 from massact.train.data import TokenData, batch_seed
-from massact.train.gpt2 import GPT2
+from massact.train.measures import summarize_blocks
 from massact.train.monitor import ActivationMonitor
-from massact.train.presets import TrainConfig
+from massact.train.run_report import plot_run, run_markdown, run_verdict
 
 KIND = "train"  # the `kind` field of the JSON: which result this is
 RERUN = "rerun the same command with --resume to continue from it"  # `massact train gpt2` after Ctrl-C
@@ -35,7 +38,7 @@ RERUN = "rerun the same command with --resume to continue from it"  # `massact t
 @result_kind(KIND, "summary.json")
 @dataclass
 class TrainResult:
-    """What a finished (or resumed-and-finished) run produced."""
+    """What a finished (or resumed-and-finished) run produced: its logs, the monitor's rows, the final measures."""
 
     run_dir: Path
     step: int
@@ -51,6 +54,14 @@ class TrainResult:
     def final_val_loss(self) -> float:
         return self.val_log[-1]["val_loss"] if self.val_log else math.nan
 
+    @property
+    def final_blocks(self) -> list[dict]:
+        """The monitor's rows of the last recorded step, by block."""
+        if not self.monitor_rows:
+            return []
+        last = max(r["step"] for r in self.monitor_rows)
+        return sorted((r for r in self.monitor_rows if r["step"] == last), key=lambda r: r["block"])
+
     def to_json(self) -> dict:
         """What summary.json holds."""
         return {
@@ -60,58 +71,82 @@ class TrainResult:
             "final_val_loss": self.final_val_loss,
             "train_seconds": self.train_seconds,
             "parameters": self.parameters,
+            "final": summarize_blocks(self.final_blocks) if self.final_blocks else {},
+            "final_blocks": self.final_blocks,
             "emergence": self.emergence,
         }
 
     def show(self, console: Console) -> None:
         console.print(f"step {self.step}: validation loss {self.final_val_loss:.4f}", markup=False)
+        if self.final_blocks:
+            console.print(run_verdict(self.final_blocks), markup=False, highlight=False, soft_wrap=True)
 
     def write(self, out: Path) -> None:
-        """summary.json into `out` (the checkpoint, val_log.csv and monitor.* are already in the run directory)."""
-        write_json(out / "summary.json", self.to_json())
+        """summary.json, report.md and figures/ into `out` (the run directory already holds the checkpoint,
+        val_log.csv and monitor.*)."""
+        data = self.to_json()
+        write_json(out / "summary.json", data)
+        figures = out / "figures"
+        figures.mkdir(parents=True, exist_ok=True)
+        plot_run(data, self.monitor_rows, self.val_log, figures)
+        atomic_write_text(out / "report.md", run_markdown(data))
 
     def save_summary(self) -> None:
-        """Write summary.json into the run directory through the staged output (main process only)."""
+        """Write the run's files into the run directory through the staged output (main process only)."""
         if self.main_process:
             with staged_output(self.run_dir) as staging:
                 self.write(staging)
 
 
-def _adamw(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases, norms, or the 1-D k', v', sink and sink logits)."""
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+def norm_gains(model: torch.nn.Module) -> set[int]:
+    """Ids of the norms' gains (LayerNorm and RMSNorm weights)."""
+    return {
+        id(module.weight)
+        for module in model.modules()
+        if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), torch.nn.Parameter)
+    }
+
+
+def _adamw(model: torch.nn.Module, params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (and the norms' gains with `decay_norm_gains`), not on biases or the
+    1-D k', v', sink and sink logits."""
+    gains = norm_gains(model) if config.decay_norm_gains else set()
+    decay = [p for p in params if p.dim() >= 2 or id(p) in gains]
+    no_decay = [p for p in params if p.dim() < 2 and id(p) not in gains]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
 
 
-def make_optimizers(model: GPT2, config: TrainConfig) -> list[torch.optim.Optimizer]:
+def make_optimizers(model: torch.nn.Module, config: TrainConfig) -> list[torch.optim.Optimizer]:
     """[AdamW] or, for `optimizer="muon"`, [Muon on the blocks' linear weights, AdamW on the rest].
 
     The rest: embeddings, norms, biases, and the variants' own parameters (k', v', sink logits).
     Muon's update is scaled to AdamW's RMS (`match_rms_adamw`), so both take the same learning rate.
     """
     if config.optimizer == "adamw":
-        return [_adamw(list(model.parameters()), config)]
-    hidden = {id(m.weight) for m in model.transformer.h.modules() if isinstance(m, torch.nn.Linear)}
+        return [_adamw(model, list(model.parameters()), config)]
+    hidden = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
     matrices = [p for p in model.parameters() if id(p) in hidden]
     rest = [p for p in model.parameters() if id(p) not in hidden]
     muon = torch.optim.Muon(
         matrices, lr=config.learning_rate, weight_decay=config.weight_decay, adjust_lr_fn="match_rms_adamw"
     )
-    return [muon, _adamw(rest, config)]
+    return [muon, _adamw(model, rest, config)]
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    """Linear warm-up, then cosine decay to `min_lr` or (`schedule="constant"`) the peak learning rate."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
+    if config.schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
     return get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, config.warmup_steps, config.max_steps, min_lr=config.min_lr
     )
 
 
 @torch.no_grad()
-def evaluate(model: GPT2, windows: torch.Tensor, batch_size: int, device: torch.device, autocast) -> float:
+def evaluate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: torch.device, autocast) -> float:
     """Mean next-token loss over fixed validation windows (model in eval mode)."""
     was_training = model.training
     model.eval()
@@ -167,7 +202,7 @@ def train(
     bf16 = not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
     torch.manual_seed(config.seed)
-    model = GPT2(config.model)
+    model = build_model(config.model)
     optimizers = make_optimizers(model, config)
     schedulers = [make_scheduler(optimizer, config) for optimizer in optimizers]
     monitor = ActivationMonitor(
@@ -203,7 +238,11 @@ def train(
         if step == 0:
             monitor.record(raw, 0)
     bar = progress_bar(
-        config.max_steps, f"gpt2 {config.model.attention}", "step", progress and accelerator.is_main_process, step
+        config.max_steps,
+        f"{config.model.arch} {config.model.attention}",
+        "step",
+        progress and accelerator.is_main_process,
+        step,
     )
     tokens_per_step = config.tokens_per_step * accelerator.num_processes
     model.train()

@@ -13,8 +13,8 @@ import torch
 from massact.errors import MassactError
 from massact.models.offload import materialized
 from massact.residual.layout import Layout, Site, norm_eps
+from massact.residual.plan import Edit, Plan
 from massact.residual.support import eps_keys, rescale_refusal, rotate_refusal, text_config
-from massact.rewrite.plan import Edit, Plan
 
 
 def _norm_site(layout: Layout, path: str, name: str = "weight") -> Site | None:
@@ -156,8 +156,6 @@ def rotate(plan: Plan, layout: Layout, matrix: torch.Tensor) -> list[str]:
 
 def smooth(plan: Plan, layout: Layout, act_max: dict[str, torch.Tensor], alpha: float) -> list[str]:
     """SmoothQuant: each pre-norm's output divided by s per channel, its readers' columns multiplied by s."""
-    from massact.quant.strategies import smooth_scales
-
     done = 0
     for sub in layout.sublayers:
         if sub.reader is None or sub.reader not in act_max or not sub.readers:
@@ -170,3 +168,12 @@ def smooth(plan: Plan, layout: Layout, act_max: dict[str, torch.Tensor], alpha: 
             plan.edit(site, along(site.axis, scales))
         done += 1
     return [f"SmoothQuant scales (alpha {alpha:g}) folded into {done} pre-norms and the Linears that read them"]
+
+
+def smooth_scales(act_max: torch.Tensor, weight_rows: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Per-input-channel SmoothQuant scales from activation maxima [in] and the weight [out, in]."""
+    w_max = weight_rows.detach().abs().amax(dim=0).float().clamp(min=1e-5)
+    a_max = act_max.float().to(w_max.device).clamp(min=1e-5)
+    scales = a_max.pow(alpha) / w_max.pow(1 - alpha)
+    scales = torch.where(act_max.to(w_max.device) > 0, scales, torch.ones_like(scales))
+    return scales.clamp(min=1e-5)

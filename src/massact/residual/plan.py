@@ -4,8 +4,9 @@ Each rewrite (`transform`) appends to a parameter's chain of edits (`Edit`: tens
 changing the tensor, and records what is not a tensor (norm epsilons, config keys, an untied LM head). The
 plan is then used three ways, all through the same chains:
 
-- `active()`: the model runs with the edits so far (a rescale measures its peaks on the rotated model);
-  block by block each edit is applied as its block is read (`edited_parameters`);
+- `active()`: the model runs with the edits so far (a rescale measures its peaks on the rotated model; quant's
+  `rotate` quantizes the rotated model); block by block each edit is applied as its block is read
+  (`edited_parameters`);
 - `commit()`: in memory, the edits are written into the model (a copy), which `save_pretrained` saves;
 - `rewritten(key, tensor)`: block by block, each tensor of a block read from the checkpoint is rewritten
   before it is written to the output (`rewrite.save`).
@@ -13,13 +14,14 @@ plan is then used three ways, all through the same chains:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
 
-from massact.models.edits import edited_parameters
+from massact.models.edits import edited_parameters, untied
+from massact.residual import TOLERANCE as TOLERANCE  # the exactness check's bound
 from massact.residual.layout import Layout, Site
 from massact.residual.support import text_config
 
@@ -38,6 +40,10 @@ def on_part(index: tuple, edit: Edit) -> Edit:
         return out
 
     return apply
+
+
+def _chained(first: Edit, then: Edit) -> Edit:
+    return lambda tensor: then(first(tensor))
 
 
 class Plan:
@@ -78,21 +84,36 @@ class Plan:
         self.config_edits.append(untied)
         layout.tied = False
 
-    def _pairs(self) -> list[tuple[nn.Parameter, Edit]]:
+    def _pairs(self) -> dict[int, tuple[nn.Parameter, Edit]]:
+        """id(parameter) -> (the parameter, its chain of edits); an untied head resolves to its own parameter only
+        inside `active`."""
         pairs: dict[int, tuple[nn.Parameter, Edit]] = {}
         for key, edits in self.edits.items():
-            if key == self.untied or not edits:
-                continue  # the untied head still shares the embedding's tensor in the model: no pass reads it
+            if not edits:
+                continue
             parameter = self.model.get_parameter(key)
             if id(parameter) in pairs:
                 raise AssertionError(f"two rewrites of one tensor under two names ({key})")
             pairs[id(parameter)] = (parameter, lambda tensor, key=key: self.rewritten(key, tensor))
-        return list(pairs.values())
+        return pairs
 
     @contextmanager
-    def active(self) -> Iterator[None]:
-        """The model runs with the edits so far inside the block (in memory or block by block); restored after."""
-        with edited_parameters(self.model, self._pairs()):
+    def active(self, then: Iterable[tuple[nn.Parameter, Edit]] = ()) -> Iterator[None]:
+        """The model runs with the edits so far inside the block (in memory or block by block); restored after.
+
+        A head the rewrite unties gets its own parameter for the while (`untied`). `then`: further edits, each
+        applied after the plan's edits of the same parameter in the same swap (a simulated quantizer's rounding),
+        so no parameter is held a third time.
+        """
+        with ExitStack() as stack:
+            if self.untied is not None:
+                owner, _, name = self.untied.rpartition(".")
+                stack.enter_context(untied(self.model, self.model.get_submodule(owner), name))
+            pairs = self._pairs()
+            for parameter, edit in then:
+                first = pairs.get(id(parameter))
+                pairs[id(parameter)] = (parameter, edit if first is None else _chained(first[1], edit))
+            stack.enter_context(edited_parameters(self.model, pairs.values()))
             yield
 
     @torch.no_grad()
@@ -110,3 +131,10 @@ class Plan:
             setattr(module, name, value)
         for edit in self.config_edits:
             edit(self.model.config)
+
+
+def logits_change(original: torch.Tensor, rewritten: torch.Tensor) -> dict:
+    """Largest |logit difference|, against the largest |logit| of the original."""
+    diff = float((original - rewritten).abs().max())
+    peak = float(original.abs().max())
+    return {"max_abs_diff": diff, "max_abs": peak, "max_rel_diff": diff / peak if peak > 0 else diff}

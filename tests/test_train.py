@@ -313,6 +313,14 @@ def test_presets():
     assert 115e6 < blocks + embeddings < 130e6
     with pytest.raises(MassactError, match="unknown preset"):
         get_preset("huge")
+    from massact.defaults import TRAIN_PRESETS
+    from massact.train.presets import PRESET_TARGETS, PRESETS
+
+    assert tuple(PRESETS) == TRAIN_PRESETS and set(PRESET_TARGETS) == set(PRESETS)  # the CLI's list, every target
+    assert (
+        get_preset("backcopy-llama").model.arch == "llama"
+        and get_preset("backcopy-llama", arch="gpt2").model.arch == "gpt2"
+    )
     with pytest.raises(MassactError, match="unknown attention variant"):
         get_preset("cpu-small", attention="alibi")
 

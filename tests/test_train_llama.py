@@ -223,3 +223,24 @@ def test_every_design_trains_and_its_run_writes_a_report(arch, tmp_path):
         report = (out / "report.md").read_text()
         assert f"# {arch} {attention} on bigram-backcopy" in report and "massive activation" in report
         assert (out / "report.html").is_file() and (out / "figures" / "top1.png").is_file()
+
+
+def test_a_diverged_run_reads_back_with_its_non_finite_measures(tmp_path):
+    """A run whose loss went NaN (softpick at a high learning rate does) is read back, not refused: state.json's
+    "nan" / "inf" strings return as floats and the experiment's summaries take them."""
+    import math
+
+    from massact.outputs import write_json
+    from massact.train.checkpoint import read_state
+    from massact.train.measures import summarize_blocks
+
+    rows = [
+        {"step": 10, "block": 0, "top1": math.nan, "ratio": math.inf, "head_first_attention": [math.nan, 0.5],
+         "residual_peak": math.nan, "value_drain": math.nan, "kurtosis": math.nan,
+         "top1_on_bos": 0.0, "top1_dim": 0, "dim_constancy": 1.0}
+    ]  # fmt: skip
+    write_json(tmp_path / "state.json", {"step": 10, "val_log": [{"val_loss": math.nan}], "monitor_rows": rows})
+    state = read_state(tmp_path)
+    assert math.isnan(state["val_log"][0]["val_loss"]) and state["monitor_rows"][0]["ratio"] == math.inf
+    summary = summarize_blocks(state["monitor_rows"])
+    assert summary["sink_rate"] == 0.5 and math.isnan(summary["top1"]) and summary["top1_median"] == math.inf

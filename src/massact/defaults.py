@@ -31,6 +31,7 @@ TRAIN_PRESETS = (
     "backcopy-test",
     "backcopy-cpu",
     "backcopy-llama",
+    "backcopy-llama-gpu",
     "cpu-small",
     "gpt2-124m",
 )  # the keys of `train.presets.PRESETS`

@@ -224,6 +224,20 @@ def _clean(value):
     return value
 
 
+_NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def restore_non_finite(value):
+    """The inverse of the JSON writer's cleaning: the strings "nan", "inf", "-inf" back to floats."""
+    if isinstance(value, str):
+        return _NON_FINITE.get(value, value)
+    if isinstance(value, dict):
+        return {k: restore_non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [restore_non_finite(v) for v in value]
+    return value
+
+
 def to_json_text(data: dict) -> str:
     return json.dumps(_clean(data), indent=2, ensure_ascii=False, allow_nan=False)
 

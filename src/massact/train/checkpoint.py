@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from massact.errors import MassactError
-from massact.outputs import write_json
+from massact.outputs import restore_non_finite, write_json
 from massact.train.build import build_model
 from massact.train.config import ModelConfig, TrainConfig
 
@@ -101,7 +101,12 @@ def find_checkpoint(run_dir: Path) -> Path | None:
 
 
 def read_state(checkpoint: Path) -> dict:
-    return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    """state.json, with the losses and measures a diverged run wrote as "nan" / "inf" read back as floats."""
+    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    for key in ("val_log", "monitor_rows"):
+        if key in state:
+            state[key] = restore_non_finite(state[key])
+    return state
 
 
 def config_differences(saved: dict, wanted: TrainConfig) -> list[str]:

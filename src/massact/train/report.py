@@ -34,7 +34,7 @@ MEASURES = (
     "dim_constancy",
 )
 CURVES = ("sink_rate", "residual_peak", "value_drain", "kurtosis", "top1", "top1_median")
-FACTOR_MEASURES = ("top1", "residual_peak", "sink_rate")  # default / variant: how much a design lowers them
+FACTOR_MEASURES = ("top1", "top1_median", "residual_peak", "sink_rate")  # default / variant: what a design lowers
 HEADERS = {
     "final_loss": "final loss",
     "sink_rate": "sink rate",
@@ -201,8 +201,8 @@ def shown_factors(verdict: dict) -> list[str]:
     """
     formed = verdict["formed"] or {}
     shown = []
-    if formed.get("top1") or formed.get("massive"):
-        shown.append("top1")
+    if formed.get("top1") or formed.get("top1_median") or formed.get("massive"):
+        shown += ["top1", "top1_median"]
     if formed.get("residual_peak") or formed.get("massive"):
         shown.append("residual_peak")
     if formed.get("sink_rate"):
@@ -289,6 +289,7 @@ def markdown(data: dict) -> str:
     factors_shown = shown_factors(data["verdict"])
     headers = {
         "top1": "top-1: default / variant",
+        "top1_median": "top-1 / median: default / variant",
         "residual_peak": "peak: default / variant",
         "sink_rate": "sink rate: default / variant",
     }
@@ -299,7 +300,9 @@ def markdown(data: dict) -> str:
         f"{model['n_head']} heads, context "
         f"{model['block_size']}, vocabulary {model['vocab_size']}; {config['max_steps']} steps of batch "
         f"{config['batch_size']}, {config['optimizer']} at learning rate {config['learning_rate']:g} "
-        f"(warm-up {config['warmup_steps']}, weight decay {config['weight_decay']:g}); {seeds} seed(s) per variant.",
+        f"(warm-up {config['warmup_steps']}, then {config.get('schedule', 'cosine')}, "
+        f"weight decay {config['weight_decay']:g}); "
+        f"{seeds} seed(s) per variant.",
         "Measures on the final model, over a fixed probe batch: sink rate over all heads of all blocks; residual "
         "peak, top-1 / median and kurtosis the largest over blocks; value drain the smallest over blocks; top-1 "
         "|x|, the share of probe sequences whose top entry is on BOS and the share in its most common dim, of the "

@@ -244,3 +244,36 @@ def test_a_diverged_run_reads_back_with_its_non_finite_measures(tmp_path):
     assert math.isnan(state["val_log"][0]["val_loss"]) and state["monitor_rows"][0]["ratio"] == math.inf
     summary = summarize_blocks(state["monitor_rows"])
     assert summary["sink_rate"] == 0.5 and math.isnan(summary["top1"]) and summary["top1_median"] == math.inf
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_training_stops_at_the_first_non_finite_loss(arch, tmp_path, monkeypatch):
+    """From the third loss on the loss is NaN: the run measures, checkpoints and stops at step 3, says so in its
+    summary and report, and a resume reads it back without training."""
+    from torch.nn import functional
+
+    from massact.train import run as train_run
+    from massact.train.lm import LabModel
+
+    original, calls = functional.cross_entropy, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if len(calls) >= 3 else loss
+
+    monkeypatch.setattr("massact.train.lm.F.cross_entropy", poisoned)
+    config = get_preset("backcopy-test", arch=arch)
+    result = train_run(config, tmp_path / "run", progress=False)
+    assert result.step == 3 and result.diverged_at == 3
+    result.write(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["diverged_at"] == 3
+    assert "**Diverged**" in (tmp_path / "run" / "report.md").read_text()
+    assert max(r["step"] for r in result.monitor_rows) == 3  # the diverged model was measured
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a diverged run was trained again")
+
+    monkeypatch.setattr(LabModel, "forward", no_training)
+    again = train_run(config, tmp_path / "run", resume=True, progress=False)
+    assert again.step == 3 and again.diverged_at == 3

@@ -68,6 +68,7 @@ def run_row(variant: str, seed: int, run: TrainResult) -> dict:
         "final_loss": run.final_val_loss,
         **summarize_blocks(blocks),
         "steps": run.step,
+        "diverged_at": run.diverged_at,
         "train_seconds": run.train_seconds,
         "blocks": blocks,
         "curves": curves,
@@ -333,5 +334,10 @@ def markdown(data: dict) -> str:
         cells = [fmt_number(row.get(m), 3) for m in MEASURES]
         cells += [str(row.get("top1_dim", "-")), f"{row['train_seconds']:.0f}"]
         lines.append(f"| {row['variant']} | {row['seed']} | " + " | ".join(cells) + " |")
+    diverged = [
+        f"{r['variant']} seed {r['seed']} at step {r['diverged_at']}" for r in data["rows"] if r.get("diverged_at")
+    ]
+    if diverged:
+        lines += ["", f"Diverged (the training loss was not finite; training stopped there): {', '.join(diverged)}."]
     lines += [""] + [f"![{_TITLES[name]}](figures/{name}.png)" for name in ("loss", *CURVES)] + [""]
     return "\n".join(lines)

@@ -49,6 +49,11 @@ def run_markdown(data: dict) -> str:
         f"{data['train_seconds']:.0f} s. Final validation loss {fmt_number(data['final_val_loss'], 4)}.",
         "",
     ]
+    if data.get("diverged_at") is not None:
+        lines += [
+            f"**Diverged**: the training loss was not finite at step {data['diverged_at']}; training stopped.",
+            "",
+        ]
     blocks = data["final_blocks"]
     if blocks:
         lines += [run_verdict(blocks) + ".", "", "## Final model, per block", ""]

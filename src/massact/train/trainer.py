@@ -49,6 +49,7 @@ class TrainResult:
     config: dict = field(default_factory=dict)
     parameters: int = 0
     main_process: bool = True  # False on the other processes of a multi-GPU run (they write nothing)
+    diverged_at: int | None = None  # the step whose loss was not finite (training stopped there), or None
 
     @property
     def final_val_loss(self) -> float:
@@ -71,6 +72,7 @@ class TrainResult:
             "final_val_loss": self.final_val_loss,
             "train_seconds": self.train_seconds,
             "parameters": self.parameters,
+            "diverged_at": self.diverged_at,
             "final": summarize_blocks(self.final_blocks) if self.final_blocks else {},
             "final_blocks": self.final_blocks,
             "emergence": self.emergence,
@@ -162,6 +164,12 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, dev
     return total / count
 
 
+def _finite_everywhere(accelerator, loss: float) -> bool:
+    """Whether the step's loss is finite on every process (they all stop together when one diverges)."""
+    bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=accelerator.device)
+    return float(accelerator.reduce(bad, reduction="sum")) == 0.0
+
+
 def _write_val_log(run_dir: Path, val_log: list[dict]) -> None:
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=["step", "train_loss", "val_loss", "tokens"])
@@ -210,11 +218,12 @@ def train(
         every=config.monitor_interval,
         out_dir=run_dir if accelerator.is_main_process else None,
     )
-    step, val_log, elapsed = 0, [], 0.0
+    step, val_log, elapsed, diverged_at = 0, [], 0.0, None
     model = model.to(accelerator.device)
     if existing is not None:
         state = load_checkpoint(existing, model, optimizers, schedulers, config)
         step, val_log, elapsed = state["step"], state["val_log"], state.get("train_seconds", 0.0)
+        diverged_at = state.get("diverged_at")
         monitor.restore(state["monitor_rows"], step)
     model, *optimizers = accelerator.prepare(model, *optimizers)
     raw = accelerator.unwrap_model(model)
@@ -230,6 +239,7 @@ def train(
                 "val_log": val_log,
                 "monitor_rows": monitor.rows,
                 "train_seconds": elapsed,
+                "diverged_at": diverged_at,
             }
             save_checkpoint(run_dir, raw, optimizers, schedulers, state, data.tokenizer)
 
@@ -247,7 +257,7 @@ def train(
     tokens_per_step = config.tokens_per_step * accelerator.num_processes
     model.train()
     try:
-        while step < config.max_steps:
+        while step < config.max_steps and diverged_at is None:
             started = time.perf_counter()
             loss_sum = 0.0
             for micro in range(config.grad_accum):
@@ -269,7 +279,10 @@ def train(
             elapsed += time.perf_counter() - started
             bar.update(1)
             bar.set_postfix_str(f"loss {loss_sum:.3f}, {tokens_per_step * bar.n / max(elapsed, 1e-9):.0f} tokens/s")
-            if step % config.eval_interval == 0 or step == config.max_steps:
+            if not _finite_everywhere(accelerator, loss_sum):
+                diverged_at = step  # nothing more to learn: measure, checkpoint and stop here
+            last = step == config.max_steps or diverged_at is not None
+            if step % config.eval_interval == 0 or last:
                 val = evaluate(raw, val_windows, config.batch_size, accelerator.device, accelerator.autocast)
                 val_log.append(
                     {"step": step, "train_loss": loss_sum, "val_loss": val, "tokens": step * tokens_per_step}
@@ -278,10 +291,12 @@ def train(
                     say(f"step {step}: train loss {loss_sum:.4f}, val loss {val:.4f}")
                 if accelerator.is_main_process:
                     _write_val_log(run_dir, val_log)
-            if accelerator.is_main_process and (monitor.due(step) or step == config.max_steps):
+            if accelerator.is_main_process and (monitor.due(step) or last):
                 monitor.record(raw, step)
-            if step % config.checkpoint_interval == 0 or step == config.max_steps:
+            if step % config.checkpoint_interval == 0 or last:
                 checkpoint()
+            if diverged_at is not None and progress and accelerator.is_main_process:
+                say(f"step {step}: the training loss is {loss_sum}: the run diverged; training stopped here")
             if stop_after is not None and step >= stop_after:
                 checkpoint()
                 break
@@ -310,4 +325,5 @@ def train(
         config=config.to_dict(),
         parameters=raw.num_parameters(),
         main_process=accelerator.is_main_process,
+        diverged_at=diverged_at,
     )

@@ -83,10 +83,6 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def top_block(rows: list[dict]) -> dict:
-    return max(rows, key=lambda r: r["top1"])
-
-
 def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
@@ -99,9 +95,9 @@ def main() -> None:
     steps = sorted({r["step"] for r in result.monitor_rows})
     curve = []
     for step in steps:
-        rows = [r for r in result.monitor_rows if r["step"] == step]
-        top = top_block(rows)
+        rows = sorted((r for r in result.monitor_rows if r["step"] == step), key=lambda r: r["block"])
         summary = summarize_blocks(rows)
+        top = rows[summary["top1_block"]]
         curve.append({"step": step, **{k: top[k] for k in ("block", "top1", "ratio", "top1_on_bos", "top1_dim")}})
         print(
             f"step {step}: block {top['block']} top-1 {top['top1']:.1f} ({top['ratio']:.0f}x median), "

@@ -49,15 +49,9 @@ HEADERS = {
 BASELINE = "default"
 
 
-def final_blocks(rows: list[dict]) -> list[dict]:
-    """The monitor rows of the last recorded step, by block."""
-    last = max(r["step"] for r in rows)
-    return sorted((r for r in rows if r["step"] == last), key=lambda r: r["block"])
-
-
 def run_row(variant: str, seed: int, run: TrainResult) -> dict:
     """One variant x seed: the final model's measures (`summarize_blocks`), its blocks and its curves."""
-    blocks = final_blocks(run.monitor_rows)
+    blocks = run.final_blocks
     curves = {"step": [e["step"] for e in run.emergence]}
     curves.update({name: [e[name] for e in run.emergence] for name in CURVES})
     curves["loss_step"] = [e["step"] for e in run.val_log]

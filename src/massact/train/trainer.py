@@ -23,6 +23,7 @@ from massact.html.registry import result_kind
 from massact.outputs import atomic_write_text, staged_output, write_json
 from massact.progress import bar as progress_bar
 from massact.progress import say
+from massact.residual.layout import is_norm
 from massact.train.build import build_model
 from massact.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from massact.train.config import TrainConfig
@@ -101,12 +102,8 @@ class TrainResult:
 
 
 def norm_gains(model: torch.nn.Module) -> set[int]:
-    """Ids of the norms' gains (LayerNorm and RMSNorm weights)."""
-    return {
-        id(module.weight)
-        for module in model.modules()
-        if "norm" in type(module).__name__.lower() and isinstance(getattr(module, "weight", None), torch.nn.Parameter)
-    }
+    """Ids of the norms' gains (LayerNorm and RMSNorm weights), found as the rewrite finds norms."""
+    return {id(module.weight) for module in model.modules() if is_norm(module)}
 
 
 def _adamw(model: torch.nn.Module, params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.AdamW:

@@ -2,12 +2,14 @@
 
 It trains with massact's own trainer (`massact.train.trainer.train`, the code `massact experiment` runs) into
 a temporary folder, so a point found here is a preset as it is. Every `--every` steps it prints, for the
-block with the largest entry, top-1 |x|, its ratio to the median, the share of probe sequences whose top
-entry is on BOS, the dim most of them are in and its share, and the sink rate over all heads. With `--log`
+site (the block whose top entry is largest against its median), top-1 |x|, its ratio to the median, the
+share of probe sequences whose top entry is on BOS, the dim most of them are in and its share, and the sink
+rate over all heads. With `--log`
 it appends the point (settings, final measures, the top-1 curve, seconds) to a JSON-lines file, the record
-docs/attention_variants.md quotes.
+docs/attention_variants.md quotes; `--table FILE` prints that record as the page's markdown table.
 
     python benchmarks/backcopy_search.py --arch llama --layers 3 --width 64 --heads 1 --lr 3e-3 --steps 1000
+    python benchmarks/backcopy_search.py --table docs/figures/attention_variants_llama/search.jsonl
 """
 
 from __future__ import annotations
@@ -48,7 +50,44 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", type=Path, help="append the point to this JSON-lines file")
+    parser.add_argument("--table", type=Path, help="print this JSON-lines record as a markdown table, train nothing")
     return parser.parse_args()
+
+
+TABLE_HEADER = (
+    "| blocks x width (heads) | context x batch | vocab | lr | schedule | weight decay | steps | seed | val loss "
+    "| sink rate | block | top-1 \\|x\\| | / median | on BOS | dim (share) | residual peak | seconds |"
+)
+
+
+def table(record: Path) -> str:
+    """The markdown table of a search record, one row per point, in the order they ran (final measures
+    summarized again from the point's blocks, so every row follows today's `summarize_blocks`)."""
+    lines = [TABLE_HEADER, "|" + "---|" * TABLE_HEADER.count(" | ") + "---|"]
+    for line in record.read_text(encoding="utf-8").splitlines():
+        point = json.loads(line)
+        s, f = point["settings"], {**point["final"], **summarize_blocks(point["blocks"])}
+        cells = (
+            f"{s['layers']} x {s['width']} ({s['heads']})",
+            f"{s['context']} x {s['batch']}",
+            s["vocab"],
+            f"{s['lr']:g}",
+            s["schedule"],
+            f"{s['weight_decay']:g}",
+            f"{s['steps']:,}",
+            s["seed"],
+            f"{f['val_loss']:.3f}",
+            f"{f['sink_rate']:.2f}",
+            f["top1_block"],
+            f"{f['top1']:,.0f}",
+            f"{f['top1_median']:.0f}",
+            f"{f['top1_on_bos']:.2f}",
+            f"{f['top1_dim']} ({f['dim_constancy']:.2f})",
+            f"{f['residual_peak']:.1f}",
+            f"{point['seconds']:.0f}",
+        )
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
+    return "\n".join(lines)
 
 
 def config_of(args: argparse.Namespace) -> TrainConfig:
@@ -85,6 +124,9 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
 
 def main() -> None:
     args = parse()
+    if args.table:
+        print(table(args.table))
+        return
     torch.set_num_threads(args.threads)
     config = config_of(args)
     task = BackcopyTask(config.model.vocab_size, config.triggers, config.bigram_concentration, config.task_seed)

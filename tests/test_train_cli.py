@@ -197,3 +197,26 @@ def test_train_gpt2_on_bigram_backcopy_loads_with_its_tokenizer(tmp_path):
     loaded = load_model(str(out), device="cpu", dtype="float32")
     assert loaded.model.config.attention == "sink-logit"
     assert loaded.tokenizer.decode(loaded.tokenizer("<bos> t1 t2")["input_ids"]) == "<bos> t1 t2"
+
+
+def test_a_diverged_seed_reads_back_into_the_experiments_report(tmp_path):
+    """One seed's last measures are not finite (a diverged run): the experiment reads it back and writes its
+    report and figures, the mean curve NaN where that seed is, finite where no seed is."""
+    out = tmp_path / "exp"
+    args, _ = _attention_variants(out)
+    state_path = out / "runs" / "attn-bias" / "seed1" / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text())
+    last = max(row["step"] for row in state["monitor_rows"])
+    for row in state["monitor_rows"]:
+        if row["step"] == last:
+            row.update(top1="nan", ratio="inf", residual_peak="nan")
+    state_path.write_text(json.dumps(state))
+    (out / "experiment.json").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    data = json.loads((out / "experiment.json").read_text())
+    diverged = next(r for r in data["rows"] if (r["variant"], r["seed"]) == ("attn-bias", 1))
+    assert diverged["curves"]["top1"][-1] == "nan" and diverged["curves"]["top1"][0] != "nan"
+    assert (out / "figures" / "top1.png").stat().st_size > 1000
+    assert "| attn-bias | 1 |" in (out / "report.md").read_text()

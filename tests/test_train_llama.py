@@ -173,6 +173,21 @@ def test_top_entry_measures_against_a_direct_computation(arch):
         assert row["top1"] == pytest.approx(float(hidden.abs().max()), rel=1e-6)
 
 
+def test_the_summary_takes_every_top_entry_measure_from_one_block():
+    """Block 0 has the largest entry against its median (on ordinary tokens), block 1 the largest |x| (on BOS):
+    the summary's ratio, |x|, token and dim all come from block 0, never mixed across blocks."""
+    from massact.train.measures import summarize_blocks
+
+    def row(block, top1, median, on_bos, dim):
+        return {"block": block, "top1": top1, "ratio": top1 / median, "top1_on_bos": on_bos, "top1_dim": dim,
+                "dim_constancy": 1.0, "head_first_attention": [0.9, 0.1], "residual_peak": 1.0,
+                "value_drain": 1.0, "kurtosis": 0.0}  # fmt: skip
+
+    summary = summarize_blocks([row(0, 900.0, 3.0, 0.0, 7), row(1, 4000.0, 40.0, 1.0, 2)])
+    assert summary["top1_median"] == 300.0 and summary["top1"] == 900.0 and summary["top1_block"] == 0
+    assert summary["top1_on_bos"] == 0.0 and summary["top1_dim"] == 7 and summary["sink_rate"] == 0.5
+
+
 def test_trained_default_checkpoint_is_a_transformers_folder_and_scans_as_monitored(tmp_path):
     """`massact train llama` default: the checkpoint loads with LlamaForCausalLM; `massact scan` of the probe
     finds the monitor's final top entry in every block."""
@@ -219,7 +234,8 @@ def test_every_design_trains_and_its_run_writes_a_report(arch, tmp_path):
         result.write(out)
         summary = json.loads((out / "summary.json").read_text())
         assert summary["config"]["model"]["arch"] == arch and summary["step"] == 4
-        assert summary["final"]["top1"] == max(b["top1"] for b in result.final_blocks)
+        site = max(result.final_blocks, key=lambda b: b["ratio"])
+        assert summary["final"]["top1"] == site["top1"] and summary["final"]["top1_median"] == site["ratio"]
         report = (out / "report.md").read_text()
         assert f"# {arch} {attention} on bigram-backcopy" in report and "massive activation" in report
         assert (out / "report.html").is_file() and (out / "figures" / "top1.png").is_file()

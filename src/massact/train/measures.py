@@ -99,8 +99,9 @@ def summarize_blocks(rows: list[dict]) -> dict:
 
     `sink_rate` over all heads of all blocks; `residual_peak`, `top1_median` (the scan's ratio) and
     `kurtosis` the largest over blocks; `value_drain` the smallest (the strongest drain). With the
-    monitor's rows, the block with the largest entry gives `top1` (|x|), `top1_block`, `top1_on_bos`,
-    `top1_dim` and `dim_constancy`.
+    monitor's rows, the block whose top entry is largest against its median (the paper's criterion is
+    per layer, and an entry carried unchanged through later blocks is largest against the median where it
+    is written) gives `top1` (|x|), `top1_block`, `top1_on_bos`, `top1_dim` and `dim_constancy`.
     """
     heads = [share for row in rows for share in row["head_first_attention"]]
     summary = {
@@ -109,10 +110,11 @@ def summarize_blocks(rows: list[dict]) -> dict:
         "value_drain": min(row["value_drain"] for row in rows),
         "kurtosis": max(row["kurtosis"] for row in rows),
     }
-    if all("ratio" in row for row in rows):
-        summary["top1_median"] = max(row["ratio"] for row in rows)
+    if not all("ratio" in row for row in rows):
+        return summary
+    top = max(rows, key=lambda row: row["ratio"])
+    summary["top1_median"] = top["ratio"]
     if all("top1_on_bos" in row for row in rows):
-        top = max(rows, key=lambda row: row["top1"])
         summary["top1"] = top["top1"]
         summary["top1_block"] = top["block"]
         summary.update({name: top[name] for name in ("top1_on_bos", "top1_dim", "dim_constancy")})

@@ -144,19 +144,20 @@ class ActivationMonitor:
         return self.record(model, step) if self.due(step) else None
 
     def emergence(self) -> list[dict]:
-        """Per recorded step: the largest top-1 over blocks, its block and ratio, and `summarize_blocks`."""
+        """Per recorded step: the block whose top entry is largest against its median (its top-1, index and
+        ratio), and `summarize_blocks`."""
         by_step: dict[int, list[dict]] = {}
         for row in self.rows:
             by_step.setdefault(row["step"], []).append(row)
         out = []
         for step in sorted(by_step):
-            best = max(by_step[step], key=lambda r: r["top1"])
+            top = max(by_step[step], key=lambda r: r["ratio"])
             out.append(
                 {
                     "step": step,
-                    "top1": best["top1"],
-                    "block": best["block"],
-                    "ratio": best["ratio"],
+                    "top1": top["top1"],
+                    "block": top["block"],
+                    "ratio": top["ratio"],
                     **summarize_blocks(by_step[step]),
                 }
             )

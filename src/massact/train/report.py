@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,12 +165,13 @@ _TITLES = {
     "value_drain": "value drain (|v_0| / median |v_i|, smallest over blocks)",
     "kurtosis": "excess kurtosis of the residual (largest over blocks)",
     "top1_median": "top-1 / median |activation| (largest over blocks)",
-    "top1": "top-1 |activation| (largest over blocks)",
+    "top1": "top-1 |activation| (of the block with the largest top-1 / median)",
 }
 
 
 def _mean_curves(rows: list[dict], name: str) -> tuple[dict, dict]:
-    """Per variant, the curve `name` averaged over seeds (where they share steps) and its standard deviation."""
+    """Per variant, the curve `name` averaged over seeds (where they share steps) and its standard deviation
+    (NaN at a step where a seed's value is not finite: a diverged run)."""
     steps_key = "loss_step" if name == "loss" else "step"
     curves, spreads = {}, {}
     variants = dict.fromkeys(r["variant"] for r in rows)
@@ -179,8 +179,9 @@ def _mean_curves(rows: list[dict], name: str) -> tuple[dict, dict]:
         runs = [r["curves"] for r in rows if r["variant"] == variant]
         length = min(len(c[name]) for c in runs)
         columns = [[c[name][i] for c in runs] for i in range(length)]
-        curves[variant] = (runs[0][steps_key][:length], [statistics.fmean(col) for col in columns])
-        spreads[variant] = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in columns]
+        stats = [moments(col) for col in columns]
+        curves[variant] = (runs[0][steps_key][:length], [m["mean"] for m in stats])
+        spreads[variant] = [m["std"] for m in stats]
     return curves, spreads
 
 
@@ -301,7 +302,7 @@ def markdown(data: dict) -> str:
         "Measures on the final model, over a fixed probe batch: sink rate over all heads of all blocks; residual "
         "peak, top-1 / median and kurtosis the largest over blocks; value drain the smallest over blocks; top-1 "
         "|x|, the share of probe sequences whose top entry is on BOS and the share in its most common dim, of the "
-        "block with the largest entry. Mean ± standard deviation over seeds.",
+        "block with the largest top-1 / median. Mean ± standard deviation over seeds.",
         "",
         *verdict_lines(data),
         "## Variants",

@@ -68,7 +68,7 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     "backcopy-llama": BACKCOPY_LLAMA,
     # The next step on a GPU, not run here (no GPU was available): the search's levers, further. Width (64 -> 128
-    # doubled the ratio) and batch (32 -> 64 raised it in 2 of 2 seeds) at 2 blocks (sink rate 0.5); widths of
+    # doubled the ratio) and batch (32 -> 64 raised BOS's in seeds 0 and 2) at 2 blocks (sink rate 0.5); widths of
     # 192 and 256 were unstable at a learning rate of 1e-2, so 3e-3.
     "backcopy-llama-gpu": dataclasses.replace(
         BACKCOPY_LLAMA,

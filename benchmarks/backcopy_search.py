@@ -24,7 +24,7 @@ import torch
 
 from massact.train.backcopy import BackcopyData, BackcopyTask
 from massact.train.config import ModelConfig, TrainConfig
-from massact.train.measures import summarize_blocks
+from massact.train.measures import site, summarize_blocks
 from massact.train.trainer import train
 
 
@@ -138,8 +138,7 @@ def main() -> None:
     curve = []
     for step in steps:
         rows = sorted((r for r in result.monitor_rows if r["step"] == step), key=lambda r: r["block"])
-        summary = summarize_blocks(rows)
-        top = rows[summary["top1_block"]]
+        summary, top = summarize_blocks(rows), site(rows)
         curve.append({"step": step, **{k: top[k] for k in ("block", "top1", "ratio", "top1_on_bos", "top1_dim")}})
         print(
             f"step {step}: block {top['block']} top-1 {top['top1']:.1f} ({top['ratio']:.0f}x median), "

@@ -94,14 +94,19 @@ def extreme_token_measures(model: nn.Module, probe_ids: torch.Tensor) -> list[di
     return rows
 
 
+def site(rows: list[dict]) -> dict:
+    """The block row whose top entry is largest against its median: where the paper's per-layer criterion
+    looks, and where an entry carried unchanged through later blocks was written."""
+    return max(rows, key=lambda row: row["ratio"])
+
+
 def summarize_blocks(rows: list[dict]) -> dict:
     """One model's measures from its per-block rows.
 
     `sink_rate` over all heads of all blocks; `residual_peak`, `top1_median` (the scan's ratio) and
     `kurtosis` the largest over blocks; `value_drain` the smallest (the strongest drain). With the
-    monitor's rows, the block whose top entry is largest against its median (the paper's criterion is
-    per layer, and an entry carried unchanged through later blocks is largest against the median where it
-    is written) gives `top1` (|x|), `top1_block`, `top1_on_bos`, `top1_dim` and `dim_constancy`.
+    monitor's rows, the `site` gives `top1` (|x|), `top1_block`, `top1_on_bos`, `top1_dim` and
+    `dim_constancy`.
     """
     heads = [share for row in rows for share in row["head_first_attention"]]
     summary = {
@@ -112,7 +117,7 @@ def summarize_blocks(rows: list[dict]) -> dict:
     }
     if not all("ratio" in row for row in rows):
         return summary
-    top = max(rows, key=lambda row: row["ratio"])
+    top = site(rows)
     summary["top1_median"] = top["ratio"]
     if all("top1_on_bos" in row for row in rows):
         summary["top1"] = top["top1"]

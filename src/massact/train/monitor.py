@@ -27,7 +27,7 @@ from massact.capture.stats import capture_block_stats
 from massact.detect import Thresholds
 from massact.models.structure import find_structure
 from massact.outputs import atomic_write_text, to_json_text
-from massact.train.measures import extreme_token_measures, summarize_blocks
+from massact.train.measures import extreme_token_measures, site, summarize_blocks
 
 FIELDS = (
     "step",
@@ -144,14 +144,13 @@ class ActivationMonitor:
         return self.record(model, step) if self.due(step) else None
 
     def emergence(self) -> list[dict]:
-        """Per recorded step: the block whose top entry is largest against its median (its top-1, index and
-        ratio), and `summarize_blocks`."""
+        """Per recorded step: the `site`'s top-1, block and ratio, and `summarize_blocks`."""
         by_step: dict[int, list[dict]] = {}
         for row in self.rows:
             by_step.setdefault(row["step"], []).append(row)
         out = []
         for step in sorted(by_step):
-            top = max(by_step[step], key=lambda r: r["ratio"])
+            top = site(by_step[step])
             out.append(
                 {
                     "step": step,

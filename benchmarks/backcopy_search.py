@@ -4,9 +4,10 @@ It trains with massact's own trainer (`massact.train.trainer.train`, the code `m
 a temporary folder, so a point found here is a preset as it is. Every `--every` steps it prints, for the
 site (the block whose top entry is largest against its median), top-1 |x|, its ratio to the median, the
 share of probe sequences whose top entry is on BOS, the dim most of them are in and its share, and the sink
-rate over all heads. With `--log`
-it appends the point (settings, final measures, the top-1 curve, seconds) to a JSON-lines file, the record
-docs/attention_variants.md quotes; `--table FILE` prints that record as the page's markdown table.
+rate over all heads. `--corpus` trains on text instead (BPE with `--vocab` tokens; "on BOS" is then the
+window's first token). With `--log` it appends the point (settings, final measures, the top-1 curve,
+seconds) to a JSON-lines file, the record docs/attention_variants.md quotes; `--table FILE` prints that
+record as the page's markdown table.
 
     python benchmarks/backcopy_search.py --arch llama --layers 3 --width 64 --heads 1 --lr 3e-3 --steps 1000
     python benchmarks/backcopy_search.py --table docs/figures/attention_variants_llama/search.jsonl
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from massact.train.backcopy import BackcopyData, BackcopyTask
 from massact.train.config import ModelConfig, TrainConfig
+from massact.train.experiment import task_data
 from massact.train.measures import site, summarize_blocks
 from massact.train.trainer import train
 
@@ -45,11 +46,13 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--triggers", type=int, default=4)
+    parser.add_argument("--corpus", help="train on this text corpus (e.g. shakespeare, BPE of --vocab) instead")
     parser.add_argument("--attention", default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--log", type=Path, help="append the point to this JSON-lines file")
+    parser.add_argument("--keep", type=Path, help="train into this run folder (kept, for massact scan) instead")
     parser.add_argument("--table", type=Path, help="print this JSON-lines record as a markdown table, train nothing")
     return parser.parse_args()
 
@@ -70,10 +73,10 @@ def table(record: Path) -> str:
         cells = (
             f"{s['layers']} x {s['width']} ({s['heads']})",
             f"{s['context']} x {s['batch']}",
-            s["vocab"],
+            f"{s['vocab']} ({s['corpus']})" if s.get("corpus") else s["vocab"],
             f"{s['lr']:g}",
             s["schedule"],
-            f"{s['weight_decay']:g}",
+            f"{s['weight_decay']:g}" + (" (gains too)" if s.get("decay_gains") else ""),
             f"{s['steps']:,}",
             s["seed"],
             f"{f['val_loss']:.3f}",
@@ -102,7 +105,8 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
     )
     return TrainConfig(
         model=model,
-        task="bigram-backcopy",
+        task="text" if args.corpus else "bigram-backcopy",
+        tokenizer="bpe",
         triggers=args.triggers,
         optimizer=args.optimizer,
         batch_size=args.batch,
@@ -129,10 +133,11 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     config = config_of(args)
-    task = BackcopyTask(config.model.vocab_size, config.triggers, config.bigram_concentration, config.task_seed)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        result = train(config, BackcopyData(task), Path(folder) / "run", progress=False)
+        run_dir = args.keep or Path(folder) / "run"
+        data = task_data(config, args.corpus or "", run_dir)
+        result = train(config, data, run_dir, progress=False)
     seconds = time.perf_counter() - started
     steps = sorted({r["step"] for r in result.monitor_rows})
     curve = []
@@ -148,7 +153,9 @@ def main() -> None:
         )
     final = [r for r in result.monitor_rows if r["step"] == steps[-1]]
     point = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "log"},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("log", "keep")
+        },
         "final": {**summarize_blocks(final), "val_loss": result.final_val_loss},
         "blocks": final,
         "curve": curve,

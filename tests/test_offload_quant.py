@@ -23,8 +23,8 @@ from massact.models.offload import materialized
 from massact.quant import QuantConfig, SuperWeight, load_inputs
 from massact.quant import run as quant_run
 
-ROTATED = ("llama", "qwen2", "mixtral")  # what `massact rewrite --rotate` takes exactly (gemma3, gpt2, gpt_oss and
-# qwen3_next: sandwich norms, LayerNorm, transposed fused experts, a gated norm)
+ROTATED = ("llama", "qwen2", "mixtral", "gpt_oss")  # what `massact rewrite --rotate` takes exactly (gemma3, gpt2
+# and qwen3_next: sandwich norms, LayerNorm, a gated norm)
 WINDOWS = ("--samples", "4", "--seq-len", "16", "--batch-size", "2", "--device", "cpu", "--json")
 
 

@@ -3,10 +3,11 @@
 Each tiny planted family is rewritten in memory and with `--offload blocks`: the JSON must be the same (1e-6
 relative), the written safetensors the same tensor for tensor (bit for bit) with the same config, and the
 rewrite real (the planted block 1 found, the factor applied, the float32 logits unchanged). Rotations run on
-the RMSNorm families (a tied LM head is untied), SmoothQuant on Gemma-3 and GPT-2; the MoE plants stay under
-the float16 maximum, so Mixtral's auto factor comes from a small --headroom. GPT-OSS (clamped experts) and
-Qwen3-Next (a gated norm) are refused in memory, and must be refused alike block by block. One run sends
-every block output to disk (the models are smaller than 1 MB, so the budget that forces it is 1 KB).
+the RMSNorm families (a tied LM head is untied; GPT-OSS's fused experts are stored [expert, in, out]),
+SmoothQuant on Gemma-3 and GPT-2; the MoE plants stay under the float16 maximum, so the MoE auto factors come
+from a small --headroom. Qwen3-Next (a gated norm) is refused in memory, and must be refused alike block by
+block. One run sends every block output to disk (the models are smaller than 1 MB, so the budget that forces
+it is 1 KB).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ REWRITES = {
     "qwen2": ("--rotate", "--rescale", "auto"),
     "gpt2": ("--smooth", "0.5", "--rescale", "auto", "--headroom", "0.1"),  # LayerNorm: no rotation
     "mixtral": ("--rotate", "--rescale", "auto", "--headroom", "0.005"),  # the rotation spreads the peak
+    "gpt_oss": ("--rotate", "--rescale", "auto", "--headroom", "0.005"),  # fused experts stored [expert, in, out]
     "llama-tied": ("--rotate",),
 }
 
@@ -91,9 +93,12 @@ def check_rewrite(family: str, data: dict) -> None:
     """The planted block is found, the rewrite is exact in float32, and a rescale scales every peak."""
     peaks = [row["peak_before"] for row in data["blocks"]]
     assert peaks[PLANT_BLOCK] > 100 * peaks[PLANT_BLOCK - 1]
-    assert data["logits_float32"]["max_rel_diff"] <= 1e-5
+    # GPT-OSS's planted unit is exactly 0 on every other token; rotated, that 0 is float32 rounding, which its
+    # (up + 1) * glu passes on at first order (Mixtral's act(gate) * up at second) into the planted gain of 60
+    bound = 1e-4 if family == "gpt_oss" else 1e-5
+    assert data["logits_float32"]["max_rel_diff"] <= bound
     before, after = data["before"], data["after"]
-    assert after["perplexity_float32"] == pytest.approx(before["perplexity_float32"], rel=1e-5)
+    assert after["perplexity_float32"] == pytest.approx(before["perplexity_float32"], rel=bound)
     kinds = [step["kind"] for step in data["rewrites"]]
     if "rescale" in kinds:
         factor = data["rewrites"][-1]["factor"]
@@ -116,22 +121,15 @@ def test_rewrite_blocks_equals_memory(family, folders, capsys, tmp_path):
     check_rewrite(family, blocks)
 
 
-@pytest.mark.parametrize(
-    ("family", "reason"),
-    [
-        ("gpt_oss", "the rewrite is not exact on this model: its float32 logits moved by"),  # after every pass
-        ("qwen3_next", "linear_attn.norm takes more than the hidden states"),  # before any
-    ],
-)
-def test_refusals_are_alike(family, reason, folders, capsys, tmp_path):
-    """The same one line both ways (GPT-OSS's after the float32 checks: the same logits change), nothing written."""
+def test_refusals_are_alike(folders, capsys, tmp_path):
+    """Qwen3-Next's gated norm: the same one line both ways, before any work, nothing written."""
     lines = []
     for offload in ("none", "blocks"):
         out = tmp_path / offload
-        code, stdout, stderr = run(argv(folders[family], offload, out, "--rescale", "0.25"), capsys)
+        code, stdout, stderr = run(argv(folders["qwen3_next"], offload, out, "--rescale", "0.25"), capsys)
         assert code == 2 and stdout == "" and not out.exists()
         lines.append(stderr.strip().splitlines()[-1])
-    assert lines[0] == lines[1] and reason in lines[0]
+    assert lines[0] == lines[1] and "linear_attn.norm takes more than the hidden states" in lines[0]
 
 
 def test_spilled_block_outputs_give_the_same_rewrite(folders, capsys, tmp_path, monkeypatch):

@@ -17,17 +17,22 @@ from planting import (
     MARK,
     VOCAB,
     down_rows,
+    mixtral,
     planted_for_rewrite,
     rewrite_inputs,
+    tiny_model,
     w_word,
     word_tokenizer,
 )
 
 from massact import rotations
+from massact.errors import MassactError
 from massact.models.loading import load_model
 from massact.models.structure import find_structure
 from massact.quant import QuantInputs
 from massact.residual import suggest
+from massact.residual.layout import find_layout
+from massact.residual.support import refusals
 from massact.rewrite import RewriteConfig, run
 
 
@@ -111,6 +116,72 @@ def test_rescale_shrinks_the_mlp_hidden_product_too(family):
         new = find_structure(rewritten).mlp(1).experts.gate_up_proj
         torch.testing.assert_close(new[:, :inter], original[:, :inter])  # the gates are untouched
         torch.testing.assert_close(new[:, inter:], 0.25 * original[:, inter:])
+
+
+def _fused_experts_model(family: str, square: bool) -> torch.nn.Module:
+    """A tiny GPT-OSS (experts stored [expert, in, out], biases, gate/up interleaved and clamped) or Mixtral
+    ([expert, out, in]), with random biases and norm gains so that every one of them matters; `square`: the
+    intermediate size equals the hidden size, so every expert axis has the hidden size."""
+    torch.manual_seed(0)
+    model = tiny_model("gpt_oss") if family == "gpt_oss" else mixtral()
+    if square:
+        model.config.intermediate_size = model.config.hidden_size
+        torch.manual_seed(0)
+        model = type(model)(model.config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("square", [False, True])
+@pytest.mark.parametrize("family", ["gpt_oss", "mixtral"])
+def test_fused_experts_are_placed_however_they_are_stored(family, square):
+    """The layout places each fused expert parameter on the experts' recorded call, as transformers multiplies it
+    (`is_transposed`), even where shapes cannot tell (intermediate size = hidden size); rotate, smooth and rescale
+    then keep the float32 logits. A rescale scales Mixtral's up half (the hidden product shrinks with the write)
+    but GPT-OSS's down projection and its bias: its (up + 1) * glu does not scale with up."""
+    model = _fused_experts_model(family, square)
+    inputs = rewrite_inputs(False)
+    loaded = load_model(model, tokenizer=word_tokenizer(w_word, bos=False))
+    assert set(refusals(loaded, inputs.calibration).values()) == {None}
+    mlp = next(sub for sub in find_layout(model, inputs.calibration[:1]).sublayers if sub.kind == "mlp")
+    experts = find_structure(model).mlp(mlp.block).experts
+    into, out = (1, 2) if experts.is_transposed else (2, 1)  # the hidden axis of gate_up's input, down's output
+    prefix = f"{mlp.path}.experts."
+
+    def placed(sites: list) -> dict:
+        return {s.path.removeprefix(prefix): (s.axis, s.index) for s in sites if s.path.startswith(prefix)}
+
+    bias = {"down_proj_bias": (1, ())} if family == "gpt_oss" else {}
+    assert placed(mlp.writers) == {"down_proj": (out, ()), **bias}
+    assert placed(mlp.readers) == {"gate_up_proj": (into, ())}
+    if family == "gpt_oss":
+        assert placed(mlp.scaled) == placed(mlp.writers)
+    else:  # the second half of the gate_up rows: the up projection
+        up = (slice(None), slice(model.config.intermediate_size, None))
+        assert placed(mlp.scaled) == {"gate_up_proj": (into, up)}
+    for rewrite in ({"rotate": True}, {"smooth": 0.5}, {"rescale": 0.25}):
+        data = run(loaded, inputs, RewriteConfig(**rewrite, progress=False)).to_json()
+        assert data["logits_float32"]["max_rel_diff"] <= 1e-5, rewrite
+        assert data["after"]["perplexity_float32"] == pytest.approx(data["before"]["perplexity_float32"], rel=1e-5)
+
+
+def test_fused_experts_the_probe_cannot_place_are_refused_before_any_work():
+    """An experts module that bends its input before reading it (tanh): no axis reads the stream as a Linear
+    does, so `refusals` and the rewrite both say so up front."""
+    model = _fused_experts_model("gpt_oss", square=False)
+    experts = find_structure(model).mlp(2).experts
+    forward = experts.forward
+    experts.forward = lambda hidden, *args, **kwargs: forward(torch.tanh(hidden), *args, **kwargs)
+    inputs = rewrite_inputs(False)
+    loaded = load_model(model, tokenizer=word_tokenizer(w_word, bos=False))
+    reason = "model.layers.2.mlp.experts.gate_up_proj has an axis of the hidden size but neither reads nor writes"
+    assert all(reason in refusals(loaded, inputs.calibration)[kind] for kind in ("rescale", "smooth", "rotate"))
+    with pytest.raises(MassactError, match=reason):
+        run(loaded, inputs, RewriteConfig(rotate=True, progress=False))
 
 
 def test_command_writes_a_model_folder_and_refuses_a_folder_holding_another_model(tmp_path, capsys, monkeypatch):

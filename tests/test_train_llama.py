@@ -177,15 +177,20 @@ def test_the_summary_takes_every_top_entry_measure_from_one_block():
     """Block 0 has the largest entry against its median (on ordinary tokens), block 1 the largest |x| (on BOS):
     the summary's ratio, |x|, token and dim all come from block 0, never mixed across blocks."""
     from massact.train.measures import summarize_blocks
+    from massact.train.run_report import run_verdict
 
     def row(block, top1, median, on_bos, dim):
         return {"block": block, "top1": top1, "ratio": top1 / median, "top1_on_bos": on_bos, "top1_dim": dim,
                 "dim_constancy": 1.0, "head_first_attention": [0.9, 0.1], "residual_peak": 1.0,
                 "value_drain": 1.0, "kurtosis": 0.0}  # fmt: skip
 
-    summary = summarize_blocks([row(0, 900.0, 3.0, 0.0, 7), row(1, 4000.0, 40.0, 1.0, 2)])
+    rows = [row(0, 900.0, 3.0, 0.0, 7), row(1, 4000.0, 40.0, 1.0, 2)]
+    summary = summarize_blocks(rows)
     assert summary["top1_median"] == 300.0 and summary["top1"] == 900.0 and summary["top1_block"] == 0
     assert summary["top1_on_bos"] == 0.0 and summary["top1_dim"] == 7 and summary["sink_rate"] == 0.5
+    # the run's own verdict line describes the same block
+    verdict = run_verdict(rows)
+    assert "block 0: |x| 900.0, 300x the median, dim 7" in verdict and "on BOS in 0%" in verdict
 
 
 def test_trained_default_checkpoint_is_a_transformers_folder_and_scans_as_monitored(tmp_path):

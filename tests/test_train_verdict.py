@@ -16,6 +16,7 @@ from massact.train.report import markdown, shown_factors
 from massact.train.verdict import judge, next_step
 
 FAMILIES = ["backcopy", pytest.param("text", marks=pytest.mark.slow)]  # text: the cpu-small model, tokenizer
+DOCS_FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 TEXT = "".join(f"Line {i}: the king spoke to the queen, and the fool laughed at them both.\n" for i in range(400))
 
 
@@ -168,3 +169,25 @@ def test_ctrl_c_says_the_same_command_continues_and_it_does(family, call, checkp
         assert "no checkpoint yet" in line and "the same command starts this run again" in line
     again = experiment(args, out)  # the same command, once more: it continues
     assert [r["final_loss"] for r in again["rows"]] == pytest.approx([r["final_loss"] for r in straight["rows"]])
+
+
+def test_a_searched_preset_does_not_advise_training_longer(tmp_path):
+    """backcopy-llama's search found that longer runs do not reach its targets: on its recorded runs (every
+    design, 3 seeds: the targets missed), the next step points to the search instead of a 4x longer run;
+    backcopy-cpu, and the same preset on GPT-2's blocks or with Muon (not searched), still train longer."""
+    data = json.loads((DOCS_FIGURES / "attention_variants_llama" / "all" / "experiment.json").read_text())
+    data["rows"] = [row for row in data["rows"] if row["variant"] in ("default", "attn-bias")]
+    verdict = judge(data["rows"], data["preset"])
+    assert data["preset"] == "backcopy-llama" and not verdict["formed"]["all_targets"]
+    step = next_step(data, verdict, tmp_path / "exp")
+    assert step["command"] is None and "longer runs do not" in step["why"] and "the search" in step["why"]
+    other = next_step(data | {"preset": "backcopy-cpu"}, judge(data["rows"], "backcopy-cpu"), tmp_path / "exp")
+    assert "longer" in other["why"] and "--max-steps 12000" in other["command"]
+    gpt2 = copy.deepcopy(data)  # the same preset on GPT-2's blocks, or with Muon, was not searched: train longer
+    gpt2["config"]["model"]["arch"] = "gpt2"
+    step = next_step(gpt2, verdict, tmp_path / "exp")
+    assert "--max-steps 12000" in step["command"] and "--arch gpt2" in step["command"]
+    muon = copy.deepcopy(data)
+    muon["config"]["optimizer"] = "muon"
+    step = next_step(muon, verdict, tmp_path / "exp")
+    assert "--max-steps 12000" in step["command"] and "--optimizer muon" in step["command"]

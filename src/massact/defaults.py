@@ -31,7 +31,6 @@ TRAIN_PRESETS = (
     "backcopy-test",
     "backcopy-cpu",
     "backcopy-llama",
-    "backcopy-llama-gpu",
     "cpu-small",
     "gpt2-124m",
 )  # the keys of `train.presets.PRESETS`

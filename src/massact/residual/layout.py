@@ -10,18 +10,22 @@ reads the map off the recorded tensors:
   any other norm child reads the residual stream and belongs to the next sub-layer called;
 - a block whose output is a norm's output normalises the residual itself (post-norm, as BERT or OPT-350m);
 - a sub-layer's writer is the last Linear called with the hidden size as output, per module holding
-  Linears (so every expert of a mixture has its own); fused experts write through their `down` parameter;
+  Linears (so every expert of a mixture has its own);
+- fused experts (3-D parameters, stored [expert, out, in] as Mixtral or [expert, in, out] as GPT-OSS) are placed
+  on their module's recorded call: which parameter axis of hidden size writes the output, which reads the input;
 - a norm inside attention (q/k norms) reads the Linear whose output equals its input;
 - the final norm is the norm whose output is the LM head's input.
 
 Block by block, the probe is one pass of the block-by-block runner, and the few checks that run a module on
-its own weights (a fused up projection, a norm's form) read those weights first (`materialized`).
+its own weights (fused experts, a norm's form) read those weights first (`materialized`).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +40,7 @@ from massact.models.structure import find_structure, in_features, is_linear, out
 
 _UP = re.compile(r"(^|_)(up|w3)(_proj)?$")
 _EPS = ("variance_epsilon", "eps")
+Call = tuple[tuple, dict]  # a module's recorded call: (args, kwargs)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Sublayer:
     writers: list[Site]  # parameters whose output is the write (weights and biases)
     scaled: list[Site]  # what a rescale multiplies: the up projection in place of the writer where gated
     readers: list[Site]  # parameters that read the pre-norm's output
+    unplaced: list[str] = field(default_factory=list)  # fused expert parameters the probe could not place
 
 
 @dataclass
@@ -116,7 +122,7 @@ class _Probe(HookSet):
         self.order: dict[str, int] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
-        self.calls: dict[str, tuple[tuple, dict]] = {}  # fused experts' first call, to probe their up projection
+        self.calls: dict[str, Call] = {}  # fused experts' first call, to place their parameters
 
     def pre_hooks(self):
         return [(m, self._pre) for n, m in self.model.named_modules() if n]
@@ -129,9 +135,9 @@ class _Probe(HookSet):
         if name in self.order:
             return
         self.order[name] = len(self.order)
-        if any(p.dim() == 3 for p in module.parameters(recurse=False)):
+        if _is_experts(module):
             self.calls[name] = (_detached(args), _detached(kwargs))
-        first = args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+        first = _first_input((args, kwargs))
         if isinstance(first, torch.Tensor):
             self.inputs[name] = first.detach()
 
@@ -174,53 +180,137 @@ def _detached(values):
     return tuple(v.detach() if isinstance(v, torch.Tensor) else v for v in values)
 
 
-def _fused_up(
-    model: nn.Module, module: nn.Module, path: str, down: torch.Tensor, call: tuple[tuple, dict] | None
-) -> list[Site]:
-    """The part of a fused experts module's up projection (and its bias) whose scaling scales the module's
-    output by the same factor, so a rescale shrinks the hidden product (the input of `down`) too; [] when
-    no candidate does, tested on the module's own recorded call (gated as act(gate) x up, not clamped)."""
-    if call is None:
-        return []
-    inter = down.shape[2]
-    params = dict(module.named_parameters(recurse=False))
-    candidates = []
-    for name, param in params.items():
-        if param.dim() != 3 or "up" not in name or param is down:
-            continue
-        for axis in (1, 2):
-            size = param.shape[axis]
-            if size == 2 * inter:  # gate and up fused: the second half, or every odd row
-                candidates += [(name, axis, slice(inter, None)), (name, axis, slice(1, None, 2))]
-            elif size == inter and "gate" not in name:
-                candidates.append((name, axis, slice(None)))
+def _is_experts(module: nn.Module) -> bool:
+    """Fused experts: a module holding 3-D parameters ([expert, ., .]) of its own in place of Linears."""
+    return any(p.dim() == 3 for p in module.parameters(recurse=False))
+
+
+def _first_input(call: Call) -> object:
     args, kwargs = call
+    return args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+
+
+def _rerun(module: nn.Module, call: Call, x: torch.Tensor | None = None) -> torch.Tensor:
+    """`module`'s output on its recorded call (its first input replaced by `x`), in float32."""
+    args, kwargs = call
+    if x is not None and args:
+        args = (x, *args[1:])
+    elif x is not None:
+        kwargs = kwargs | {"hidden_states" if "hidden_states" in kwargs else "input": x}
+    return output_tensor(module(*args, **kwargs)).float()
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()) + 1e-12)
+
+
+@contextmanager
+def _times(sites: list[Site], factor: torch.Tensor | float) -> Iterator[None]:
+    """Each site's part multiplied by `factor` (a number, or a vector along the site's axis) inside the block."""
+    saved = [s.part().clone() for s in sites]
+    try:
+        for site in sites:
+            part = site.part()
+            if isinstance(factor, torch.Tensor):
+                shape = [-1 if i == site.axis else 1 for i in range(part.dim())]
+                part.mul_(factor.to(part).view(shape))
+            else:
+                part.mul_(factor)
+        yield
+    finally:
+        for site, old in zip(sites, saved, strict=True):
+            site.part().copy_(old)
+
+
+def _experts(
+    model: nn.Module, module: nn.Module, path: str, hidden: int, call: Call | None
+) -> tuple[list[Site], list[Site], list[Site], list[str]]:
+    """(readers, writers, what a rescale multiplies, unplaced) of one fused experts module, placed on its call.
+
+    Every 3-D parameter axis of hidden size is tried with a vector `d` of powers of two (exact in floating
+    point): a writer's axis scaled by `d` (its `<name>_bias` with it) scales the output's channels by `d`; the
+    readers' axes scaled by `d` with the input divided by `d` leave the output as it was. So the experts are
+    placed however they are stored, [expert, out, in] (Mixtral) or [expert, in, out] (GPT-OSS), even when the
+    intermediate size equals the hidden size; `unplaced` names the parameters of hidden size neither test placed.
+    """
+    params = dict(module.named_parameters(recurse=False))
+    axes = {n: [a for a in (1, 2) if p.shape[a] == hidden] for n, p in params.items() if p.dim() == 3}
+    axes = {n: a for n, a in axes.items() if a}
+    x = _first_input(call) if call is not None else None
+    if not isinstance(x, torch.Tensor):  # never called: nothing to place it on
+        return [], [], [], [_full(path, n) for n in axes]
+
+    def site(name: str, axis: int) -> Site:
+        return Site(module, name, axis, _full(path, name))
+
+    def bias(name: str) -> list[Site]:
+        b = params.get(f"{name}_bias")
+        return [site(f"{name}_bias", 1)] if b is not None and b.dim() == 2 and b.shape[1] == hidden else []
+
+    d = 2.0 ** torch.randint(-2, 3, (hidden,), generator=torch.Generator().manual_seed(0)).to(x)
+    writers: list[Site] = []
+    readers: list[Site] = []
+    scaled: list[Site] = []
     with torch.inference_mode(), materialized(model, [module]):
-        before = output_tensor(module(*args, **kwargs)).float()
-        for name, axis, part in candidates:
-            sites = [Site(module, name, axis, _full(path, name), (slice(None),) * axis + (part,))]
-            if isinstance(params.get(f"{name}_bias"), torch.Tensor):
-                sites.append(Site(module, f"{name}_bias", axis - 1, _full(path, f"{name}_bias"), (slice(None), part)))
-            saved = [s.part().clone() for s in sites]
-            for site in sites:
-                site.part().mul_(0.5)
-            after = output_tensor(module(*args, **kwargs)).float()
-            for site, old in zip(sites, saved, strict=True):
-                site.part().copy_(old)
-            if torch.allclose(after, 0.5 * before, rtol=1e-4, atol=1e-6 * float(before.abs().max()) + 1e-12):
-                return sites
+        before = _rerun(module, call)
+        for name, options in axes.items():
+            for axis in options:
+                with _times([site(name, axis), *bias(name)], d):
+                    if _close(_rerun(module, call), before * d.float()):
+                        writers.append(site(name, axis))
+                        break
+        written = {w.name for w in writers}
+        rest = {n: a for n, a in axes.items() if n not in written}
+        for choice in itertools.product(*rest.values()) if rest else ():
+            sites = [site(n, a) for n, a in zip(rest, choice, strict=True)]
+            with _times(sites, d):
+                if _close(_rerun(module, call, x / d), before):
+                    readers = sites
+                    break
+        for writer in writers:
+            up = _fused_up(module, path, writer, bias(writer.name), readers, call, before)
+            scaled += up or [writer, *bias(writer.name)]
+    unplaced = [] if readers or not rest else [_full(path, n) for n in rest]
+    return readers, [s for w in writers for s in (w, *bias(w.name))], scaled, unplaced
+
+
+def _fused(
+    model: nn.Module, sub: nn.Module, path: str, hidden: int, calls: dict[str, Call]
+) -> tuple[list[Site], list[Site], list[Site], list[str]]:
+    """(readers, writers, what a rescale multiplies, unplaced) of every fused experts module inside `sub`."""
+    found: tuple[list, list, list, list] = ([], [], [], [])
+    for name, module in sub.named_modules():
+        if _is_experts(module):
+            full = _full(path, name)
+            for into, more in zip(found, _experts(model, module, full, hidden, calls.get(full)), strict=True):
+                into += more
+    return found
+
+
+def _fused_up(
+    module: nn.Module, path: str, writer: Site, bias: list[Site], readers: list[Site], call: Call, before: torch.Tensor
+) -> list[Site]:
+    """The part of a fused reader (the up projection) whose scaling, with the writer's bias, scales the module's
+    output by the same factor, so a rescale shrinks the hidden product (the writer's input) too: the second half or
+    every odd row of a fused gate_up, or a whole up; [] when none does (a clamp, GPT-OSS's `(up + 1) * glu`)."""
+    inter = writer.tensor.shape[3 - writer.axis]
+    for reader in readers:
+        out = 3 - reader.axis  # the reader's output axis
+        size = reader.tensor.shape[out]
+        parts = [slice(inter, None), slice(1, None, 2)] if size == 2 * inter else [slice(None)] * (size == inter)
+        for part in parts:
+            sites = [Site(module, reader.name, reader.axis, reader.path, (slice(None),) * out + (part,))]
+            if isinstance(getattr(module, f"{reader.name}_bias", None), torch.Tensor):
+                name = f"{reader.name}_bias"
+                sites.append(Site(module, name, out - 1, _full(path, name), (slice(None), part)))
+            with _times(sites + bias, 0.5):
+                if _close(_rerun(module, call), 0.5 * before):
+                    return sites + bias
     return []
 
 
-def _writers(
-    model: nn.Module,
-    sub: nn.Module,
-    path: str,
-    order: dict[str, int],
-    hidden: int,
-    calls: dict[str, tuple[tuple, dict]] | None = None,
-) -> tuple[list[Site], list[Site]]:
-    """(writers, what a rescale multiplies) inside one sub-layer `sub` of `model`."""
+def _writers(sub: nn.Module, path: str, order: dict[str, int], hidden: int) -> tuple[list[Site], list[Site]]:
+    """(writers, what a rescale multiplies) among the Linears inside one sub-layer `sub`."""
     parents: dict[str, list[tuple[str, nn.Module]]] = {}
     for name, module in sub.named_modules():
         if is_linear(module) and out_features(module) == hidden:
@@ -256,13 +346,6 @@ def _writers(
             scaled += _bias(writer, full)
         else:
             scaled += [_weight_site(writer, full, reads=False), *_bias(writer, full)]
-    for name, module in sub.named_modules():  # fused experts: 3-D parameters, no Linear modules
-        for pname, param in module.named_parameters(recurse=False):
-            if param.dim() == 3 and "down" in pname and param.shape[1] == hidden:
-                site = Site(module, pname, 1, _full(path, name, pname))
-                writers.append(site)
-                up = _fused_up(model, module, _full(path, name), param, (calls or {}).get(_full(path, name)))
-                scaled += up or [site]  # the up part scales the hidden product and the write
     return writers, scaled
 
 
@@ -271,11 +354,11 @@ def _full(*parts: str) -> str:
 
 
 def _readers(sub: nn.Module, path: str, writers: list[Site], hidden: int) -> list[Site]:
-    """Parameters inside a sub-layer that read the hidden size: Linears, routers, fused experts' inputs."""
+    """Parameters inside a sub-layer that read the hidden size: Linears and routers (fused experts: `_experts`)."""
     written = {id(s.tensor) for s in writers}
     sites = []
     for name, module in sub.named_modules():
-        if is_norm(module):
+        if is_norm(module) or _is_experts(module):
             continue
         full = _full(path, name)
         if is_linear(module):
@@ -351,7 +434,8 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
                 readers.setdefault(min(following)[1], npath)
         for kind, spath in subs:
             module = model.get_submodule(spath)
-            writers, scaled = _writers(model, module, spath, order, hidden, probe.calls)
+            writers, scaled = _writers(module, spath, order, hidden)
+            fused_readers, fused_writers, fused_scaled, unplaced = _fused(model, module, spath, hidden, probe.calls)
             sublayers.append(
                 Sublayer(
                     kind=kind,
@@ -359,9 +443,10 @@ def find_layout(model: nn.Module, ids: torch.Tensor, blocks_path: str | None = N
                     path=spath,
                     reader=readers.get(spath),
                     post_norm=posts.get(spath),
-                    writers=writers,
-                    scaled=scaled,
-                    readers=_readers(module, spath, writers, hidden),
+                    writers=writers + fused_writers,
+                    scaled=scaled + fused_scaled,
+                    readers=_readers(module, spath, writers, hidden) + fused_readers,
+                    unplaced=unplaced,
                 )
             )
             known.update(p for p in (readers.get(spath), posts.get(spath)) if p)
@@ -445,6 +530,13 @@ def check_known(layout: Layout, what: str) -> None:
         raise MassactError(
             f"{what}: the norm {layout.unknown_norms[0]} reads neither the residual stream nor a sub-layer's "
             "output, so the rewrite cannot keep it exact"
+        )
+    unplaced = [p for sub in layout.sublayers for p in sub.unplaced]
+    if unplaced:
+        raise MassactError(
+            f"{what}: the fused expert parameter {unplaced[0]} has an axis of the hidden size but neither reads nor "
+            "writes the residual stream the way a Linear would (probed on its recorded call), so the rewrite cannot "
+            "keep it exact"
         )
     missing = [n for n, m in layout.norms.items() if norm_eps(m) is None]
     if missing:

@@ -67,21 +67,6 @@ PRESETS: dict[str, TrainConfig] = {
         checkpoint_interval=500,
     ),
     "backcopy-llama": BACKCOPY_LLAMA,
-    # The next step on a GPU, not run here (no GPU was available): the search's levers, further. Width (64 -> 128
-    # doubled the ratio) and batch (32 -> 64 raised BOS's in seeds 0 and 2) at 2 blocks (sink rate 0.5); widths of
-    # 192 and 256 were unstable at a learning rate of 1e-2, so 3e-3.
-    "backcopy-llama-gpu": dataclasses.replace(
-        BACKCOPY_LLAMA,
-        model=ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=8, n_embd=256, arch="llama"),
-        batch_size=128,
-        max_steps=12_000,
-        learning_rate=3e-3,
-        min_lr=3e-4,
-        warmup_steps=200,
-        eval_interval=500,
-        monitor_interval=500,
-        checkpoint_interval=2000,
-    ),
     # 1.5M parameters, 4.1M training tokens per variant (2.3 passes over the Shakespeare plays):
     # the three variants take about 20 minutes on 2 idle CPU cores.
     "cpu-small": TrainConfig(
@@ -151,7 +136,6 @@ PRESET_TARGETS: dict[str, Targets] = {
     "cpu-small": Targets(sink_rate=0.5, massive=True),
     "gpt2-124m": Targets(sink_rate=0.5, massive=True),
     "backcopy-llama": Targets(sink_rate=0.5, top1=100.0, top1_median=100.0, top1_on_bos=0.9, dim_constancy=0.9),
-    "backcopy-llama-gpu": Targets(sink_rate=0.5, top1=100.0, top1_median=100.0, top1_on_bos=0.9, dim_constancy=0.9),
 }
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from massact.detect import Thresholds
 from massact.format import fmt_number
 from massact.report.figures import plot_curves
+from massact.train.measures import site
 
 BLOCK_COLUMNS = (
     ("top1", "top-1 \\|x\\|", 1),
@@ -22,13 +23,14 @@ BLOCK_COLUMNS = (
 
 
 def run_verdict(blocks: list[dict], thresholds: Thresholds | None = None) -> str:
-    """One sentence: where the final model's largest entry is, and whether it passes the paper's criterion."""
+    """One sentence: the final model's site (`measures.site`: the block whose top entry is largest against its
+    median, the block the summary and the experiment describe), and whether anything passes the paper's criterion."""
     thresholds = thresholds or Thresholds()
-    top = max(blocks, key=lambda b: b["top1"])
+    top = site(blocks)
     where = (
-        f"largest |x| {fmt_number(top['top1'], 1)} in block {top['block']}, {fmt_number(top['ratio'], 0)}x its "
-        f"median, dim {top['top1_dim']} in {top['dim_constancy']:.0%} of the probe sequences, on BOS in "
-        f"{top['top1_on_bos']:.0%}"
+        f"largest entry against its median in block {top['block']}: |x| {fmt_number(top['top1'], 1)}, "
+        f"{fmt_number(top['ratio'], 0)}x the median, dim {top['top1_dim']} in {top['dim_constancy']:.0%} of the "
+        f"probe sequences, on BOS in {top['top1_on_bos']:.0%}"
     )
     massive = any(b.get("num_massive", 0) > 0 for b in blocks)
     crit = f"|x| > {thresholds.abs:g} and >= {thresholds.ratio:g}x the median"

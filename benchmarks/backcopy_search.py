@@ -106,7 +106,6 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=model,
         task="text" if args.corpus else "bigram-backcopy",
-        tokenizer="bpe",
         triggers=args.triggers,
         optimizer=args.optimizer,
         batch_size=args.batch,

@@ -8,29 +8,6 @@ from dataclasses import asdict, dataclass
 from massact.errors import MassactError
 from massact.train.config import ModelConfig, TrainConfig
 
-# LLaMA-shaped (RMSNorm gains, SwiGLU, rotary, untied head) Bigram-Backcopy, about 3.5 minutes per run on one CPU
-# core: the search in docs/attention_variants.md. Weight decay puts the top entry on BOS in one dim, width 128
-# grows it; only block 0's heads sink (block 1's give BOS the share uniform attention would), so 2 blocks give a sink
-# rate of 0.5 in every seed, 3 give 0.33. The ratio reaches 100x the median in 1 of 3 seeds, not the 2 of 3 targeted.
-BACKCOPY_LLAMA = TrainConfig(
-    model=ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=128, arch="llama"),
-    task="bigram-backcopy",
-    triggers=4,
-    batch_size=32,
-    max_steps=3000,
-    learning_rate=1e-2,
-    min_lr=1e-3,
-    warmup_steps=50,
-    schedule="constant",
-    weight_decay=0.1,
-    eval_interval=250,
-    eval_batches=4,
-    monitor_interval=250,
-    probe_sequences=16,
-    checkpoint_interval=1000,
-)
-
-
 PRESETS: dict[str, TrainConfig] = {
     # Bigram-Backcopy, seconds on one CPU core: for tests and trying the command out.
     "backcopy-test": TrainConfig(
@@ -66,7 +43,28 @@ PRESETS: dict[str, TrainConfig] = {
         probe_sequences=16,
         checkpoint_interval=500,
     ),
-    "backcopy-llama": BACKCOPY_LLAMA,
+    # LLaMA-shaped (RMSNorm gains, SwiGLU, rotary, untied head) Bigram-Backcopy, about 3.5 minutes per run on one
+    # CPU core: the search in docs/attention_variants.md. Weight decay puts the top entry on BOS in one dim, width
+    # 128 grows it; only block 0's heads sink (block 1's give BOS the share uniform attention would), so 2 blocks
+    # give a sink rate of 0.5 in every seed, 3 give 0.33. The ratio reaches 100x the median in 1 of 3 seeds, not the
+    # 2 of 3 targeted.
+    "backcopy-llama": TrainConfig(
+        model=ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=128, arch="llama"),
+        task="bigram-backcopy",
+        triggers=4,
+        batch_size=32,
+        max_steps=3000,
+        learning_rate=1e-2,
+        min_lr=1e-3,
+        warmup_steps=50,
+        schedule="constant",
+        weight_decay=0.1,
+        eval_interval=250,
+        eval_batches=4,
+        monitor_interval=250,
+        probe_sequences=16,
+        checkpoint_interval=1000,
+    ),
     # 1.5M parameters, 4.1M training tokens per variant (2.3 passes over the Shakespeare plays):
     # the three variants take about 20 minutes on 2 idle CPU cores.
     "cpu-small": TrainConfig(

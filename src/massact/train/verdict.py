@@ -145,8 +145,8 @@ def next_step(data: dict, verdict: dict, out: Path) -> dict:
             bigger = BIGGER[preset]
             why = f"default did not reach {preset}'s targets; {preset} is sized for tests: train at {bigger}"
             return {"why": why, "command": command(preset=bigger, out=_beside(out, bigger))}
-        searched = (config["model"].get("arch"), optimizer) == (PRESETS[preset].model.arch, PRESETS[preset].optimizer)
-        if preset in SEARCHED and searched:
+        base = PRESETS[preset]  # the search ran on the preset's own blocks and optimizer
+        if preset in SEARCHED and (config["model"].get("arch"), optimizer) == (base.model.arch, base.optimizer):
             why = (
                 f"default did not reach {preset}'s targets; its search found that longer runs do not (the ratio "
                 f"to the median moves with the seed, not the steps), nor wider models or larger batches: see "

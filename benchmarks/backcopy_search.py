@@ -46,6 +46,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--triggers", type=int, default=4)
+    parser.add_argument("--concentration", type=float, default=0.5, help="Dirichlet parameter of the bigram rows")
     parser.add_argument("--corpus", help="train on this text corpus (e.g. shakespeare, BPE of --vocab) instead")
     parser.add_argument("--attention", default="default")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,6 +64,14 @@ TABLE_HEADER = (
 )
 
 
+def vocab_cell(settings: dict) -> str:
+    """The vocabulary, with the corpus or a bigram concentration other than the task's default beside it."""
+    if settings.get("corpus"):
+        return f"{settings['vocab']} ({settings['corpus']})"
+    rows = settings.get("concentration", 0.5)
+    return f"{settings['vocab']}" + ("" if rows == 0.5 else f" (rows {rows:g})")
+
+
 def table(record: Path) -> str:
     """The markdown table of a search record, one row per point, in the order they ran (final measures
     summarized again from the point's blocks, so every row follows today's `summarize_blocks`)."""
@@ -73,7 +82,7 @@ def table(record: Path) -> str:
         cells = (
             f"{s['layers']} x {s['width']} ({s['heads']})",
             f"{s['context']} x {s['batch']}",
-            f"{s['vocab']} ({s['corpus']})" if s.get("corpus") else s["vocab"],
+            vocab_cell(s),
             f"{s['lr']:g}",
             s["schedule"],
             f"{s['weight_decay']:g}" + (" (gains too)" if s.get("decay_gains") else ""),
@@ -107,6 +116,7 @@ def config_of(args: argparse.Namespace) -> TrainConfig:
         model=model,
         task="text" if args.corpus else "bigram-backcopy",
         triggers=args.triggers,
+        bigram_concentration=args.concentration,
         optimizer=args.optimizer,
         batch_size=args.batch,
         max_steps=args.steps,

@@ -104,6 +104,23 @@ def test_variants_equal_naive_reference_attention(attention):
     torch.testing.assert_close(eager, naive, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("level", [-200.0, -95.0, -3.0, 0.0, 3.0, 95.0])
+def test_softpick_is_its_formula_in_float32_at_any_score_level(level):
+    """Causal rows whose scores all lie near `level` (e^-level overflows float32 under -88): float32 softpick
+    weights equal the float64 formula and their gradients are finite (under -88 they were NaN, which stopped
+    softpick runs at lr 1e-2)."""
+    from massact.train.variants import attention_weights
+
+    generator = torch.Generator().manual_seed(0)
+    scores = (level + 2 * torch.randn(2, 3, 6, 6, generator=generator)).requires_grad_()
+    visible = torch.ones(6, 6, dtype=torch.bool).tril()
+    weights = attention_weights("softpick", scores, visible)
+    expected = naive_weights("softpick", scores.detach().double().masked_fill(~visible, -math.inf), None)
+    torch.testing.assert_close(weights.double(), expected, atol=1e-6, rtol=1e-5)
+    (weights * torch.randn(weights.shape, generator=generator)).sum().backward()
+    assert torch.isfinite(scores.grad).all()
+
+
 def test_old_variant_names_load_as_the_new_ones():
     assert GPT2Config.from_dict({"attention": "sink", "n_layer": 1}).attention == "sink-token"
     assert GPT2Config.from_dict({"attention": "bias", "n_layer": 1}).attention == "attn-bias"

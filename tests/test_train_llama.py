@@ -247,7 +247,7 @@ def test_every_design_trains_and_its_run_writes_a_report(arch, tmp_path):
 
 
 def test_a_diverged_run_reads_back_with_its_non_finite_measures(tmp_path):
-    """A run whose loss went NaN (softpick at a high learning rate does) is read back, not refused: state.json's
+    """A run whose loss went NaN (too high a learning rate) is read back, not refused: state.json's
     "nan" / "inf" strings return as floats and the experiment's summaries take them."""
     import math
 

@@ -45,13 +45,13 @@ PRESETS: dict[str, TrainConfig] = {
     ),
     # LLaMA-shaped (RMSNorm gains, SwiGLU, rotary, untied head) Bigram-Backcopy, about 3.5 minutes per run on one
     # CPU core: the search in docs/attention_variants.md. Weight decay puts the top entry on BOS in one dim, width
-    # 128 grows it; only block 0's heads sink (block 1's give BOS the share uniform attention would), so 2 blocks
-    # give a sink rate of 0.5 in every seed, 3 give 0.33. The ratio reaches 100x the median in 1 of 3 seeds, not the
-    # 2 of 3 targeted.
+    # 128 grows it, sharp bigram rows (Dirichlet 0.1) take it past 100x the median; only block 0's heads sink
+    # (block 1's give BOS the share uniform attention would), so 2 blocks give a sink rate of 0.5, 3 give 0.33.
     "backcopy-llama": TrainConfig(
         model=ModelConfig(vocab_size=64, block_size=32, n_layer=2, n_head=4, n_embd=128, arch="llama"),
         task="bigram-backcopy",
         triggers=4,
+        bigram_concentration=0.1,
         batch_size=32,
         max_steps=3000,
         learning_rate=1e-2,

@@ -90,9 +90,10 @@ def _softmax1(scores: torch.Tensor, visible: torch.Tensor, logit: torch.Tensor |
 
 
 def _softpick(scores: torch.Tensor, visible: torch.Tensor, logit: torch.Tensor | None) -> torch.Tensor:
-    """relu(e^x - 1) / sum|e^x - 1|, both sides times e^-m for stability."""
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    shifted = (torch.exp(scores - top) - torch.exp(-top)) * visible
+    """relu(e^x - 1) / sum|e^x - 1|, both sides times e^-m, m = max(0, largest score), so nothing overflows: with
+    m the largest score alone, a row whose scores all lie under -88 (float32) gave e^-m = inf and NaN weights."""
+    top = scores.amax(dim=-1, keepdim=True).detach().clamp_min(0.0)
+    shifted = torch.where(visible, torch.exp(scores - top) - torch.exp(-top), 0.0)
     denominator = shifted.abs().sum(dim=-1, keepdim=True) + SOFTPICK_EPS * torch.exp(-top)
     return F.relu(shifted) / denominator
 

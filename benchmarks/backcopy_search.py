@@ -28,6 +28,8 @@ from massact.train.experiment import task_data
 from massact.train.measures import site, summarize_blocks
 from massact.train.trainer import train
 
+TASK_ROWS = TrainConfig.bigram_concentration  # the task's own bigram concentration (points before the flag had it)
+
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +48,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--optimizer", default="adamw", choices=("adamw", "muon"))
     parser.add_argument("--vocab", type=int, default=64)
     parser.add_argument("--triggers", type=int, default=4)
-    parser.add_argument("--concentration", type=float, default=0.5, help="Dirichlet parameter of the bigram rows")
+    parser.add_argument("--concentration", type=float, default=TASK_ROWS, help="Dirichlet parameter of the bigram rows")
     parser.add_argument("--corpus", help="train on this text corpus (e.g. shakespeare, BPE of --vocab) instead")
     parser.add_argument("--attention", default="default")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,8 +70,8 @@ def vocab_cell(settings: dict) -> str:
     """The vocabulary, with the corpus or a bigram concentration other than the task's default beside it."""
     if settings.get("corpus"):
         return f"{settings['vocab']} ({settings['corpus']})"
-    rows = settings.get("concentration", 0.5)
-    return f"{settings['vocab']}" + ("" if rows == 0.5 else f" (rows {rows:g})")
+    rows = settings.get("concentration", TASK_ROWS)
+    return f"{settings['vocab']}" + ("" if rows == TASK_ROWS else f" (rows {rows:g})")
 
 
 def table(record: Path) -> str:

@@ -32,6 +32,16 @@ def massive_in(row: dict) -> bool:
     return any(block.get("num_massive", 0) > 0 for block in row["blocks"])
 
 
+def asked_measures(targets: Targets) -> list[str]:
+    """The measures a preset's targets set a goal for."""
+    return [m for m in TARGET_MEASURES if getattr(targets, m) is not None]
+
+
+def meets_targets(row: dict, targets: Targets) -> bool:
+    """Whether one run reaches every number its preset's targets ask for at once."""
+    return all(row[m] >= getattr(targets, m) for m in asked_measures(targets))
+
+
 def judge(rows: list[dict], preset: str, thresholds: Thresholds | None = None) -> dict:
     """Per variant: seeds with a massive activation, the largest |x| and its ratio, each target's mean and seeds
     reaching it; `formed`: what default grew (None when default was not run)."""
@@ -47,14 +57,14 @@ def judge(rows: list[dict], preset: str, thresholds: Thresholds | None = None) -
             "largest_top1": top["top1"],
             "ratio_there": top["ratio"],
         }
-        asked = [m for m in TARGET_MEASURES if getattr(targets, m) is not None]
+        asked = asked_measures(targets)
         for measure in asked:
             goal = getattr(targets, measure)
             mean = statistics.fmean(r[measure] for r in runs)
             reached = sum(r[measure] >= goal for r in runs)
             entry[measure] = {"target": goal, "mean": mean, "seeds_reached": reached, "reached": mean >= goal}
         if asked:  # seeds that reach every number at once
-            entry["all_targets_seeds"] = sum(all(r[m] >= getattr(targets, m) for m in asked) for r in runs)
+            entry["all_targets_seeds"] = sum(meets_targets(r, targets) for r in runs)
         variants[variant] = entry
     base = variants.get(BASELINE)
     formed = None
